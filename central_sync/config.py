@@ -1,0 +1,66 @@
+"""Central's configuration: one YAML file, validated by these models (which document it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from edge_agent.configfile import load_yaml_model, resolve_path
+from edge_agent.contract import ID_PATTERN
+from edge_agent.transport import BrokerConfig
+
+EXAMPLE = "deploy/central-sync.example.yaml"
+
+
+class WebConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field("127.0.0.1", description="Address of central's web page and API")
+    port: int = Field(8000, ge=0, le=65535, description="0 turns the web server off")
+
+
+class CentralConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    central_id: Annotated[str, Field(pattern=ID_PATTERN)] = Field(
+        "central", description="MQTT client id of this central process"
+    )
+    broker: BrokerConfig = Field(default_factory=BrokerConfig)
+    database_url: str = Field(
+        "sqlite:///var/central/central.db",
+        description="sqlite:///PATH (relative to this file) or an absolute sqlite:////PATH",
+    )
+    artifact_dir: Path = Field(
+        Path("var/central/artifacts"), description="Model artifacts, stored by sha256"
+    )
+    chunk_size_bytes: int = Field(
+        256 * 1024, ge=1024, le=4 * 1024 * 1024, description="Artifact chunk size on the wire"
+    )
+    offline_after_s: float = Field(
+        120.0, gt=0, description="A device silent this long shows as offline"
+    )
+    web: WebConfig = Field(default_factory=WebConfig)
+
+    @field_validator("artifact_dir")
+    @classmethod
+    def _relative_to_file(cls, value: Path, info: ValidationInfo) -> Path:
+        return resolve_path(value, info.context)
+
+    @field_validator("database_url")
+    @classmethod
+    def _sqlite_relative_to_file(cls, value: str, info: ValidationInfo) -> str:
+        prefix = "sqlite:///"
+        if not value.startswith(prefix):
+            raise ValueError("only sqlite:///PATH is supported by this version")
+        path = resolve_path(Path(value[len(prefix):]), info.context)
+        return prefix + str(path)
+
+    @property
+    def database_path(self) -> Path:
+        return Path(self.database_url[len("sqlite:///"):])
+
+
+def load_central_config(path: str | Path) -> CentralConfig:
+    return load_yaml_model(path, CentralConfig, example=EXAMPLE)

@@ -1,0 +1,129 @@
+"""The agent's configuration: one YAML file, validated by these models (which document it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from edge_agent.configfile import load_yaml_model, resolve_path
+from edge_agent.contract import ID_PATTERN
+from edge_agent.transport import BrokerConfig
+
+EXAMPLE = "deploy/edge-agent.example.yaml"
+Name = Annotated[str, Field(pattern=ID_PATTERN)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OpcUaSourceConfig(_Strict):
+    """Tags read from an OPC-UA server through a subscription."""
+
+    type: Literal["opcua"] = "opcua"
+    name: Name = Field(description="Name pipelines use to refer to this source")
+    endpoint: str = Field(description="Server URL, e.g. opc.tcp://192.168.1.20:4840")
+    nodes: dict[str, str] = Field(
+        min_length=1, description="Tag name -> NodeId, e.g. zone2_temp_c: 'ns=2;s=line1.zone2'"
+    )
+    sampling_interval_ms: int = Field(500, ge=0, description="Server-side sampling interval")
+    reconnect_max_backoff_s: float = Field(10.0, gt=0, description="Longest wait between retries")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _opc_url(cls, value: str) -> str:
+        if not value.startswith("opc.tcp://"):
+            raise ValueError("must start with opc.tcp://")
+        return value
+
+
+class ProcessPipelineConfig(_Strict):
+    """Runs a process model on the latest tag values of one source."""
+
+    type: Literal["process"] = "process"
+    name: Name
+    source: Name = Field(description="Name of the source providing the tags")
+    model: Name = Field(description="Model name as published in central's registry")
+    features: list[str] | None = Field(
+        None, description="Tags in model input order; default: the model's manifest 'features'"
+    )
+    interval_s: float = Field(5.0, gt=0, description="Seconds between predictions")
+    max_staleness_s: float = Field(
+        30.0, gt=0, description="A tag older than this stops predictions until it updates"
+    )
+
+
+class BufferConfig(_Strict):
+    quota_bytes: int = Field(512 * 1024 * 1024, ge=1024 * 1024, description="Disk quota")
+
+
+class UplinkConfig(_Strict):
+    batch_size: int = Field(200, ge=1, le=5000, description="Records per MQTT message")
+    ack_timeout_s: float = Field(10.0, gt=0, description="Resend a batch not acked by then")
+    max_in_flight: int = Field(4, ge=1, le=64, description="Batches awaiting ack at once")
+
+
+class UiConfig(_Strict):
+    host: str = Field("127.0.0.1", description="Address of the gateway's status page")
+    port: int = Field(8080, ge=0, le=65535, description="0 turns the page off")
+
+
+class AgentConfig(_Strict):
+    device_id: Name = Field(description="This gateway's id, unique in the plant")
+    data_dir: Path = Field(
+        Path("var/edge-agent"),
+        description="Buffer and model store; relative paths are relative to this file",
+    )
+    broker: BrokerConfig = Field(default_factory=BrokerConfig)
+    sources: list[OpcUaSourceConfig] = Field(default_factory=list)
+    pipelines: list[ProcessPipelineConfig] = Field(default_factory=list)
+    buffer: BufferConfig = Field(default_factory=BufferConfig)
+    uplink: UplinkConfig = Field(default_factory=UplinkConfig)
+    ui: UiConfig = Field(default_factory=UiConfig)
+    status_interval_s: float = Field(10.0, gt=0, description="Seconds between status updates")
+
+    @field_validator("data_dir")
+    @classmethod
+    def _relative_to_file(cls, value: Path, info: ValidationInfo) -> Path:
+        return resolve_path(value, info.context)
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> AgentConfig:
+        source_names = [s.name for s in self.sources]
+        _unique(source_names, "source")
+        _unique([p.name for p in self.pipelines], "pipeline")
+        for pipeline in self.pipelines:
+            if pipeline.source not in source_names:
+                known = ", ".join(source_names) or "none defined"
+                raise ValueError(
+                    f"pipeline {pipeline.name!r} uses source {pipeline.source!r}, "
+                    f"which is not defined (sources: {known})"
+                )
+            source = next(s for s in self.sources if s.name == pipeline.source)
+            missing = [f for f in pipeline.features or [] if f not in source.nodes]
+            if missing:
+                raise ValueError(
+                    f"pipeline {pipeline.name!r} needs tags {missing} that source "
+                    f"{source.name!r} does not read; add them under its nodes"
+                )
+        return self
+
+    @property
+    def buffer_path(self) -> Path:
+        return self.data_dir / "buffer.db"
+
+    @property
+    def model_store_path(self) -> Path:
+        return self.data_dir / "models"
+
+
+def _unique(names: list[str], what: str) -> None:
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"{what} names must be unique; repeated: {', '.join(duplicates)}")
+
+
+def load_agent_config(path: str | Path) -> AgentConfig:
+    return load_yaml_model(path, AgentConfig, example=EXAMPLE)

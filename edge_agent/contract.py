@@ -1,0 +1,454 @@
+"""The MQTT wire contract shared by edge-agent and central-sync: topics and message models.
+
+This is the only place where topic strings and message shapes are defined. It imports nothing
+heavy (no onnxruntime, no OpenCV) so any tool, test or the central service can use it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+SCHEMA_VERSION = 1
+DEFAULT_TOPIC_PREFIX = "edge-mlops"
+MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
+MAX_RECORDS_PER_BATCH = 5000
+MAX_CHUNKS_PER_REQUEST = 1024
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+SEMVER_PATTERN = r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$"
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+
+DeviceId = Annotated[str, Field(pattern=ID_PATTERN, description="Device id: letters, digits . _ -")]
+ModelName = Annotated[str, Field(pattern=ID_PATTERN, description="Model name")]
+Version = Annotated[str, Field(pattern=SEMVER_PATTERN, description="Semantic version, e.g. 1.4.0")]
+Sha256 = Annotated[str, Field(pattern=SHA256_PATTERN, description="Lower-case hex SHA-256")]
+
+
+def now() -> float:
+    """Wall-clock time as Unix seconds, the time format of every message."""
+    return time.time()
+
+
+def new_id() -> str:
+    """A fresh random identifier for batches and commands."""
+    return uuid.uuid4().hex
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: Literal[1] = Field(SCHEMA_VERSION, description="Wire schema version")
+
+
+# --- device status -------------------------------------------------------------------------
+
+
+class ModelRef(BaseModel):
+    """One installed model version, as every prediction and status names it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: ModelName
+    version: Version
+    sha256: Sha256
+
+
+class SourceState(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    state: Literal["connecting", "connected", "reconnecting", "failed", "stopped"]
+    detail: str = Field("", description="Why the source is in this state, for people")
+
+
+class BufferHealth(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    depth: int = Field(ge=0, description="Records waiting for central's ack")
+    oldest_age_s: float | None = Field(None, description="Age of the oldest unsent record")
+    bytes_used: int = Field(ge=0)
+    quota_bytes: int = Field(ge=0)
+    evicted: int = Field(0, ge=0, description="Records dropped to respect the quota")
+
+
+class UplinkHealth(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    connected: bool
+    acked_records: int = Field(0, ge=0)
+    records_per_s: float = Field(0.0, ge=0)
+    round_trip_ms: float | None = None
+
+
+class DeviceStatus(_Message):
+    """Retained on the status topic; the broker publishes the offline form as last will."""
+
+    kind: Literal["device_status"] = "device_status"
+    device_id: DeviceId
+    state: Literal["online", "offline"]
+    sent_at: float = Field(default_factory=now)
+    agent_version: str = ""
+    active_models: list[ModelRef] = Field(default_factory=list)
+    sources: dict[str, SourceState] = Field(default_factory=dict)
+    buffer: BufferHealth | None = None
+    uplink: UplinkHealth | None = None
+
+
+# --- uplink ----------------------------------------------------------------------------------
+
+
+class UplinkRecord(BaseModel):
+    """One record leaving the gateway; `(device_id, seq)` identifies it for ever."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    seq: int = Field(ge=1, description="Per-device sequence number, strictly increasing")
+    type: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")] = Field(
+        description="Record type: prediction, deployment_event, ..."
+    )
+    created_at: float
+    payload: dict[str, Any]
+
+
+class UplinkBatch(_Message):
+    kind: Literal["uplink_batch"] = "uplink_batch"
+    device_id: DeviceId
+    batch_id: str = Field(default_factory=new_id, min_length=1, max_length=64)
+    sent_at: float = Field(default_factory=now)
+    records: list[UplinkRecord] = Field(min_length=1, max_length=MAX_RECORDS_PER_BATCH)
+
+
+class BatchAck(_Message):
+    """Central's answer once a batch is committed; only then may the agent forget it."""
+
+    kind: Literal["batch_ack"] = "batch_ack"
+    device_id: DeviceId
+    batch_id: str = Field(min_length=1, max_length=64)
+    acked_seqs: list[int] = Field(description="Every seq of the batch now stored centrally")
+    received_at: float = Field(default_factory=now)
+
+
+# --- model deployment ------------------------------------------------------------------------
+
+
+class TensorSpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1)
+    dtype: str = Field(description="Element type, e.g. float32")
+    shape: list[int | str | None] = Field(description="Dimensions; null or a name if dynamic")
+
+
+class ModelManifest(BaseModel):
+    """Everything an agent needs to fetch, verify and run one model version."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: ModelName
+    version: Version
+    kind: Literal["process", "vision"]
+    sha256: Sha256
+    size_bytes: int = Field(gt=0)
+    chunk_size_bytes: int = Field(gt=0)
+    inputs: list[TensorSpec] = Field(min_length=1)
+    outputs: list[TensorSpec] = Field(min_length=1)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    published_at: float = Field(default_factory=now)
+
+    @property
+    def chunk_count(self) -> int:
+        return -(-self.size_bytes // self.chunk_size_bytes)
+
+    @property
+    def ref(self) -> ModelRef:
+        return ModelRef(name=self.name, version=self.version, sha256=self.sha256)
+
+
+class DeployCommand(_Message):
+    kind: Literal["deploy"] = "deploy"
+    command_id: str = Field(default_factory=new_id, min_length=1, max_length=64)
+    device_id: DeviceId
+    manifest: ModelManifest
+    issued_at: float = Field(default_factory=now)
+    issued_by: str = ""
+
+
+class RollbackCommand(_Message):
+    """Switch a model back to the version that was active before the current one."""
+
+    kind: Literal["rollback"] = "rollback"
+    command_id: str = Field(default_factory=new_id, min_length=1, max_length=64)
+    device_id: DeviceId
+    model_name: ModelName
+    issued_at: float = Field(default_factory=now)
+    issued_by: str = ""
+
+
+class ChunkRequest(_Message):
+    """An agent asks for the chunks of an artifact it still lacks."""
+
+    kind: Literal["chunk_request"] = "chunk_request"
+    device_id: DeviceId
+    sha256: Sha256
+    indices: list[Annotated[int, Field(ge=0)]] = Field(
+        min_length=1, max_length=MAX_CHUNKS_PER_REQUEST
+    )
+    requested_at: float = Field(default_factory=now)
+
+
+class ArtifactChunk(_Message):
+    kind: Literal["artifact_chunk"] = "artifact_chunk"
+    sha256: Sha256 = Field(description="SHA-256 of the whole artifact")
+    index: int = Field(ge=0)
+    count: int = Field(ge=1)
+    chunk_sha256: Sha256
+    data_b64: str
+
+    @model_validator(mode="after")
+    def _index_below_count(self) -> ArtifactChunk:
+        if self.index >= self.count:
+            raise ValueError(f"chunk index {self.index} is not below count {self.count}")
+        return self
+
+    @classmethod
+    def build(cls, sha256: str, index: int, count: int, data: bytes) -> ArtifactChunk:
+        return cls(
+            sha256=sha256,
+            index=index,
+            count=count,
+            chunk_sha256=hashlib.sha256(data).hexdigest(),
+            data_b64=base64.b64encode(data).decode("ascii"),
+        )
+
+    def data(self) -> bytes:
+        """The chunk's bytes, checked against its own hash."""
+        raw = base64.b64decode(self.data_b64, validate=True)
+        if hashlib.sha256(raw).hexdigest() != self.chunk_sha256:
+            raise ValueError(f"chunk {self.index} of {self.sha256[:12]} is corrupt (hash mismatch)")
+        return raw
+
+
+DeploymentStep = Literal[
+    "received", "downloading", "verifying", "installed", "activated", "failed", "rolled_back"
+]
+
+
+class DeploymentEvent(_Message):
+    kind: Literal["deployment_event"] = "deployment_event"
+    device_id: DeviceId
+    command_id: str
+    model_name: ModelName
+    version: Version
+    step: DeploymentStep
+    detail: str = ""
+    progress: float | None = Field(None, ge=0.0, le=1.0)
+    at: float = Field(default_factory=now)
+
+
+Message = Annotated[
+    DeviceStatus
+    | UplinkBatch
+    | BatchAck
+    | DeployCommand
+    | RollbackCommand
+    | ChunkRequest
+    | ArtifactChunk
+    | DeploymentEvent,
+    Field(discriminator="kind"),
+]
+Command = DeployCommand | RollbackCommand
+_MESSAGE_ADAPTER: TypeAdapter[Any] = TypeAdapter(Message)
+
+
+# --- topics ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    leaf: str
+    direction: str
+    qos: int
+    retained: bool
+    message: str
+    purpose: str
+
+
+DEVICE_TOPICS: tuple[TopicSpec, ...] = (
+    TopicSpec("status", "agent → central", 1, True, "DeviceStatus",
+              "Online state and health; the broker publishes state=offline as last will"),
+    TopicSpec("uplink", "agent → central", 1, False, "UplinkBatch",
+              "Buffered records (predictions, events), each with its seq"),
+    TopicSpec("ack", "central → agent", 1, False, "BatchAck",
+              "Seqs stored by central; the agent deletes them only now"),
+    TopicSpec("commands", "central → agent", 1, False, "DeployCommand, RollbackCommand",
+              "Deploy a model version, or roll one back"),
+    TopicSpec("chunk-request", "agent → central", 1, False, "ChunkRequest",
+              "Chunks of an artifact the agent still lacks"),
+    TopicSpec("deployment", "agent → central", 1, False, "DeploymentEvent",
+              "Every step of a deployment on the device"),
+)
+ARTIFACT_TOPIC = TopicSpec("artifacts/{sha256}", "central → agents", 1, False, "ArtifactChunk",
+                           "Chunks of a model artifact, shared by every device fetching it")
+
+
+class Topics:
+    """The topic tree under one prefix: `{prefix}/devices/{device_id}/{leaf}`."""
+
+    def __init__(self, prefix: str = DEFAULT_TOPIC_PREFIX) -> None:
+        if not prefix or any(c in prefix for c in "+#") or prefix.startswith("/"):
+            raise ValueError(f"topic prefix {prefix!r} must be non-empty, without + # or leading /")
+        self.prefix = prefix.rstrip("/")
+
+    def device(self, device_id: str, leaf: str) -> str:
+        if not re.match(ID_PATTERN, device_id):
+            raise ValueError(f"device id {device_id!r} is not valid: use letters, digits, . _ -")
+        return f"{self.prefix}/devices/{device_id}/{leaf}"
+
+    def status(self, device_id: str) -> str:
+        return self.device(device_id, "status")
+
+    def uplink(self, device_id: str) -> str:
+        return self.device(device_id, "uplink")
+
+    def ack(self, device_id: str) -> str:
+        return self.device(device_id, "ack")
+
+    def commands(self, device_id: str) -> str:
+        return self.device(device_id, "commands")
+
+    def chunk_request(self, device_id: str) -> str:
+        return self.device(device_id, "chunk-request")
+
+    def deployment(self, device_id: str) -> str:
+        return self.device(device_id, "deployment")
+
+    def artifact(self, sha256: str) -> str:
+        if not re.match(SHA256_PATTERN, sha256):
+            raise ValueError(f"{sha256!r} is not a lower-case hex SHA-256")
+        return f"{self.prefix}/artifacts/{sha256}"
+
+    def all_devices(self, leaf: str) -> str:
+        """Wildcard subscription for one leaf of every device (central side)."""
+        return f"{self.prefix}/devices/+/{leaf}"
+
+    def parse_device_topic(self, topic: str) -> tuple[str, str] | None:
+        """`(device_id, leaf)` for a device topic under this prefix, else None."""
+        head = f"{self.prefix}/devices/"
+        if not topic.startswith(head):
+            return None
+        parts = topic[len(head):].split("/")
+        if len(parts) != 2 or not re.match(ID_PATTERN, parts[0]):
+            return None
+        return parts[0], parts[1]
+
+
+# --- encoding and decoding ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why a received payload was not accepted; callers log it and carry on."""
+
+    reason: str
+
+    def __bool__(self) -> bool:
+        return False
+
+
+def encode(message: BaseModel) -> bytes:
+    return message.model_dump_json().encode("utf-8")
+
+
+def decode(
+    payload: bytes | str,
+    expect: tuple[type[BaseModel], ...] | None = None,
+    topic_device_id: str | None = None,
+) -> BaseModel | Rejection:
+    """Parse a payload into a message, or say why not. Never raises.
+
+    `expect` limits the accepted message types; `topic_device_id` must match the payload's
+    device_id, so a device cannot speak for another one.
+    """
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return Rejection(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+    try:
+        data = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return Rejection(f"payload is not JSON: {exc}")
+    if not isinstance(data, dict):
+        return Rejection(f"payload must be a JSON object, got {type(data).__name__}")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        return Rejection(
+            f"schema_version {version!r} is not supported (this build speaks {SCHEMA_VERSION}); "
+            "upgrade the older side"
+        )
+    try:
+        message = _MESSAGE_ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        return Rejection(f"invalid {data.get('kind', 'message')!r}: {_summarise(exc)}")
+    if expect is not None and not isinstance(message, expect):
+        wanted = " or ".join(t.__name__ for t in expect)
+        return Rejection(f"expected {wanted}, got {type(message).__name__}")
+    if topic_device_id is not None:
+        claimed = getattr(message, "device_id", topic_device_id)
+        if claimed != topic_device_id:
+            return Rejection(
+                f"device_id {claimed!r} does not match topic device {topic_device_id!r}"
+            )
+    return message
+
+
+def _summarise(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "(root)"
+        parts.append(f"{where}: {err['msg']}")
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+
+
+# --- documentation ---------------------------------------------------------------------------
+
+
+def topic_table_markdown(prefix: str = DEFAULT_TOPIC_PREFIX) -> str:
+    rows = [
+        "| Topic | Direction | QoS | Retained | Message | Purpose |",
+        "|---|---|---|---|---|---|",
+    ]
+    specs = [(f"{prefix}/devices/{{device_id}}/{s.leaf}", s) for s in DEVICE_TOPICS]
+    specs.append((f"{prefix}/{ARTIFACT_TOPIC.leaf}", ARTIFACT_TOPIC))
+    for topic, s in specs:
+        retained = "yes" if s.retained else "no"
+        rows.append(
+            f"| `{topic}` | {s.direction} | {s.qos} | {retained} | `{s.message}` | {s.purpose} |"
+        )
+    return "\n".join(rows)
+
+
+def contract_markdown(prefix: str = DEFAULT_TOPIC_PREFIX) -> str:
+    """The topic table and the JSON Schema of every message, for people and other tools."""
+    schema = _MESSAGE_ADAPTER.json_schema()
+    return "\n".join(
+        [
+            f"# MQTT contract (schema version {SCHEMA_VERSION})",
+            "",
+            "Every payload is a UTF-8 JSON object with `schema_version` and a `kind` field.",
+            "",
+            topic_table_markdown(prefix),
+            "",
+            "## JSON Schema",
+            "",
+            "```json",
+            json.dumps(schema, indent=2),
+            "```",
+        ]
+    )

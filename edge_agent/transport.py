@@ -1,0 +1,335 @@
+"""Publish/subscribe transports: MQTT over paho for real, and an in-memory one for logic tests.
+
+paho-mqtt runs its network loop in a thread; its callbacks only hand work to the asyncio loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from pydantic import BaseModel, ConfigDict, Field
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[str, bytes], Awaitable[None]]
+
+
+class NotConnected(RuntimeError):
+    """Raised when publishing while the broker connection is down."""
+
+
+class BrokerConfig(BaseModel):
+    """How to reach the MQTT broker (Mosquitto in production)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field("127.0.0.1", description="Broker host name or address")
+    port: int = Field(1883, ge=1, le=65535, description="1883 plain, 8883 TLS")
+    username: str | None = Field(None, description="Broker user; ${ENV_VAR} allowed")
+    password: str | None = Field(None, description="Broker password; use ${ENV_VAR}")
+    tls: bool = Field(False, description="Connect with TLS")
+    ca_file: str | None = Field(None, description="CA certificate for TLS (PEM)")
+    protocol: Literal["3.1.1", "5"] = Field("5", description="MQTT protocol version")
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive")
+    topic_prefix: str = Field("edge-mlops", description="Root of the topic tree")
+    client_id: str | None = Field(None, description="Defaults to the device id / central id")
+
+
+@dataclass
+class Will:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+class Transport(Protocol):
+    """What the agent and central need from a message bus."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def wait_connected(self, timeout_s: float | None = None) -> bool: ...
+
+    async def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None: ...
+
+    async def unsubscribe(self, topic_filter: str) -> None: ...
+
+    async def publish(
+        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False
+    ) -> None: ...
+
+
+@dataclass
+class _Subscriptions:
+    """Topic filters and their handlers; dispatch runs on the asyncio loop, one at a time."""
+
+    handlers: dict[str, tuple[Handler, int]] = field(default_factory=dict)
+
+    async def dispatch(self, topic: str, payload: bytes) -> None:
+        for topic_filter, (handler, _qos) in list(self.handlers.items()):
+            if paho.topic_matches_sub(topic_filter, topic):
+                try:
+                    await handler(topic, payload)
+                except Exception:
+                    log.exception("handler failed topic=%s filter=%s", topic, topic_filter)
+
+
+class MqttTransport:
+    """paho-mqtt client driven from asyncio: reconnects by itself, resubscribes on connect."""
+
+    def __init__(
+        self,
+        config: BrokerConfig,
+        client_id: str,
+        will: Will | None = None,
+        on_connected: Callable[[], Awaitable[None]] | None = None,
+        persistent_session: bool = True,
+    ) -> None:
+        self.config = config
+        self.client_id = config.client_id or client_id
+        self._will = will
+        self._on_connected = on_connected
+        self._persistent = persistent_session
+        self._subs = _Subscriptions()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connected = asyncio.Event()
+        self._inbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._lock = threading.Lock()
+        self._pending_acks: dict[int, asyncio.Future[None]] = {}
+        self._early_acks: set[int] = set()
+        self._background: set[asyncio.Future[None]] = set()
+        self.last_error: str = ""
+        self._client = self._make_client()
+
+    def _make_client(self) -> paho.Client:
+        v5 = self.config.protocol == "5"
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            clean_session=None if v5 else not self._persistent,
+            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+        )
+        if self.config.username:
+            client.username_pw_set(self.config.username, self.config.password)
+        if self.config.tls:
+            client.tls_set(ca_certs=self.config.ca_file, cert_reqs=ssl.CERT_REQUIRED)
+        if self._will:
+            client.will_set(self._will.topic, self._will.payload, self._will.qos, self._will.retain)
+        client.reconnect_delay_set(min_delay=1, max_delay=5)
+        # paho's own queue lives in memory only; bound it, durability is the buffer's job.
+        client.max_queued_messages_set(1000)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        return client
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._dispatcher = asyncio.create_task(self._dispatch_forever(), name="mqtt-dispatch")
+        properties = None
+        clean_start: bool | int = paho.MQTT_CLEAN_START_FIRST_ONLY
+        if self.config.protocol == "5":
+            clean_start = not self._persistent
+            if self._persistent:
+                properties = Properties(PacketTypes.CONNECT)
+                properties.SessionExpiryInterval = 7 * 24 * 3600
+        self._client.connect_async(
+            self.config.host,
+            self.config.port,
+            keepalive=self.config.keepalive_s,
+            clean_start=clean_start,
+            properties=properties,
+        )
+        self._client.loop_start()
+
+    async def stop(self) -> None:
+        self._client.disconnect()
+        await asyncio.get_running_loop().run_in_executor(None, self._client.loop_stop)
+        self._connected.clear()
+        if self._dispatcher:
+            self._dispatcher.cancel()
+            await asyncio.gather(self._dispatcher, return_exceptions=True)
+
+    async def wait_connected(self, timeout_s: float | None = None) -> bool:
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    async def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
+        self._subs.handlers[topic_filter] = (handler, qos)
+        if self.connected:
+            self._client.subscribe(topic_filter, qos)
+
+    async def unsubscribe(self, topic_filter: str) -> None:
+        self._subs.handlers.pop(topic_filter, None)
+        if self.connected:
+            self._client.unsubscribe(topic_filter)
+
+    async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        """Publish and, for QoS 1, wait for the broker's PUBACK."""
+        if not self.connected:
+            raise NotConnected(f"not connected to {self.config.host}:{self.config.port}")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            info = self._client.publish(topic, payload, qos=qos, retain=retain)
+            if info.rc != paho.MQTT_ERR_SUCCESS:
+                raise NotConnected(f"publish to {topic} failed: {paho.error_string(info.rc)}")
+            if qos == 0 or info.mid in self._early_acks:
+                self._early_acks.discard(info.mid)
+                return
+            self._pending_acks[info.mid] = future
+        try:
+            await future
+        finally:
+            with self._lock:
+                self._pending_acks.pop(info.mid, None)
+
+    # paho callbacks: network thread, so they only hand over to the loop.
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            self.last_error = f"broker refused connection: {reason_code}"
+            log.warning("mqtt refused client=%s reason=%s", self.client_id, reason_code)
+            return
+        self.last_error = ""
+        for topic_filter, (_handler, qos) in list(self._subs.handlers.items()):
+            client.subscribe(topic_filter, qos)
+        log.info("mqtt connected client=%s broker=%s:%s", self.client_id, self.config.host,
+                 self.config.port)
+        self._call_soon(self._set_connected)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.last_error = f"disconnected: {reason_code}"
+        log.info("mqtt disconnected client=%s reason=%s", self.client_id, reason_code)
+        self._call_soon(self._set_disconnected)
+
+    def _on_message(self, client, userdata, message) -> None:
+        self._call_soon(self._inbox.put_nowait, (message.topic, bytes(message.payload)))
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        with self._lock:
+            future = self._pending_acks.get(mid)
+            if future is None:
+                self._early_acks.add(mid)
+                return
+        self._call_soon(_resolve, future)
+
+    def _call_soon(self, fn: Callable[..., object], *args: object) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def _set_connected(self) -> None:
+        self._connected.set()
+        if self._on_connected:
+            task = asyncio.ensure_future(self._on_connected())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    def _set_disconnected(self) -> None:
+        self._connected.clear()
+        with self._lock:
+            pending = list(self._pending_acks.values())
+            self._pending_acks.clear()
+            self._early_acks.clear()
+        for future in pending:
+            if not future.done():
+                future.set_exception(NotConnected("connection lost before PUBACK"))
+
+    async def _dispatch_forever(self) -> None:
+        while True:
+            topic, payload = await self._inbox.get()
+            await self._subs.dispatch(topic, payload)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class MemoryBroker:
+    """An in-process broker with retained messages and last wills, for tests of logic."""
+
+    def __init__(self) -> None:
+        self.clients: list[MemoryTransport] = []
+        self.retained: dict[str, bytes] = {}
+
+    async def route(self, topic: str, payload: bytes, retain: bool) -> None:
+        if retain:
+            self.retained[topic] = payload
+        for client in list(self.clients):
+            if client.connected:
+                await client._subs.dispatch(topic, payload)
+
+
+class MemoryTransport:
+    """A Transport whose messages go through a MemoryBroker in the same process."""
+
+    def __init__(self, broker: MemoryBroker, will: Will | None = None,
+                 on_connected: Callable[[], Awaitable[None]] | None = None) -> None:
+        self._broker = broker
+        self._will = will
+        self._on_connected = on_connected
+        self._subs = _Subscriptions()
+        self._connected = asyncio.Event()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def start(self) -> None:
+        self._broker.clients.append(self)
+        self._connected.set()
+        if self._on_connected:
+            await self._on_connected()
+
+    async def stop(self) -> None:
+        self._connected.clear()
+        if self in self._broker.clients:
+            self._broker.clients.remove(self)
+
+    async def crash(self) -> None:
+        """Vanish without a clean disconnect, so the broker publishes the last will."""
+        await self.stop()
+        if self._will:
+            await self._broker.route(self._will.topic, self._will.payload, self._will.retain)
+
+    async def wait_connected(self, timeout_s: float | None = None) -> bool:
+        return self.connected
+
+    async def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
+        self._subs.handlers[topic_filter] = (handler, qos)
+        for topic, payload in list(self._broker.retained.items()):
+            if paho.topic_matches_sub(topic_filter, topic):
+                await handler(topic, payload)
+
+    async def unsubscribe(self, topic_filter: str) -> None:
+        self._subs.handlers.pop(topic_filter, None)
+
+    async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        if not self.connected:
+            raise NotConnected("memory transport is stopped")
+        await self._broker.route(topic, payload, retain)

@@ -1,0 +1,108 @@
+"""Shared fixtures: real Mosquitto brokers on free ports, temp folders, the sample files."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_DATA = REPO / "sample_data"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s}s")
+
+
+def wait_until(
+    predicate: Callable[[], object],
+    timeout_s: float = 20.0,
+    interval_s: float = 0.1,
+    what: str = "",
+) -> object:
+    """Poll `predicate` until it returns something truthy, or fail after the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what or predicate}")
+        time.sleep(interval_s)
+
+
+@dataclass
+class Mosquitto:
+    """A private Mosquitto process; `stop()`/`start()` simulate a broker restart."""
+
+    port: int
+    workdir: Path
+    extra_config: str = ""
+    process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence true\n"
+            f"persistence_location {self.workdir}/\n"
+            "autosave_interval 1\n"
+            f"log_dest file {self.workdir}/mosquitto.log\n"
+            f"{self.extra_config}\n"
+        )
+        self.process = subprocess.Popen(
+            [_mosquitto_binary(), "-c", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        self.process = None
+
+
+def _mosquitto_binary() -> str:
+    for candidate in (shutil.which("mosquitto"), "/usr/sbin/mosquitto"):
+        if candidate and Path(candidate).exists():
+            return candidate
+    pytest.fail("mosquitto is not installed: run `sudo apt-get install -y mosquitto`")
+    raise AssertionError  # unreachable; pytest.fail raises
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    workdir = tmp_path / "mosquitto"
+    workdir.mkdir()
+    broker = Mosquitto(port=free_port(), workdir=workdir)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def python() -> str:
+    return sys.executable
