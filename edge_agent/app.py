@@ -1,0 +1,118 @@
+"""The agent process: wires sources, pipelines, buffer, uplink, deployer, status and web page."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from edge_agent import __version__, httpserver, web
+from edge_agent.buffer import Buffer
+from edge_agent.config import AgentConfig
+from edge_agent.contract import DeviceStatus, Topics, encode
+from edge_agent.deployer import Deployer
+from edge_agent.inference.process import ProcessPipeline
+from edge_agent.model_store import ModelStore
+from edge_agent.sources.opcua import OpcUaSource
+from edge_agent.transport import MqttTransport, NotConnected, Transport, Will
+from edge_agent.uplink import Uplink
+
+log = logging.getLogger(__name__)
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, transport: Transport | None = None) -> None:
+        self.config = config
+        self.device_id = config.device_id
+        self.topics = Topics(config.broker.topic_prefix)
+        self.buffer = Buffer(config.buffer_path, config.buffer.quota_bytes)
+        self.store = ModelStore(config.model_store_path)
+        offline = DeviceStatus(device_id=self.device_id, state="offline",
+                               agent_version=__version__)
+        self.transport: Transport = transport or MqttTransport(
+            config.broker,
+            client_id=self.device_id,
+            will=Will(self.topics.status(self.device_id), encode(offline)),
+            on_connected=self.publish_status,
+        )
+        self.sources = {s.name: OpcUaSource(s) for s in config.sources}
+        self.pipelines = [
+            ProcessPipeline(p, self.sources[p.source].latest, self.store, self.buffer)
+            for p in config.pipelines
+        ]
+        self.uplink = Uplink(self.device_id, self.topics, self.transport, self.buffer,
+                             config.uplink)
+        self.deployer = Deployer(self.device_id, self.topics, self.transport, self.store,
+                                 self.buffer)
+
+    async def status(self, state: str = "online") -> DeviceStatus:
+        return DeviceStatus(
+            device_id=self.device_id,
+            state=state,  # type: ignore[arg-type]
+            agent_version=__version__,
+            active_models=[m.ref for m in self.store.active_models()],
+            sources={name: source.state for name, source in self.sources.items()},
+            buffer=await self.buffer.health(),
+            uplink=self.uplink.health(),
+        )
+
+    async def status_document(self) -> dict[str, Any]:
+        """Everything the status page and `/api/status` show."""
+        return {
+            "device": (await self.status()).model_dump(mode="json"),
+            "pipelines": [
+                {"name": p.name, "model": p.config.model, "state": p.status.state,
+                 "detail": p.status.detail, "predictions": p.status.predictions,
+                 "last_prediction": p.status.last_prediction}
+                for p in self.pipelines
+            ],
+        }
+
+    async def publish_status(self, state: str = "online") -> None:
+        try:
+            status = await self.status(state)
+            await self.transport.publish(self.topics.status(self.device_id), encode(status),
+                                         qos=1, retain=True)
+        except NotConnected:
+            log.debug("status not published: broker not connected")
+
+    async def _status_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.status_interval_s)
+            await self.publish_status()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set, then shut down cleanly."""
+        log.info("agent starting device=%s broker=%s:%s data_dir=%s", self.device_id,
+                 self.config.broker.host, self.config.broker.port, self.config.data_dir)
+        await self.deployer.start()
+        await self.transport.start()
+        tasks = [asyncio.create_task(s.run(), name=f"source-{s.name}")
+                 for s in self.sources.values()]
+        tasks += [asyncio.create_task(p.run(), name=f"pipeline-{p.name}") for p in self.pipelines]
+        tasks.append(asyncio.create_task(self.uplink.run(), name="uplink"))
+        tasks.append(asyncio.create_task(self._status_loop(), name="status"))
+        if self.config.ui.port:
+            app = web.create_app(self.status_document)
+            tasks.append(asyncio.create_task(
+                httpserver.serve(app, self.config.ui.host, self.config.ui.port, stop), name="web"))
+        stopped = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({stopped, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+        failure = next((t for t in done if t is not stopped and t.exception()), None)
+        await self._shutdown([*tasks, stopped])
+        if failure is not None:
+            raise failure.exception()  # type: ignore[misc]
+
+    async def _shutdown(self, tasks: list[asyncio.Task[Any]]) -> None:
+        log.info("agent stopping device=%s", self.device_id)
+        # A clean disconnect suppresses the last will, so say offline ourselves.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.publish_status("offline"), 3)
+        await self.deployer.stop()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.transport.stop()
+        await self.buffer.close()
+        log.info("agent stopped device=%s", self.device_id)

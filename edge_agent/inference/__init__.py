@@ -1,0 +1,1 @@
+"""Model runners and the pipelines that feed them."""

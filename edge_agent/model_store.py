@@ -1,0 +1,172 @@
+"""The on-disk model store: one folder per installed version, an atomically switched active one.
+
+Layout: `{root}/{name}/{version}/model.onnx` and `manifest.json`; `{root}/{name}/active.json`
+names the active and the previous version. Partial downloads live in `{root}/.downloads/`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_agent.contract import ID_PATTERN, SEMVER_PATTERN, ModelManifest, ModelRef
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.onnx"
+MANIFEST_FILE = "manifest.json"
+ACTIVE_FILE = "active.json"
+
+
+class ModelStoreError(Exception):
+    """An install, activation or rollback cannot be done; the message says why."""
+
+
+@dataclass(frozen=True)
+class InstalledModel:
+    manifest: ModelManifest
+    path: Path
+
+    @property
+    def ref(self) -> ModelRef:
+        return self.manifest.ref
+
+
+def sha256_of_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1024 * 1024), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write a file so that readers see either the old or the new content, never a mix."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class ModelStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.downloads = self.root / ".downloads"
+        self.downloads.mkdir(exist_ok=True)
+
+    def _model_dir(self, name: str) -> Path:
+        if not re.match(ID_PATTERN, name):
+            raise ModelStoreError(f"model name {name!r} is not valid")
+        return self.root / name
+
+    def _version_dir(self, name: str, version: str) -> Path:
+        if not re.match(SEMVER_PATTERN, version):
+            raise ModelStoreError(f"version {version!r} of {name} is not a semantic version")
+        return self._model_dir(name) / version
+
+    def download_path(self, sha256: str) -> Path:
+        return self.downloads / f"{sha256}.part"
+
+    def is_installed(self, manifest: ModelManifest) -> bool:
+        installed = self.get(manifest.name, manifest.version)
+        return installed is not None and installed.manifest.sha256 == manifest.sha256
+
+    def install(self, manifest: ModelManifest, artifact: Path) -> InstalledModel:
+        """Move a verified artifact into its version folder; never touches the active version."""
+        actual = sha256_of_file(artifact)
+        if actual != manifest.sha256:
+            raise ModelStoreError(
+                f"{manifest.name} {manifest.version}: artifact sha256 {actual[:12]} does not "
+                f"match the manifest's {manifest.sha256[:12]}; it will be fetched again"
+            )
+        target = self._version_dir(manifest.name, manifest.version)
+        existing = self.get(manifest.name, manifest.version)
+        if existing is not None:
+            if existing.manifest.sha256 == manifest.sha256:
+                return existing
+            raise ModelStoreError(
+                f"{manifest.name} {manifest.version} is already installed with a different "
+                f"sha256 ({existing.manifest.sha256[:12]}); versions are immutable"
+            )
+        staging = target.with_name(f".{manifest.version}.staging")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        shutil.copyfile(artifact, staging / MODEL_FILE)
+        with (staging / MODEL_FILE).open("rb") as f:
+            os.fsync(f.fileno())
+        write_atomically(staging / MANIFEST_FILE, manifest.model_dump_json(indent=2).encode())
+        os.rename(staging, target)
+        _fsync_dir(target.parent)
+        log.info("model installed name=%s version=%s sha256=%s", manifest.name, manifest.version,
+                 manifest.sha256[:12])
+        return InstalledModel(manifest, target / MODEL_FILE)
+
+    def get(self, name: str, version: str) -> InstalledModel | None:
+        folder = self._version_dir(name, version)
+        manifest_file = folder / MANIFEST_FILE
+        if not manifest_file.exists():
+            return None
+        manifest = ModelManifest.model_validate_json(manifest_file.read_bytes())
+        return InstalledModel(manifest, folder / MODEL_FILE)
+
+    def _pointer(self, name: str) -> dict[str, str | None]:
+        pointer = self._model_dir(name) / ACTIVE_FILE
+        if not pointer.exists():
+            return {"active": None, "previous": None}
+        return json.loads(pointer.read_text())
+
+    def active(self, name: str) -> InstalledModel | None:
+        version = self._pointer(name)["active"]
+        return self.get(name, version) if version else None
+
+    def activate(self, name: str, version: str) -> InstalledModel:
+        installed = self.get(name, version)
+        if installed is None:
+            raise ModelStoreError(f"{name} {version} is not installed; deploy it first")
+        current = self._pointer(name)["active"]
+        if current == version:
+            return installed
+        pointer = {"active": version, "previous": current}
+        write_atomically(self._model_dir(name) / ACTIVE_FILE, json.dumps(pointer).encode())
+        log.info("model activated name=%s version=%s previous=%s", name, version, current)
+        return installed
+
+    def rollback(self, name: str) -> InstalledModel:
+        """Reactivate the previously active version."""
+        previous = self._pointer(name)["previous"]
+        if not previous or self.get(name, previous) is None:
+            raise ModelStoreError(f"{name} has no previous version to roll back to")
+        return self.activate(name, previous)
+
+    def active_models(self) -> list[InstalledModel]:
+        found = []
+        for folder in sorted(self.root.iterdir()):
+            if folder.is_dir() and not folder.name.startswith("."):
+                installed = self.active(folder.name)
+                if installed is not None:
+                    found.append(installed)
+        return found
+
+    def versions(self, name: str) -> list[str]:
+        folder = self._model_dir(name)
+        if not folder.exists():
+            return []
+        return sorted(p.name for p in folder.iterdir() if (p / MANIFEST_FILE).exists())

@@ -1,0 +1,135 @@
+"""Uplink: drains the buffer to central in batches and forgets records only on central's ack.
+
+A batch not acked in time is sent again (central's insert is idempotent, so a duplicate costs
+only bandwidth). The pipelines never wait for the uplink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+from edge_agent.buffer import Buffer
+from edge_agent.config import UplinkConfig
+from edge_agent.contract import (
+    BatchAck,
+    Rejection,
+    Topics,
+    UplinkBatch,
+    UplinkHealth,
+    decode,
+    encode,
+)
+from edge_agent.transport import NotConnected, Transport
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _InFlight:
+    seqs: list[int]
+    sent_at: float
+
+
+@dataclass
+class UplinkStats:
+    acked_records: int = 0
+    acked_batches: int = 0
+    resent_batches: int = 0
+    rejected_messages: int = 0
+    round_trip_ms: float | None = None
+    _rate_window: list[tuple[float, int]] = field(default_factory=list)
+
+    def record_ack(self, count: int, round_trip_s: float) -> None:
+        now = time.monotonic()
+        self.acked_records += count
+        self.acked_batches += 1
+        self.round_trip_ms = round(round_trip_s * 1000, 1)
+        self._rate_window.append((now, count))
+        self._rate_window = [(t, n) for t, n in self._rate_window if now - t <= 60]
+
+    def records_per_s(self) -> float:
+        now = time.monotonic()
+        recent = [(t, n) for t, n in self._rate_window if now - t <= 60]
+        if not recent:
+            return 0.0
+        span = max(now - recent[0][0], 1.0)
+        return round(sum(n for _, n in recent) / span, 2)
+
+
+class Uplink:
+    def __init__(self, device_id: str, topics: Topics, transport: Transport, buffer: Buffer,
+                 config: UplinkConfig) -> None:
+        self.device_id = device_id
+        self._topics = topics
+        self._transport = transport
+        self._buffer = buffer
+        self._config = config
+        self._in_flight: dict[str, _InFlight] = {}
+        self._wake = asyncio.Event()
+        self.stats = UplinkStats()
+
+    def health(self) -> UplinkHealth:
+        return UplinkHealth(
+            connected=self._transport.connected,
+            acked_records=self.stats.acked_records,
+            records_per_s=self.stats.records_per_s(),
+            round_trip_ms=self.stats.round_trip_ms,
+        )
+
+    async def run(self) -> None:
+        await self._transport.subscribe(self._topics.ack(self.device_id), self._on_ack)
+        while True:
+            if not self._transport.connected:
+                # Everything in flight is resent after reconnecting; acks may have been lost.
+                self._in_flight.clear()
+                await self._transport.wait_connected(1.0)
+                continue
+            self._expire_unacked()
+            if len(self._in_flight) < self._config.max_in_flight and await self._send_next():
+                continue
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 0.5)
+
+    def _expire_unacked(self) -> None:
+        deadline = time.monotonic() - self._config.ack_timeout_s
+        for batch_id, flight in list(self._in_flight.items()):
+            if flight.sent_at < deadline:
+                del self._in_flight[batch_id]
+                self.stats.resent_batches += 1
+                log.info("uplink batch not acked, will resend device=%s batch=%s records=%d",
+                         self.device_id, batch_id, len(flight.seqs))
+
+    async def _send_next(self) -> bool:
+        in_flight = {seq for flight in self._in_flight.values() for seq in flight.seqs}
+        records = await self._buffer.next_batch(self._config.batch_size, in_flight)
+        if not records:
+            return False
+        batch = UplinkBatch(device_id=self.device_id, records=records)
+        self._in_flight[batch.batch_id] = _InFlight([r.seq for r in records], time.monotonic())
+        try:
+            await self._transport.publish(self._topics.uplink(self.device_id), encode(batch), qos=1)
+        except NotConnected as exc:
+            self._in_flight.pop(batch.batch_id, None)
+            log.info("uplink paused device=%s reason=%s", self.device_id, exc)
+            return False
+        log.debug("uplink sent device=%s batch=%s first_seq=%d count=%d", self.device_id,
+                  batch.batch_id, records[0].seq, len(records))
+        return True
+
+    async def _on_ack(self, topic: str, payload: bytes) -> None:
+        message = decode(payload, expect=(BatchAck,), topic_device_id=self.device_id)
+        if isinstance(message, Rejection):
+            self.stats.rejected_messages += 1
+            log.warning("ack rejected device=%s reason=%s", self.device_id, message.reason)
+            return
+        assert isinstance(message, BatchAck)
+        await self._buffer.ack(message.acked_seqs)
+        flight = self._in_flight.pop(message.batch_id, None)
+        if flight is not None:
+            self.stats.record_ack(len(message.acked_seqs), time.monotonic() - flight.sent_at)
+        self._wake.set()

@@ -1,0 +1,94 @@
+"""The uplink over an in-memory broker: batches go out, acks delete, silence means resend."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from edge_agent.buffer import Buffer
+from edge_agent.config import UplinkConfig
+from edge_agent.contract import BatchAck, Topics, UplinkBatch, decode, encode
+from edge_agent.transport import MemoryBroker, MemoryTransport
+from edge_agent.uplink import Uplink
+
+TOPICS = Topics()
+
+
+async def wait_for(predicate, timeout_s: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+async def start(tmp_path: Path, ack: bool, ack_timeout_s: float = 10.0):
+    broker = MemoryBroker()
+    central = MemoryTransport(broker)
+    await central.start()
+    received: list[UplinkBatch] = []
+
+    async def on_uplink(topic: str, payload: bytes) -> None:
+        batch = decode(payload)
+        received.append(batch)
+        if ack:
+            reply = BatchAck(device_id=batch.device_id, batch_id=batch.batch_id,
+                             acked_seqs=[r.seq for r in batch.records])
+            await central.publish(TOPICS.ack(batch.device_id), encode(reply))
+
+    await central.subscribe(TOPICS.all_devices("uplink"), on_uplink)
+    device = MemoryTransport(broker)
+    await device.start()
+    buffer = Buffer(tmp_path / "buffer.db", 10**7)
+    uplink = Uplink("gw1", TOPICS, device, buffer,
+                    UplinkConfig(batch_size=10, ack_timeout_s=ack_timeout_s))
+    task = asyncio.create_task(uplink.run())
+    return buffer, uplink, received, task
+
+
+def test_records_are_sent_in_batches_and_deleted_once_acked(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        buffer, uplink, received, task = await start(tmp_path, ack=True)
+        for i in range(25):
+            await buffer.append("prediction", {"i": i})
+        await wait_for(lambda: uplink.stats.acked_records == 25)
+        assert (await buffer.health()).depth == 0
+        seqs = [r.seq for batch in received for r in batch.records]
+        assert seqs == sorted(set(seqs)) and len(seqs) == 25
+        assert all(len(b.records) <= 10 for b in received)
+        assert uplink.health().round_trip_ms is not None
+        task.cancel()
+        await buffer.close()
+
+    asyncio.run(scenario())
+
+
+def test_unacked_batch_is_resent_and_kept_until_acked(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        buffer, uplink, received, task = await start(tmp_path, ack=False, ack_timeout_s=0.2)
+        await buffer.append("prediction", {"i": 1})
+        await wait_for(lambda: len(received) >= 3)
+        assert {b.records[0].seq for b in received} == {1}
+        assert uplink.stats.resent_batches >= 2
+        assert (await buffer.health()).depth == 1
+        task.cancel()
+        await buffer.close()
+
+    asyncio.run(scenario())
+
+
+def test_malformed_ack_is_rejected_and_nothing_deleted(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        buffer, uplink, received, task = await start(tmp_path, ack=False)
+        await buffer.append("prediction", {"i": 1})
+        await wait_for(lambda: len(received) == 1)
+        foreign = BatchAck(device_id="gw2", batch_id="x", acked_seqs=[1])
+        sender = MemoryTransport(uplink._transport._broker)
+        await sender.start()
+        await sender.publish(TOPICS.ack("gw1"), encode(foreign))
+        await sender.publish(TOPICS.ack("gw1"), b"\xff\xfe")
+        assert uplink.stats.rejected_messages == 2
+        assert (await buffer.health()).depth == 1
+        task.cancel()
+        await buffer.close()
+
+    asyncio.run(scenario())

@@ -1,0 +1,31 @@
+"""Test helpers shared by several test modules: manifests of the sample model, async running."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from edge_agent.contract import ModelManifest, TensorSpec
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_MODEL = REPO / "sample_data" / "scrap_model.onnx"
+SAMPLE_METADATA = REPO / "sample_data" / "scrap_model.json"
+
+
+def manifest_for(path: Path, name: str = "extruder-scrap", version: str = "1.0.0",
+                 chunk_size_bytes: int = 16 * 1024, metadata: dict | None = None) -> ModelManifest:
+    """A manifest for an ONNX file, as central would publish it (sample model's specs)."""
+    data = path.read_bytes()
+    meta = json.loads(SAMPLE_METADATA.read_text()) if metadata is None else metadata
+    return ModelManifest(
+        name=name,
+        version=version,
+        kind="process",
+        sha256=hashlib.sha256(data).hexdigest(),
+        size_bytes=len(data),
+        chunk_size_bytes=chunk_size_bytes,
+        inputs=[TensorSpec(name="features", dtype="float32", shape=[None, 6])],
+        outputs=[TensorSpec(name="scrap_rate_pct", dtype="float32", shape=[None, 1])],
+        metadata=meta,
+    )

@@ -1,0 +1,137 @@
+"""The wire contract: round trips, rejections with reasons, topics, and a light import."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from edge_agent import contract
+from edge_agent.contract import (
+    ArtifactChunk,
+    BatchAck,
+    ChunkRequest,
+    DeployCommand,
+    DeploymentEvent,
+    DeviceStatus,
+    Rejection,
+    RollbackCommand,
+    Topics,
+    UplinkBatch,
+    UplinkRecord,
+    decode,
+    encode,
+)
+from tests.helpers import SAMPLE_MODEL, manifest_for
+
+SHA = "ab" * 32
+
+
+def every_message() -> list:
+    manifest = manifest_for(SAMPLE_MODEL)
+    return [
+        DeviceStatus(device_id="gw1", state="online"),
+        UplinkBatch(device_id="gw1", records=[
+            UplinkRecord(seq=1, type="prediction", created_at=1.0, payload={"x": 1})]),
+        BatchAck(device_id="gw1", batch_id="b1", acked_seqs=[1, 2]),
+        DeployCommand(device_id="gw1", manifest=manifest),
+        RollbackCommand(device_id="gw1", model_name="extruder-scrap"),
+        ChunkRequest(device_id="gw1", sha256=SHA, indices=[0, 3]),
+        ArtifactChunk.build(SHA, 0, 2, b"data"),
+        DeploymentEvent(device_id="gw1", command_id="c1", model_name="m", version="1.0.0",
+                        step="activated"),
+    ]
+
+
+@pytest.mark.parametrize("message", every_message(), ids=lambda m: m.kind)
+def test_every_message_round_trips_with_its_schema_version(message) -> None:
+    payload = encode(message)
+    assert json.loads(payload)["schema_version"] == contract.SCHEMA_VERSION
+    assert decode(payload) == message
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"not json", "not JSON"),
+        (b"[1, 2]", "JSON object"),
+        (b'{"kind": "device_status"}', "schema_version None is not supported"),
+        (b'{"schema_version": 2, "kind": "device_status"}', "schema_version 2 is not supported"),
+        (b'{"schema_version": 1, "kind": "teleport"}', "invalid"),
+        (b'{"schema_version": 1, "kind": "device_status", "device_id": "a/b", "state": "online"}',
+         "device_id"),
+        (b'{"schema_version": 1, "kind": "batch_ack", "device_id": "gw1", "batch_id": "b",'
+         b' "acked_seqs": [], "surprise": 1}', "surprise"),
+    ],
+)
+def test_malformed_payloads_are_rejected_with_a_reason(payload: bytes, reason: str) -> None:
+    result = decode(payload)
+    assert isinstance(result, Rejection)
+    assert not result
+    assert reason in result.reason
+
+
+def test_oversized_payload_is_rejected_without_parsing() -> None:
+    result = decode(b" " * (contract.MAX_PAYLOAD_BYTES + 1))
+    assert isinstance(result, Rejection) and "exceeds" in result.reason
+
+
+def test_unexpected_kind_is_rejected() -> None:
+    payload = encode(DeviceStatus(device_id="gw1", state="online"))
+    result = decode(payload, expect=(UplinkBatch,))
+    assert isinstance(result, Rejection) and "expected UplinkBatch" in result.reason
+
+
+def test_device_cannot_speak_for_another_device() -> None:
+    payload = encode(DeviceStatus(device_id="gw2", state="online"))
+    result = decode(payload, topic_device_id="gw1")
+    assert isinstance(result, Rejection) and "does not match" in result.reason
+
+
+def test_corrupt_chunk_is_detected_by_its_hash() -> None:
+    chunk = ArtifactChunk.build(SHA, 0, 1, b"good bytes")
+    other = ArtifactChunk.build(SHA, 0, 1, b"bad")
+    tampered = chunk.model_copy(update={"data_b64": other.data_b64})
+    with pytest.raises(ValueError, match="corrupt"):
+        tampered.data()
+
+
+def test_chunk_index_must_be_below_count() -> None:
+    payload = json.loads(encode(ArtifactChunk.build(SHA, 0, 1, b"x")))
+    payload["index"] = 5
+    result = decode(json.dumps(payload))
+    assert isinstance(result, Rejection) and "not below count" in result.reason
+
+
+def test_topics_are_built_and_parsed_under_a_prefix() -> None:
+    topics = Topics("plant-7")
+    assert topics.uplink("gw1") == "plant-7/devices/gw1/uplink"
+    assert topics.all_devices("status") == "plant-7/devices/+/status"
+    assert topics.parse_device_topic("plant-7/devices/gw1/ack") == ("gw1", "ack")
+    assert topics.parse_device_topic("other/devices/gw1/ack") is None
+    assert topics.artifact(SHA) == f"plant-7/artifacts/{SHA}"
+    with pytest.raises(ValueError, match="device id"):
+        topics.status("gw/1")
+    with pytest.raises(ValueError, match="prefix"):
+        Topics("a/#")
+
+
+def test_markdown_documents_every_topic_and_message() -> None:
+    text = contract.contract_markdown("edge-mlops")
+    for spec in contract.DEVICE_TOPICS:
+        assert f"edge-mlops/devices/{{device_id}}/{spec.leaf}" in text
+    for message in every_message():
+        assert type(message).__name__ in text
+
+
+def test_contract_imports_without_onnxruntime_or_opencv() -> None:
+    code = (
+        "import sys, edge_agent.contract\n"
+        "heavy = [m for m in ('onnxruntime', 'cv2', 'numpy', 'asyncua') if m in sys.modules]\n"
+        "print(','.join(heavy))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == ""
