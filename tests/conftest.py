@@ -106,3 +106,43 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
 @pytest.fixture
 def python() -> str:
     return sys.executable
+
+
+@dataclass
+class LineSimulatorProcess:
+    port: int
+    process: subprocess.Popen
+
+    @property
+    def endpoint(self) -> str:
+        return f"opc.tcp://127.0.0.1:{self.port}/line-1"
+
+
+def start_line_simulator(port: int, interval_s: float = 0.5) -> LineSimulatorProcess:
+    """The sample OPC-UA server as a real process; returns once it prints READY."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(SAMPLE_DATA / "line_simulator.py"),
+            "--port",
+            str(port),
+            "--interval-s",
+            str(interval_s),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith("READY"):
+            return LineSimulatorProcess(port, process)
+    raise AssertionError(f"line simulator exited with {process.wait()} before READY")
+
+
+@pytest.fixture
+def line_simulator() -> Iterator[LineSimulatorProcess]:
+    simulator = start_line_simulator(free_port())
+    yield simulator
+    simulator.process.terminate()
+    simulator.process.wait(timeout=10)

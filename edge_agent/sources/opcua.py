@@ -101,7 +101,7 @@ class OpcUaSource:
         tag = self._tag_by_node.get(node_id)
         if tag is None:
             return
-        status = data_value.StatusCode_ or ua.StatusCode(ua.StatusCodes.Good)
+        status = data_value.StatusCode or ua.StatusCode(ua.StatusCodes.Good)
         source_ts = data_value.SourceTimestamp or data_value.ServerTimestamp
         value = data_value.Value.Value if data_value.Value is not None else None
         numeric = float(value) if isinstance(value, int | float) else None
@@ -131,4 +131,8 @@ class _Handler:
         self._source = source
 
     def datachange_notification(self, node: Any, value: Any, data: Any) -> None:
-        self._source.on_value(node.nodeid.to_string(), data.monitored_item.Value)
+        try:
+            self._source.on_value(node.nodeid.to_string(), data.monitored_item.Value)
+        except (TypeError, ValueError, AttributeError) as exc:
+            log.warning("unusable value source=%s node=%s error=%s", self._source.name,
+                        node.nodeid.to_string(), exc)

@@ -1,0 +1,276 @@
+"""The demo: a broker, central, a simulated extrusion line over OPC-UA and one edge agent.
+
+It publishes the sample process model, deploys it to the agent over MQTT and shows the
+predictions arriving in central. Everything runs on loopback; Ctrl-C stops it all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+MODEL = REPO / "sample_data" / "scrap_model.onnx"
+METADATA = REPO / "sample_data" / "scrap_model.json"
+DEVICE = "line1-gw1"
+console = Console()
+
+EPILOG = """examples:
+  bash deploy/demo.sh                      # set up, then run until Ctrl-C
+  .venv/bin/python deploy/demo.py --duration 120
+  .venv/bin/python deploy/demo.py --fresh  # forget the previous demo's data first
+"""
+
+
+class Demo:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.logs = workdir / "logs"
+        self.processes: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, args: list[str], ready: str | None = None,
+              timeout_s: float = 60.0) -> subprocess.Popen:
+        """Start a child process; wait for a line containing `ready` on its stdout if given."""
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log_file = (self.logs / f"{name}.log").open("ab")
+        process = subprocess.Popen(
+            args, stdout=subprocess.PIPE if ready else log_file, stderr=log_file,
+            cwd=REPO, start_new_session=True,
+        )
+        self.processes.append((name, process))
+        if ready:
+            deadline = time.monotonic() + timeout_s
+            assert process.stdout is not None
+            for raw in process.stdout:
+                if ready in raw.decode(errors="replace"):
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{name} did not get ready in {timeout_s:.0f} s")
+            else:
+                raise RuntimeError(f"{name} exited early; see {self.logs / (name + '.log')}")
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited early; see {self.logs / (name + '.log')}")
+        return process
+
+    def stop_all(self) -> None:
+        for name, process in reversed(self.processes):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    console.print(f"[yellow]{name} did not stop in 15 s; killing it[/]")
+                    process.kill()
+                    process.wait()
+            console.print(f"  stopped {name}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, timeout_s: float, process: subprocess.Popen, name: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with code {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{name} did not answer on {url} within {timeout_s:.0f} s")
+
+
+def get_json(url: str) -> object:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def mosquitto_binary() -> str:
+    found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path(
+        "/usr/sbin/mosquitto").exists() else None)
+    if not found:
+        raise RuntimeError("mosquitto is not installed: run `bash deploy/setup.sh` as root, "
+                           "or `sudo apt-get install -y mosquitto`")
+    return found
+
+
+def write_configs(workdir: Path, ports: dict[str, int]) -> tuple[Path, Path]:
+    central = workdir / "central-sync.yaml"
+    central.write_text(
+        "central_id: demo-central\n"
+        f"broker: {{host: 127.0.0.1, port: {ports['mqtt']}}}\n"
+        "database_url: sqlite:///central/central.db\n"
+        "artifact_dir: central/artifacts\n"
+        f"web: {{host: 127.0.0.1, port: {ports['central_web']}}}\n"
+    )
+    agent_template = (REPO / "deploy" / "edge-agent.example.yaml").read_text()
+    agent = workdir / "edge-agent.yaml"
+    agent.write_text(
+        agent_template.replace("port: 1883 ", f"port: {ports['mqtt']} ")
+        .replace("opc.tcp://127.0.0.1:4840/", f"opc.tcp://127.0.0.1:{ports['opcua']}/")
+        .replace("data_dir: var/edge-agent", "data_dir: agent")
+        .replace("interval_s: 5 ", "interval_s: 2 ")
+        .replace("port: 8080 ", f"port: {ports['agent_web']} ")
+        .replace("status_interval_s: 10", "status_interval_s: 5")
+    )
+    return central, agent
+
+
+def run(workdir: Path, duration_s: float | None) -> int:
+    demo = Demo(workdir)
+    ports = {k: free_port() for k in ("mqtt", "opcua", "central_web", "agent_web")}
+    central_cfg, agent_cfg = write_configs(workdir, ports)
+    central_url = f"http://127.0.0.1:{ports['central_web']}"
+    agent_url = f"http://127.0.0.1:{ports['agent_web']}"
+    started = time.monotonic()
+    try:
+        console.rule("[bold]edge MLOps demo")
+        broker_dir = workdir / "mosquitto"
+        broker_dir.mkdir(parents=True, exist_ok=True)
+        (broker_dir / "mosquitto.conf").write_text(
+            f"listener {ports['mqtt']} 127.0.0.1\nallow_anonymous true\n"
+            f"persistence true\npersistence_location {broker_dir}/\n"
+        )
+        broker = demo.start("mosquitto", [mosquitto_binary(), "-c",
+                                          str(broker_dir / "mosquitto.conf")])
+        _wait_port(ports["mqtt"], broker)
+        console.print(f"[green]✓[/] Mosquitto broker       mqtt://127.0.0.1:{ports['mqtt']}")
+        demo.start("line-simulator", [str(BIN / "python"), "sample_data/line_simulator.py",
+                                      "--port", str(ports["opcua"]), "--interval-s", "1"],
+                   ready="READY")
+        console.print(f"[green]✓[/] OPC-UA line simulator  opc.tcp://127.0.0.1:{ports['opcua']}"
+                      "/line-1")
+        central = demo.start("central-sync", [str(BIN / "central-sync"), "serve", "-c",
+                                              str(central_cfg)])
+        wait_http(f"{central_url}/healthz", 60, central, "central-sync")
+        console.print(f"[green]✓[/] central-sync           {central_url}/")
+        publish = subprocess.run(
+            [str(BIN / "central-sync"), "model", "publish", str(MODEL), "--name",
+             "extruder-scrap", "--version", "1.0.0", "--metadata", str(METADATA),
+             "-c", str(central_cfg)], capture_output=True, text=True, cwd=REPO)
+        if publish.returncode != 0:
+            raise RuntimeError(f"model publish failed: {publish.stderr.strip()}")
+        console.print("[green]✓[/] published model        extruder-scrap 1.0.0")
+        agent = demo.start("edge-agent", [str(BIN / "edge-agent"), "run", "-c", str(agent_cfg)])
+        wait_http(f"{agent_url}/healthz", 60, agent, "edge-agent")
+        console.print(f"[green]✓[/] edge-agent {DEVICE}     {agent_url}/")
+        console.print("[bold]→[/] deploying extruder-scrap 1.0.0 to the gateway over MQTT ...")
+        deploy = subprocess.run(
+            [str(BIN / "central-sync"), "deploy", "extruder-scrap@1.0.0", "--device", DEVICE,
+             "--wait", "120", "-c", str(central_cfg)], capture_output=True, text=True, cwd=REPO)
+        for line in (deploy.stdout + deploy.stderr).strip().splitlines():
+            console.print(f"    {line}")
+        if deploy.returncode != 0:
+            raise RuntimeError("deployment did not complete; see the logs below")
+        _print_where(workdir, central_cfg, agent_cfg, central_url, agent_url)
+        _follow_predictions(demo, central_url, started, duration_s)
+    except KeyboardInterrupt:
+        console.print("\nCtrl-C: stopping")
+    except RuntimeError as exc:
+        console.print(f"[red]demo failed:[/] {exc}")
+        console.print(f"logs: {demo.logs}")
+        demo.stop_all()
+        return 1
+    demo.stop_all()
+    return 0
+
+
+def _wait_port(port: int, process: subprocess.Popen, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"mosquitto exited with code {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"mosquitto does not listen on {port}")
+
+
+def _print_where(workdir: Path, central_cfg: Path, agent_cfg: Path, central_url: str,
+                 agent_url: str) -> None:
+    table = Table(title="Look here", show_header=False)
+    table.add_row("central web page", f"{central_url}/")
+    table.add_row("central API", f"{central_url}/api/predictions  {central_url}/api/devices")
+    table.add_row("gateway status page", f"{agent_url}/")
+    table.add_row("central database", str(workdir / "central" / "central.db"))
+    table.add_row("gateway buffer", str(workdir / "agent" / "buffer.db"))
+    table.add_row("gateway model store", str(workdir / "agent" / "models"))
+    table.add_row("configs", f"{central_cfg}\n{agent_cfg}")
+    table.add_row("logs", str(workdir / "logs"))
+    table.add_row("try", f".venv/bin/central-sync devices -c {central_cfg}")
+    console.print(table)
+
+
+def _follow_predictions(demo: Demo, central_url: str, started: float,
+                        duration_s: float | None) -> None:
+    console.print("[bold]Predictions arriving in central[/] (Ctrl-C to stop):")
+    seen: set[tuple[str, int]] = set()
+    first = True
+    while duration_s is None or time.monotonic() - started < duration_s:
+        for name, process in demo.processes:
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited with code {process.returncode}")
+        rows = get_json(f"{central_url}/api/predictions?limit=20")
+        assert isinstance(rows, list)
+        for row in sorted(rows, key=lambda r: r["seq"]):
+            key = (row["device_id"], row["seq"])
+            if key in seen:
+                continue
+            seen.add(key)
+            if first:
+                console.print(f"[green]first prediction in central after "
+                              f"{time.monotonic() - started:.1f} s[/]")
+                first = False
+            inputs = row.get("inputs") or {}
+            outputs = row.get("outputs") or {}
+            scrap = outputs.get("scrap_rate_pct")
+            clock = time.strftime("%H:%M:%S", time.localtime(row["created_at"]))
+            if scrap is None:
+                console.print(f"  {clock} #{row['seq']} (no output)")
+                continue
+            console.print(
+                f"  {clock} #{row['seq']:<4} {row['model_name']} {row['model_version']}  "
+                f"zone2 {inputs.get('zone2_temp_c', 0):5.1f} °C  "
+                f"speed {inputs.get('screw_speed_rpm', 0):4.1f} rpm  "
+                f"→ scrap [bold]{scrap:.2f} %[/]"
+            )
+        time.sleep(1.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, default=REPO / "var" / "demo",
+                        help="where the demo keeps its databases, configs and logs")
+    parser.add_argument("--duration", type=float, default=None,
+                        help="stop by itself after this many seconds (default: run until Ctrl-C)")
+    parser.add_argument("--fresh", action="store_true", help="delete the previous demo's data")
+    args = parser.parse_args(argv)
+    if args.fresh and args.workdir.exists():
+        shutil.rmtree(args.workdir)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    return run(args.workdir.resolve(), args.duration)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Sets up everything the agent, central, the demo and the tests need, idempotently:
+# Mosquitto (installed with apt-get when missing and running as root), a virtual
+# environment in .venv and this package with its development extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+apt_install() {
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "Missing system packages: $*" >&2
+        echo "Install them with:  sudo apt-get install -y $*  and run this again." >&2
+        exit 1
+    fi
+    say "Installing system packages: $*"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+missing=()
+if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+    missing+=(mosquitto mosquitto-clients)
+fi
+if ! command -v python3 >/dev/null 2>&1; then
+    missing+=(python3 python3-venv)
+elif ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    missing+=(python3-venv)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+    apt_install "${missing[@]}"
+fi
+
+if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "Python 3.11 or newer is needed; this is $(python3 --version)." >&2
+    exit 1
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    say "Creating the virtual environment in .venv"
+    python3 -m venv .venv
+fi
+
+stamp=.venv/.installed-from-pyproject
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    say "Installing Python packages into .venv"
+    .venv/bin/python -m pip install --quiet --upgrade pip
+    .venv/bin/python -m pip install --quiet -e ".[dev]"
+    touch "$stamp"
+fi
+say "Set up: .venv ready, $(.venv/bin/python --version), mosquitto $(mosquitto -h 2>/dev/null | head -1 | awk '{print $3}')"
