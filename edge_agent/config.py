@@ -26,7 +26,8 @@ class OpcUaSourceConfig(_Strict):
     name: Name = Field(description="Name pipelines use to refer to this source")
     endpoint: str = Field(description="Server URL, e.g. opc.tcp://192.168.1.20:4840")
     nodes: dict[str, str] = Field(
-        min_length=1, description="Tag name -> NodeId, e.g. zone2_temp_c: 'ns=2;s=line1.zone2_temp_c'"
+        min_length=1,
+        description="Tag name -> NodeId, e.g. zone2_temp_c: 'ns=2;s=line1.zone2_temp_c'",
     )
     sampling_interval_ms: int = Field(500, ge=0, description="Server-side sampling interval")
     reconnect_max_backoff_s: float = Field(10.0, gt=0, description="Longest wait between retries")

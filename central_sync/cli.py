@@ -1,0 +1,405 @@
+"""The `central-sync` command line: a thin layer over the service, registry and database API."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import getpass
+import logging
+import os
+import re
+import secrets
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.table import Table
+
+from central_sync import __version__
+from central_sync.config import CentralConfig, load_central_config
+from central_sync.present import models_text, seconds_ago
+from edge_agent.configfile import ConfigError
+from edge_agent.contract import (
+    DEFAULT_TOPIC_PREFIX,
+    ID_PATTERN,
+    SEMVER_PATTERN,
+    DeploymentEvent,
+    Topics,
+    contract_markdown,
+    topic_table_markdown,
+)
+
+if TYPE_CHECKING:
+    from central_sync.db import CentralDB
+    from central_sync.service import CentralService
+
+log = logging.getLogger(__name__)
+
+CONFIG_ENV = "CENTRAL_SYNC_CONFIG"
+DEFAULT_CONFIG = "central-sync.yaml"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad input from the user; the message says what to do instead."""
+
+
+def _console() -> Console:
+    console = Console()
+    if not console.is_terminal:
+        console.width = 200
+    return console
+
+
+def _load(args: argparse.Namespace) -> CentralConfig:
+    return load_central_config(args.config)
+
+
+def _open_db(config: CentralConfig) -> CentralDB:
+    import sqlite3
+
+    from central_sync.db import CentralDB
+
+    try:
+        return CentralDB(config.database_path)
+    except (sqlite3.Error, OSError) as exc:
+        raise UsageError(f"cannot open the database {config.database_path}: {exc}; "
+                         "check database_url in the configuration") from None
+
+
+# --- serve -------------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from central_sync.service import CentralService, ServiceStartError
+    from edge_agent.transport import MqttTransport
+
+    config = _load(args)
+    service = CentralService(config, MqttTransport(config.broker, client_id=config.central_id))
+    try:
+        asyncio.run(_serve_until_signal(service))
+    except ServiceStartError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+async def _serve_until_signal(service: CentralService) -> None:
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await service.run()
+
+
+# --- model -------------------------------------------------------------------------------------
+
+
+def cmd_model_publish(args: argparse.Namespace) -> int:
+    from central_sync.registry import RegistryError, publish_model
+
+    config = _load(args)
+    db = _open_db(config)
+    started = time.time()
+    try:
+        manifest = publish_model(
+            db, config.artifact_dir, args.file, name=args.name, version=args.version,
+            kind=args.kind, metadata=args.metadata, chunk_size_bytes=config.chunk_size_bytes,
+            published_by=args.by)
+    except RegistryError as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        db.close()
+    what = "published" if manifest.published_at >= started else "already published, unchanged:"
+    chunks = f"{manifest.chunk_count} chunk{'' if manifest.chunk_count == 1 else 's'}"
+    console = _console()
+    console.print(f"{what} [bold]{manifest.name} {manifest.version}[/] ({manifest.kind}) "
+                  f"sha256 {manifest.sha256[:12]}..., {manifest.size_bytes:,} bytes in {chunks}",
+                  highlight=False)
+    for side, specs in (("input", manifest.inputs), ("output", manifest.outputs)):
+        for spec in specs:
+            console.print(f"  {side} {spec.name}: {spec.dtype} {spec.shape}", highlight=False)
+    return EXIT_OK
+
+
+def cmd_model_list(args: argparse.Namespace) -> int:
+    config = _load(args)
+    db = _open_db(config)
+    try:
+        models = db.list_models()
+    finally:
+        db.close()
+    table = Table(title=f"Models in {config.database_path}")
+    for column in ("name", "version", "kind", "sha256", "size", "inputs", "outputs",
+                   "published", "by"):
+        table.add_column(column, no_wrap=column in ("name", "version", "sha256"))
+    for item in models:
+        m = item.manifest
+        table.add_row(m.name, m.version, m.kind, m.sha256[:12], f"{m.size_bytes:,}",
+                      ", ".join(s.name for s in m.inputs), ", ".join(s.name for s in m.outputs),
+                      seconds_ago(m.published_at), item.published_by)
+    console = _console()
+    if not models:
+        console.print("No models yet; publish one with `central-sync model publish FILE "
+                      "--name N --version V`.")
+    else:
+        console.print(table)
+    return EXIT_OK
+
+
+# --- deploy ------------------------------------------------------------------------------------
+
+
+def parse_model_ref(text: str) -> tuple[str, str]:
+    """'scrap-model@1.2.0' -> ('scrap-model', '1.2.0'), or a UsageError saying the form."""
+    name, _, version = text.rpartition("@")
+    if not name or not re.match(ID_PATTERN, name) or not re.match(SEMVER_PATTERN, version):
+        raise UsageError(f"{text!r} is not NAME@VERSION, e.g. scrap-model@1.2.0; "
+                         "see `central-sync model list`")
+    return name, version
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    name, version = parse_model_ref(args.model)
+    if not re.match(ID_PATTERN, args.device):
+        raise UsageError(f"device id {args.device!r} is not valid: use letters, digits, . _ -")
+    config = _load(args)
+    db = _open_db(config)
+    try:
+        if db.get_model(name, version) is None:
+            raise UsageError(f"model {name} {version} is not in the registry; see "
+                             "`central-sync model list`, or publish it with "
+                             "`central-sync model publish`")
+        return asyncio.run(_deploy(config, db, name, version, args))
+    finally:
+        db.close()
+
+
+async def _deploy(config: CentralConfig, db: CentralDB, name: str, version: str,
+                  args: argparse.Namespace) -> int:
+    from central_sync.deployments import deploy, deploy_and_wait
+    from edge_agent.transport import MqttTransport, NotConnected
+
+    console = _console()
+    broker = config.broker.model_copy(update={"client_id": None})
+    client_id = f"{config.central_id}-cli-{secrets.token_hex(4)}"
+    transport = MqttTransport(broker, client_id=client_id, persistent_session=False)
+    topics = Topics(broker.topic_prefix)
+    await transport.start()
+    try:
+        if not await transport.wait_connected(args.connect_timeout):
+            console.print(f"[red]cannot reach the MQTT broker at {broker.host}:{broker.port}"
+                          f"[/] ({transport.last_error or 'no answer'}); is it running?")
+            return EXIT_FAILED
+        try:
+            if args.wait is None:
+                command = await deploy(db, transport, name, version, args.device, args.by,
+                                       topics)
+                console.print(f"deploy {name} {version} sent to {args.device} "
+                              f"(command {command.command_id}); add --wait 120 to follow it")
+                return EXIT_OK
+            command, final = await deploy_and_wait(
+                db, transport, name, version, args.device, args.by,
+                timeout_s=args.wait, on_event=_event_printer(console), topics=topics)
+        except NotConnected as exc:
+            console.print(f"[red]deploy command not sent[/]: {exc}")
+            return EXIT_FAILED
+    finally:
+        await transport.stop()
+    if final is None:
+        console.print(f"[red]no final answer from {args.device} within {args.wait:g} s[/]; it may "
+                      "be offline (the command waits at the broker); check `central-sync devices`")
+        return EXIT_FAILED
+    if final.step == "activated":
+        console.print(f"[green]{name} {version} is active on {args.device}[/]")
+        return EXIT_OK
+    console.print(f"[red]deployment {final.step} on {args.device}[/]: {final.detail}")
+    return EXIT_FAILED
+
+
+def _event_printer(console: Console) -> Callable[[DeploymentEvent], None]:
+    def show(event: DeploymentEvent) -> None:
+        progress = "" if event.progress is None else f" {event.progress:.0%}"
+        console.print(f"  {event.step}{progress} {event.detail}".rstrip(), highlight=False)
+
+    return show
+
+
+# --- devices and contract ----------------------------------------------------------------------
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    config = _load(args)
+    db = _open_db(config)
+    try:
+        devices = db.list_devices()
+    finally:
+        db.close()
+    now = time.time()
+    table = Table(title="Devices")
+    for column in ("device", "state", "last seen", "active models", "records stored",
+                   "buffer depth"):
+        table.add_column(column)
+    for d in devices:
+        state = d.presence(now, config.offline_after_s)
+        colour = "green" if state == "online" else "red"
+        depth = "-" if d.buffer_depth is None else str(d.buffer_depth)
+        table.add_row(d.device_id, f"[{colour}]{state}[/]", seconds_ago(d.last_seen, now),
+                      models_text(d.active_models), f"{d.records:,}", depth)
+    console = _console()
+    if not devices:
+        console.print("No device has reported yet; is `central-sync serve` running?")
+    else:
+        console.print(table)
+    return EXIT_OK
+
+
+def cmd_contract(args: argparse.Namespace) -> int:
+    try:
+        Topics(args.prefix)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    print(contract_markdown(args.prefix) if args.markdown else topic_table_markdown(args.prefix))
+    return EXIT_OK
+
+
+# --- parser ------------------------------------------------------------------------------------
+
+
+def _epilog(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    formatter = argparse.RawDescriptionHelpFormatter
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-c", "--config", type=Path,
+        default=Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG),
+        help=f"central's YAML config (default: ${CONFIG_ENV} or ./{DEFAULT_CONFIG})")
+
+    parser = argparse.ArgumentParser(
+        prog="central-sync", formatter_class=formatter,
+        description="Central service of edge MLOps: model registry, deployments and ingest "
+                    "of gateway data over MQTT.",
+        epilog=_epilog("central-sync serve -c central-sync.yaml",
+                       "central-sync model publish model.onnx --name scrap-model --version 1.0.0",
+                       "central-sync deploy scrap-model@1.0.0 --device line1-gw --wait 120"))
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                        help="logging detail on stderr (default: info for serve, else warning)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve", parents=[common], formatter_class=formatter,
+        help="run ingest, the artifact chunk server and the web page until stopped",
+        description="Subscribe to every device's topics, store and acknowledge uplinks, serve "
+                    "artifact chunks and the web page. Stops cleanly on SIGTERM or Ctrl-C.",
+        epilog=_epilog("central-sync serve -c central-sync.yaml",
+                       "CENTRAL_SYNC_CONFIG=/etc/central-sync.yaml central-sync serve"))
+    serve.set_defaults(func=cmd_serve)
+
+    model = commands.add_parser(
+        "model", formatter_class=formatter, help="publish and list model versions",
+        description="The model registry: immutable, versioned ONNX artifacts.",
+        epilog=_epilog("central-sync model publish model.onnx --name scrap-model --version 1.0.0",
+                       "central-sync model list"))
+    model_commands = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    publish = model_commands.add_parser(
+        "publish", parents=[common], formatter_class=formatter,
+        help="validate an ONNX file with ONNX Runtime and publish it as name@version",
+        description="Validate FILE with ONNX Runtime, store it by sha256 and record it. A "
+                    "version is immutable: the same bytes again change nothing, other bytes "
+                    "are refused. --name/--version/--kind win over the same keys in the "
+                    "metadata file; without them the metadata's values are used.",
+        epilog=_epilog(
+            "central-sync model publish scrap_model.onnx --metadata scrap_model.json",
+            "central-sync model publish defects.onnx --name surface-defects --version 1.4.0 "
+            "--kind vision"))
+    publish.add_argument("file", type=Path, help="the .onnx file")
+    publish.add_argument("--name", help="model name (default: metadata's \"name\")")
+    publish.add_argument("--version", help="semantic version, e.g. 1.4.0 "
+                                           "(default: metadata's \"version\")")
+    publish.add_argument("--kind", choices=["process", "vision"],
+                         help="model kind (default: metadata's \"kind\", else process)")
+    publish.add_argument("--metadata", type=Path,
+                         help="JSON file copied into the manifest (features, golden, ...)")
+    publish.add_argument("--by", default=_user(), help="who publishes, for the audit log")
+    publish.set_defaults(func=cmd_model_publish)
+    listing = model_commands.add_parser(
+        "list", parents=[common], formatter_class=formatter, help="list published models",
+        description="List every published model version.",
+        epilog=_epilog("central-sync model list -c central-sync.yaml"))
+    listing.set_defaults(func=cmd_model_list)
+
+    deploy = commands.add_parser(
+        "deploy", parents=[common], formatter_class=formatter,
+        help="send a model version to a device over MQTT",
+        description="Record a deployment and send the deploy command to the device (QoS 1; it "
+                    "waits at the broker while the device is offline). The running `serve` "
+                    "process serves the artifact's chunks. With --wait, show each step until "
+                    "activated (exit 0) or failed / timed out (exit 1).",
+        epilog=_epilog("central-sync deploy scrap-model@1.0.0 --device line1-gw",
+                       "central-sync deploy scrap-model@1.0.0 --device line1-gw --wait 120"))
+    deploy.add_argument("model", metavar="NAME@VERSION", help="e.g. scrap-model@1.0.0")
+    deploy.add_argument("--device", required=True, help="device id of the target gateway")
+    deploy.add_argument("--wait", type=float, metavar="SECONDS",
+                        help="follow the deployment for at most this long")
+    deploy.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="how long to try reaching the broker (default: 10)")
+    deploy.add_argument("--by", default=_user(), help="who deploys, for the audit log")
+    deploy.set_defaults(func=cmd_deploy)
+
+    devices = commands.add_parser(
+        "devices", parents=[common], formatter_class=formatter,
+        help="show the fleet: state, last seen, active models, records, buffer depth",
+        description="Show every device central has heard from.",
+        epilog=_epilog("central-sync devices -c central-sync.yaml"))
+    devices.set_defaults(func=cmd_devices)
+
+    contract = commands.add_parser(
+        "contract", formatter_class=formatter, help="print the MQTT topic table (and schemas)",
+        description="Print the MQTT contract: the topic table, and with --markdown also the "
+                    "JSON Schema of every message.",
+        epilog=_epilog("central-sync contract", "central-sync contract --markdown > CONTRACT.md",
+                       "central-sync contract --prefix plant7"))
+    contract.add_argument("--markdown", action="store_true",
+                          help="the full contract as Markdown, JSON Schemas included")
+    contract.add_argument("--prefix", default=DEFAULT_TOPIC_PREFIX,
+                          help=f"topic prefix (default: {DEFAULT_TOPIC_PREFIX})")
+    contract.set_defaults(func=cmd_contract)
+    return parser
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "cli"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `central-sync`; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    level = args.log_level or ("info" if args.command == "serve" else "warning")
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,305 @@
+"""CentralDB: every query and write of central-sync, over SQLite in WAL mode via sqlite-utils.
+
+The SQL is kept plain so that PostgreSQL can follow through this same class.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+from sqlite_utils import Database
+
+from central_sync.db.rows import (
+    DeviceSummary,
+    ModelVersionExists,
+    PublishedModel,
+    device_summary,
+    rows_for_batch,
+    version_exists_message,
+)
+from central_sync.db.schema import apply_migrations
+from edge_agent.contract import (
+    DeployCommand,
+    DeploymentEvent,
+    DeviceStatus,
+    ModelManifest,
+    UplinkBatch,
+)
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEPLOYMENT_ISSUED = "issued"
+
+
+def _locked(method: Callable[P, R]) -> Callable[P, R]:
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        with args[0]._lock:  # type: ignore[attr-defined]
+            return method(*args, **kwargs)
+
+    return wrapper
+
+
+class CentralDB:
+    """Central's database. Thread-safe: calls are serialised on one connection.
+
+    Callers on an asyncio loop run these methods in a worker thread, never on the loop.
+    """
+
+    def __init__(self, path: str | Path, busy_timeout_ms: int = 5000) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            self.path, timeout=busy_timeout_ms / 1000, check_same_thread=False,
+            isolation_level=None,
+        )
+        self._db = Database(conn)
+        self._lock = threading.RLock()
+        self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        self._db.enable_wal()
+        self._db.execute("PRAGMA synchronous = NORMAL")
+        with self._lock:
+            apply_migrations(self._db, str(self.path))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # --- schema ---------------------------------------------------------------------------
+
+    @_locked
+    def schema_version(self) -> int:
+        row = next(self._db.query("SELECT MAX(version) AS v FROM schema_migrations"))
+        return row["v"] or 0
+
+    # --- ingest ---------------------------------------------------------------------------
+
+    @_locked
+    def store_batch(self, batch: UplinkBatch, received_at: float | None = None) -> list[int]:
+        """Store a batch idempotently on (device_id, seq), in one transaction.
+
+        Returns every seq of the batch that is now stored, duplicates included: all of them
+        may be acknowledged.
+        """
+        received_at = time.time() if received_at is None else received_at
+        rows = rows_for_batch(batch, received_at)
+        max_seq = max(record.seq for record in batch.records)
+        with self._db.atomic():
+            inserted = self._db.conn.executemany(
+                "INSERT OR IGNORE INTO records (device_id, seq, type, created_at, received_at, "
+                "payload) VALUES (?, ?, ?, ?, ?, ?)", rows.records).rowcount
+            self._db.conn.executemany(
+                "INSERT OR IGNORE INTO predictions (device_id, seq, created_at, pipeline, "
+                "model_name, model_version, model_sha256, outputs, inputs, latency_ms) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows.predictions)
+            device = self._device_row(batch.device_id)
+            if device is None:
+                self._db.execute(
+                    "INSERT INTO devices (device_id, state, last_seen, last_seq) "
+                    "VALUES (?, 'unknown', ?, ?)", (batch.device_id, received_at, max_seq))
+            else:
+                self._db.execute(
+                    "UPDATE devices SET last_seen = ?, last_seq = ? WHERE device_id = ?",
+                    (received_at, max(device["last_seq"], max_seq), batch.device_id))
+        seqs = sorted({record.seq for record in batch.records})
+        log.debug("batch stored device=%s batch=%s records=%d new=%d", batch.device_id,
+                  batch.batch_id, len(seqs), inserted)
+        return seqs
+
+    @_locked
+    def update_status(self, status: DeviceStatus, received_at: float | None = None) -> None:
+        """Apply a status message. The offline form (often the broker's last will) only
+        changes the state: the last online status, models and last_seen are kept."""
+        received_at = time.time() if received_at is None else received_at
+        with self._db.atomic():
+            if self._device_row(status.device_id) is None:
+                self._db.execute(
+                    "INSERT INTO devices (device_id, state, state_at) VALUES (?, ?, ?)",
+                    (status.device_id, status.state, received_at))
+            if status.state == "offline":
+                self._db.execute(
+                    "UPDATE devices SET state = ?, state_at = ? WHERE device_id = ?",
+                    (status.state, received_at, status.device_id))
+                return
+            self._db.execute(
+                "UPDATE devices SET state = ?, state_at = ?, last_seen = ?, status = ?, "
+                "agent_version = ?, active_models = ? WHERE device_id = ?",
+                (status.state, received_at, received_at, status.model_dump_json(),
+                 status.agent_version,
+                 json.dumps([m.model_dump() for m in status.active_models]),
+                 status.device_id))
+
+    def _device_row(self, device_id: str) -> dict[str, Any] | None:
+        return next(self._db.query(
+            "SELECT * FROM devices WHERE device_id = ?", (device_id,)), None)
+
+    # --- models ---------------------------------------------------------------------------
+
+    @_locked
+    def add_model(self, manifest: ModelManifest, published_by: str) -> ModelManifest:
+        """Record a new model version and its audit entry; returns the stored manifest.
+
+        Publishing the same bytes again is a no-op returning the existing manifest; other
+        bytes under an existing name@version raise ModelVersionExists.
+        """
+        with self._db.atomic():
+            existing = self._model(manifest.name, manifest.version)
+            if existing is not None:
+                if existing.sha256 != manifest.sha256:
+                    raise ModelVersionExists(version_exists_message(existing))
+                return existing
+            self._db.execute(
+                "INSERT INTO models (name, version, kind, sha256, size_bytes, manifest, "
+                "published_at, published_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (manifest.name, manifest.version, manifest.kind, manifest.sha256,
+                 manifest.size_bytes, manifest.model_dump_json(), manifest.published_at,
+                 published_by))
+            self._audit(published_by, "model.publish", f"{manifest.name}@{manifest.version}",
+                        f"sha256={manifest.sha256} size_bytes={manifest.size_bytes}")
+        return manifest
+
+    @_locked
+    def get_model(self, name: str, version: str) -> ModelManifest | None:
+        return self._model(name, version)
+
+    def _model(self, name: str, version: str) -> ModelManifest | None:
+        row = next(self._db.query(
+            "SELECT manifest FROM models WHERE name = ? AND version = ?", (name, version)), None)
+        return ModelManifest.model_validate_json(row["manifest"]) if row else None
+
+    @_locked
+    def get_model_by_sha256(self, sha256: str) -> ModelManifest | None:
+        """Any manifest of this artifact; every manifest of one artifact shares its chunking."""
+        row = next(self._db.query(
+            "SELECT manifest FROM models WHERE sha256 = ? ORDER BY published_at LIMIT 1",
+            (sha256,)), None)
+        return ModelManifest.model_validate_json(row["manifest"]) if row else None
+
+    @_locked
+    def list_models(self) -> list[PublishedModel]:
+        return [
+            PublishedModel(ModelManifest.model_validate_json(row["manifest"]),
+                           row["published_by"])
+            for row in self._db.query(
+                "SELECT manifest, published_by FROM models ORDER BY name, published_at")
+        ]
+
+    # --- deployments ----------------------------------------------------------------------
+
+    @_locked
+    def create_deployment(self, command: DeployCommand) -> None:
+        manifest = command.manifest
+        with self._db.atomic():
+            self._db.execute(
+                "INSERT INTO deployments (command_id, device_id, model_name, version, issued_at, "
+                "issued_by, state, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (command.command_id, command.device_id, manifest.name, manifest.version,
+                 command.issued_at, command.issued_by, DEPLOYMENT_ISSUED, command.issued_at))
+            self._audit(command.issued_by, "model.deploy", f"{manifest.name}@{manifest.version}",
+                        f"device={command.device_id} command={command.command_id}")
+
+    @_locked
+    def mark_deployment(self, command_id: str, state: str, detail: str) -> None:
+        """Set a deployment's state from central's side (e.g. the command could not be sent)."""
+        self._db.execute(
+            "UPDATE deployments SET state = ?, detail = ?, updated_at = ? WHERE command_id = ?",
+            (state, detail, time.time(), command_id))
+
+    @_locked
+    def record_deployment_event(self, event: DeploymentEvent) -> bool:
+        """Store a device's deployment step and move the deployment's state on.
+
+        Idempotent on (command_id, step, at); an event older than the state already shown does
+        not move it back. Returns False when the event was a duplicate.
+        """
+        with self._db.atomic():
+            inserted = self._db.execute(
+                "INSERT OR IGNORE INTO deployment_events (command_id, device_id, step, detail, "
+                "progress, at) VALUES (?, ?, ?, ?, ?, ?)",
+                (event.command_id, event.device_id, event.step, event.detail, event.progress,
+                 event.at)).rowcount
+            if not inserted:
+                return False
+            known = next(self._db.query(
+                "SELECT command_id FROM deployments WHERE command_id = ?",
+                (event.command_id,)), None)
+            if known is None:
+                log.warning("deployment event for a command this central did not issue "
+                            "device=%s command=%s", event.device_id, event.command_id)
+                self._db.execute(
+                    "INSERT INTO deployments (command_id, device_id, model_name, version, "
+                    "state, detail, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (event.command_id, event.device_id, event.model_name, event.version,
+                     event.step, event.detail, event.at))
+            else:
+                self._db.execute(
+                    "UPDATE deployments SET state = ?, detail = ?, updated_at = ? "
+                    "WHERE command_id = ? AND (state = ? OR updated_at <= ?)",
+                    (event.step, event.detail, event.at, event.command_id, DEPLOYMENT_ISSUED,
+                     event.at))
+        return True
+
+    @_locked
+    def get_deployment(self, command_id: str) -> dict[str, Any] | None:
+        return next(self._db.query(
+            "SELECT * FROM deployments WHERE command_id = ?", (command_id,)), None)
+
+    @_locked
+    def list_deployments(self, device_id: str | None = None, limit: int = 50) -> list[dict]:
+        where, params = _device_filter(device_id)
+        return list(self._db.query(
+            f"SELECT * FROM deployments{where} ORDER BY updated_at DESC LIMIT ?",
+            (*params, limit)))
+
+    @_locked
+    def deployment_events(self, command_id: str) -> list[dict[str, Any]]:
+        return list(self._db.query(
+            "SELECT * FROM deployment_events WHERE command_id = ? ORDER BY at", (command_id,)))
+
+    # --- queries --------------------------------------------------------------------------
+
+    @_locked
+    def list_devices(self) -> list[DeviceSummary]:
+        rows = self._db.query(
+            "SELECT d.*, (SELECT COUNT(*) FROM records r WHERE r.device_id = d.device_id) "
+            "AS records FROM devices d ORDER BY d.device_id")
+        return [device_summary(row) for row in rows]
+
+    @_locked
+    def recent_predictions(self, limit: int = 50, device_id: str | None = None) -> list[dict]:
+        where, params = _device_filter(device_id)
+        rows = self._db.query(
+            f"SELECT * FROM predictions{where} ORDER BY created_at DESC, seq DESC LIMIT ?",
+            (*params, limit))
+        return [{**row, "outputs": json.loads(row["outputs"]), "inputs": json.loads(row["inputs"])}
+                for row in rows]
+
+    @_locked
+    def count_records(self, device_id: str | None = None) -> int:
+        where, params = _device_filter(device_id)
+        return next(self._db.query(f"SELECT COUNT(*) AS n FROM records{where}", params))["n"]
+
+    @_locked
+    def list_audit(self, limit: int = 100) -> list[dict[str, Any]]:
+        return list(self._db.query(
+            "SELECT * FROM audit_log ORDER BY at DESC LIMIT ?", (limit,)))
+
+    def _audit(self, actor: str, action: str, subject: str, detail: str) -> None:
+        self._db.execute(
+            "INSERT INTO audit_log (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
+            (time.time(), actor or "unknown", action, subject, detail))
+
+
+def _device_filter(device_id: str | None) -> tuple[str, tuple[Any, ...]]:
+    return (" WHERE device_id = ?", (device_id,)) if device_id else ("", ())

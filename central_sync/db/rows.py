@@ -1,0 +1,125 @@
+"""Rows of central's database as Python values, and the pure mapping from messages to rows."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge_agent.contract import DeviceStatus, ModelManifest, ModelRef, UplinkBatch, UplinkRecord
+
+log = logging.getLogger(__name__)
+
+PREDICTION_TYPE = "prediction"
+
+
+class ModelVersionExists(Exception):
+    """A name@version is already published (with other bytes); versions are immutable."""
+
+
+@dataclass(frozen=True)
+class DeviceSummary:
+    """One row of the fleet view, with the JSON columns parsed."""
+
+    device_id: str
+    state: str
+    state_at: float | None
+    last_seen: float | None
+    agent_version: str
+    active_models: list[ModelRef]
+    last_seq: int
+    records: int
+    status: DeviceStatus | None = None
+
+    def presence(self, now: float, offline_after_s: float) -> str:
+        """online, or offline when the device said so or has been silent too long."""
+        if self.state != "online":
+            return "offline"
+        if self.last_seen is None or now - self.last_seen > offline_after_s:
+            return "offline"
+        return "online"
+
+    @property
+    def buffer_depth(self) -> int | None:
+        if self.status is None or self.status.buffer is None:
+            return None
+        return self.status.buffer.depth
+
+
+def device_summary(row: dict[str, Any]) -> DeviceSummary:
+    """A devices row (with its record count) as a DeviceSummary.
+
+    A stored status that an updated contract no longer reads is shown as absent, not raised.
+    """
+    status, models = None, []
+    try:
+        if row["status"]:
+            status = DeviceStatus.model_validate_json(row["status"])
+        models = [ModelRef.model_validate(m) for m in json.loads(row["active_models"])]
+    except ValueError as exc:  # pydantic's ValidationError included
+        log.warning("stored status unreadable device=%s error=%s", row["device_id"], exc)
+    return DeviceSummary(
+        device_id=row["device_id"], state=row["state"], state_at=row["state_at"],
+        last_seen=row["last_seen"], agent_version=row["agent_version"],
+        active_models=models, last_seq=row["last_seq"],
+        records=row["records"], status=status)
+
+
+@dataclass(frozen=True)
+class PublishedModel:
+    manifest: ModelManifest
+    published_by: str
+
+
+@dataclass
+class BatchRows:
+    """Rows written for one batch: the raw records and their prediction projection."""
+
+    records: list[tuple[Any, ...]] = field(default_factory=list)
+    predictions: list[tuple[Any, ...]] = field(default_factory=list)
+
+
+def rows_for_batch(batch: UplinkBatch, received_at: float) -> BatchRows:
+    """The records rows of a batch, and the predictions rows projected from them."""
+    rows = BatchRows()
+    for record in batch.records:
+        rows.records.append((batch.device_id, record.seq, record.type, record.created_at,
+                             received_at, json.dumps(record.payload)))
+        if record.type == PREDICTION_TYPE:
+            projected = prediction_row(batch.device_id, record)
+            if projected is None:
+                log.warning("prediction record kept but not projected: payload lacks its shape "
+                            "device=%s seq=%d", batch.device_id, record.seq)
+            else:
+                rows.predictions.append(projected)
+    return rows
+
+
+def prediction_row(device_id: str, record: UplinkRecord) -> tuple[Any, ...] | None:
+    """The predictions-table row for a prediction record, or None if its payload is unusable."""
+    payload = record.payload
+    model = payload.get("model")
+    outputs = payload.get("outputs")
+    inputs = payload.get("inputs", {})
+    latency = payload.get("latency_ms")
+    if not isinstance(model, dict) or not isinstance(outputs, dict):
+        return None
+    if not isinstance(inputs, dict) or not (latency is None or isinstance(latency, int | float)):
+        return None
+    return (device_id, record.seq, record.created_at, payload.get("pipeline"),
+            model.get("name"), model.get("version"), model.get("sha256"),
+            json.dumps(outputs), json.dumps(inputs), latency)
+
+
+def version_exists_message(existing: ModelManifest) -> str:
+    """Why other bytes cannot be published under an existing name@version."""
+    return (f"{existing.name} {existing.version} already exists with sha256 "
+            f"{existing.sha256[:12]}...; versions are immutable, publish "
+            f"{_next_patch(existing.version)}")
+
+
+def _next_patch(version: str) -> str:
+    core = version.split("-")[0].split("+")[0]
+    major, minor, patch = core.split(".")
+    return f"{major}.{minor}.{int(patch) + 1}"

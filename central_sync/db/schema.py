@@ -1,0 +1,71 @@
+"""Central's database schema as numbered migrations, applied once each, in order."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from sqlite_utils import Database
+
+log = logging.getLogger(__name__)
+
+# Append new migrations, never edit applied ones: databases in the field already ran them.
+MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
+    (1, "initial schema", (
+        """CREATE TABLE devices (
+            device_id TEXT PRIMARY KEY, state TEXT NOT NULL, state_at REAL, last_seen REAL,
+            status TEXT, agent_version TEXT NOT NULL DEFAULT '',
+            active_models TEXT NOT NULL DEFAULT '[]', last_seq INTEGER NOT NULL DEFAULT 0)""",
+        """CREATE TABLE records (
+            device_id TEXT NOT NULL, seq INTEGER NOT NULL, type TEXT NOT NULL,
+            created_at REAL NOT NULL, received_at REAL NOT NULL, payload TEXT NOT NULL,
+            PRIMARY KEY (device_id, seq))""",
+        "CREATE INDEX records_type ON records (type, created_at)",
+        """CREATE TABLE predictions (
+            device_id TEXT NOT NULL, seq INTEGER NOT NULL, created_at REAL NOT NULL,
+            pipeline TEXT, model_name TEXT, model_version TEXT, model_sha256 TEXT,
+            outputs TEXT NOT NULL, inputs TEXT NOT NULL, latency_ms REAL,
+            PRIMARY KEY (device_id, seq))""",
+        "CREATE INDEX predictions_created_at ON predictions (created_at)",
+        """CREATE TABLE models (
+            name TEXT NOT NULL, version TEXT NOT NULL, kind TEXT NOT NULL,
+            sha256 TEXT NOT NULL, size_bytes INTEGER NOT NULL, manifest TEXT NOT NULL,
+            published_at REAL NOT NULL, published_by TEXT NOT NULL,
+            PRIMARY KEY (name, version))""",
+        "CREATE INDEX models_sha256 ON models (sha256)",
+        """CREATE TRIGGER models_are_immutable BEFORE UPDATE ON models
+            BEGIN SELECT RAISE(ABORT, 'published model versions are immutable'); END""",
+        """CREATE TABLE deployments (
+            command_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, model_name TEXT NOT NULL,
+            version TEXT NOT NULL, issued_at REAL, issued_by TEXT NOT NULL DEFAULT '',
+            state TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '', updated_at REAL NOT NULL)""",
+        "CREATE INDEX deployments_device ON deployments (device_id, updated_at)",
+        """CREATE TABLE deployment_events (
+            command_id TEXT NOT NULL, device_id TEXT NOT NULL, step TEXT NOT NULL,
+            detail TEXT NOT NULL DEFAULT '', progress REAL, at REAL NOT NULL,
+            UNIQUE (command_id, step, at))""",
+        """CREATE TABLE audit_log (
+            at REAL NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+            subject TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '')""",
+        "CREATE INDEX audit_log_at ON audit_log (at)",
+    )),
+)
+
+
+def apply_migrations(db: Database, name: str) -> int:
+    """Bring the schema up to date in one transaction; returns the schema version."""
+    with db.atomic():
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            "version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at REAL NOT NULL)")
+        applied = {row["version"] for row in db.query("SELECT version FROM schema_migrations")}
+        for version, description, statements in MIGRATIONS:
+            if version in applied:
+                continue
+            for sql in statements:
+                db.execute(sql)
+            db.execute(
+                "INSERT INTO schema_migrations (version, description, applied_at) "
+                "VALUES (?, ?, ?)", (version, description, time.time()))
+            log.info("schema migrated db=%s version=%d (%s)", name, version, description)
+    return max(version for version, _, _ in MIGRATIONS)

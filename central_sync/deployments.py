@@ -1,0 +1,118 @@
+"""Deploying a published model version to a device, and following its steps as they arrive."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from central_sync.db import CentralDB
+from edge_agent.contract import (
+    DeployCommand,
+    DeploymentEvent,
+    Rejection,
+    Topics,
+    decode,
+    encode,
+)
+from edge_agent.transport import NotConnected, Transport
+
+log = logging.getLogger(__name__)
+
+TERMINAL_STEPS = frozenset({"activated", "failed", "rolled_back"})
+
+
+class UnknownModel(LookupError):
+    """The model version to deploy is not in the registry."""
+
+
+async def deploy(
+    db: CentralDB,
+    transport: Transport,
+    name: str,
+    version: str,
+    device_id: str,
+    issued_by: str,
+    topics: Topics | None = None,
+) -> DeployCommand:
+    """Record a deployment (with its audit entry) and send the command to the device, QoS 1.
+
+    Database calls run in a worker thread. If the command cannot be sent the deployment is
+    marked failed and NotConnected is raised.
+    """
+    topics = topics or Topics()
+    manifest = await asyncio.to_thread(db.get_model, name, version)
+    if manifest is None:
+        raise UnknownModel(
+            f"model {name} {version} is not in the registry; see `central-sync model list`, "
+            "or publish it with `central-sync model publish`")
+    command = DeployCommand(device_id=device_id, manifest=manifest, issued_by=issued_by)
+    await asyncio.to_thread(db.create_deployment, command)
+    try:
+        await transport.publish(topics.commands(device_id), encode(command), qos=1)
+    except NotConnected as exc:
+        await asyncio.to_thread(db.mark_deployment, command.command_id, "failed",
+                                f"command not sent: {exc}")
+        raise
+    log.info("deploy sent device=%s model=%s version=%s command=%s by=%s", device_id, name,
+             version, command.command_id, issued_by)
+    return command
+
+
+async def deploy_and_wait(
+    db: CentralDB,
+    transport: Transport,
+    name: str,
+    version: str,
+    device_id: str,
+    issued_by: str,
+    timeout_s: float,
+    on_event: Callable[[DeploymentEvent], None] | None = None,
+    topics: Topics | None = None,
+) -> tuple[DeployCommand, DeploymentEvent | None]:
+    """Deploy, then follow the device's steps until activated, failed or rolled back.
+
+    Returns the command and its final event, or None as event when `timeout_s` passed first.
+    """
+    topics = topics or Topics()
+    events: asyncio.Queue[DeploymentEvent] = asyncio.Queue()
+    topic = topics.deployment(device_id)
+
+    async def collect(_topic: str, payload: bytes) -> None:
+        message = decode(payload, expect=(DeploymentEvent,), topic_device_id=device_id)
+        if isinstance(message, Rejection):
+            log.warning("deployment event rejected topic=%s reason=%s", _topic, message.reason)
+        elif isinstance(message, DeploymentEvent):
+            events.put_nowait(message)
+
+    await transport.subscribe(topic, collect, qos=1)
+    try:
+        command = await deploy(db, transport, name, version, device_id, issued_by, topics)
+        final = await _follow(events, command.command_id, timeout_s, on_event)
+    finally:
+        await transport.unsubscribe(topic)
+    return command, final
+
+
+async def _follow(
+    events: asyncio.Queue[DeploymentEvent],
+    command_id: str,
+    timeout_s: float,
+    on_event: Callable[[DeploymentEvent], None] | None,
+) -> DeploymentEvent | None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return None
+        try:
+            event = await asyncio.wait_for(events.get(), remaining)
+        except TimeoutError:
+            return None
+        if event.command_id != command_id:
+            continue
+        if on_event is not None:
+            on_event(event)
+        if event.step in TERMINAL_STEPS:
+            return event

@@ -1,0 +1,283 @@
+"""The running central service: ingest of device messages, artifact chunk server, web page.
+
+Every database call runs on one dedicated worker thread, never on the asyncio loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+from pydantic import BaseModel
+
+from central_sync.config import CentralConfig
+from central_sync.db import CentralDB
+from central_sync.registry import artifact_path
+from edge_agent.contract import (
+    ArtifactChunk,
+    BatchAck,
+    ChunkRequest,
+    DeploymentEvent,
+    DeviceStatus,
+    ModelManifest,
+    Rejection,
+    Topics,
+    UplinkBatch,
+    decode,
+    encode,
+)
+from edge_agent.transport import NotConnected, Transport
+
+if TYPE_CHECKING:
+    from central_sync.web import WebServer
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+MessageT = TypeVar("MessageT", bound=BaseModel)
+
+
+class ServiceStartError(Exception):
+    """The service cannot start (database or web port unusable); the message says why."""
+
+
+@dataclass
+class IngestStats:
+    """Counters of what the service received, stored, answered and refused."""
+
+    batches: int = 0
+    records_acked: int = 0
+    acks_unsent: int = 0
+    store_failures: int = 0
+    statuses: int = 0
+    deployment_events: int = 0
+    chunk_requests: int = 0
+    chunks_sent: int = 0
+    chunk_failures: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    last_rejection: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "rejected": dict(self.rejected)}
+
+
+class CentralService:
+    """Subscribes to every device's topics, stores what arrives, acks and serves chunks.
+
+    Works over any Transport (MQTT or in-memory). `run()` runs until cancelled.
+    """
+
+    def __init__(self, config: CentralConfig, transport: Transport) -> None:
+        self.config = config
+        self.transport = transport
+        self.topics = Topics(config.broker.topic_prefix)
+        self.stats = IngestStats()
+        self.db: CentralDB | None = None
+        self._db_executor: ThreadPoolExecutor | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._chunks_queued: set[tuple[str, int]] = set()
+        self._web: WebServer | None = None
+
+    async def db_call(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run a database call on the service's database thread."""
+        loop = asyncio.get_running_loop()
+        assert self._db_executor is not None, "service is not started"
+        return await loop.run_in_executor(self._db_executor, lambda: fn(*args, **kwargs))
+
+    async def start(self) -> None:
+        self._db_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="central-db")
+        path = self.config.database_path
+        try:
+            self.db = await self.db_call(CentralDB, path)
+        except (sqlite3.Error, OSError) as exc:
+            raise ServiceStartError(f"cannot open the database {path}: {exc}; check "
+                                    "database_url in the configuration") from None
+        handlers = {
+            "uplink": self._on_uplink,
+            "status": self._on_status,
+            "deployment": self._on_deployment_event,
+            "chunk-request": self._on_chunk_request,
+        }
+        for leaf, handler in handlers.items():
+            await self.transport.subscribe(self.topics.all_devices(leaf), handler, qos=1)
+        await self.transport.start()
+        if self.config.web.port:
+            from central_sync.web import WebServer, create_app
+
+            app = create_app(self.db, self.config.offline_after_s, health=self.health)
+            web = WebServer(app, self.config.web.host, self.config.web.port)
+            try:
+                await web.start()
+            except OSError as exc:
+                raise ServiceStartError(str(exc)) from None
+            self._web = web
+        log.info("central started id=%s database=%s artifacts=%s web=%s", self.config.central_id,
+                 self.config.database_path, self.config.artifact_dir,
+                 self._web.url if self._web else "off")
+
+    async def stop(self) -> None:
+        if self._web is not None:
+            await self._web.stop()
+            self._web = None
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.transport.stop()
+        if self.db is not None:
+            await self.db_call(self.db.close)
+            self.db = None
+        if self._db_executor is not None:
+            self._db_executor.shutdown(wait=True)
+            self._db_executor = None
+        log.info("central stopped id=%s", self.config.central_id)
+
+    async def run(self) -> None:
+        """Start, serve until cancelled, then stop cleanly."""
+        try:
+            await self.start()
+            await asyncio.Event().wait()
+        finally:
+            await self.stop()
+
+    def health(self) -> dict[str, Any]:
+        return {"broker_connected": self.transport.connected, "ingest": self.stats.as_dict()}
+
+    @property
+    def web_url(self) -> str | None:
+        return self._web.url if self._web else None
+
+    # --- decoding -------------------------------------------------------------------------
+
+    def _decode(self, topic: str, payload: bytes, expect: type[MessageT]) -> MessageT | None:
+        parsed = self.topics.parse_device_topic(topic)
+        if parsed is None:
+            return self._reject(topic, "unknown", "topic is not a device topic")
+        device_id, leaf = parsed
+        message = decode(payload, expect=(expect,), topic_device_id=device_id)
+        if isinstance(message, Rejection):
+            return self._reject(topic, leaf, message.reason)
+        assert isinstance(message, expect)
+        return message
+
+    def _reject(self, topic: str, leaf: str, reason: str) -> None:
+        self.stats.rejected[leaf] += 1
+        self.stats.last_rejection = f"{topic}: {reason}"
+        log.warning("message rejected topic=%s reason=%s", topic, reason)
+        return None
+
+    # --- ingest ---------------------------------------------------------------------------
+
+    async def _on_uplink(self, topic: str, payload: bytes) -> None:
+        batch = self._decode(topic, payload, UplinkBatch)
+        if batch is None:
+            return
+        assert self.db is not None
+        try:
+            seqs = await self.db_call(self.db.store_batch, batch)
+        except sqlite3.Error as exc:
+            # Not acked, so the device keeps the records and sends them again.
+            self.stats.store_failures += 1
+            log.error("batch not stored device=%s batch=%s error=%s", batch.device_id,
+                      batch.batch_id, exc)
+            return
+        self.stats.batches += 1
+        ack = BatchAck(device_id=batch.device_id, batch_id=batch.batch_id, acked_seqs=seqs)
+        try:
+            await self.transport.publish(self.topics.ack(batch.device_id), encode(ack), qos=1)
+        except NotConnected as exc:
+            self.stats.acks_unsent += 1
+            log.warning("ack not sent, the device will resend device=%s batch=%s error=%s",
+                        batch.device_id, batch.batch_id, exc)
+            return
+        self.stats.records_acked += len(seqs)
+        log.debug("batch acked device=%s batch=%s seqs=%d..%d", batch.device_id, batch.batch_id,
+                  seqs[0], seqs[-1])
+
+    async def _on_status(self, topic: str, payload: bytes) -> None:
+        if not payload:
+            return  # a cleared retained message
+        status = self._decode(topic, payload, DeviceStatus)
+        if status is None:
+            return
+        assert self.db is not None
+        await self.db_call(self.db.update_status, status)
+        self.stats.statuses += 1
+        log.info("device status device=%s state=%s", status.device_id, status.state)
+
+    async def _on_deployment_event(self, topic: str, payload: bytes) -> None:
+        event = self._decode(topic, payload, DeploymentEvent)
+        if event is None:
+            return
+        assert self.db is not None
+        if await self.db_call(self.db.record_deployment_event, event):
+            self.stats.deployment_events += 1
+            log.info("deployment step device=%s model=%s version=%s command=%s step=%s %s",
+                     event.device_id, event.model_name, event.version, event.command_id,
+                     event.step, event.detail)
+
+    # --- artifact chunks ------------------------------------------------------------------
+
+    async def _on_chunk_request(self, topic: str, payload: bytes) -> None:
+        request = self._decode(topic, payload, ChunkRequest)
+        if request is None:
+            return
+        self.stats.chunk_requests += 1
+        assert self.db is not None
+        manifest = await self.db_call(self.db.get_model_by_sha256, request.sha256)
+        if manifest is None:
+            self._reject(topic, "chunk-request",
+                         f"artifact {request.sha256[:12]} is not in the registry")
+            return
+        wanted = sorted(set(request.indices))
+        beyond = [i for i in wanted if i >= manifest.chunk_count]
+        if beyond:
+            self._reject(topic, "chunk-request", f"chunks {beyond[:5]} are beyond the "
+                         f"{manifest.chunk_count} chunks of {request.sha256[:12]}")
+        indices = [i for i in wanted if i < manifest.chunk_count
+                   and (request.sha256, i) not in self._chunks_queued]
+        if not indices:
+            return
+        self._chunks_queued.update((request.sha256, i) for i in indices)
+        task = asyncio.create_task(self._send_chunks(manifest, indices, request.device_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send_chunks(self, manifest: ModelManifest, indices: list[int],
+                           device_id: str) -> None:
+        path = artifact_path(self.config.artifact_dir, manifest.sha256)
+        topic = self.topics.artifact(manifest.sha256)
+        try:
+            for index in indices:
+                data = await asyncio.to_thread(
+                    read_chunk, path, index, manifest.chunk_size_bytes, manifest.size_bytes)
+                chunk = ArtifactChunk.build(manifest.sha256, index, manifest.chunk_count, data)
+                await self.transport.publish(topic, encode(chunk), qos=1)
+                self._chunks_queued.discard((manifest.sha256, index))
+                self.stats.chunks_sent += 1
+            log.info("chunks sent device=%s sha256=%s chunks=%d", device_id,
+                     manifest.sha256[:12], len(indices))
+        except (OSError, ValueError, NotConnected) as exc:
+            self.stats.chunk_failures += 1
+            log.error("chunks not sent device=%s sha256=%s error=%s", device_id,
+                      manifest.sha256[:12], exc)
+        finally:
+            self._chunks_queued.difference_update((manifest.sha256, i) for i in indices)
+
+
+def read_chunk(path: Path, index: int, chunk_size_bytes: int, size_bytes: int) -> bytes:
+    """Read one chunk of an artifact from disk, checking the file has the expected size."""
+    with open(path, "rb") as handle:
+        actual = handle.seek(0, 2)
+        if actual != size_bytes:
+            raise ValueError(f"artifact {path} has {actual} bytes, its manifest says {size_bytes}")
+        handle.seek(index * chunk_size_bytes)
+        return handle.read(chunk_size_bytes)
+

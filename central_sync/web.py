@@ -1,0 +1,191 @@
+"""Central's small web app: a JSON API and one server-rendered fleet page.
+
+Served by uvicorn inside the service's asyncio loop; handlers are sync, so FastAPI runs them
+(and their database calls) in its thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from html import escape
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Query
+from fastapi.responses import HTMLResponse
+
+from central_sync import __version__
+from central_sync.db import CentralDB, DeviceSummary
+from central_sync.present import models_text, seconds_ago
+
+log = logging.getLogger(__name__)
+
+REFRESH_S = 5
+
+
+def create_app(
+    db: CentralDB,
+    offline_after_s: float,
+    health: Callable[[], dict[str, Any]] | None = None,
+) -> FastAPI:
+    """The FastAPI app over a CentralDB; `health` adds live service state to /healthz."""
+    app = FastAPI(title="central-sync", version=__version__)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        live = health() if health else {}
+        return {"status": "ok", "schema_version": db.schema_version(), **live}
+
+    @app.get("/api/devices")
+    def devices() -> list[dict[str, Any]]:
+        now = time.time()
+        return [_device_json(d, now, offline_after_s) for d in db.list_devices()]
+
+    @app.get("/api/predictions")
+    def predictions(
+        limit: int = Query(50, ge=1, le=1000), device_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        return db.recent_predictions(limit, device_id=device_id or None)
+
+    @app.get("/api/models")
+    def models() -> list[dict[str, Any]]:
+        return [{**m.manifest.model_dump(), "published_by": m.published_by}
+                for m in db.list_models()]
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> str:
+        return render_index(db.list_devices(), db.recent_predictions(20), time.time(),
+                            offline_after_s)
+
+    return app
+
+
+def _device_json(device: DeviceSummary, now: float, offline_after_s: float) -> dict[str, Any]:
+    return {
+        "device_id": device.device_id,
+        "state": device.presence(now, offline_after_s),
+        "reported_state": device.state,
+        "last_seen": device.last_seen,
+        "agent_version": device.agent_version,
+        "active_models": [m.model_dump() for m in device.active_models],
+        "last_seq": device.last_seq,
+        "records": device.records,
+        "buffer_depth": device.buffer_depth,
+        "status": device.status.model_dump() if device.status else None,
+    }
+
+
+def render_index(
+    devices: list[DeviceSummary],
+    predictions: list[dict[str, Any]],
+    now: float,
+    offline_after_s: float,
+) -> str:
+    """The fleet page as HTML; every value from the database is escaped."""
+    device_rows = "".join(_device_row(d, now, offline_after_s) for d in devices) or (
+        "<tr><td colspan='6'>No device has reported yet.</td></tr>")
+    prediction_rows = "".join(_prediction_row(p, now) for p in predictions) or (
+        "<tr><td colspan='6'>No predictions yet.</td></tr>")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="refresh" content="{REFRESH_S}">
+<title>central-sync: fleet</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 1.5rem; }}
+table {{ border-collapse: collapse; margin-bottom: 2rem; }}
+th, td {{ border-bottom: 1px solid #ccc; padding: .3rem .8rem; text-align: left; }}
+.online {{ color: #1a7f37; font-weight: bold; }} .offline {{ color: #b42318; font-weight: bold; }}
+</style></head><body>
+<h1>Fleet</h1>
+<table><tr><th>Device</th><th>State</th><th>Last seen</th><th>Active models</th>
+<th>Records stored</th><th>Buffer depth</th></tr>{device_rows}</table>
+<h2>Latest predictions</h2>
+<table><tr><th>When</th><th>Device</th><th>Pipeline</th><th>Model</th><th>Outputs</th>
+<th>Latency (ms)</th></tr>{prediction_rows}</table>
+</body></html>
+"""
+
+
+def _device_row(device: DeviceSummary, now: float, offline_after_s: float) -> str:
+    state = device.presence(now, offline_after_s)
+    depth = "-" if device.buffer_depth is None else str(device.buffer_depth)
+    cells = [escape(device.device_id), state, seconds_ago(device.last_seen, now),
+             escape(models_text(device.active_models)), str(device.records), depth]
+    return _row(cells, classes={1: state})
+
+
+def _prediction_row(prediction: dict[str, Any], now: float) -> str:
+    model = f"{prediction['model_name'] or ''} {prediction['model_version'] or ''}"
+    latency = prediction["latency_ms"]
+    cells = [seconds_ago(prediction["created_at"], now), escape(prediction["device_id"]),
+             escape(str(prediction["pipeline"] or "")), escape(model),
+             escape(_numbers(prediction["outputs"])),
+             "" if latency is None else f"{latency:.1f}"]
+    return _row(cells)
+
+
+def _row(cells: list[str], classes: dict[int, str] | None = None) -> str:
+    classes = classes or {}
+    return "<tr>" + "".join(
+        f"<td class='{classes[i]}'>{cell}</td>" if i in classes else f"<td>{cell}</td>"
+        for i, cell in enumerate(cells)) + "</tr>"
+
+
+def _numbers(values: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, int | float) else f"{k}={v}" for k, v in values.items())
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the service's owner decides when to stop."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class WebServer:
+    """Runs an ASGI app with uvicorn as a task of the current asyncio loop."""
+
+    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self._server = _EmbeddedServer(uvicorn.Config(
+            app, host=host, port=port, log_level="warning", lifespan="off"))
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/"
+
+    async def start(self) -> None:
+        """Bind the port (raising OSError with a clear message if taken) and serve."""
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, self.port))
+        except OSError as exc:
+            sock.close()
+            raise OSError(f"web server cannot listen on {self.host}:{self.port}: "
+                          f"{exc.strerror}; set web.port to a free port, or 0 to turn it off"
+                          ) from None
+        sock.set_inheritable(True)
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="web")
+        while not self._server.started and not self._task.done():
+            await asyncio.sleep(0.02)
+        if self._task.done():
+            self._task.result()
+        log.info("web serving url=%s", self.url)
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        self._server.should_exit = True
+        await asyncio.gather(self._task, return_exceptions=True)
+        self._task = None

@@ -1,0 +1,167 @@
+"""The repository layer: schema, idempotent ingest, projection, models, deployments, audit."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from central_helpers import make_batch, prediction_payload
+
+from central_sync.db import MIGRATIONS, CentralDB, ModelVersionExists
+from edge_agent.contract import (
+    DeployCommand,
+    DeploymentEvent,
+    DeviceStatus,
+    ModelManifest,
+    ModelRef,
+    TensorSpec,
+    UplinkBatch,
+    UplinkRecord,
+)
+
+
+def manifest(version: str = "1.0.0", sha: str = "a") -> ModelManifest:
+    spec = TensorSpec(name="x", dtype="float32", shape=[None, 3])
+    return ModelManifest(name="scrap-model", version=version, kind="process", sha256=sha * 64,
+                         size_bytes=100, chunk_size_bytes=1024, inputs=[spec], outputs=[spec])
+
+
+def test_schema_is_versioned_and_reopening_does_not_migrate_again(tmp_path: Path) -> None:
+    first = CentralDB(tmp_path / "c.db")
+    assert first.schema_version() == MIGRATIONS[-1][0]
+    first.close()
+    again = CentralDB(tmp_path / "c.db")
+    rows = list(again._db.query("SELECT version FROM schema_migrations"))
+    assert [r["version"] for r in rows] == [m[0] for m in MIGRATIONS]
+    assert again._db.journal_mode == "wal"
+    again.close()
+
+
+def test_batch_stored_twice_is_kept_once_and_all_seqs_returned(db: CentralDB) -> None:
+    batch = make_batch("gw-1", range(1, 4))
+    assert db.store_batch(batch) == [1, 2, 3]
+    assert db.store_batch(batch) == [1, 2, 3]
+    overlapping = make_batch("gw-1", [3, 4])
+    assert db.store_batch(overlapping) == [3, 4]
+    assert db.count_records() == 4
+    assert db.count_records("gw-1") == 4
+    assert len(db.recent_predictions(100)) == 4
+
+
+def test_same_seq_from_two_devices_are_two_records(db: CentralDB) -> None:
+    db.store_batch(make_batch("gw-1", [1]))
+    db.store_batch(make_batch("gw-2", [1]))
+    assert db.count_records() == 2
+    assert db.count_records("gw-2") == 1
+
+
+def test_batch_updates_device_last_seq_and_last_seen(db: CentralDB) -> None:
+    db.store_batch(make_batch("gw-1", [5, 6]), received_at=1000.0)
+    db.store_batch(make_batch("gw-1", [2]), received_at=2000.0)
+    [device] = db.list_devices()
+    assert (device.device_id, device.last_seq, device.last_seen) == ("gw-1", 6, 2000.0)
+    assert device.records == 3
+
+
+def test_prediction_records_are_projected_with_lineage(db: CentralDB) -> None:
+    db.store_batch(make_batch("gw-1", [7]))
+    [row] = db.recent_predictions(10, device_id="gw-1")
+    assert row["pipeline"] == "scrap"
+    assert (row["model_name"], row["model_version"], row["model_sha256"]) == (
+        "scrap-model", "1.0.0", "a" * 64)
+    assert row["outputs"] == {"scrap_rate_pct": 4.2}
+    assert row["inputs"] == {"zone2_temp_c": 182.0}
+    assert row["latency_ms"] == 1.5
+
+
+def test_other_record_types_go_only_to_records(db: CentralDB) -> None:
+    db.store_batch(make_batch("gw-1", [1, 2], record_type="deployment_event"))
+    assert db.count_records() == 2
+    assert db.recent_predictions(10) == []
+
+
+def test_malformed_prediction_payload_is_stored_but_not_projected(db: CentralDB) -> None:
+    batch = UplinkBatch(device_id="gw-1", records=[
+        UplinkRecord(seq=1, type="prediction", created_at=1.0, payload={"model": "oops"}),
+        UplinkRecord(seq=2, type="prediction", created_at=2.0, payload=prediction_payload()),
+    ])
+    assert db.store_batch(batch) == [1, 2]
+    assert db.count_records() == 2
+    assert [p["seq"] for p in db.recent_predictions(10)] == [2]
+
+
+def test_recent_predictions_newest_first_and_limited(db: CentralDB) -> None:
+    db.store_batch(make_batch("gw-1", range(1, 11)))
+    rows = db.recent_predictions(3)
+    assert [r["seq"] for r in rows] == [10, 9, 8]
+
+
+def test_online_status_stores_models_and_offline_will_keeps_them(db: CentralDB) -> None:
+    ref = ModelRef(name="scrap-model", version="1.0.0", sha256="a" * 64)
+    online = DeviceStatus(device_id="gw-1", state="online", agent_version="0.1.0",
+                          active_models=[ref], buffer={"depth": 12, "bytes_used": 10,
+                                                       "quota_bytes": 100})
+    db.update_status(online, received_at=100.0)
+    db.update_status(DeviceStatus(device_id="gw-1", state="offline"), received_at=200.0)
+    [device] = db.list_devices()
+    assert device.state == "offline"
+    assert device.state_at == 200.0
+    assert device.last_seen == 100.0
+    assert device.agent_version == "0.1.0"
+    assert device.active_models == [ref]
+    assert device.buffer_depth == 12
+
+
+def test_presence_turns_offline_after_silence(db: CentralDB) -> None:
+    db.update_status(DeviceStatus(device_id="gw-1", state="online"), received_at=100.0)
+    [device] = db.list_devices()
+    assert device.presence(now=150.0, offline_after_s=120) == "online"
+    assert device.presence(now=300.0, offline_after_s=120) == "offline"
+
+
+def test_model_versions_are_immutable(db: CentralDB) -> None:
+    db.add_model(manifest(), "alice")
+    assert db.add_model(manifest(), "bob").sha256 == "a" * 64
+    with pytest.raises(ModelVersionExists, match=r"1\.0\.0 already exists .* publish 1\.0\.1"):
+        db.add_model(manifest(sha="b"), "bob")
+    with pytest.raises(sqlite3.DatabaseError, match="immutable"):
+        db._db.execute("UPDATE models SET sha256 = 'x'")
+    [only] = db.list_models()
+    assert only.published_by == "alice"
+    assert db.get_model_by_sha256("a" * 64) == manifest().model_copy(
+        update={"published_at": only.manifest.published_at})
+    assert db.get_model("scrap-model", "9.9.9") is None
+
+
+def test_publish_and_deploy_are_audited(db: CentralDB) -> None:
+    db.add_model(manifest(), "alice")
+    command = DeployCommand(device_id="gw-1", manifest=manifest(), issued_by="bob")
+    db.create_deployment(command)
+    actions = {(a["action"], a["actor"]) for a in db.list_audit()}
+    assert actions == {("model.publish", "alice"), ("model.deploy", "bob")}
+    assert db.get_deployment(command.command_id)["state"] == "issued"
+
+
+def _event(command_id: str, step: str, at: float) -> DeploymentEvent:
+    return DeploymentEvent(device_id="gw-1", command_id=command_id, model_name="scrap-model",
+                           version="1.0.0", step=step, at=at)
+
+
+def test_deployment_events_move_state_forward_only_and_are_idempotent(db: CentralDB) -> None:
+    command = DeployCommand(device_id="gw-1", manifest=manifest(), issued_by="bob")
+    db.create_deployment(command)
+    cid = command.command_id
+    assert db.record_deployment_event(_event(cid, "downloading", 10.0))
+    assert db.record_deployment_event(_event(cid, "activated", 30.0))
+    assert not db.record_deployment_event(_event(cid, "activated", 30.0))
+    assert db.record_deployment_event(_event(cid, "verifying", 20.0))  # arrived late
+    assert db.get_deployment(cid)["state"] == "activated"
+    assert [e["step"] for e in db.deployment_events(cid)] == [
+        "downloading", "verifying", "activated"]
+
+
+def test_event_for_unknown_command_creates_a_deployment_row(db: CentralDB) -> None:
+    db.record_deployment_event(_event("elsewhere", "failed", 5.0))
+    assert db.get_deployment("elsewhere")["state"] == "failed"
+    assert db.list_deployments("gw-1")[0]["command_id"] == "elsewhere"

@@ -1,0 +1,107 @@
+"""Central's web app served by uvicorn inside the service: JSON API and the fleet page."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import urllib.request
+from typing import Any
+
+import pytest
+from central_helpers import free_port, make_batch, prediction_payload, run
+
+from central_sync.config import CentralConfig
+from central_sync.service import CentralService, ServiceStartError
+from central_sync.web import render_index
+from edge_agent.contract import DeviceStatus, Topics, UplinkBatch, UplinkRecord, encode
+from edge_agent.transport import MemoryBroker, MemoryTransport
+
+TOPICS = Topics()
+
+
+async def _get(url: str) -> tuple[int, str, str]:
+    def fetch() -> tuple[int, str, str]:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.headers["content-type"], response.read().decode()
+
+    return await asyncio.to_thread(fetch)
+
+
+async def _get_json(url: str) -> Any:
+    return json.loads((await _get(url))[2])
+
+
+def test_api_and_fleet_page_show_devices_predictions_and_models(
+    central_config: CentralConfig,
+) -> None:
+    config = CentralConfig.model_validate(
+        {**central_config.model_dump(), "web": {"host": "127.0.0.1", "port": free_port()}})
+
+    async def scenario() -> None:
+        broker = MemoryBroker()
+        service = CentralService(config, MemoryTransport(broker))
+        await service.start()
+        base = service.web_url
+        assert base == f"http://127.0.0.1:{config.web.port}/"
+        device = MemoryTransport(broker)
+        await device.start()
+        await device.publish(TOPICS.status("gw-1"), encode(DeviceStatus(
+            device_id="gw-1", state="online", buffer={"depth": 17, "bytes_used": 1,
+                                                      "quota_bytes": 10})))
+        await device.publish(TOPICS.uplink("gw-1"), encode(make_batch("gw-1", range(1, 4))))
+
+        health = await _get_json(base + "healthz")
+        assert health["status"] == "ok"
+        assert health["ingest"]["records_acked"] == 3
+        [dev] = await _get_json(base + "api/devices")
+        assert (dev["device_id"], dev["state"], dev["records"], dev["buffer_depth"]) == (
+            "gw-1", "online", 3, 17)
+        predictions = await _get_json(base + "api/predictions?limit=2&device_id=gw-1")
+        assert [p["seq"] for p in predictions] == [3, 2]
+        assert await _get_json(base + "api/predictions?device_id=nobody") == []
+        assert await _get_json(base + "api/models") == []
+        status, content_type, page = await _get(base)
+        assert status == 200 and content_type.startswith("text/html")
+        assert '<meta http-equiv="refresh" content="5">' in page
+        assert "gw-1" in page and "scrap_rate_pct=4.2" in page
+        await service.stop()
+        assert service.web_url is None
+
+    run(scenario())
+
+
+def test_fleet_page_escapes_what_devices_send(central_config: CentralConfig) -> None:
+    payload = {**prediction_payload(), "pipeline": "<script>alert(1)</script>"}
+    batch = UplinkBatch(device_id="gw-1", records=[
+        UplinkRecord(seq=1, type="prediction", created_at=1.0, payload=payload)])
+
+    async def scenario() -> str:
+        service = CentralService(central_config, MemoryTransport(MemoryBroker()))
+        await service.start()
+        await service.db_call(service.db.store_batch, batch)
+        devices = await service.db_call(service.db.list_devices)
+        predictions = await service.db_call(service.db.recent_predictions, 10)
+        await service.stop()
+        return render_index(devices, predictions, now=10.0, offline_after_s=120)
+
+    page = run(scenario())
+    assert "<script>" not in page
+    assert "&lt;script&gt;" in page
+
+
+def test_web_port_in_use_is_a_clear_error(central_config: CentralConfig) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = CentralConfig.model_validate(
+            {**central_config.model_dump(), "web": {"host": "127.0.0.1", "port": port}})
+
+        async def scenario() -> None:
+            service = CentralService(config, MemoryTransport(MemoryBroker()))
+            with pytest.raises(ServiceStartError, match=f"cannot listen on 127.0.0.1:{port}"):
+                await service.start()
+            await service.stop()
+
+        run(scenario())
