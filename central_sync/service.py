@@ -36,7 +36,7 @@ from edge_agent.contract import (
 from edge_agent.transport import NotConnected, Transport
 
 if TYPE_CHECKING:
-    from central_sync.web import WebServer
+    from edge_agent.httpserver import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,8 @@ class CentralService:
             await self.transport.subscribe(self.topics.all_devices(leaf), handler, qos=1)
         await self.transport.start()
         if self.config.web.port:
-            from central_sync.web import WebServer, create_app
+            from central_sync.web import create_app
+            from edge_agent.httpserver import WebServer
 
             app = create_app(self.db, self.config.offline_after_s, health=self.health)
             web = WebServer(app, self.config.web.host, self.config.web.port)

@@ -7,11 +7,12 @@ import contextlib
 import logging
 from typing import Any
 
-from edge_agent import __version__, httpserver, web
+from edge_agent import __version__, web
 from edge_agent.buffer import Buffer
 from edge_agent.config import AgentConfig
 from edge_agent.contract import DeviceStatus, Topics, encode
 from edge_agent.deployer import Deployer
+from edge_agent.httpserver import WebServer
 from edge_agent.inference.process import ProcessPipeline
 from edge_agent.model_store import ModelStore
 from edge_agent.sources.opcua import OpcUaSource
@@ -86,6 +87,11 @@ class Agent:
         """Run until `stop` is set, then shut down cleanly."""
         log.info("agent starting device=%s broker=%s:%s data_dir=%s", self.device_id,
                  self.config.broker.host, self.config.broker.port, self.config.data_dir)
+        server = None
+        if self.config.ui.port:
+            server = WebServer(web.create_app(self.status_document), self.config.ui.host,
+                               self.config.ui.port, setting="ui.port")
+            await server.start()
         await self.deployer.start()
         await self.transport.start()
         tasks = [asyncio.create_task(s.run(), name=f"source-{s.name}")
@@ -93,13 +99,11 @@ class Agent:
         tasks += [asyncio.create_task(p.run(), name=f"pipeline-{p.name}") for p in self.pipelines]
         tasks.append(asyncio.create_task(self.uplink.run(), name="uplink"))
         tasks.append(asyncio.create_task(self._status_loop(), name="status"))
-        if self.config.ui.port:
-            app = web.create_app(self.status_document)
-            tasks.append(asyncio.create_task(
-                httpserver.serve(app, self.config.ui.host, self.config.ui.port, stop), name="web"))
         stopped = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({stopped, *tasks}, return_when=asyncio.FIRST_COMPLETED)
         failure = next((t for t in done if t is not stopped and t.exception()), None)
+        if server is not None:
+            await server.stop()
         await self._shutdown([*tasks, stopped])
         if failure is not None:
             raise failure.exception()  # type: ignore[misc]

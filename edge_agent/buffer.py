@@ -16,12 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_agent.contract import BufferHealth, UplinkRecord
+from edge_agent.contract import (
+    RECORD_DEPLOYMENT_EVENT,
+    RECORD_PREDICTION,
+    BufferHealth,
+    UplinkRecord,
+)
 
 log = logging.getLogger(__name__)
 
 # Lower numbers are evicted first when the quota is exceeded.
-PRIORITY_BY_TYPE = {"prediction": 10, "deployment_event": 90}
+PRIORITY_BY_TYPE = {RECORD_PREDICTION: 10, RECORD_DEPLOYMENT_EVENT: 90}
 DEFAULT_PRIORITY = 50
 
 _SCHEMA = """

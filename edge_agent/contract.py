@@ -118,6 +118,22 @@ class UplinkRecord(BaseModel):
     payload: dict[str, Any]
 
 
+RECORD_PREDICTION = "prediction"
+RECORD_DEPLOYMENT_EVENT = "deployment_event"
+
+
+class PredictionPayload(BaseModel):
+    """The payload of a `prediction` record: what a pipeline predicted, from what, with what."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    pipeline: str
+    model: ModelRef
+    inputs: dict[str, float] = Field(description="Feature values the model saw, by tag")
+    outputs: dict[str, float | None] = Field(description="First value of each model output")
+    latency_ms: float = Field(ge=0)
+
+
 class UplinkBatch(_Message):
     kind: Literal["uplink_batch"] = "uplink_batch"
     device_id: DeviceId

@@ -18,6 +18,7 @@ import numpy as np
 from edge_agent.buffer import Buffer
 from edge_agent.contract import (
     MAX_CHUNKS_PER_REQUEST,
+    RECORD_DEPLOYMENT_EVENT,
     ArtifactChunk,
     ChunkRequest,
     DeployCommand,
@@ -286,7 +287,7 @@ class Deployer:
         log.info("deployment step device=%s model=%s version=%s step=%s detail=%s",
                  self.device_id, event.model_name, event.version, event.step, event.detail)
         if event.step != "downloading":
-            await self._buffer.append("deployment_event", event.model_dump(mode="json"))
+            await self._buffer.append(RECORD_DEPLOYMENT_EVENT, event.model_dump(mode="json"))
         try:
             await self._transport.publish(self._topics.deployment(self.device_id), encode(event))
         except NotConnected:

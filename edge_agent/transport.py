@@ -11,7 +11,7 @@ import ssl
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 log = logging.getLogger(__name__)
 
 Handler = Callable[[str, bytes], Awaitable[None]]
+SUBACK_TIMEOUT_S = 10.0
 
 
 class NotConnected(RuntimeError):
@@ -110,9 +111,8 @@ class MqttTransport:
         self._connected = asyncio.Event()
         self._inbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         self._dispatcher: asyncio.Task[None] | None = None
-        self._lock = threading.Lock()
-        self._pending_acks: dict[int, asyncio.Future[None]] = {}
-        self._early_acks: set[int] = set()
+        self._pubacks = _AckWaiter()
+        self._subacks = _AckWaiter()
         self._background: set[asyncio.Future[None]] = set()
         self.last_error: str = ""
         self._client = self._make_client()
@@ -138,6 +138,7 @@ class MqttTransport:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
         return client
 
     @property
@@ -179,9 +180,19 @@ class MqttTransport:
         return True
 
     async def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
+        """Register a handler; when connected, return once the broker has granted it."""
         self._subs.handlers[topic_filter] = (handler, qos)
-        if self.connected:
-            self._client.subscribe(topic_filter, qos)
+        if not self.connected:
+            return  # subscribed on (re)connect
+        loop = asyncio.get_running_loop()
+        (rc, _), mid = self._subacks.call(loop, lambda: self._client.subscribe(topic_filter, qos))
+        if rc != paho.MQTT_ERR_SUCCESS or mid is None:
+            return  # the connection dropped; on_connect subscribes again
+        try:
+            await asyncio.wait_for(self._subacks.wait(mid), SUBACK_TIMEOUT_S)
+        except (TimeoutError, NotConnected):
+            log.info("subscription not confirmed yet topic=%s; it is renewed on reconnect",
+                     topic_filter)
 
     async def unsubscribe(self, topic_filter: str) -> None:
         self._subs.handlers.pop(topic_filter, None)
@@ -193,20 +204,14 @@ class MqttTransport:
         if not self.connected:
             raise NotConnected(f"not connected to {self.config.host}:{self.config.port}")
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        with self._lock:
-            info = self._client.publish(topic, payload, qos=qos, retain=retain)
-            if info.rc != paho.MQTT_ERR_SUCCESS:
-                raise NotConnected(f"publish to {topic} failed: {paho.error_string(info.rc)}")
-            if qos == 0 or info.mid in self._early_acks:
-                self._early_acks.discard(info.mid)
-                return
-            self._pending_acks[info.mid] = future
-        try:
-            await future
-        finally:
-            with self._lock:
-                self._pending_acks.pop(info.mid, None)
+        info, mid = self._pubacks.call(
+            loop, lambda: self._client.publish(topic, payload, qos=qos, retain=retain),
+            track=qos > 0,
+        )
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise NotConnected(f"publish to {topic} failed: {paho.error_string(info.rc)}")
+        if mid is not None:
+            await self._pubacks.wait(mid)
 
     # paho callbacks: network thread, so they only hand over to the loop.
 
@@ -231,12 +236,14 @@ class MqttTransport:
         self._call_soon(self._inbox.put_nowait, (message.topic, bytes(message.payload)))
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        with self._lock:
-            future = self._pending_acks.get(mid)
-            if future is None:
-                self._early_acks.add(mid)
-                return
-        self._call_soon(_resolve, future)
+        self._pubacks.acked(mid, self._call_soon)
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        refused = [str(code) for code in reason_codes if code.is_failure]
+        if refused:
+            log.warning("mqtt subscription refused client=%s mid=%s reason=%s", self.client_id,
+                        mid, ", ".join(refused))
+        self._subacks.acked(mid, self._call_soon)
 
     def _call_soon(self, fn: Callable[..., object], *args: object) -> None:
         if self._loop is not None and not self._loop.is_closed():
@@ -251,18 +258,62 @@ class MqttTransport:
 
     def _set_disconnected(self) -> None:
         self._connected.clear()
-        with self._lock:
-            pending = list(self._pending_acks.values())
-            self._pending_acks.clear()
-            self._early_acks.clear()
-        for future in pending:
-            if not future.done():
-                future.set_exception(NotConnected("connection lost before PUBACK"))
+        self._pubacks.fail_all(NotConnected("connection lost before PUBACK"))
+        self._subacks.fail_all(NotConnected("connection lost before SUBACK"))
 
     async def _dispatch_forever(self) -> None:
         while True:
             topic, payload = await self._inbox.get()
             await self._subs.dispatch(topic, payload)
+
+
+class _AckWaiter:
+    """Futures for broker acknowledgements (PUBACK, SUBACK) keyed by message id.
+
+    paho may deliver the ack on its thread before the caller has registered the id, so the
+    call that produces the id and the registration happen under one lock.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[int, asyncio.Future[None]] = {}
+        self._early: set[int] = set()
+
+    def call(self, loop: asyncio.AbstractEventLoop, send: Callable[[], Any],
+             track: bool = True) -> tuple[Any, int | None]:
+        """Run `send` (returning paho's info or (rc, mid)) and register its mid for waiting."""
+        with self._lock:
+            result = send()
+            mid = result[1] if isinstance(result, tuple) else result.mid
+            if not track or mid in self._early:
+                self._early.discard(mid)
+                return result, None
+            self._pending[mid] = loop.create_future()
+        return result, mid
+
+    async def wait(self, mid: int) -> None:
+        future = self._pending[mid]
+        try:
+            await future
+        finally:
+            with self._lock:
+                self._pending.pop(mid, None)
+
+    def acked(self, mid: int, call_soon: Callable[..., None]) -> None:
+        with self._lock:
+            future = self._pending.get(mid)
+            if future is None:
+                self._early.add(mid)
+                return
+        call_soon(_resolve, future)
+
+    def fail_all(self, exc: Exception) -> None:
+        with self._lock:
+            pending = list(self._pending.values())
+            self._early.clear()
+        for future in pending:
+            if not future.done():
+                future.set_exception(exc)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

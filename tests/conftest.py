@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -69,6 +70,9 @@ class Mosquitto:
             f"persistence_location {self.workdir}/\n"
             "autosave_interval 1\n"
             f"log_dest file {self.workdir}/mosquitto.log\n"
+            "log_type all\n"
+            # As root, Mosquitto would switch to a 'mosquitto' user that cannot write here.
+            f"{'user root' if os.geteuid() == 0 else ''}\n"
             f"{self.extra_config}\n"
         )
         self.process = subprocess.Popen(

@@ -2,7 +2,6 @@
 
 from central_sync.db.repository import CentralDB
 from central_sync.db.rows import (
-    PREDICTION_TYPE,
     DeviceSummary,
     ModelVersionExists,
     PublishedModel,
@@ -13,7 +12,6 @@ from central_sync.db.schema import MIGRATIONS
 
 __all__ = [
     "MIGRATIONS",
-    "PREDICTION_TYPE",
     "CentralDB",
     "DeviceSummary",
     "ModelVersionExists",

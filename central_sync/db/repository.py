@@ -103,6 +103,9 @@ class CentralDB:
                 "INSERT OR IGNORE INTO predictions (device_id, seq, created_at, pipeline, "
                 "model_name, model_version, model_sha256, outputs, inputs, latency_ms) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows.predictions)
+            # Steps that went through the buffer while the live topic was unavailable.
+            for event in rows.deployment_events:
+                self._apply_deployment_event(event)
             device = self._device_row(batch.device_id)
             if device is None:
                 self._db.execute(
@@ -224,30 +227,34 @@ class CentralDB:
         not move it back. Returns False when the event was a duplicate.
         """
         with self._db.atomic():
-            inserted = self._db.execute(
-                "INSERT OR IGNORE INTO deployment_events (command_id, device_id, step, detail, "
-                "progress, at) VALUES (?, ?, ?, ?, ?, ?)",
-                (event.command_id, event.device_id, event.step, event.detail, event.progress,
-                 event.at)).rowcount
-            if not inserted:
-                return False
-            known = next(self._db.query(
-                "SELECT command_id FROM deployments WHERE command_id = ?",
-                (event.command_id,)), None)
-            if known is None:
-                log.warning("deployment event for a command this central did not issue "
-                            "device=%s command=%s", event.device_id, event.command_id)
-                self._db.execute(
-                    "INSERT INTO deployments (command_id, device_id, model_name, version, "
-                    "state, detail, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (event.command_id, event.device_id, event.model_name, event.version,
-                     event.step, event.detail, event.at))
-            else:
-                self._db.execute(
-                    "UPDATE deployments SET state = ?, detail = ?, updated_at = ? "
-                    "WHERE command_id = ? AND (state = ? OR updated_at <= ?)",
-                    (event.step, event.detail, event.at, event.command_id, DEPLOYMENT_ISSUED,
-                     event.at))
+            return self._apply_deployment_event(event)
+
+    def _apply_deployment_event(self, event: DeploymentEvent) -> bool:
+        """record_deployment_event's work, inside the caller's transaction."""
+        inserted = self._db.execute(
+            "INSERT OR IGNORE INTO deployment_events (command_id, device_id, step, detail, "
+            "progress, at) VALUES (?, ?, ?, ?, ?, ?)",
+            (event.command_id, event.device_id, event.step, event.detail, event.progress,
+             event.at)).rowcount
+        if not inserted:
+            return False
+        known = next(self._db.query(
+            "SELECT command_id FROM deployments WHERE command_id = ?",
+            (event.command_id,)), None)
+        if known is None:
+            log.warning("deployment event for a command this central did not issue "
+                        "device=%s command=%s", event.device_id, event.command_id)
+            self._db.execute(
+                "INSERT INTO deployments (command_id, device_id, model_name, version, "
+                "state, detail, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (event.command_id, event.device_id, event.model_name, event.version,
+                 event.step, event.detail, event.at))
+        else:
+            self._db.execute(
+                "UPDATE deployments SET state = ?, detail = ?, updated_at = ? "
+                "WHERE command_id = ? AND (state = ? OR updated_at <= ?)",
+                (event.step, event.detail, event.at, event.command_id, DEPLOYMENT_ISSUED,
+                 event.at))
         return True
 
     @_locked

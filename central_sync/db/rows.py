@@ -7,12 +7,21 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge_agent.contract import DeviceStatus, ModelManifest, ModelRef, UplinkBatch, UplinkRecord
+from pydantic import ValidationError
+
+from edge_agent.contract import (
+    RECORD_DEPLOYMENT_EVENT,
+    RECORD_PREDICTION,
+    DeploymentEvent,
+    DeviceStatus,
+    ModelManifest,
+    ModelRef,
+    PredictionPayload,
+    UplinkBatch,
+    UplinkRecord,
+)
 
 log = logging.getLogger(__name__)
-
-PREDICTION_TYPE = "prediction"
-
 
 class ModelVersionExists(Exception):
     """A name@version is already published (with other bytes); versions are immutable."""
@@ -78,6 +87,7 @@ class BatchRows:
 
     records: list[tuple[Any, ...]] = field(default_factory=list)
     predictions: list[tuple[Any, ...]] = field(default_factory=list)
+    deployment_events: list[DeploymentEvent] = field(default_factory=list)
 
 
 def rows_for_batch(batch: UplinkBatch, received_at: float) -> BatchRows:
@@ -86,30 +96,43 @@ def rows_for_batch(batch: UplinkBatch, received_at: float) -> BatchRows:
     for record in batch.records:
         rows.records.append((batch.device_id, record.seq, record.type, record.created_at,
                              received_at, json.dumps(record.payload)))
-        if record.type == PREDICTION_TYPE:
+        if record.type == RECORD_PREDICTION:
             projected = prediction_row(batch.device_id, record)
             if projected is None:
                 log.warning("prediction record kept but not projected: payload lacks its shape "
                             "device=%s seq=%d", batch.device_id, record.seq)
             else:
                 rows.predictions.append(projected)
+        elif record.type == RECORD_DEPLOYMENT_EVENT:
+            event = deployment_event_of(batch.device_id, record)
+            if event is not None:
+                rows.deployment_events.append(event)
     return rows
+
+
+def deployment_event_of(device_id: str, record: UplinkRecord) -> DeploymentEvent | None:
+    """The DeploymentEvent a deployment_event record carries, if it is valid and its device's."""
+    try:
+        event = DeploymentEvent.model_validate(record.payload)
+    except ValidationError:
+        log.warning("deployment event record unreadable device=%s seq=%d", device_id, record.seq)
+        return None
+    if event.device_id != device_id:
+        log.warning("deployment event record names device=%s, sent by device=%s seq=%d",
+                    event.device_id, device_id, record.seq)
+        return None
+    return event
 
 
 def prediction_row(device_id: str, record: UplinkRecord) -> tuple[Any, ...] | None:
     """The predictions-table row for a prediction record, or None if its payload is unusable."""
-    payload = record.payload
-    model = payload.get("model")
-    outputs = payload.get("outputs")
-    inputs = payload.get("inputs", {})
-    latency = payload.get("latency_ms")
-    if not isinstance(model, dict) or not isinstance(outputs, dict):
+    try:
+        payload = PredictionPayload.model_validate(record.payload)
+    except ValidationError:
         return None
-    if not isinstance(inputs, dict) or not (latency is None or isinstance(latency, int | float)):
-        return None
-    return (device_id, record.seq, record.created_at, payload.get("pipeline"),
-            model.get("name"), model.get("version"), model.get("sha256"),
-            json.dumps(outputs), json.dumps(inputs), latency)
+    return (device_id, record.seq, record.created_at, payload.pipeline,
+            payload.model.name, payload.model.version, payload.model.sha256,
+            json.dumps(payload.outputs), json.dumps(payload.inputs), payload.latency_ms)
 
 
 def version_exists_message(existing: ModelManifest) -> str:

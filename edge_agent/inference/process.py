@@ -17,6 +17,7 @@ import numpy as np
 
 from edge_agent.buffer import Buffer
 from edge_agent.config import ProcessPipelineConfig
+from edge_agent.contract import RECORD_PREDICTION, PredictionPayload
 from edge_agent.inference.runtime import ModelLoadError, OnnxRunner
 from edge_agent.model_store import InstalledModel, ModelStore
 from edge_agent.sources.opcua import TagValue
@@ -120,14 +121,14 @@ class ProcessPipeline:
         input_name = runner.manifest.inputs[0].name
         outputs = await loop.run_in_executor(None, runner.run, {input_name: row})
         latency_ms = (time.perf_counter() - started) * 1000
-        payload = {
-            "pipeline": self.name,
-            "model": runner.manifest.ref.model_dump(),
-            "inputs": {tag: float(v) for tag, v in zip(features, row[0], strict=True)},
-            "outputs": {name: _scalar(value) for name, value in outputs.items()},
-            "latency_ms": round(latency_ms, 3),
-        }
-        await self._buffer.append("prediction", payload)
+        payload = PredictionPayload(
+            pipeline=self.name,
+            model=runner.manifest.ref,
+            inputs={tag: float(v) for tag, v in zip(features, row[0], strict=True)},
+            outputs={name: _scalar(value) for name, value in outputs.items()},
+            latency_ms=round(latency_ms, 3),
+        ).model_dump(mode="json")
+        await self._buffer.append(RECORD_PREDICTION, payload)
         self.status.predictions += 1
         self.status.last_prediction = payload
         self._set("running", "")

@@ -165,3 +165,26 @@ def test_event_for_unknown_command_creates_a_deployment_row(db: CentralDB) -> No
     db.record_deployment_event(_event("elsewhere", "failed", 5.0))
     assert db.get_deployment("elsewhere")["state"] == "failed"
     assert db.list_deployments("gw-1")[0]["command_id"] == "elsewhere"
+
+
+def test_deployment_events_in_uplink_records_are_applied_once(db: CentralDB) -> None:
+    command = DeployCommand(device_id="gw-1", manifest=manifest(), issued_by="bob")
+    db.create_deployment(command)
+    event = _event(command.command_id, "activated", 40.0)
+    record = UplinkRecord(seq=7, type="deployment_event", created_at=40.0,
+                          payload=event.model_dump(mode="json"))
+    batch = UplinkBatch(device_id="gw-1", records=[record])
+    db.store_batch(batch)
+    db.store_batch(batch)
+    assert not db.record_deployment_event(event), "the live copy is now a duplicate"
+    assert db.get_deployment(command.command_id)["state"] == "activated"
+    assert [e["step"] for e in db.deployment_events(command.command_id)] == ["activated"]
+
+
+def test_deployment_event_record_naming_another_device_is_not_applied(db: CentralDB) -> None:
+    event = _event("cmd-x", "activated", 40.0)
+    record = UplinkRecord(seq=1, type="deployment_event", created_at=40.0,
+                          payload=event.model_dump(mode="json"))
+    db.store_batch(UplinkBatch(device_id="gw-2", records=[record]))
+    assert db.get_deployment("cmd-x") is None
+    assert db.count_records("gw-2") == 1

@@ -1,0 +1,102 @@
+"""MqttTransport against a real Mosquitto: acks awaited, subscriptions renewed after a restart."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from edge_agent.transport import BrokerConfig, MqttTransport, NotConnected, Will
+from tests.conftest import Mosquitto
+
+
+async def until(predicate, timeout_s: float, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_message_published_right_after_subscribe_is_received(mosquitto: Mosquitto,
+                                                            protocol: str) -> None:
+    async def scenario() -> None:
+        config = BrokerConfig(port=mosquitto.port, protocol=protocol)
+        a, b = MqttTransport(config, "client-a"), MqttTransport(config, "client-b")
+        for client in (a, b):
+            await client.start()
+            assert await client.wait_connected(10)
+        received: list[tuple[str, bytes]] = []
+
+        async def on_message(topic: str, payload: bytes) -> None:
+            received.append((topic, payload))
+
+        await a.subscribe("t/+/x", on_message)
+        await b.publish("t/1/x", b"hello")
+        await until(lambda: received, 5, "delivery")
+        assert received == [("t/1/x", b"hello")]
+        for client in (a, b):
+            await client.stop()
+
+    asyncio.run(scenario())
+
+
+def test_publish_while_disconnected_raises_not_connected() -> None:
+    async def scenario() -> None:
+        transport = MqttTransport(BrokerConfig(port=1), "nobody")
+        with pytest.raises(NotConnected):
+            await transport.publish("t", b"x")
+
+    asyncio.run(scenario())
+
+
+def test_subscriptions_survive_a_broker_restart(mosquitto: Mosquitto) -> None:
+    async def scenario() -> None:
+        config = BrokerConfig(port=mosquitto.port)
+        listener = MqttTransport(config, "listener")
+        received: list[bytes] = []
+
+        async def on_message(topic: str, payload: bytes) -> None:
+            received.append(payload)
+
+        await listener.subscribe("plant/#", on_message)
+        await listener.start()
+        assert await listener.wait_connected(10)
+        mosquitto.stop()
+        await until(lambda: not listener.connected, 10, "disconnect noticed")
+        await asyncio.to_thread(mosquitto.start)
+        assert await listener.wait_connected(15)
+        sender = MqttTransport(config, "sender", persistent_session=False)
+        await sender.start()
+        assert await sender.wait_connected(10)
+        await until(lambda: listener.connected, 5, "listener connected")
+        await sender.publish("plant/after", b"again")
+        await until(lambda: received == [b"again"], 10, "delivery after restart")
+        await sender.stop()
+        await listener.stop()
+
+    asyncio.run(scenario())
+
+
+def test_last_will_is_published_when_a_client_vanishes(mosquitto: Mosquitto) -> None:
+    async def scenario() -> None:
+        config = BrokerConfig(port=mosquitto.port, keepalive_s=5)
+        watcher = MqttTransport(config, "watcher")
+        wills: list[bytes] = []
+
+        async def on_will(topic: str, payload: bytes) -> None:
+            wills.append(payload)
+
+        await watcher.start()
+        assert await watcher.wait_connected(10)
+        await watcher.subscribe("status/gw", on_will)
+        doomed = MqttTransport(config, "doomed", will=Will("status/gw", b"offline"))
+        await doomed.start()
+        assert await doomed.wait_connected(10)
+        # Drop the socket without DISCONNECT, as a killed process would.
+        doomed._client.socket().close()
+        await until(lambda: wills == [b"offline"], 20, "last will")
+        doomed._client.loop_stop()
+        await watcher.stop()
+
+    asyncio.run(scenario())
