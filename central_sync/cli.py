@@ -158,10 +158,10 @@ def cmd_model_list(args: argparse.Namespace) -> int:
 
 
 def parse_model_ref(text: str) -> tuple[str, str]:
-    """'scrap-model@1.2.0' -> ('scrap-model', '1.2.0'), or a UsageError saying the form."""
+    """'extruder-scrap@1.2.0' -> ('extruder-scrap', '1.2.0'), or a UsageError saying the form."""
     name, _, version = text.rpartition("@")
     if not name or not re.match(ID_PATTERN, name) or not re.match(SEMVER_PATTERN, version):
-        raise UsageError(f"{text!r} is not NAME@VERSION, e.g. scrap-model@1.2.0; "
+        raise UsageError(f"{text!r} is not NAME@VERSION, e.g. extruder-scrap@1.2.0; "
                          "see `central-sync model list`")
     return name, version
 
@@ -290,8 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Central service of edge MLOps: model registry, deployments and ingest "
                     "of gateway data over MQTT.",
         epilog=_epilog("central-sync serve -c central-sync.yaml",
-                       "central-sync model publish model.onnx --name scrap-model --version 1.0.0",
-                       "central-sync deploy scrap-model@1.0.0 --device line1-gw --wait 120"))
+                       "central-sync model publish scrap.onnx --name extruder-scrap "
+                       "--version 1.0.0",
+                       "central-sync deploy extruder-scrap@1.0.0 --device line1-gw1 --wait 120"))
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                         help="logging detail on stderr (default: info for serve, else warning)")
@@ -309,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     model = commands.add_parser(
         "model", formatter_class=formatter, help="publish and list model versions",
         description="The model registry: immutable, versioned ONNX artifacts.",
-        epilog=_epilog("central-sync model publish model.onnx --name scrap-model --version 1.0.0",
+        epilog=_epilog("central-sync model publish scrap.onnx --name extruder-scrap "
+                       "--version 1.0.0",
                        "central-sync model list"))
     model_commands = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
     publish = model_commands.add_parser(
@@ -346,9 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "waits at the broker while the device is offline). The running `serve` "
                     "process serves the artifact's chunks. With --wait, show each step until "
                     "activated (exit 0) or failed / timed out (exit 1).",
-        epilog=_epilog("central-sync deploy scrap-model@1.0.0 --device line1-gw",
-                       "central-sync deploy scrap-model@1.0.0 --device line1-gw --wait 120"))
-    deploy.add_argument("model", metavar="NAME@VERSION", help="e.g. scrap-model@1.0.0")
+        epilog=_epilog("central-sync deploy extruder-scrap@1.0.0 --device line1-gw1",
+                       "central-sync deploy extruder-scrap@1.0.0 --device line1-gw1 --wait 120"))
+    deploy.add_argument("model", metavar="NAME@VERSION", help="e.g. extruder-scrap@1.0.0")
     deploy.add_argument("--device", required=True, help="device id of the target gateway")
     deploy.add_argument("--wait", type=float, metavar="SECONDS",
                         help="follow the deployment for at most this long")
