@@ -26,7 +26,7 @@ BIN = Path(sys.executable).parent
 MODEL = REPO / "sample_data" / "scrap_model.onnx"
 METADATA = REPO / "sample_data" / "scrap_model.json"
 DEVICE = "line1-gw1"
-console = Console()
+console = Console(soft_wrap=True)
 
 EPILOG = """examples:
   bash deploy/demo.sh                      # set up, then run until Ctrl-C
@@ -147,6 +147,9 @@ def run(workdir: Path, duration_s: float | None) -> int:
         (broker_dir / "mosquitto.conf").write_text(
             f"listener {ports['mqtt']} 127.0.0.1\nallow_anonymous true\n"
             f"persistence true\npersistence_location {broker_dir}/\n"
+            f"log_dest file {workdir / 'logs' / 'mosquitto.log'}\n"
+            # As root, Mosquitto would switch to a 'mosquitto' user that cannot write here.
+            f"{'user root' if os.geteuid() == 0 else ''}\n"
         )
         broker = demo.start("mosquitto", [mosquitto_binary(), "-c",
                                           str(broker_dir / "mosquitto.conf")])
@@ -249,9 +252,8 @@ def _follow_predictions(demo: Demo, central_url: str, started: float,
                 continue
             console.print(
                 f"  {clock} #{row['seq']:<4} {row['model_name']} {row['model_version']}  "
-                f"zone2 {inputs.get('zone2_temp_c', 0):5.1f} °C  "
-                f"speed {inputs.get('screw_speed_rpm', 0):4.1f} rpm  "
-                f"→ scrap [bold]{scrap:.2f} %[/]"
+                f"zone 2 at {inputs.get('zone2_temp_c', 0):5.1f} °C  "
+                f"→ predicted scrap [bold]{scrap:.2f} %[/]"
             )
         time.sleep(1.0)
 
