@@ -19,21 +19,14 @@ from pydantic import ValidationError
 
 from central_sync.db import CentralDB, ModelVersionExists, version_exists_message
 from edge_agent.contract import ID_PATTERN, SEMVER_PATTERN, ModelManifest, TensorSpec
+from edge_agent.inference.specs import spec_differences, tensor_specs
+from edge_agent.model_store import fsync_dir
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_SIZE_BYTES = 256 * 1024
 KINDS = ("process", "vision")
 _HASH_BLOCK_BYTES = 1024 * 1024
-
-# ONNX Runtime names element types "tensor(float)"; the manifest uses numpy-style names.
-_ORT_DTYPES = {
-    "float": "float32", "double": "float64", "float16": "float16", "bfloat16": "bfloat16",
-    "int8": "int8", "int16": "int16", "int32": "int32", "int64": "int64",
-    "uint8": "uint8", "uint16": "uint16", "uint32": "uint32", "uint64": "uint64",
-    "bool": "bool", "string": "string",
-}
-
 
 class RegistryError(Exception):
     """A model cannot be published; the message says why and what to do."""
@@ -101,44 +94,7 @@ def inspect_onnx(file: str | Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
     except Exception as exc:
         raise RegistryError(
             f"{file} is not a model ONNX Runtime can load: {_first_line(exc)}") from None
-    return ([_tensor_spec(arg) for arg in session.get_inputs()],
-            [_tensor_spec(arg) for arg in session.get_outputs()])
-
-
-def _tensor_spec(arg: Any) -> TensorSpec:
-    element = arg.type[len("tensor("):-1] if arg.type.startswith("tensor(") else arg.type
-    return TensorSpec(name=arg.name, dtype=_ORT_DTYPES.get(element, element),
-                      shape=list(arg.shape or []))
-
-
-def spec_differences(
-    side: str, declared: list[TensorSpec], actual: list[TensorSpec]
-) -> list[str]:
-    """What differs between declared tensor specs and the model's; empty when they agree.
-
-    A dynamic dimension (null or a name) matches any dynamic dimension.
-    """
-    problems = []
-    declared_names = [spec.name for spec in declared]
-    actual_names = [spec.name for spec in actual]
-    if declared_names != actual_names:
-        return [f"{side} are {actual_names} in the model, metadata says {declared_names}"]
-    for want, got in zip(declared, actual, strict=True):
-        if want.dtype != got.dtype:
-            problems.append(f"{side[:-1]} {got.name!r} has dtype {got.dtype} in the model, "
-                            f"metadata says {want.dtype}")
-        if [_dim(d) for d in want.shape] != [_dim(d) for d in got.shape]:
-            problems.append(f"{side[:-1]} {got.name!r} has shape {_shape(got.shape)} in the "
-                            f"model, metadata says {_shape(want.shape)}")
-    return problems
-
-
-def _dim(value: int | str | None) -> int | None:
-    return value if isinstance(value, int) else None
-
-
-def _shape(shape: list[int | str | None]) -> str:
-    return "x".join("?" if not isinstance(d, int) else str(d) for d in shape) or "scalar"
+    return tensor_specs(session.get_inputs()), tensor_specs(session.get_outputs())
 
 
 def check_metadata_specs(
@@ -146,15 +102,16 @@ def check_metadata_specs(
 ) -> None:
     """Refuse metadata whose "inputs"/"outputs" disagree with the model itself."""
     problems = []
-    for side, actual in (("inputs", inputs), ("outputs", outputs)):
-        if side not in metadata:
+    for side, actual in (("input", inputs), ("output", outputs)):
+        key = f"{side}s"
+        if key not in metadata:
             continue
         try:
-            declared = [TensorSpec.model_validate(spec) for spec in metadata[side]]
+            declared = [TensorSpec.model_validate(spec) for spec in metadata[key]]
         except (TypeError, ValidationError) as exc:
-            raise RegistryError(f"metadata {side!r} must be a list of {{name, dtype, shape}}: "
+            raise RegistryError(f"metadata {key!r} must be a list of {{name, dtype, shape}}: "
                                 f"{_first_line(exc)}") from None
-        problems += spec_differences(side, declared, actual)
+        problems += spec_differences(side, declared, actual, source="metadata")
     if problems:
         raise RegistryError("metadata does not match the model: " + "; ".join(problems))
 
@@ -192,16 +149,8 @@ def store_artifact(file: str | Path, artifact_dir: str | Path, sha256: str) -> P
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     return target
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def publish_model(

@@ -188,24 +188,23 @@ class ModelManifest(BaseModel):
         return ModelRef(name=self.name, version=self.version, sha256=self.sha256)
 
 
-class DeployCommand(_Message):
-    kind: Literal["deploy"] = "deploy"
+class _Command(_Message):
     command_id: str = Field(default_factory=new_id, min_length=1, max_length=64)
     device_id: DeviceId
-    manifest: ModelManifest
     issued_at: float = Field(default_factory=now)
-    issued_by: str = ""
+    issued_by: str = Field("", description="Who gave the command, for the audit log")
 
 
-class RollbackCommand(_Message):
+class DeployCommand(_Command):
+    kind: Literal["deploy"] = "deploy"
+    manifest: ModelManifest
+
+
+class RollbackCommand(_Command):
     """Switch a model back to the version that was active before the current one."""
 
     kind: Literal["rollback"] = "rollback"
-    command_id: str = Field(default_factory=new_id, min_length=1, max_length=64)
-    device_id: DeviceId
     model_name: ModelName
-    issued_at: float = Field(default_factory=now)
-    issued_by: str = ""
 
 
 class ChunkRequest(_Message):

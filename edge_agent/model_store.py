@@ -46,7 +46,8 @@ def sha256_of_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in `path` durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -62,7 +63,7 @@ def write_atomically(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 class ModelStore:
@@ -114,7 +115,7 @@ class ModelStore:
             os.fsync(f.fileno())
         write_atomically(staging / MANIFEST_FILE, manifest.model_dump_json(indent=2).encode())
         os.rename(staging, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         log.info("model installed name=%s version=%s sha256=%s", manifest.name, manifest.version,
                  manifest.sha256[:12])
         return InstalledModel(manifest, target / MODEL_FILE)
