@@ -24,6 +24,7 @@ from edge_agent.contract import (
     ArtifactChunk,
     BatchAck,
     ChunkRequest,
+    CompressedUplinkBatch,
     DeploymentEvent,
     DeviceStatus,
     ModelManifest,
@@ -32,6 +33,7 @@ from edge_agent.contract import (
     UplinkBatch,
     decode,
     encode,
+    expand_uplink,
 )
 from edge_agent.transport import NotConnected, Transport
 
@@ -157,16 +159,17 @@ class CentralService:
 
     # --- decoding -------------------------------------------------------------------------
 
-    def _decode(self, topic: str, payload: bytes, expect: type[MessageT]) -> MessageT | None:
+    def _decode(self, topic: str, payload: bytes,
+                expect: type[MessageT] | tuple[type[MessageT], ...]) -> MessageT | None:
         parsed = self.topics.parse_device_topic(topic)
         if parsed is None:
             return self._reject(topic, "unknown", "topic is not a device topic")
         device_id, leaf = parsed
-        message = decode(payload, expect=(expect,), topic_device_id=device_id)
+        kinds = expect if isinstance(expect, tuple) else (expect,)
+        message = decode(payload, expect=kinds, topic_device_id=device_id)
         if isinstance(message, Rejection):
             return self._reject(topic, leaf, message.reason)
-        assert isinstance(message, expect)
-        return message
+        return message  # type: ignore[return-value]
 
     def _reject(self, topic: str, leaf: str, reason: str) -> None:
         self.stats.rejected[leaf] += 1
@@ -177,8 +180,12 @@ class CentralService:
     # --- ingest ---------------------------------------------------------------------------
 
     async def _on_uplink(self, topic: str, payload: bytes) -> None:
-        batch = self._decode(topic, payload, UplinkBatch)
-        if batch is None:
+        received = self._decode(topic, payload, (UplinkBatch, CompressedUplinkBatch))
+        if received is None:
+            return
+        batch = expand_uplink(received)
+        if isinstance(batch, Rejection):
+            self._reject(topic, "uplink", batch.reason)
             return
         assert self.db is not None
         try:

@@ -14,6 +14,7 @@ from edge_agent.contract import DeviceStatus, Topics, encode
 from edge_agent.deployer import Deployer
 from edge_agent.httpserver import WebServer
 from edge_agent.inference.process import ProcessPipeline
+from edge_agent.metrics import AgentMetrics
 from edge_agent.model_store import ModelStore
 from edge_agent.sources.opcua import OpcUaSource
 from edge_agent.transport import MqttTransport, NotConnected, Transport, Will
@@ -27,7 +28,7 @@ class Agent:
         self.config = config
         self.device_id = config.device_id
         self.topics = Topics(config.broker.topic_prefix)
-        self.buffer = Buffer(config.buffer_path, config.buffer.quota_bytes)
+        self.buffer = Buffer(config.buffer_path, config.buffer.policy())
         self.store = ModelStore(config.model_store_path)
         offline = DeviceStatus(device_id=self.device_id, state="offline",
                                agent_version=__version__)
@@ -46,6 +47,7 @@ class Agent:
                              config.uplink)
         self.deployer = Deployer(self.device_id, self.topics, self.transport, self.store,
                                  self.buffer)
+        self.metrics = AgentMetrics(self)
 
     async def status(self, state: str = "online") -> DeviceStatus:
         return DeviceStatus(
@@ -89,8 +91,8 @@ class Agent:
                  self.config.broker.host, self.config.broker.port, self.config.data_dir)
         server = None
         if self.config.ui.port:
-            server = WebServer(web.create_app(self.status_document), self.config.ui.host,
-                               self.config.ui.port, setting="ui.port")
+            app = web.create_app(self.status_document, self.metrics.exposition)
+            server = WebServer(app, self.config.ui.host, self.config.ui.port, setting="ui.port")
             await server.start()
         await self.deployer.start()
         await self.transport.start()

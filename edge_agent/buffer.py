@@ -1,7 +1,10 @@
 """The store-and-forward buffer: everything that must leave the gateway waits here in SQLite.
 
-One thread owns the SQLite connection (WAL mode) and runs every statement, so the asyncio loop
-never blocks on disk. A record is deleted only when central has acknowledged its seq.
+One thread owns the SQLite connection (WAL mode, synchronous=FULL) and runs every statement;
+appends waiting in its queue are committed together in one transaction, so the asyncio loop
+never blocks on disk and many small records cost one fsync. A record is deleted only when
+central has acknowledged its seq, or evicted (lowest priority, oldest first) when the quota
+is exceeded; evictions are counted per kind and reported to central as `eviction` records.
 """
 
 from __future__ import annotations
@@ -9,25 +12,32 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import queue
 import sqlite3
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_agent.contract import (
-    RECORD_DEPLOYMENT_EVENT,
-    RECORD_PREDICTION,
-    BufferHealth,
-    UplinkRecord,
-)
+from edge_agent.contract import RECORD_EVICTION, BufferHealth
 
 log = logging.getLogger(__name__)
 
-# Lower numbers are evicted first when the quota is exceeded.
-PRIORITY_BY_TYPE = {RECORD_PREDICTION: 10, RECORD_DEPLOYMENT_EVENT: 90}
+DEFAULT_PRIORITIES: dict[str, int] = {
+    RECORD_EVICTION: 100,
+    "deployment_event": 90,
+    "defect": 70,
+    "recommendation": 60,
+    "metric": 40,
+    "prediction": 20,
+}
 DEFAULT_PRIORITY = 50
+DEFAULT_KEEP = frozenset({RECORD_EVICTION, "deployment_event"})
+MAX_RANGES_PER_REPORT = 2000
+_MAX_COALESCED_JOBS = 512
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -40,7 +50,25 @@ CREATE TABLE IF NOT EXISTS records (
 );
 CREATE INDEX IF NOT EXISTS records_eviction ON records (priority, seq);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS evictions (
+    first_seq INTEGER PRIMARY KEY,
+    last_seq INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    reported INTEGER NOT NULL DEFAULT 0
+);
 """
+
+
+@dataclass(frozen=True)
+class BufferPolicy:
+    """How much disk the buffer may use and what goes first when it is full."""
+
+    quota_bytes: int
+    priorities: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_PRIORITIES))
+    keep: frozenset[str] = DEFAULT_KEEP
+
+    def priority(self, record_type: str) -> int:
+        return self.priorities.get(record_type, DEFAULT_PRIORITY)
 
 
 @dataclass(frozen=True)
@@ -50,51 +78,148 @@ class NewRecord:
     created_at: float
 
 
-class Buffer:
-    """Durable queue of uplink records, with a disk quota enforced by eviction."""
+@dataclass(frozen=True)
+class StoredRecord:
+    """A buffered record as the uplink sends it: the payload stays serialised JSON."""
 
-    def __init__(self, path: Path, quota_bytes: int) -> None:
+    seq: int
+    type: str
+    created_at: float
+    payload_json: str
+    size_bytes: int
+
+
+@dataclass
+class _Job:
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    future: Future[Any]
+
+
+class Buffer:
+    """Durable queue of uplink records with a disk quota; safe to use from any thread."""
+
+    def __init__(self, path: Path, policy: BufferPolicy | int, synchronous: str = "FULL") -> None:
         self.path = Path(path)
-        self.quota_bytes = quota_bytes
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer")
+        self.policy = policy if isinstance(policy, BufferPolicy) else BufferPolicy(policy)
+        self._synchronous = synchronous
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._conn: sqlite3.Connection | None = None
-        self._executor.submit(self._open).result()
+        self._in_flight: set[int] = set()
+        self._used_bytes = 0
+        self._thread = threading.Thread(target=self._work, name="buffer-writer", daemon=True)
+        self._thread.start()
+        self._call(self._open).result()
 
     # --- async API (used by the agent) ---
 
-    async def append(self, type_: str, payload: dict[str, Any], created_at: float | None = None
-                     ) -> int:
-        record = NewRecord(type_, payload, created_at if created_at is not None else time.time())
-        seqs = await self._run(self.append_many_sync, [record])
+    async def append(self, type_: str, payload: dict[str, Any],
+                     created_at: float | None = None) -> int:
+        record = NewRecord(type_, payload, time.time() if created_at is None else created_at)
+        seqs = await asyncio.wrap_future(self._call(self._append_many, [record]))
         return seqs[0]
 
-    async def next_batch(self, limit: int, exclude: set[int]) -> list[UplinkRecord]:
-        return await self._run(self.next_batch_sync, limit, exclude)
+    async def next_batch(self, max_records: int, max_bytes: int = 1 << 30) -> list[StoredRecord]:
+        """The oldest records not in flight (marking them in flight), bounded by count and size."""
+        return await asyncio.wrap_future(self._call(self._next_batch, max_records, max_bytes))
 
-    async def ack(self, seqs: list[int]) -> int:
-        return await self._run(self.ack_sync, seqs)
+    async def ack(self, seqs: Iterable[int]) -> int:
+        """Central stored these: delete them."""
+        return await asyncio.wrap_future(self._call(self._ack, list(seqs)))
+
+    async def release(self, seqs: Iterable[int] | None = None) -> None:
+        """These (or all) in-flight records were not acked: hand them out again."""
+        await asyncio.wrap_future(self._call(self._release, None if seqs is None else list(seqs)))
+
+    async def take_eviction_report(self) -> int:
+        """Turn unreported evictions into `eviction` records; returns how many were made."""
+        return await asyncio.wrap_future(self._call(self._take_eviction_report))
 
     async def health(self) -> BufferHealth:
-        return await self._run(self.health_sync)
+        return await asyncio.wrap_future(self._call(self._health))
 
     async def close(self) -> None:
-        await self._run(self._close)
-        self._executor.shutdown(wait=True)
+        await asyncio.wrap_future(self._call(self._close))
+        self._jobs.put(None)
+        await asyncio.to_thread(self._thread.join)
 
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+    # --- the same from synchronous code (CLI, tests, benchmarks) ---
 
-    # --- blocking implementation (runs on the buffer thread only) ---
+    def append_many_sync(self, records: list[NewRecord]) -> list[int]:
+        return self._call(self._append_many, records).result()
+
+    def next_batch_sync(self, max_records: int, max_bytes: int = 1 << 30) -> list[StoredRecord]:
+        return self._call(self._next_batch, max_records, max_bytes).result()
+
+    def ack_sync(self, seqs: list[int]) -> int:
+        return self._call(self._ack, seqs).result()
+
+    def health_sync(self) -> BufferHealth:
+        return self._call(self._health).result()
+
+    def close_sync(self) -> None:
+        self._call(self._close).result()
+        self._jobs.put(None)
+        self._thread.join()
+
+    # --- the buffer thread ---
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        self._jobs.put(_Job(fn, args, future))
+        return future
+
+    def _work(self) -> None:
+        pending: _Job | None = None
+        while True:
+            job = pending or self._jobs.get()
+            pending = None
+            if job is None:
+                return
+            if job.fn != self._append_many:
+                _run(job)
+                continue
+            appends = [job]
+            while len(appends) < _MAX_COALESCED_JOBS:
+                try:
+                    following = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if following is not None and following.fn == self._append_many:
+                    appends.append(following)
+                else:
+                    pending = following
+                    break
+            self._append_jobs(appends)
+
+    def _append_jobs(self, jobs: list[_Job]) -> None:
+        """Commit the records of several append calls in one transaction."""
+        try:
+            with self._transaction():
+                results = [self._insert(job.args[0]) for job in jobs]
+                self._evict_over_quota()
+        except Exception as exc:
+            self._used_bytes = self._db.execute(
+                "SELECT COALESCE(SUM(size_bytes), 0) FROM records").fetchone()[0]
+            for job in jobs:
+                job.future.set_exception(exc)
+            return
+        for job, seqs in zip(jobs, results, strict=True):
+            job.future.set_result(seqs)
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # Must precede the first table: lets freed pages go back to the file system.
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         conn.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode survives a killed process; only power loss may drop the last commit.
-        conn.execute("PRAGMA synchronous=NORMAL")
+        # FULL in WAL mode: a committed record survives power loss, not only a killed process.
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
         conn.execute("PRAGMA busy_timeout=5000")
         conn.executescript(_SCHEMA)
         self._conn = conn
+        self._used_bytes = conn.execute(
+            "SELECT COALESCE(SUM(size_bytes), 0) FROM records").fetchone()[0]
 
     def _close(self) -> None:
         if self._conn is not None:
@@ -107,100 +232,193 @@ class Buffer:
             raise RuntimeError(f"buffer {self.path} is closed")
         return self._conn
 
-    def append_many_sync(self, records: list[NewRecord]) -> list[int]:
-        seqs = []
+    def _append_many(self, records: list[NewRecord]) -> list[int]:
         with self._transaction():
-            for record in records:
-                payload = json.dumps(record.payload, separators=(",", ":"), allow_nan=False)
-                cursor = self._db.execute(
-                    "INSERT INTO records (type, priority, created_at, payload, size_bytes)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (record.type, PRIORITY_BY_TYPE.get(record.type, DEFAULT_PRIORITY),
-                     record.created_at, payload, len(payload)),
-                )
-                seqs.append(int(cursor.lastrowid or 0))
+            seqs = self._insert(records)
             self._evict_over_quota()
         return seqs
 
-    def next_batch_sync(self, limit: int, exclude: set[int]) -> list[UplinkRecord]:
-        """The oldest records not already in flight, in seq order."""
-        batch: list[UplinkRecord] = []
+    def _insert(self, records: list[NewRecord]) -> list[int]:
+        seqs = []
+        for record in records:
+            payload = json.dumps(record.payload, separators=(",", ":"), allow_nan=False)
+            cursor = self._db.execute(
+                "INSERT INTO records (type, priority, created_at, payload, size_bytes)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (record.type, self.policy.priority(record.type), record.created_at, payload,
+                 len(payload)),
+            )
+            self._used_bytes += len(payload)
+            seqs.append(int(cursor.lastrowid or 0))
+        return seqs
+
+    def _next_batch(self, max_records: int, max_bytes: int) -> list[StoredRecord]:
+        batch: list[StoredRecord] = []
+        size = 0
         after = 0
-        while len(batch) < limit:
+        while len(batch) < max_records:
             rows = self._db.execute(
-                "SELECT seq, type, created_at, payload FROM records WHERE seq > ?"
+                "SELECT seq, type, created_at, payload, size_bytes FROM records WHERE seq > ?"
                 " ORDER BY seq LIMIT ?",
-                (after, limit + len(exclude)),
+                (after, max_records + len(self._in_flight)),
             ).fetchall()
             if not rows:
                 break
-            for seq, type_, created_at, payload in rows:
-                after = seq
-                if seq not in exclude:
-                    batch.append(UplinkRecord(seq=seq, type=type_, created_at=created_at,
-                                              payload=json.loads(payload)))
-                    if len(batch) == limit:
-                        break
+            for row in rows:
+                after = row[0]
+                if row[0] in self._in_flight:
+                    continue
+                if batch and size + row[4] > max_bytes:
+                    return self._mark(batch)
+                batch.append(StoredRecord(*row))
+                size += row[4]
+                if len(batch) == max_records:
+                    break
+        return self._mark(batch)
+
+    def _mark(self, batch: list[StoredRecord]) -> list[StoredRecord]:
+        self._in_flight.update(r.seq for r in batch)
         return batch
 
-    def ack_sync(self, seqs: list[int]) -> int:
-        if not seqs:
-            return 0
+    def _ack(self, seqs: list[int]) -> int:
+        deleted = 0
         with self._transaction():
-            deleted = 0
             for start in range(0, len(seqs), 500):
                 chunk = seqs[start:start + 500]
                 marks = ",".join("?" * len(chunk))
-                cursor = self._db.execute(f"DELETE FROM records WHERE seq IN ({marks})", chunk)
-                deleted += cursor.rowcount
+                freed = self._db.execute(
+                    f"SELECT COALESCE(SUM(size_bytes), 0) FROM records WHERE seq IN ({marks})",
+                    chunk).fetchone()[0]
+                deleted += self._db.execute(
+                    f"DELETE FROM records WHERE seq IN ({marks})", chunk).rowcount
+                self._used_bytes -= freed
+        self._in_flight.difference_update(seqs)
+        self._compact_if_worthwhile()
         return deleted
 
-    def health_sync(self) -> BufferHealth:
-        depth, oldest, used = self._db.execute(
-            "SELECT COUNT(*), MIN(created_at), COALESCE(SUM(size_bytes), 0) FROM records"
-        ).fetchone()
+    def _release(self, seqs: list[int] | None) -> None:
+        if seqs is None:
+            self._in_flight.clear()
+        else:
+            self._in_flight.difference_update(seqs)
+
+    def _evict_over_quota(self) -> None:
+        """Delete lowest-priority, oldest records (never a kept kind, never one in flight)."""
+        if self._used_bytes <= self.policy.quota_bytes:
+            return
+        keep = sorted(self.policy.keep | {RECORD_EVICTION})
+        marks = ",".join("?" * len(keep))
+        evicted: list[tuple[int, str]] = []
+        cursor = (-1, 0)  # (priority, seq) of the last candidate looked at
+        while self._used_bytes > self.policy.quota_bytes:
+            rows = self._db.execute(
+                f"SELECT priority, seq, type, size_bytes FROM records WHERE type NOT IN ({marks})"
+                " AND (priority > ? OR (priority = ? AND seq > ?))"
+                " ORDER BY priority, seq LIMIT 256", (*keep, cursor[0], *cursor)).fetchall()
+            if not rows:
+                log.error("buffer over quota but nothing may be evicted used=%d quota=%d",
+                          self._used_bytes, self.policy.quota_bytes)
+                break
+            cursor = (rows[-1][0], rows[-1][1])
+            for _priority, seq, type_, size in rows:
+                if self._used_bytes <= self.policy.quota_bytes:
+                    break
+                if seq in self._in_flight:
+                    continue
+                self._db.execute("DELETE FROM records WHERE seq = ?", (seq,))
+                self._used_bytes -= size
+                evicted.append((seq, type_))
+        if evicted:
+            self._record_evictions(evicted)
+
+    def _record_evictions(self, evicted: list[tuple[int, str]]) -> None:
+        by_type: dict[str, int] = {}
+        for seq, type_ in sorted(evicted):
+            by_type[type_] = by_type.get(type_, 0) + 1
+            # Extend the latest unreported range of this kind when the seq follows it.
+            extended = self._db.execute(
+                "UPDATE evictions SET last_seq = ? WHERE reported = 0 AND type = ?"
+                " AND last_seq = ?", (seq, type_, seq - 1)).rowcount
+            if not extended:
+                self._db.execute("INSERT INTO evictions (first_seq, last_seq, type)"
+                                 " VALUES (?, ?, ?)", (seq, seq, type_))
+        for type_, count in by_type.items():
+            self._db.execute(
+                "INSERT INTO counters (name, value) VALUES (?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                (f"evicted:{type_}", count))
+        log.warning("buffer over quota evicted=%s quota_bytes=%d", by_type,
+                    self.policy.quota_bytes)
+
+    def _take_eviction_report(self) -> int:
+        made = 0
+        with self._transaction():
+            while True:
+                ranges = self._db.execute(
+                    "SELECT first_seq, last_seq, type FROM evictions WHERE reported = 0"
+                    " ORDER BY first_seq LIMIT ?", (MAX_RANGES_PER_REPORT,)).fetchall()
+                if not ranges:
+                    break
+                by_type: dict[str, int] = {}
+                for first, last, type_ in ranges:
+                    by_type[type_] = by_type.get(type_, 0) + last - first + 1
+                payload = {"ranges": [list(r) for r in ranges], "by_kind": by_type}
+                self._insert([NewRecord(RECORD_EVICTION, payload, time.time())])
+                self._db.executemany("UPDATE evictions SET reported = 1 WHERE first_seq = ?",
+                                     [(r[0],) for r in ranges])
+                made += 1
+            self._db.execute("DELETE FROM evictions WHERE reported = 1")
+        return made
+
+    def _health(self) -> BufferHealth:
+        depth, oldest = self._db.execute(
+            "SELECT COUNT(*), MIN(created_at) FROM records").fetchone()
+        evicted = {
+            name.split(":", 1)[1]: value
+            for name, value in self._db.execute(
+                "SELECT name, value FROM counters WHERE name LIKE 'evicted:%'")
+        }
         return BufferHealth(
             depth=depth,
             oldest_age_s=None if oldest is None else max(0.0, time.time() - oldest),
-            bytes_used=used,
-            quota_bytes=self.quota_bytes,
-            evicted=self._counter("evicted"),
+            bytes_used=self._used_bytes,
+            quota_bytes=self.policy.quota_bytes,
+            evicted=sum(evicted.values()),
+            evicted_by_kind=evicted,
         )
 
-    def _evict_over_quota(self) -> None:
-        used = self._db.execute("SELECT COALESCE(SUM(size_bytes), 0) FROM records").fetchone()[0]
-        evicted = 0
-        while used > self.quota_bytes:
-            row = self._db.execute(
-                "SELECT seq, size_bytes FROM records ORDER BY priority, seq LIMIT 1"
-            ).fetchone()
-            if row is None:
-                break
-            self._db.execute("DELETE FROM records WHERE seq = ?", (row[0],))
-            used -= row[1]
-            evicted += 1
-        if evicted:
-            self._db.execute(
-                "INSERT INTO counters (name, value) VALUES ('evicted', ?)"
-                " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-                (evicted,),
-            )
-            log.warning("buffer over quota evicted=%d quota_bytes=%d", evicted, self.quota_bytes)
-
-    def _counter(self, name: str) -> int:
-        row = self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
-        return int(row[0]) if row else 0
+    def _compact_if_worthwhile(self) -> None:
+        """Give freed pages back once they are a good share of the file, then trim the WAL."""
+        free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+        total = self._db.execute("PRAGMA page_count").fetchone()[0]
+        if free > 4096 or (free > 64 and free * 4 > total):
+            # executescript steps the pragma to the end; execute() would free a single page.
+            self._db.executescript("PRAGMA incremental_vacuum;")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
 
 
+def _run(job: _Job) -> None:
+    try:
+        job.future.set_result(job.fn(*job.args))
+    except Exception as exc:  # handed to the caller, who decides
+        job.future.set_exception(exc)
+
+
 class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, nesting-safe: an inner use joins the outer transaction."""
+
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
+        self._outer = False
 
     def __enter__(self) -> None:
-        self._conn.execute("BEGIN IMMEDIATE")
+        self._outer = not self._conn.in_transaction
+        if self._outer:
+            self._conn.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        if self._outer:
+            self._conn.execute("COMMIT" if exc_type is None else "ROLLBACK")

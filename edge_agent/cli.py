@@ -124,9 +124,9 @@ def _status(config: AgentConfig) -> int:
     if not config.buffer_path.exists():
         console.print(f"No buffer at {config.buffer_path} yet: the agent has not run here.")
         return 0
-    buffer = Buffer(config.buffer_path, config.buffer.quota_bytes)
+    buffer = Buffer(config.buffer_path, config.buffer.policy())
     health = buffer.health_sync()
-    asyncio.run(buffer.close())
+    buffer.close_sync()
     age = "-" if health.oldest_age_s is None else f"{health.oldest_age_s:.0f} s"
     console.print(f"[bold]{config.device_id}[/bold] buffer {config.buffer_path}: "
                   f"{health.depth} records waiting, oldest {age}, "

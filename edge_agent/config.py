@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from edge_agent.buffer import DEFAULT_KEEP, DEFAULT_PRIORITIES, BufferPolicy
 from edge_agent.configfile import load_yaml_model, resolve_path
 from edge_agent.contract import ID_PATTERN
 from edge_agent.transport import BrokerConfig
@@ -57,11 +58,34 @@ class ProcessPipelineConfig(_Strict):
 
 
 class BufferConfig(_Strict):
-    quota_bytes: int = Field(512 * 1024 * 1024, ge=1024 * 1024, description="Disk quota")
+    """What must leave the gateway waits here; see README 'Buffer quota and eviction order'."""
+
+    quota_bytes: int = Field(
+        512 * 1024 * 1024, ge=64 * 1024, description="Bytes of records kept while central is away"
+    )
+    priorities: dict[str, int] = Field(
+        default_factory=dict,
+        description="Record type -> priority (higher is evicted later); merged over defaults",
+    )
+    keep: list[str] = Field(
+        default_factory=lambda: sorted(DEFAULT_KEEP),
+        description="Record types never evicted (eviction reports are always kept)",
+    )
+
+    def policy(self) -> BufferPolicy:
+        return BufferPolicy(
+            quota_bytes=self.quota_bytes,
+            priorities={**DEFAULT_PRIORITIES, **self.priorities},
+            keep=frozenset(self.keep),
+        )
 
 
 class UplinkConfig(_Strict):
-    batch_size: int = Field(200, ge=1, le=5000, description="Records per MQTT message")
+    batch_size: int = Field(500, ge=1, le=5000, description="Most records per MQTT message")
+    batch_max_bytes: int = Field(
+        256 * 1024, ge=1024, le=4 * 1024 * 1024, description="Most payload bytes per message"
+    )
+    compress: bool = Field(False, description="zlib-compress batches (slow or metered links)")
     ack_timeout_s: float = Field(10.0, gt=0, description="Resend a batch not acked by then")
     max_in_flight: int = Field(4, ge=1, le=64, description="Batches awaiting ack at once")
 

@@ -12,6 +12,8 @@ import json
 import re
 import time
 import uuid
+import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -77,6 +79,9 @@ class BufferHealth(BaseModel):
     bytes_used: int = Field(ge=0)
     quota_bytes: int = Field(ge=0)
     evicted: int = Field(0, ge=0, description="Records dropped to respect the quota")
+    evicted_by_kind: dict[str, int] = Field(
+        default_factory=dict, description="Evicted records by record type, since install"
+    )
 
 
 class UplinkHealth(BaseModel):
@@ -120,6 +125,7 @@ class UplinkRecord(BaseModel):
 
 RECORD_PREDICTION = "prediction"
 RECORD_DEPLOYMENT_EVENT = "deployment_event"
+RECORD_EVICTION = "eviction"
 
 
 class PredictionPayload(BaseModel):
@@ -134,12 +140,81 @@ class PredictionPayload(BaseModel):
     latency_ms: float = Field(ge=0)
 
 
+class EvictionPayload(BaseModel):
+    """The payload of an `eviction` record: seqs the agent dropped to respect its disk quota."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ranges: list[tuple[int, int, str]] = Field(
+        description="[first_seq, last_seq, record type], inclusive"
+    )
+    by_kind: dict[str, int]
+
+
 class UplinkBatch(_Message):
     kind: Literal["uplink_batch"] = "uplink_batch"
     device_id: DeviceId
     batch_id: str = Field(default_factory=new_id, min_length=1, max_length=64)
     sent_at: float = Field(default_factory=now)
     records: list[UplinkRecord] = Field(min_length=1, max_length=MAX_RECORDS_PER_BATCH)
+
+
+class CompressedUplinkBatch(_Message):
+    """An UplinkBatch's JSON, zlib-compressed then base64-encoded, for slow or metered links."""
+
+    kind: Literal["uplink_batch_zlib"] = "uplink_batch_zlib"
+    device_id: DeviceId
+    batch_id: str = Field(min_length=1, max_length=64)
+    data_b64: str
+
+
+def encode_uplink_batch(
+    device_id: str,
+    records: Iterable[tuple[int, str, float, str]],
+    batch_id: str | None = None,
+    compress: bool = False,
+) -> tuple[str, bytes]:
+    """`(batch_id, payload)` of an UplinkBatch whose record payloads are already JSON text.
+
+    The agent's fast path: it avoids parsing and re-serialising every buffered payload. The
+    result decodes to the same UplinkBatch as `encode(UplinkBatch(...))` would produce.
+    """
+    batch_id = batch_id or new_id()
+    items = ",".join(
+        f'{{"seq":{seq},"type":{json.dumps(type_)},"created_at":{float(created_at)!r},'
+        f'"payload":{payload_json}}}'
+        for seq, type_, created_at, payload_json in records
+    )
+    body = (
+        f'{{"schema_version":{SCHEMA_VERSION},"kind":"uplink_batch",'
+        f'"device_id":{json.dumps(device_id)},"batch_id":{json.dumps(batch_id)},'
+        f'"sent_at":{now()!r},"records":[{items}]}}'
+    ).encode()
+    if not compress:
+        return batch_id, body
+    packed = CompressedUplinkBatch(
+        device_id=device_id, batch_id=batch_id,
+        data_b64=base64.b64encode(zlib.compress(body, 1)).decode("ascii"),
+    )
+    return batch_id, encode(packed)
+
+
+def expand_uplink(message: UplinkBatch | CompressedUplinkBatch) -> UplinkBatch | Rejection:
+    """The UplinkBatch inside a compressed one (size-limited), or the batch itself."""
+    if isinstance(message, UplinkBatch):
+        return message
+    try:
+        inflater = zlib.decompressobj()
+        body = inflater.decompress(base64.b64decode(message.data_b64, validate=True),
+                                   MAX_PAYLOAD_BYTES * 4)
+    except (ValueError, zlib.error) as exc:
+        return Rejection(f"compressed batch is not valid zlib/base64: {exc}")
+    if inflater.unconsumed_tail:
+        return Rejection(f"compressed batch expands beyond {MAX_PAYLOAD_BYTES * 4} bytes")
+    inner = decode(body, expect=(UplinkBatch,), topic_device_id=message.device_id)
+    if isinstance(inner, UplinkBatch) and inner.batch_id != message.batch_id:
+        return Rejection(f"batch_id {inner.batch_id!r} inside differs from {message.batch_id!r}")
+    return inner  # type: ignore[return-value]
 
 
 class BatchAck(_Message):
@@ -271,6 +346,7 @@ class DeploymentEvent(_Message):
 Message = Annotated[
     DeviceStatus
     | UplinkBatch
+    | CompressedUplinkBatch
     | BatchAck
     | DeployCommand
     | RollbackCommand
@@ -299,7 +375,7 @@ class TopicSpec:
 DEVICE_TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("status", "agent → central", 1, True, "DeviceStatus",
               "Online state and health; the broker publishes state=offline as last will"),
-    TopicSpec("uplink", "agent → central", 1, False, "UplinkBatch",
+    TopicSpec("uplink", "agent → central", 1, False, "UplinkBatch, CompressedUplinkBatch",
               "Buffered records (predictions, events), each with its seq"),
     TopicSpec("ack", "central → agent", 1, False, "BatchAck",
               "Seqs stored by central; the agent deletes them only now"),

@@ -131,7 +131,7 @@ class MqttTransport:
             client.tls_set(ca_certs=self.config.ca_file, cert_reqs=ssl.CERT_REQUIRED)
         if self._will:
             client.will_set(self._will.topic, self._will.payload, self._will.qos, self._will.retain)
-        client.reconnect_delay_set(min_delay=1, max_delay=5)
+        client.reconnect_delay_set(min_delay=1, max_delay=2)
         # paho's own queue lives in memory only; bound it, durability is the buffer's job.
         client.max_queued_messages_set(1000)
         client.on_connect = self._on_connect

@@ -18,14 +18,15 @@ from edge_agent.contract import (
     BatchAck,
     Rejection,
     Topics,
-    UplinkBatch,
     UplinkHealth,
     decode,
-    encode,
+    encode_uplink_batch,
 )
 from edge_agent.transport import NotConnected, Transport
 
 log = logging.getLogger(__name__)
+
+MAX_ACK_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -69,7 +70,9 @@ class Uplink:
         self._buffer = buffer
         self._config = config
         self._in_flight: dict[str, _InFlight] = {}
+        self._ack_timeout_s = config.ack_timeout_s
         self._wake = asyncio.Event()
+        self._next_eviction_report = 0.0
         self.stats = UplinkStats()
 
     def health(self) -> UplinkHealth:
@@ -84,41 +87,63 @@ class Uplink:
         await self._transport.subscribe(self._topics.ack(self.device_id), self._on_ack)
         while True:
             if not self._transport.connected:
-                # Everything in flight is resent after reconnecting; acks may have been lost.
-                self._in_flight.clear()
+                await self._forget_in_flight()
                 await self._transport.wait_connected(1.0)
                 continue
-            self._expire_unacked()
+            await self._expire_unacked()
+            await self._report_evictions()
             if len(self._in_flight) < self._config.max_in_flight and await self._send_next():
                 continue
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), 0.5)
+                await asyncio.wait_for(self._wake.wait(), 0.2)
 
-    def _expire_unacked(self) -> None:
-        deadline = time.monotonic() - self._config.ack_timeout_s
-        for batch_id, flight in list(self._in_flight.items()):
-            if flight.sent_at < deadline:
-                del self._in_flight[batch_id]
-                self.stats.resent_batches += 1
-                log.info("uplink batch not acked, will resend device=%s batch=%s records=%d",
-                         self.device_id, batch_id, len(flight.seqs))
+    async def _forget_in_flight(self) -> None:
+        """Acks may have been lost with the connection: everything in flight is sent again."""
+        if self._in_flight:
+            self._in_flight.clear()
+            await self._buffer.release()
+
+    async def _expire_unacked(self) -> None:
+        deadline = time.monotonic() - self._ack_timeout_s
+        expired = [b for b, flight in self._in_flight.items() if flight.sent_at < deadline]
+        for batch_id in expired:
+            flight = self._in_flight.pop(batch_id)
+            await self._buffer.release(flight.seqs)
+            self.stats.resent_batches += 1
+            log.info("uplink batch not acked in %.0f s, will resend device=%s batch=%s "
+                     "records=%d", self._ack_timeout_s, self.device_id, batch_id,
+                     len(flight.seqs))
+        if expired:
+            # Central or the broker is struggling: give it longer before the next resend.
+            self._ack_timeout_s = min(self._ack_timeout_s * 2, MAX_ACK_TIMEOUT_S)
+
+    async def _report_evictions(self) -> None:
+        if time.monotonic() >= self._next_eviction_report:
+            self._next_eviction_report = time.monotonic() + 2.0
+            await self._buffer.take_eviction_report()
 
     async def _send_next(self) -> bool:
-        in_flight = {seq for flight in self._in_flight.values() for seq in flight.seqs}
-        records = await self._buffer.next_batch(self._config.batch_size, in_flight)
+        records = await self._buffer.next_batch(self._config.batch_size,
+                                                self._config.batch_max_bytes)
         if not records:
             return False
-        batch = UplinkBatch(device_id=self.device_id, records=records)
-        self._in_flight[batch.batch_id] = _InFlight([r.seq for r in records], time.monotonic())
+        batch_id, payload = encode_uplink_batch(
+            self.device_id,
+            ((r.seq, r.type, r.created_at, r.payload_json) for r in records),
+            compress=self._config.compress,
+        )
+        seqs = [r.seq for r in records]
+        self._in_flight[batch_id] = _InFlight(seqs, time.monotonic())
         try:
-            await self._transport.publish(self._topics.uplink(self.device_id), encode(batch), qos=1)
+            await self._transport.publish(self._topics.uplink(self.device_id), payload, qos=1)
         except NotConnected as exc:
-            self._in_flight.pop(batch.batch_id, None)
+            self._in_flight.pop(batch_id, None)
+            await self._buffer.release(seqs)
             log.info("uplink paused device=%s reason=%s", self.device_id, exc)
             return False
-        log.debug("uplink sent device=%s batch=%s first_seq=%d count=%d", self.device_id,
-                  batch.batch_id, records[0].seq, len(records))
+        log.debug("uplink sent device=%s batch=%s first_seq=%d count=%d bytes=%d",
+                  self.device_id, batch_id, seqs[0], len(seqs), len(payload))
         return True
 
     async def _on_ack(self, topic: str, payload: bytes) -> None:
@@ -132,4 +157,5 @@ class Uplink:
         flight = self._in_flight.pop(message.batch_id, None)
         if flight is not None:
             self.stats.record_ack(len(message.acked_seqs), time.monotonic() - flight.sent_at)
+            self._ack_timeout_s = self._config.ack_timeout_s
         self._wake.set()

@@ -135,3 +135,44 @@ def test_contract_imports_without_onnxruntime_or_opencv() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == ""
+
+
+def test_fast_batch_encoding_decodes_to_the_same_batch() -> None:
+    rows = [(1, "prediction", 1.5, '{"a":1}'), (2, "eviction", 2.25, '{"ranges":[]}')]
+    batch_id, payload = contract.encode_uplink_batch("gw1", rows, batch_id="b1")
+    decoded = decode(payload, expect=(UplinkBatch,), topic_device_id="gw1")
+    assert isinstance(decoded, UplinkBatch) and batch_id == "b1"
+    assert [(r.seq, r.type, r.created_at, r.payload) for r in decoded.records] == [
+        (1, "prediction", 1.5, {"a": 1}), (2, "eviction", 2.25, {"ranges": []})]
+
+
+def test_compressed_batch_expands_to_the_batch() -> None:
+    rows = [(i, "prediction", float(i), '{"value":1.0}') for i in range(1, 500)]
+    _, plain = contract.encode_uplink_batch("gw1", rows, batch_id="b7")
+    _, packed = contract.encode_uplink_batch("gw1", rows, batch_id="b7", compress=True)
+    assert len(packed) < len(plain) / 5
+    message = decode(packed, topic_device_id="gw1")
+    assert isinstance(message, contract.CompressedUplinkBatch)
+    expanded, original = contract.expand_uplink(message), decode(plain)
+    assert expanded.batch_id == original.batch_id and expanded.records == original.records
+
+
+def test_compressed_batch_that_expands_too_far_is_rejected() -> None:
+    import base64
+    import zlib
+
+    bomb = zlib.compress(b" " * (contract.MAX_PAYLOAD_BYTES * 4 + 10), 9)
+    message = contract.CompressedUplinkBatch(device_id="gw1", batch_id="b",
+                                             data_b64=base64.b64encode(bomb).decode())
+    result = contract.expand_uplink(message)
+    assert isinstance(result, Rejection) and "expands beyond" in result.reason
+
+
+def test_compressed_batch_for_another_device_is_rejected() -> None:
+    _, packed = contract.encode_uplink_batch("gw2", [(1, "prediction", 1.0, "{}")],
+                                             batch_id="b", compress=True)
+    outer = json.loads(packed)
+    outer["device_id"] = "gw1"
+    message = decode(json.dumps(outer), topic_device_id="gw1")
+    result = contract.expand_uplink(message)
+    assert isinstance(result, Rejection) and "does not match" in result.reason

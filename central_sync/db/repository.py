@@ -103,6 +103,9 @@ class CentralDB:
                 "INSERT OR IGNORE INTO predictions (device_id, seq, created_at, pipeline, "
                 "model_name, model_version, model_sha256, outputs, inputs, latency_ms) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows.predictions)
+            self._db.conn.executemany(
+                "INSERT OR IGNORE INTO gaps (device_id, first_seq, last_seq, kind, reason, "
+                "reported_seq) VALUES (?, ?, ?, ?, ?, ?)", rows.gaps)
             # Steps that went through the buffer while the live topic was unavailable.
             for event in rows.deployment_events:
                 self._apply_deployment_event(event)
@@ -280,8 +283,30 @@ class CentralDB:
     def list_devices(self) -> list[DeviceSummary]:
         rows = self._db.query(
             "SELECT d.*, (SELECT COUNT(*) FROM records r WHERE r.device_id = d.device_id) "
-            "AS records FROM devices d ORDER BY d.device_id")
+            "AS records, (SELECT COALESCE(SUM(g.last_seq - g.first_seq + 1), 0) FROM gaps g "
+            "WHERE g.device_id = d.device_id) AS evicted FROM devices d ORDER BY d.device_id")
         return [device_summary(row) for row in rows]
+
+    @_locked
+    def gaps(self, device_id: str) -> list[dict[str, Any]]:
+        """Seq ranges the device evicted under its disk quota (recorded, not lost)."""
+        return list(self._db.query(
+            "SELECT first_seq, last_seq, kind, reason, reported_seq FROM gaps "
+            "WHERE device_id = ? ORDER BY first_seq", (device_id,)))
+
+    @_locked
+    def seq_accounting(self, device_id: str) -> dict[str, int]:
+        """Of the seqs 1..last_seq a device used: stored, evicted, and not (yet) received."""
+        last_seq = next(self._db.query(
+            "SELECT COALESCE(MAX(last_seq), 0) AS n FROM devices WHERE device_id = ?",
+            (device_id,)))["n"]
+        stored = next(self._db.query(
+            "SELECT COUNT(*) AS n FROM records WHERE device_id = ?", (device_id,)))["n"]
+        evicted = next(self._db.query(
+            "SELECT COALESCE(SUM(last_seq - first_seq + 1), 0) AS n FROM gaps "
+            "WHERE device_id = ?", (device_id,)))["n"]
+        return {"last_seq": last_seq, "stored": stored, "evicted": evicted,
+                "outstanding": max(0, last_seq - stored - evicted)}
 
     @_locked
     def recent_predictions(self, limit: int = 50, device_id: str | None = None) -> list[dict]:

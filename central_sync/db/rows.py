@@ -11,9 +11,11 @@ from pydantic import ValidationError
 
 from edge_agent.contract import (
     RECORD_DEPLOYMENT_EVENT,
+    RECORD_EVICTION,
     RECORD_PREDICTION,
     DeploymentEvent,
     DeviceStatus,
+    EvictionPayload,
     ModelManifest,
     ModelRef,
     PredictionPayload,
@@ -40,6 +42,7 @@ class DeviceSummary:
     last_seq: int
     records: int
     status: DeviceStatus | None = None
+    evicted: int = 0
 
     def presence(self, now: float, offline_after_s: float) -> str:
         """online, or offline when the device said so or has been silent too long."""
@@ -72,7 +75,7 @@ def device_summary(row: dict[str, Any]) -> DeviceSummary:
         device_id=row["device_id"], state=row["state"], state_at=row["state_at"],
         last_seen=row["last_seen"], agent_version=row["agent_version"],
         active_models=models, last_seq=row["last_seq"],
-        records=row["records"], status=status)
+        records=row["records"], status=status, evicted=row.get("evicted") or 0)
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,7 @@ class BatchRows:
     records: list[tuple[Any, ...]] = field(default_factory=list)
     predictions: list[tuple[Any, ...]] = field(default_factory=list)
     deployment_events: list[DeploymentEvent] = field(default_factory=list)
+    gaps: list[tuple[Any, ...]] = field(default_factory=list)
 
 
 def rows_for_batch(batch: UplinkBatch, received_at: float) -> BatchRows:
@@ -103,11 +107,24 @@ def rows_for_batch(batch: UplinkBatch, received_at: float) -> BatchRows:
                             "device=%s seq=%d", batch.device_id, record.seq)
             else:
                 rows.predictions.append(projected)
+        elif record.type == RECORD_EVICTION:
+            rows.gaps += gap_rows(batch.device_id, record)
         elif record.type == RECORD_DEPLOYMENT_EVENT:
             event = deployment_event_of(batch.device_id, record)
             if event is not None:
                 rows.deployment_events.append(event)
     return rows
+
+
+def gap_rows(device_id: str, record: UplinkRecord) -> list[tuple[Any, ...]]:
+    """The gaps-table rows of an eviction record: seq ranges the device dropped, not lost."""
+    try:
+        report = EvictionPayload.model_validate(record.payload)
+    except ValidationError:
+        log.warning("eviction record unreadable device=%s seq=%d", device_id, record.seq)
+        return []
+    return [(device_id, first, last, kind, "evicted", record.seq)
+            for first, last, kind in report.ranges if first <= last]
 
 
 def deployment_event_of(device_id: str, record: UplinkRecord) -> DeploymentEvent | None:

@@ -49,6 +49,12 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             subject TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '')""",
         "CREATE INDEX audit_log_at ON audit_log (at)",
     )),
+    (2, "gaps: seqs a device evicted under its disk quota", (
+        """CREATE TABLE gaps (
+            device_id TEXT NOT NULL, first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL,
+            kind TEXT NOT NULL, reason TEXT NOT NULL, reported_seq INTEGER NOT NULL,
+            PRIMARY KEY (device_id, first_seq))""",
+    )),
 )
 
 

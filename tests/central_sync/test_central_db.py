@@ -188,3 +188,43 @@ def test_deployment_event_record_naming_another_device_is_not_applied(db: Centra
     db.store_batch(UplinkBatch(device_id="gw-2", records=[record]))
     assert db.get_deployment("cmd-x") is None
     assert db.count_records("gw-2") == 1
+
+
+def test_eviction_reports_become_gaps_not_loss(db: CentralDB) -> None:
+    db.store_batch(make_batch("gw-1", [1, 2, 6]))
+    report = UplinkRecord(seq=7, type="eviction", created_at=50.0, payload={
+        "ranges": [[3, 4, "prediction"], [5, 5, "metric"]],
+        "by_kind": {"prediction": 2, "metric": 1}})
+    batch = UplinkBatch(device_id="gw-1", records=[report])
+    db.store_batch(batch)
+    db.store_batch(batch)
+    assert [(g["first_seq"], g["last_seq"], g["kind"]) for g in db.gaps("gw-1")] == [
+        (3, 4, "prediction"), (5, 5, "metric")]
+    assert db.seq_accounting("gw-1") == {"last_seq": 7, "stored": 4, "evicted": 3,
+                                         "outstanding": 0}
+    assert db.list_devices()[0].evicted == 3
+
+
+def test_unreadable_eviction_report_is_stored_without_gaps(db: CentralDB) -> None:
+    record = UplinkRecord(seq=1, type="eviction", created_at=1.0, payload={"ranges": "all"})
+    db.store_batch(UplinkBatch(device_id="gw-1", records=[record]))
+    assert db.gaps("gw-1") == []
+    assert db.count_records("gw-1") == 1
+
+
+def test_database_of_schema_1_is_migrated(tmp_path: Path) -> None:
+    from sqlite_utils import Database
+
+    from central_sync.db.schema import apply_migrations
+
+    path = tmp_path / "old.db"
+    old = Database(path)
+    with old.atomic():
+        old.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, "
+                    "description TEXT NOT NULL, applied_at REAL NOT NULL)")
+        for sql in MIGRATIONS[0][2]:
+            old.execute(sql)
+        old.execute("INSERT INTO schema_migrations VALUES (1, 'initial schema', 0)")
+    assert apply_migrations(old, str(path)) == MIGRATIONS[-1][0]
+    assert "gaps" in old.table_names()
+    old.close()

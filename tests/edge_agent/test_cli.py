@@ -34,7 +34,7 @@ def test_status_reads_buffer_and_model_store(tmp_path: Path, capsys, monkeypatch
     assert "has not run here" in capsys.readouterr().out
     buffer = Buffer(tmp_path / "state" / "buffer.db", 10**6)
     buffer.append_many_sync([NewRecord("prediction", {"x": 1}, 0.0)])
-    buffer._executor.submit(buffer._close).result()
+    buffer.close_sync()
     store = ModelStore(tmp_path / "state" / "models")
     store.install(manifest_for(SAMPLE_MODEL), SAMPLE_MODEL)
     store.activate("extruder-scrap", "1.0.0")

@@ -96,9 +96,10 @@ def test_pushed_version_is_fetched_verified_and_activated(tmp_path: Path) -> Non
         assert steps[0] == "received" and steps[-1] == "activated"
         assert {"downloading", "verifying", "installed"} <= set(steps)
         assert h.server.requested.count(2) == 2, "the corrupt chunk is asked for again"
-        durable = await h.buffer.next_batch(100, set())
-        assert [r.payload["step"] for r in durable if r.type == "deployment_event"][-1] == (
-            "activated")
+        durable = await h.buffer.next_batch(100)
+        steps = [json.loads(r.payload_json)["step"] for r in durable
+                 if r.type == "deployment_event"]
+        assert steps[-1] == "activated"
         await h.buffer.close()
 
     asyncio.run(scenario())

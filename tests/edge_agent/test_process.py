@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
@@ -70,8 +71,8 @@ def test_pipeline_waits_for_model_then_predicts_with_lineage(tmp_path: Path) -> 
         assert payload["model"] == manifest.ref.model_dump()
         assert payload["inputs"]["zone2_temp_c"] == 185.0
         assert 0.0 <= payload["outputs"]["scrap_rate_pct"] <= 100.0
-        batch = await buffer.next_batch(10, set())
-        assert batch[0].type == "prediction" and batch[0].payload == payload
+        batch = await buffer.next_batch(10)
+        assert batch[0].type == "prediction" and json.loads(batch[0].payload_json) == payload
         await buffer.close()
 
     asyncio.run(scenario())
