@@ -12,11 +12,13 @@ from collections.abc import Callable
 from html import escape
 from typing import Any
 
-from fastapi import FastAPI, Query
+from fastapi import FastAPI, Query, Response
 from fastapi.responses import HTMLResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from central_sync import __version__
 from central_sync.db import CentralDB, DeviceSummary
+from central_sync.metrics import central_registry
 from central_sync.present import models_text, seconds_ago
 
 log = logging.getLogger(__name__)
@@ -29,13 +31,19 @@ def create_app(
     offline_after_s: float,
     health: Callable[[], dict[str, Any]] | None = None,
 ) -> FastAPI:
-    """The FastAPI app over a CentralDB; `health` adds live service state to /healthz."""
+    """The FastAPI app over a CentralDB; `health` adds live service state to /healthz and
+    /metrics."""
     app = FastAPI(title="central-sync", version=__version__)
+    registry = central_registry(db, offline_after_s, health)
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
         live = health() if health else {}
         return {"status": "ok", "schema_version": db.schema_version(), **live}
+
+    @app.get("/metrics")
+    def prometheus_metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/api/devices")
     def devices() -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from edge_agent.contract import RECORD_EVICTION, BufferHealth
 
@@ -71,8 +71,9 @@ class BufferPolicy:
         return self.priorities.get(record_type, DEFAULT_PRIORITY)
 
 
-@dataclass(frozen=True)
-class NewRecord:
+class NewRecord(NamedTuple):
+    """A record to append; a tuple because producers make many of them."""
+
     type: str
     payload: dict[str, Any]
     created_at: float
@@ -176,6 +177,8 @@ class Buffer:
             pending = None
             if job is None:
                 return
+            if not job.future.set_running_or_notify_cancel():
+                continue  # the caller gave up before the job started
             if job.fn != self._append_many:
                 _run(job)
                 continue
@@ -186,7 +189,8 @@ class Buffer:
                 except queue.Empty:
                     break
                 if following is not None and following.fn == self._append_many:
-                    appends.append(following)
+                    if following.future.set_running_or_notify_cancel():
+                        appends.append(following)
                 else:
                     pending = following
                     break
@@ -239,18 +243,23 @@ class Buffer:
         return seqs
 
     def _insert(self, records: list[NewRecord]) -> list[int]:
-        seqs = []
-        for record in records:
-            payload = json.dumps(record.payload, separators=(",", ":"), allow_nan=False)
-            cursor = self._db.execute(
-                "INSERT INTO records (type, priority, created_at, payload, size_bytes)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (record.type, self.policy.priority(record.type), record.created_at, payload,
-                 len(payload)),
-            )
-            self._used_bytes += len(payload)
-            seqs.append(int(cursor.lastrowid or 0))
-        return seqs
+        if not records:
+            return []
+        rows = []
+        added = 0
+        priority = self.policy.priority
+        dumps = _compact_json
+        for type_, body, created_at in records:
+            payload = dumps(body)
+            rows.append((type_, priority(type_), created_at, payload, len(payload)))
+            added += len(payload)
+        self._db.executemany(
+            "INSERT INTO records (type, priority, created_at, payload, size_bytes)"
+            " VALUES (?, ?, ?, ?, ?)", rows)
+        # Inside our write transaction AUTOINCREMENT hands out consecutive seqs.
+        last = self._db.execute("SELECT last_insert_rowid()").fetchone()[0]
+        self._used_bytes += added
+        return list(range(last - len(rows) + 1, last + 1))
 
     def _next_batch(self, max_records: int, max_bytes: int) -> list[StoredRecord]:
         batch: list[StoredRecord] = []
@@ -398,6 +407,9 @@ class Buffer:
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
+
+
+_compact_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
 def _run(job: _Job) -> None:

@@ -6,13 +6,16 @@ import html
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 from fastapi.responses import HTMLResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 
 StatusProvider = Callable[[], Awaitable[dict[str, Any]]]
+MetricsProvider = Callable[[], Awaitable[bytes]]
 
 
-def create_app(status: StatusProvider) -> FastAPI:
+def create_app(status: StatusProvider, metrics: MetricsProvider | None = None) -> FastAPI:
+    """The page and JSON API over `status`; `metrics` adds Prometheus' `/metrics`."""
     app = FastAPI(title="edge-agent", docs_url=None, redoc_url=None)
 
     @app.get("/healthz")
@@ -26,6 +29,11 @@ def create_app(status: StatusProvider) -> FastAPI:
     @app.get("/", response_class=HTMLResponse)
     async def index() -> str:
         return render_status_page(await status())
+
+    if metrics is not None:
+        @app.get("/metrics")
+        async def prometheus_metrics() -> Response:
+            return Response(await metrics(), media_type=CONTENT_TYPE_LATEST)
 
     return app
 

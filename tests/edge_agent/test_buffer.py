@@ -169,3 +169,17 @@ def test_a_killed_writer_leaves_a_consistent_buffer(tmp_path: Path) -> None:
     assert len(stored) >= committed, "every acknowledged append survived"
     assert values == list(range(len(values))), "no gap, no duplicate, no partial batch"
     buffer.close_sync()
+
+
+def test_a_caller_cancelled_while_waiting_does_not_stop_the_writer(buffer: Buffer) -> None:
+    async def scenario() -> None:
+        waiting = [asyncio.ensure_future(buffer.append("prediction", {"i": i}))
+                   for i in range(200)]
+        await asyncio.sleep(0)
+        for task in waiting[100:]:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+        assert await buffer.append("prediction", {"after": True}) > 0
+        assert (await buffer.health()).depth >= 101
+
+    asyncio.run(scenario())
