@@ -9,7 +9,7 @@ import asyncio
 import logging
 import sqlite3
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from edge_agent.httpserver import WebServer
 
 log = logging.getLogger(__name__)
+
+STORES_IN_FLIGHT = 4
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -86,6 +88,7 @@ class CentralService:
         self._db_executor: ThreadPoolExecutor | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._chunks_queued: set[tuple[str, int]] = set()
+        self._stores_in_flight = asyncio.Semaphore(STORES_IN_FLIGHT)
         self._web: WebServer | None = None
 
     async def db_call(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
@@ -187,6 +190,11 @@ class CentralService:
         if isinstance(batch, Rejection):
             self._reject(topic, "uplink", batch.reason)
             return
+        # Decoding the next batch overlaps storing this one; the semaphore bounds the backlog.
+        await self._stores_in_flight.acquire()
+        self._spawn(self._store_and_ack(batch))
+
+    async def _store_and_ack(self, batch: UplinkBatch) -> None:
         assert self.db is not None
         try:
             seqs = await self.db_call(self.db.store_batch, batch)
@@ -196,6 +204,8 @@ class CentralService:
             log.error("batch not stored device=%s batch=%s error=%s", batch.device_id,
                       batch.batch_id, exc)
             return
+        finally:
+            self._stores_in_flight.release()
         self.stats.batches += 1
         ack = BatchAck(device_id=batch.device_id, batch_id=batch.batch_id, acked_seqs=seqs)
         try:
@@ -254,7 +264,11 @@ class CentralService:
         if not indices:
             return
         self._chunks_queued.update((request.sha256, i) for i in indices)
-        task = asyncio.create_task(self._send_chunks(manifest, indices, request.device_id))
+        self._spawn(self._send_chunks(manifest, indices, request.device_id))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run work beside message dispatch; stop() cancels and awaits what is left."""
+        task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

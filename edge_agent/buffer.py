@@ -79,8 +79,7 @@ class NewRecord(NamedTuple):
     created_at: float
 
 
-@dataclass(frozen=True)
-class StoredRecord:
+class StoredRecord(NamedTuple):
     """A buffered record as the uplink sends it: the payload stays serialised JSON."""
 
     seq: int
@@ -108,6 +107,7 @@ class Buffer:
         self._conn: sqlite3.Connection | None = None
         self._in_flight: set[int] = set()
         self._used_bytes = 0
+        self._depth = 0
         self._thread = threading.Thread(target=self._work, name="buffer-writer", daemon=True)
         self._thread.start()
         self._call(self._open).result()
@@ -203,8 +203,7 @@ class Buffer:
                 results = [self._insert(job.args[0]) for job in jobs]
                 self._evict_over_quota()
         except Exception as exc:
-            self._used_bytes = self._db.execute(
-                "SELECT COALESCE(SUM(size_bytes), 0) FROM records").fetchone()[0]
+            self._count_records()
             for job in jobs:
                 job.future.set_exception(exc)
             return
@@ -222,8 +221,12 @@ class Buffer:
         conn.execute("PRAGMA busy_timeout=5000")
         conn.executescript(_SCHEMA)
         self._conn = conn
-        self._used_bytes = conn.execute(
-            "SELECT COALESCE(SUM(size_bytes), 0) FROM records").fetchone()[0]
+        self._count_records()
+
+    def _count_records(self) -> None:
+        """Depth and bytes are kept in memory; this sets them from the table."""
+        self._depth, self._used_bytes = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(size_bytes), 0) FROM records").fetchone()
 
     def _close(self) -> None:
         if self._conn is not None:
@@ -259,6 +262,7 @@ class Buffer:
         # Inside our write transaction AUTOINCREMENT hands out consecutive seqs.
         last = self._db.execute("SELECT last_insert_rowid()").fetchone()[0]
         self._used_bytes += added
+        self._depth += len(rows)
         return list(range(last - len(rows) + 1, last + 1))
 
     def _next_batch(self, max_records: int, max_bytes: int) -> list[StoredRecord]:
@@ -279,7 +283,7 @@ class Buffer:
                     continue
                 if batch and size + row[4] > max_bytes:
                     return self._mark(batch)
-                batch.append(StoredRecord(*row))
+                batch.append(StoredRecord._make(row))
                 size += row[4]
                 if len(batch) == max_records:
                     break
@@ -301,6 +305,7 @@ class Buffer:
                 deleted += self._db.execute(
                     f"DELETE FROM records WHERE seq IN ({marks})", chunk).rowcount
                 self._used_bytes -= freed
+        self._depth -= deleted
         self._in_flight.difference_update(seqs)
         self._compact_if_worthwhile()
         return deleted
@@ -336,6 +341,7 @@ class Buffer:
                     continue
                 self._db.execute("DELETE FROM records WHERE seq = ?", (seq,))
                 self._used_bytes -= size
+                self._depth -= 1
                 evicted.append((seq, type_))
         if evicted:
             self._record_evictions(evicted)
@@ -380,8 +386,9 @@ class Buffer:
         return made
 
     def _health(self) -> BufferHealth:
-        depth, oldest = self._db.execute(
-            "SELECT COUNT(*), MIN(created_at) FROM records").fetchone()
+        depth = self._depth
+        row = self._db.execute("SELECT created_at FROM records ORDER BY seq LIMIT 1").fetchone()
+        oldest = row[0] if row else None
         evicted = {
             name.split(":", 1)[1]: value
             for name, value in self._db.execute(

@@ -471,6 +471,15 @@ def decode(
     if len(payload) > MAX_PAYLOAD_BYTES:
         return Rejection(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
     try:
+        # Fast path: parse and validate in one pass; the slow path below explains failures.
+        message = _MESSAGE_ADAPTER.validate_json(payload)
+    except ValidationError:
+        return _explain_rejection(payload)
+    return _check_message(message, expect, topic_device_id)
+
+
+def _explain_rejection(payload: bytes | str) -> Rejection:
+    try:
         data = json.loads(payload)
     except (ValueError, UnicodeDecodeError) as exc:
         return Rejection(f"payload is not JSON: {exc}")
@@ -483,9 +492,17 @@ def decode(
             "upgrade the older side"
         )
     try:
-        message = _MESSAGE_ADAPTER.validate_python(data)
+        _MESSAGE_ADAPTER.validate_python(data)
     except ValidationError as exc:
         return Rejection(f"invalid {data.get('kind', 'message')!r}: {_summarise(exc)}")
+    return Rejection("invalid message")
+
+
+def _check_message(
+    message: BaseModel,
+    expect: tuple[type[BaseModel], ...] | None,
+    topic_device_id: str | None,
+) -> BaseModel | Rejection:
     if expect is not None and not isinstance(message, expect):
         wanted = " or ".join(t.__name__ for t in expect)
         return Rejection(f"expected {wanted}, got {type(message).__name__}")

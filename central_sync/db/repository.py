@@ -18,6 +18,7 @@ from typing import Any, ParamSpec, TypeVar
 from sqlite_utils import Database
 
 from central_sync.db.rows import (
+    PREDICTION_INSERT,
     DeviceSummary,
     ModelVersionExists,
     PublishedModel,
@@ -100,9 +101,7 @@ class CentralDB:
                 "INSERT OR IGNORE INTO records (device_id, seq, type, created_at, received_at, "
                 "payload) VALUES (?, ?, ?, ?, ?, ?)", rows.records).rowcount
             self._db.conn.executemany(
-                "INSERT OR IGNORE INTO predictions (device_id, seq, created_at, pipeline, "
-                "model_name, model_version, model_sha256, outputs, inputs, latency_ms) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows.predictions)
+                PREDICTION_INSERT, rows.predictions)
             self._db.conn.executemany(
                 "INSERT OR IGNORE INTO gaps (device_id, first_seq, last_seq, kind, reason, "
                 "reported_seq) VALUES (?, ?, ?, ?, ?, ?)", rows.gaps)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import to_json
 
 from edge_agent.contract import (
     RECORD_DEPLOYMENT_EVENT,
@@ -98,10 +99,11 @@ def rows_for_batch(batch: UplinkBatch, received_at: float) -> BatchRows:
     """The records rows of a batch, and the predictions rows projected from them."""
     rows = BatchRows()
     for record in batch.records:
+        payload_json = _json(record.payload)
         rows.records.append((batch.device_id, record.seq, record.type, record.created_at,
-                             received_at, json.dumps(record.payload)))
+                             received_at, payload_json))
         if record.type == RECORD_PREDICTION:
-            projected = prediction_row(batch.device_id, record)
+            projected = prediction_row(batch.device_id, record, payload_json)
             if projected is None:
                 log.warning("prediction record kept but not projected: payload lacks its shape "
                             "device=%s seq=%d", batch.device_id, record.seq)
@@ -141,15 +143,31 @@ def deployment_event_of(device_id: str, record: UplinkRecord) -> DeploymentEvent
     return event
 
 
-def prediction_row(device_id: str, record: UplinkRecord) -> tuple[Any, ...] | None:
-    """The predictions-table row for a prediction record, or None if its payload is unusable."""
+def prediction_row(device_id: str, record: UplinkRecord,
+                   payload_json: str) -> tuple[Any, ...] | None:
+    """The predictions-table row for a prediction record, or None if its payload is unusable.
+
+    Inputs and outputs are cut out of `payload_json` by SQLite (see PREDICTION_INSERT).
+    """
     try:
         payload = PredictionPayload.model_validate(record.payload)
     except ValidationError:
         return None
     return (device_id, record.seq, record.created_at, payload.pipeline,
             payload.model.name, payload.model.version, payload.model.sha256,
-            json.dumps(payload.outputs), json.dumps(payload.inputs), payload.latency_ms)
+            payload_json, payload_json, payload.latency_ms)
+
+
+PREDICTION_INSERT = (
+    "INSERT OR IGNORE INTO predictions (device_id, seq, created_at, pipeline, model_name, "
+    "model_version, model_sha256, outputs, inputs, latency_ms) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, json_extract(?, '$.outputs'), json_extract(?, '$.inputs'), ?)"
+)
+
+
+def _json(value: Any) -> str:
+    """JSON text for a stored column; pydantic-core's encoder is several times json.dumps."""
+    return to_json(value).decode("utf-8")
 
 
 def version_exists_message(existing: ModelManifest) -> str:

@@ -44,10 +44,14 @@ DEVICE = "bench-gw"
 console = Console()
 
 
+MODEL = {"name": "extruder-scrap", "version": "1.0.0", "sha256": "5" * 64}
+
+
 def small_payload(i: int) -> dict:
-    """A prediction-sized record: a handful of numbers."""
-    return {"pipeline": "scrap", "v": i, "scrap_rate_pct": 2.5 + (i % 100) / 100,
-            "zone2_temp_c": 187.25}
+    """A real prediction record's payload (about 200 bytes)."""
+    return {"pipeline": "scrap", "model": MODEL,
+            "inputs": {"zone2_temp_c": 187.25, "screw_speed_rpm": 60.5},
+            "outputs": {"scrap_rate_pct": 2.5 + (i % 100) / 100}, "latency_ms": 0.4}
 
 
 def free_port() -> int:

@@ -6,7 +6,7 @@ import asyncio
 import time
 import urllib.request
 
-from central_helpers import free_port, make_batch, run
+from central_helpers import free_port, make_batch, run, wait_for
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -60,6 +60,7 @@ def test_metrics_endpoint_serves_devices_and_ingest_counters(
             uplink={"connected": True, "round_trip_ms": 250.0})))
         await device.publish(TOPICS.uplink("gw-1"), encode(make_batch("gw-1", range(1, 4))))
         await device.publish(TOPICS.status("gw-1"), b"not json")
+        await wait_for(lambda: service.stats.batches == 1, what="the batch stored")
         try:
             return await asyncio.to_thread(_get, service.web_url + "metrics")
         finally:

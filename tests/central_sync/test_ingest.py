@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from central_helpers import Inbox, make_batch, run
+from central_helpers import Inbox, make_batch, run, wait_for
 
 from central_sync.config import CentralConfig
 from central_sync.service import CentralService
@@ -35,7 +35,9 @@ async def _device(broker: MemoryBroker, device_id: str = "gw-1",
     return device, acks
 
 
-def _acks(inbox: Inbox) -> list[BatchAck]:
+async def _acks(inbox: Inbox, count: int) -> list[BatchAck]:
+    """The acks central sent, once there are `count` of them (stores run beside dispatch)."""
+    await wait_for(lambda: len(inbox.messages) >= count, what=f"{count} acks")
     acks = [decode(payload, expect=(BatchAck,)) for _, payload in inbox.messages]
     assert all(isinstance(a, BatchAck) for a in acks)
     return acks  # type: ignore[return-value]
@@ -48,7 +50,7 @@ def test_batch_is_stored_then_acked_with_every_seq(central_config: CentralConfig
         device, inbox = await _device(broker)
         batch = make_batch("gw-1", range(1, 4))
         await device.publish(TOPICS.uplink("gw-1"), encode(batch))
-        [ack] = _acks(inbox)
+        [ack] = await _acks(inbox, 1)
         assert (ack.device_id, ack.batch_id, ack.acked_seqs) == ("gw-1", batch.batch_id, [1, 2, 3])
         assert await service.db_call(service.db.count_records, "gw-1") == 3
         assert service.stats.records_acked == 3
@@ -65,7 +67,7 @@ def test_batch_stored_twice_is_acked_but_kept_once(central_config: CentralConfig
         batch = make_batch("gw-1", range(1, 6))
         await device.publish(TOPICS.uplink("gw-1"), encode(batch))
         await device.publish(TOPICS.uplink("gw-1"), encode(batch))
-        assert [a.acked_seqs for a in _acks(inbox)] == [[1, 2, 3, 4, 5]] * 2
+        assert [a.acked_seqs for a in await _acks(inbox, 2)] == [[1, 2, 3, 4, 5]] * 2
         assert await service.db_call(service.db.count_records) == 5
         assert len(await service.db_call(service.db.recent_predictions, 100)) == 5
         await service.stop()
@@ -88,7 +90,7 @@ def test_malformed_and_impersonating_payloads_are_rejected_and_ingest_goes_on(
         assert service.stats.rejected == {"uplink": 3, "status": 1}
         assert inbox.messages == []
         await device.publish(TOPICS.uplink("gw-1"), encode(make_batch("gw-1", [1, 2])))
-        assert [a.acked_seqs for a in _acks(inbox)] == [[1, 2]]
+        assert [a.acked_seqs for a in await _acks(inbox, 1)] == [[1, 2]]
         assert await service.db_call(service.db.count_records) == 2
         await service.stop()
 
