@@ -245,14 +245,18 @@ def cmd_devices(args: argparse.Namespace) -> int:
     now = time.time()
     table = Table(title="Devices")
     for column in ("device", "state", "last seen", "active models", "records stored",
-                   "buffer depth"):
+                   "evicted", "buffer depth", "oldest unsent"):
         table.add_column(column)
     for d in devices:
         state = d.presence(now, config.offline_after_s)
         colour = "green" if state == "online" else "red"
         depth = "-" if d.buffer_depth is None else str(d.buffer_depth)
+        buffer = d.status.buffer if d.status else None
+        oldest = "-" if buffer is None or buffer.oldest_age_s is None else (
+            f"{buffer.oldest_age_s:.0f} s")
         table.add_row(d.device_id, f"[{colour}]{state}[/]", seconds_ago(d.last_seen, now),
-                      models_text(d.active_models), f"{d.records:,}", depth)
+                      models_text(d.active_models), f"{d.records:,}", f"{d.evicted:,}", depth,
+                      oldest)
     console = _console()
     if not devices:
         console.print("No device has reported yet; is `central-sync serve` running?")
