@@ -28,9 +28,11 @@ from edge_agent.contract import (
     DeploymentEvent,
     DeviceStatus,
     ModelManifest,
+    RecordChunk,
     Rejection,
     Topics,
     UplinkBatch,
+    chunked_batch_id,
     decode,
     encode,
     expand_uplink,
@@ -183,8 +185,12 @@ class CentralService:
     # --- ingest ---------------------------------------------------------------------------
 
     async def _on_uplink(self, topic: str, payload: bytes) -> None:
-        received = self._decode(topic, payload, (UplinkBatch, CompressedUplinkBatch))
+        received = self._decode(topic, payload,
+                                (UplinkBatch, CompressedUplinkBatch, RecordChunk))
         if received is None:
+            return
+        if isinstance(received, RecordChunk):
+            await self._store_chunk_and_ack(received)
             return
         batch = expand_uplink(received)
         if isinstance(batch, Rejection):
@@ -193,6 +199,18 @@ class CentralService:
         # Decoding the next batch overlaps storing this one; the semaphore bounds the backlog.
         await self._stores_in_flight.acquire()
         self._spawn(self._store_and_ack(batch))
+
+    async def _store_chunk_and_ack(self, chunk: RecordChunk) -> None:
+        assert self.db is not None
+        try:
+            seqs = await self.db_call(self.db.store_record_chunk, chunk)
+        except sqlite3.Error as exc:
+            self.stats.store_failures += 1
+            log.error("record chunk not stored device=%s seq=%d error=%s", chunk.device_id,
+                      chunk.seq, exc)
+            return
+        if seqs is not None:
+            await self._ack(chunk.device_id, chunked_batch_id(chunk.seq), seqs)
 
     async def _store_and_ack(self, batch: UplinkBatch) -> None:
         assert self.db is not None
@@ -207,16 +225,19 @@ class CentralService:
         finally:
             self._stores_in_flight.release()
         self.stats.batches += 1
-        ack = BatchAck(device_id=batch.device_id, batch_id=batch.batch_id, acked_seqs=seqs)
+        await self._ack(batch.device_id, batch.batch_id, seqs)
+
+    async def _ack(self, device_id: str, batch_id: str, seqs: list[int]) -> None:
+        ack = BatchAck(device_id=device_id, batch_id=batch_id, acked_seqs=seqs)
         try:
-            await self.transport.publish(self.topics.ack(batch.device_id), encode(ack), qos=1)
+            await self.transport.publish(self.topics.ack(device_id), encode(ack), qos=1)
         except NotConnected as exc:
             self.stats.acks_unsent += 1
             log.warning("ack not sent, the device will resend device=%s batch=%s error=%s",
-                        batch.device_id, batch.batch_id, exc)
+                        device_id, batch_id, exc)
             return
         self.stats.records_acked += len(seqs)
-        log.debug("batch acked device=%s batch=%s seqs=%d..%d", batch.device_id, batch.batch_id,
+        log.debug("batch acked device=%s batch=%s seqs=%d..%d", device_id, batch_id,
                   seqs[0], seqs[-1])
 
     async def _on_status(self, topic: str, payload: bytes) -> None:
@@ -226,7 +247,13 @@ class CentralService:
         if status is None:
             return
         assert self.db is not None
-        await self.db_call(self.db.update_status, status)
+        try:
+            await self.db_call(self.db.update_status, status)
+        except sqlite3.Error as exc:
+            # The next status (every few seconds, retained) brings the device up to date.
+            self.stats.store_failures += 1
+            log.warning("status not stored device=%s error=%s", status.device_id, exc)
+            return
         self.stats.statuses += 1
         log.info("device status device=%s state=%s", status.device_id, status.state)
 

@@ -168,6 +168,64 @@ class CompressedUplinkBatch(_Message):
     data_b64: str
 
 
+class RecordChunk(_Message):
+    """One piece of a record too large for a batch (an image, say).
+
+    Central keeps the pieces until it has all `count` of them, stores the record and acks its
+    seq with `batch_id = chunked_batch_id(seq)`; until then the agent keeps and resends it.
+    """
+
+    kind: Literal["record_chunk"] = "record_chunk"
+    device_id: DeviceId
+    seq: int = Field(ge=1)
+    type: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+    created_at: float
+    index: int = Field(ge=0)
+    count: int = Field(ge=1, le=100_000)
+    payload_sha256: Sha256 = Field(description="SHA-256 of the whole payload's JSON text")
+    data_b64: str = Field(description="This piece of the payload's JSON text (UTF-8)")
+
+    @model_validator(mode="after")
+    def _index_below_count(self) -> RecordChunk:
+        if self.index >= self.count:
+            raise ValueError(f"chunk index {self.index} is not below count {self.count}")
+        return self
+
+
+def chunked_batch_id(seq: int) -> str:
+    """The batch id under which central acks a record it received in chunks."""
+    return f"record-{seq}"
+
+
+def split_record(device_id: str, seq: int, type_: str, created_at: float, payload_json: str,
+                 piece_bytes: int) -> list[RecordChunk]:
+    """A record's payload JSON cut into RecordChunks of at most `piece_bytes` bytes each."""
+    raw = payload_json.encode("utf-8")
+    digest = hashlib.sha256(raw).hexdigest()
+    pieces = [raw[i:i + piece_bytes] for i in range(0, len(raw), piece_bytes)] or [b""]
+    return [
+        RecordChunk(device_id=device_id, seq=seq, type=type_, created_at=created_at,
+                    index=index, count=len(pieces), payload_sha256=digest,
+                    data_b64=base64.b64encode(piece).decode("ascii"))
+        for index, piece in enumerate(pieces)
+    ]
+
+
+def join_record(chunks: list[RecordChunk]) -> UplinkRecord | Rejection:
+    """The record the complete, ordered list of its chunks carries, checked by its hash."""
+    first = chunks[0]
+    try:
+        raw = b"".join(base64.b64decode(c.data_b64, validate=True) for c in chunks)
+        if hashlib.sha256(raw).hexdigest() != first.payload_sha256:
+            return Rejection(f"record {first.seq} reassembled from {len(chunks)} chunks does "
+                             "not match its sha256; it will be sent again")
+        payload = json.loads(raw)
+        return UplinkRecord(seq=first.seq, type=first.type, created_at=first.created_at,
+                            payload=payload)
+    except (ValueError, ValidationError) as exc:
+        return Rejection(f"record {first.seq} reassembled is not a valid record: {exc}")
+
+
 def encode_uplink_batch(
     device_id: str,
     records: Iterable[tuple[int, str, float, str]],
@@ -347,6 +405,7 @@ Message = Annotated[
     DeviceStatus
     | UplinkBatch
     | CompressedUplinkBatch
+    | RecordChunk
     | BatchAck
     | DeployCommand
     | RollbackCommand
@@ -375,8 +434,9 @@ class TopicSpec:
 DEVICE_TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("status", "agent → central", 1, True, "DeviceStatus",
               "Online state and health; the broker publishes state=offline as last will"),
-    TopicSpec("uplink", "agent → central", 1, False, "UplinkBatch, CompressedUplinkBatch",
-              "Buffered records (predictions, events), each with its seq"),
+    TopicSpec("uplink", "agent → central", 1, False,
+              "UplinkBatch, CompressedUplinkBatch, RecordChunk",
+              "Buffered records (predictions, events), each with its seq; large ones in chunks"),
     TopicSpec("ack", "central → agent", 1, False, "BatchAck",
               "Seqs stored by central; the agent deletes them only now"),
     TopicSpec("commands", "central → agent", 1, False, "DeployCommand, RollbackCommand",

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -236,14 +235,14 @@ class MqttTransport:
         self._call_soon(self._inbox.put_nowait, (message.topic, bytes(message.payload)))
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        self._pubacks.acked(mid, self._call_soon)
+        self._call_soon(self._pubacks.resolve, mid)
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         refused = [str(code) for code in reason_codes if code.is_failure]
         if refused:
             log.warning("mqtt subscription refused client=%s mid=%s reason=%s", self.client_id,
                         mid, ", ".join(refused))
-        self._subacks.acked(mid, self._call_soon)
+        self._call_soon(self._subacks.resolve, mid)
 
     def _call_soon(self, fn: Callable[..., object], *args: object) -> None:
         if self._loop is not None and not self._loop.is_closed():
@@ -270,55 +269,39 @@ class MqttTransport:
 class _AckWaiter:
     """Futures for broker acknowledgements (PUBACK, SUBACK) keyed by message id.
 
-    paho may deliver the ack on its thread before the caller has registered the id, so the
-    call that produces the id and the registration happen under one lock.
+    Everything here runs on the event loop thread: paho's thread only schedules `resolve`
+    there. So an ack can never be handled before its id is registered, and no lock is held
+    while paho takes its own (holding one across paho calls deadlocked with its thread).
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
         self._pending: dict[int, asyncio.Future[None]] = {}
-        self._early: set[int] = set()
 
     def call(self, loop: asyncio.AbstractEventLoop, send: Callable[[], Any],
              track: bool = True) -> tuple[Any, int | None]:
         """Run `send` (returning paho's info or (rc, mid)) and register its mid for waiting."""
-        with self._lock:
-            result = send()
-            mid = result[1] if isinstance(result, tuple) else result.mid
-            if not track or mid in self._early:
-                self._early.discard(mid)
-                return result, None
-            self._pending[mid] = loop.create_future()
+        result = send()
+        mid = result[1] if isinstance(result, tuple) else result.mid
+        if not track or mid is None:
+            return result, None
+        self._pending[mid] = loop.create_future()
         return result, mid
 
     async def wait(self, mid: int) -> None:
-        future = self._pending[mid]
         try:
-            await future
+            await self._pending[mid]
         finally:
-            with self._lock:
-                self._pending.pop(mid, None)
+            self._pending.pop(mid, None)
 
-    def acked(self, mid: int, call_soon: Callable[..., None]) -> None:
-        with self._lock:
-            future = self._pending.get(mid)
-            if future is None:
-                self._early.add(mid)
-                return
-        call_soon(_resolve, future)
+    def resolve(self, mid: int) -> None:
+        future = self._pending.get(mid)
+        if future is not None and not future.done():
+            future.set_result(None)
 
     def fail_all(self, exc: Exception) -> None:
-        with self._lock:
-            pending = list(self._pending.values())
-            self._early.clear()
-        for future in pending:
+        for future in self._pending.values():
             if not future.done():
                 future.set_exception(exc)
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 class MemoryBroker:

@@ -12,15 +12,18 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from edge_agent.buffer import Buffer
+from edge_agent.buffer import Buffer, StoredRecord
 from edge_agent.config import UplinkConfig
 from edge_agent.contract import (
     BatchAck,
     Rejection,
     Topics,
     UplinkHealth,
+    chunked_batch_id,
     decode,
+    encode,
     encode_uplink_batch,
+    split_record,
 )
 from edge_agent.transport import NotConnected, Transport
 
@@ -128,6 +131,8 @@ class Uplink:
                                                 self._config.batch_max_bytes)
         if not records:
             return False
+        if records[0].size_bytes > self._config.batch_max_bytes:
+            return await self._send_in_chunks(records[0])
         batch_id, payload = encode_uplink_batch(
             self.device_id,
             ((r.seq, r.type, r.created_at, r.payload_json) for r in records),
@@ -144,6 +149,26 @@ class Uplink:
             return False
         log.debug("uplink sent device=%s batch=%s first_seq=%d count=%d bytes=%d",
                   self.device_id, batch_id, seqs[0], len(seqs), len(payload))
+        return True
+
+    async def _send_in_chunks(self, record: StoredRecord) -> bool:
+        """A record larger than a batch may be goes as pieces that central puts together."""
+        # base64 grows each piece by a third; keep every message within batch_max_bytes.
+        pieces = split_record(self.device_id, record.seq, record.type, record.created_at,
+                              record.payload_json, self._config.batch_max_bytes * 3 // 4)
+        batch_id = chunked_batch_id(record.seq)
+        self._in_flight[batch_id] = _InFlight([record.seq], time.monotonic())
+        try:
+            for piece in pieces:
+                await self._transport.publish(self._topics.uplink(self.device_id),
+                                              encode(piece), qos=1)
+        except NotConnected as exc:
+            self._in_flight.pop(batch_id, None)
+            await self._buffer.release([record.seq])
+            log.info("uplink paused device=%s reason=%s", self.device_id, exc)
+            return False
+        log.debug("uplink sent device=%s seq=%d in %d chunks", self.device_id, record.seq,
+                  len(pieces))
         return True
 
     async def _on_ack(self, topic: str, payload: bytes) -> None:

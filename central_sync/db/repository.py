@@ -32,7 +32,11 @@ from edge_agent.contract import (
     DeploymentEvent,
     DeviceStatus,
     ModelManifest,
+    RecordChunk,
+    Rejection,
     UplinkBatch,
+    chunked_batch_id,
+    join_record,
 )
 
 log = logging.getLogger(__name__)
@@ -88,6 +92,10 @@ class CentralDB:
 
     @_locked
     def store_batch(self, batch: UplinkBatch, received_at: float | None = None) -> list[int]:
+        return self._store_batch_unlocked(batch, received_at)
+
+    def _store_batch_unlocked(self, batch: UplinkBatch,
+                              received_at: float | None = None) -> list[int]:
         """Store a batch idempotently on (device_id, seq), in one transaction.
 
         Returns every seq of the batch that is now stored, duplicates included: all of them
@@ -121,6 +129,40 @@ class CentralDB:
         log.debug("batch stored device=%s batch=%s records=%d new=%d", batch.device_id,
                   batch.batch_id, len(seqs), inserted)
         return seqs
+
+    @_locked
+    def store_record_chunk(self, chunk: RecordChunk) -> list[int] | None:
+        """Keep one piece of a large record; once all are here, store the record.
+
+        Returns the seqs to ack when the record is stored (now or before), None while pieces
+        are missing. A record whose pieces do not add up is dropped so the device resends it.
+        """
+        with self._db.atomic():
+            stored = next(self._db.query(
+                "SELECT 1 AS found FROM records WHERE device_id = ? AND seq = ?",
+                (chunk.device_id, chunk.seq)), None)
+            if stored:
+                return [chunk.seq]
+            self._db.execute(
+                "INSERT OR REPLACE INTO record_parts (device_id, seq, idx, count, chunk, "
+                "received_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (chunk.device_id, chunk.seq, chunk.index, chunk.count,
+                 chunk.model_dump_json(), time.time()))
+            parts = [RecordChunk.model_validate_json(row["chunk"]) for row in self._db.query(
+                "SELECT chunk FROM record_parts WHERE device_id = ? AND seq = ? AND count = ? "
+                "ORDER BY idx", (chunk.device_id, chunk.seq, chunk.count))]
+            if len(parts) < chunk.count:
+                return None
+            self._db.execute("DELETE FROM record_parts WHERE device_id = ? AND seq = ?",
+                             (chunk.device_id, chunk.seq))
+        record = join_record(parts)
+        if isinstance(record, Rejection):
+            log.warning("large record dropped device=%s seq=%d reason=%s", chunk.device_id,
+                        chunk.seq, record.reason)
+            return None
+        batch = UplinkBatch(device_id=chunk.device_id, batch_id=chunked_batch_id(chunk.seq),
+                            records=[record])
+        return self._store_batch_unlocked(batch)
 
     @_locked
     def update_status(self, status: DeviceStatus, received_at: float | None = None) -> None:

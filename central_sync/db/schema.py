@@ -55,6 +55,12 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             kind TEXT NOT NULL, reason TEXT NOT NULL, reported_seq INTEGER NOT NULL,
             PRIMARY KEY (device_id, first_seq))""",
     )),
+    (3, "record_parts: chunks of large records until the last one arrives", (
+        """CREATE TABLE record_parts (
+            device_id TEXT NOT NULL, seq INTEGER NOT NULL, idx INTEGER NOT NULL,
+            count INTEGER NOT NULL, chunk TEXT NOT NULL, received_at REAL NOT NULL,
+            PRIMARY KEY (device_id, seq, idx))""",
+    )),
 )
 
 

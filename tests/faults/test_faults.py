@@ -92,8 +92,9 @@ def test_central_outage_loses_and_doubles_nothing(plant: Plant) -> None:
 def test_slow_central_and_broker_dropping_messages_lose_and_double_nothing(
         small_queue_plant: Plant) -> None:
     plant = small_queue_plant
-    # Longer than central's 5 s busy timeout: the store fails, central must not ack.
-    for hold_s in (7.0, 3.5, 3.5):
+    # Central handles one message at a time and each waits up to its 5 s busy timeout: 11 s
+    # make a store of an uplink batch fail (central must not ack it); 3.5 s only delay stores.
+    for hold_s in (11.0, 3.5):
         plant.wait_produced(10)
         with plant.central_db_write_lock():
             time.sleep(hold_s)
@@ -117,4 +118,4 @@ def test_slow_central_and_broker_dropping_messages_lose_and_double_nothing(
     print(f"slow central: {delivery}; central refused to ack {store_failures} batch(es) it "
           f"could not store; broker dropping for {dropping or 'nobody'}: uplink messages "
           f"received {received}, first deliveries to central {delivered}")
-    assert store_failures > 0, "the 7 s lock should have made at least one store fail"
+    assert store_failures > 0, "the 11 s lock should have made at least one store fail"
