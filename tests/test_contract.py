@@ -176,3 +176,22 @@ def test_compressed_batch_for_another_device_is_rejected() -> None:
     message = decode(json.dumps(outer), topic_device_id="gw1")
     result = contract.expand_uplink(message)
     assert isinstance(result, Rejection) and "does not match" in result.reason
+
+
+def test_large_record_is_split_and_joined_back() -> None:
+    payload_json = json.dumps({"image": "x" * 10_000, "label": "scratch"})
+    pieces = contract.split_record("gw1", 9, "defect", 5.0, payload_json, 1024)
+    assert len(pieces) == -(-len(payload_json) // 1024)
+    assert all(len(encode(p)) < 2048 for p in pieces)
+    decoded = [decode(encode(p), topic_device_id="gw1") for p in pieces]
+    record = contract.join_record(decoded)
+    assert record == UplinkRecord(seq=9, type="defect", created_at=5.0,
+                                  payload=json.loads(payload_json))
+    assert contract.chunked_batch_id(9) == "record-9"
+
+
+def test_joined_record_with_a_wrong_piece_is_rejected() -> None:
+    pieces = contract.split_record("gw1", 3, "defect", 1.0, json.dumps({"a": "b" * 100}), 40)
+    forged = pieces[1].model_copy(update={"data_b64": pieces[0].data_b64})
+    result = contract.join_record([pieces[0], forged, *pieces[2:]])
+    assert isinstance(result, Rejection) and "does not match its sha256" in result.reason

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -228,3 +229,21 @@ def test_database_of_schema_1_is_migrated(tmp_path: Path) -> None:
     assert apply_migrations(old, str(path)) == MIGRATIONS[-1][0]
     assert "gaps" in old.table_names()
     old.close()
+
+
+def test_large_record_is_stored_once_all_its_chunks_arrived(db: CentralDB) -> None:
+    from edge_agent.contract import split_record
+
+    payload = prediction_payload()
+    text = json.dumps({**payload, "pipeline": "p" * 3000})
+    pieces = split_record("gw-1", 4, "prediction", 9.0, text, 500)
+    assert db.store_record_chunk(pieces[2]) is None
+    assert db.store_record_chunk(pieces[0]) is None
+    assert db.store_record_chunk(pieces[0]) is None, "a repeated piece changes nothing"
+    for piece in pieces[1:-1]:
+        assert db.store_record_chunk(piece) is None
+    assert db.store_record_chunk(pieces[-1]) == [4]
+    assert db.count_records("gw-1") == 1
+    assert db.recent_predictions(5)[0]["pipeline"] == "p" * 3000
+    assert db.store_record_chunk(pieces[1]) == [4], "a resend after the ack is acked again"
+    assert list(db._db.query("SELECT * FROM record_parts")) == []
