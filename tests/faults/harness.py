@@ -57,11 +57,12 @@ class Plant:
     """Broker, line simulator, central and one agent, each a real process."""
 
     def __init__(self, workdir: Path, broker: Mosquitto, simulator: LineSimulatorProcess,
-                 protocol: str = "5") -> None:
+                 protocol: str = "5", quota_bytes: int | None = None) -> None:
         self.workdir = workdir
         self.broker = broker
         self.simulator = simulator
         self.protocol = protocol
+        self.quota_bytes = quota_bytes
         self.central_id = CENTRAL_ID
         self.central_config = workdir / "central.yaml"
         self.agent_config = workdir / "agent.yaml"
@@ -97,6 +98,7 @@ class Plant:
             "uplink: {batch_size: 20, ack_timeout_s: 2}\n"
             "ui: {port: 0}\n"
             "status_interval_s: 1\n"
+            + (f"buffer: {{quota_bytes: {self.quota_bytes}}}\n" if self.quota_bytes else "")
         )
 
     # --- whole plant -----------------------------------------------------------------------
@@ -334,6 +336,21 @@ class Plant:
             with contextlib.suppress(sqlite3.Error):
                 return repr(self._agent_query(sql))
         return "unknown"
+
+    def evicted_by_agent(self) -> dict[str, int]:
+        """The agent's own eviction counters, per record kind."""
+        return {name.split(":", 1)[1]: int(value) for name, value in self._agent_query(
+            "SELECT name, value FROM counters WHERE name LIKE 'evicted:%'")}
+
+    def gaps_in_central(self) -> set[int]:
+        """Seqs central was told the agent evicted."""
+        return {seq for first, last in self._central_query(
+            "SELECT first_seq, last_seq FROM gaps WHERE device_id = ?", (DEVICE,))
+            for seq in range(first, last + 1)}
+
+    def stored_seqs(self) -> list[int]:
+        return [row[0] for row in self._central_query(
+            "SELECT seq FROM records WHERE device_id = ?", (DEVICE,))]
 
     # --- central's database held from outside ----------------------------------------------
 

@@ -1,0 +1,46 @@
+"""An outage longer than the disk quota allows: what is missing is exactly what was evicted."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import LineSimulatorProcess, Mosquitto, wait_until
+from tests.faults.conftest import _running
+from tests.faults.harness import AGENT, CENTRAL, Plant
+
+pytestmark = pytest.mark.slow
+
+QUOTA_BYTES = 64 * 1024  # about 160 predictions: a few seconds of this line
+
+
+@pytest.fixture
+def small_disk_plant(request: pytest.FixtureRequest, tmp_path: Path, mosquitto: Mosquitto,
+                     line_simulator: LineSimulatorProcess) -> Iterator[Plant]:
+    yield from _running(request, Plant(tmp_path, mosquitto, line_simulator,
+                                       quota_bytes=QUOTA_BYTES))
+
+
+def test_missing_records_are_exactly_those_counted_as_evicted(small_disk_plant: Plant) -> None:
+    plant = small_disk_plant
+    plant.terminate(CENTRAL)
+    wait_until(lambda: sum(plant.evicted_by_agent().values()) >= 100, 60,
+               what="the agent evicting under its quota")
+    plant.start_central()
+    plant.stop_producing_and_drain(timeout_s=60)
+
+    produced = plant.produced()
+    stored = plant.stored_seqs()
+    gaps = plant.gaps_in_central()
+    evicted = plant.evicted_by_agent()
+    missing = set(range(1, produced + 1)) - set(stored)
+    print(f"produced {produced}, stored {len(stored)}, evicted {evicted}, gaps {len(gaps)}")
+    assert len(stored) == len(set(stored)), "nothing doubled"
+    assert missing == gaps, "every missing seq is a reported eviction, and only those"
+    assert len(gaps) == sum(evicted.values()), "central's gaps match the agent's counters"
+    assert set(evicted) == {"prediction"}, "only the lowest priority kind went"
+    assert not gaps & set(stored)
+    plant.terminate(AGENT)
+    plant.terminate(CENTRAL)
