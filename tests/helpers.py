@@ -6,6 +6,8 @@ import hashlib
 import json
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from edge_agent.contract import ModelManifest, TensorSpec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,3 +31,20 @@ def manifest_for(path: Path, name: str = "extruder-scrap", version: str = "1.0.0
         outputs=[TensorSpec(name="scrap_rate_pct", dtype="float32", shape=[None, 1])],
         metadata=meta,
     )
+
+
+class Scrape:
+    """A parsed exposition: `value(name, **labels)` of one sample."""
+
+    def __init__(self, text: str) -> None:
+        self.samples = {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    def value(self, name: str, **labels: str) -> float:
+        return self.samples[(name, tuple(sorted(labels.items())))]
+
+    def names(self) -> set[str]:
+        return {name for name, _ in self.samples}

@@ -18,7 +18,6 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from edge_agent.config import UplinkConfig  # noqa: E402
 from edge_agent.contract import Topics  # noqa: E402
 from edge_agent.transport import BrokerConfig, MqttTransport  # noqa: E402
 from edge_agent.uplink import Uplink  # noqa: E402
+from tests.conftest import free_port, wait_for_port  # noqa: E402
 
 DEVICE = "bench-gw"
 console = Console()
@@ -52,23 +52,6 @@ def small_payload(i: int) -> dict:
     return {"pipeline": "scrap", "model": MODEL,
             "inputs": {"zone2_temp_c": 187.25, "screw_speed_rpm": 60.5},
             "outputs": {"scrap_rate_pct": 2.5 + (i % 100) / 100}, "latency_ms": 0.4}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_port(port: int, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
 def proc_cpu_s(pid: int) -> float:
@@ -158,7 +141,7 @@ class Plant:
         self.processes.append(subprocess.Popen([mosquitto, "-c", str(conf)],
                                                stdout=subprocess.DEVNULL,
                                                stderr=subprocess.DEVNULL))
-        wait_port(self.mqtt_port)
+        wait_for_port(self.mqtt_port)
         central_cfg = self.workdir / "central.yaml"
         central_cfg.write_text(
             f"central_id: bench-central\nbroker: {{port: {self.mqtt_port}}}\n"

@@ -8,7 +8,6 @@ import urllib.request
 
 from central_helpers import free_port, make_batch, run, wait_for
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from central_sync.config import CentralConfig
 from central_sync.db import CentralDB
@@ -16,25 +15,9 @@ from central_sync.metrics import central_registry
 from central_sync.service import CentralService
 from edge_agent.contract import DeviceStatus, Topics, encode
 from edge_agent.transport import MemoryBroker, MemoryTransport
+from tests.helpers import Scrape
 
 TOPICS = Topics()
-
-
-class Scrape:
-    """A parsed exposition: `value(name, **labels)` of one sample."""
-
-    def __init__(self, text: str) -> None:
-        self.samples = {
-            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-        }
-
-    def value(self, name: str, **labels: str) -> float:
-        return self.samples[(name, tuple(sorted(labels.items())))]
-
-    def names(self) -> set[str]:
-        return {name for name, _ in self.samples}
 
 
 def _get(url: str) -> tuple[str, str]:

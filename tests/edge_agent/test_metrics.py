@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from edge_agent import __version__, web
@@ -22,23 +21,7 @@ from edge_agent.httpserver import WebServer
 from edge_agent.metrics import buffer_metric_families
 from edge_agent.transport import MemoryBroker, MemoryTransport
 from tests.conftest import free_port
-
-
-class Scrape:
-    """A parsed exposition: `value(name, **labels)` of one sample."""
-
-    def __init__(self, text: str) -> None:
-        self.samples = {
-            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-        }
-
-    def value(self, name: str, **labels: str) -> float:
-        return self.samples[(name, tuple(sorted(labels.items())))]
-
-    def names(self) -> set[str]:
-        return {name for name, _ in self.samples}
+from tests.helpers import Scrape
 
 
 def agent_config(tmp_path: Path, device_id: str = "gw-1") -> AgentConfig:
