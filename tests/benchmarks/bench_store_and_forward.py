@@ -41,7 +41,7 @@ from edge_agent.uplink import Uplink  # noqa: E402
 from tests.conftest import free_port, wait_for_port  # noqa: E402
 
 DEVICE = "bench-gw"
-console = Console()
+console = Console(width=110)
 
 
 MODEL = {"name": "extruder-scrap", "version": "1.0.0", "sha256": "5" * 64}
