@@ -245,7 +245,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
     now = time.time()
     table = Table(title="Devices")
     for column in ("device", "state", "last seen", "active models", "records stored",
-                   "evicted", "buffer depth", "oldest unsent"):
+                   "evicted", "buffer depth", "oldest unsent", "uplink"):
         table.add_column(column)
     for d in devices:
         state = d.presence(now, config.offline_after_s)
@@ -254,9 +254,13 @@ def cmd_devices(args: argparse.Namespace) -> int:
         buffer = d.status.buffer if d.status else None
         oldest = "-" if buffer is None or buffer.oldest_age_s is None else (
             f"{buffer.oldest_age_s:.0f} s")
+        uplink = d.status.uplink if d.status else None
+        rate = "-" if uplink is None else (
+            f"{uplink.records_per_s:g}/s"
+            + ("" if uplink.round_trip_ms is None else f", rtt {uplink.round_trip_ms:.0f} ms"))
         table.add_row(d.device_id, f"[{colour}]{state}[/]", seconds_ago(d.last_seen, now),
                       models_text(d.active_models), f"{d.records:,}", f"{d.evicted:,}", depth,
-                      oldest)
+                      oldest, rate)
     console = _console()
     if not devices:
         console.print("No device has reported yet; is `central-sync serve` running?")

@@ -168,7 +168,7 @@ def test_contract_prints_topic_table_and_markdown_schemas(capsys) -> None:
     assert "## JSON Schema" in out and "`edge-mlops/devices/{device_id}/status`" in out
 
 
-def test_devices_lists_what_central_stored(config_file: Path, capsys) -> None:
+def test_devices_lists_what_central_stored(config_file: Path, capsys, monkeypatch) -> None:
     from central_helpers import make_batch
 
     from central_sync.config import load_central_config
@@ -177,12 +177,15 @@ def test_devices_lists_what_central_stored(config_file: Path, capsys) -> None:
 
     db = CentralDB(load_central_config(config_file).database_path)
     db.update_status(DeviceStatus(device_id="gw-1", state="online", buffer={
-        "depth": 42, "bytes_used": 1, "quota_bytes": 2}))
+        "depth": 42, "bytes_used": 1, "quota_bytes": 2, "oldest_age_s": 75.0},
+        uplink={"connected": True, "records_per_s": 12.5, "round_trip_ms": 31.0}))
     db.store_batch(make_batch("gw-1", range(1, 6)))
     db.close()
+    monkeypatch.setenv("COLUMNS", "200")
     assert main(["devices", "-c", str(config_file)]) == 0
     out = capsys.readouterr().out
     assert "gw-1" in out and "online" in out and "42" in out and " 5 " in out
+    assert "75 s" in out and "12.5/s, rtt 31 ms" in out
 
 
 def test_deploy_with_unreachable_broker_exits_1(config_file: Path, tmp_path: Path,
