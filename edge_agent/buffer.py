@@ -171,10 +171,9 @@ class Buffer:
         return future
 
     def _work(self) -> None:
-        pending: _Job | None = None
+        carried: list[_Job | None] = []  # a job taken while coalescing, run next
         while True:
-            job = pending or self._jobs.get()
-            pending = None
+            job = carried.pop() if carried else self._jobs.get()
             if job is None:
                 return
             if not job.future.set_running_or_notify_cancel():
@@ -188,26 +187,37 @@ class Buffer:
                     following = self._jobs.get_nowait()
                 except queue.Empty:
                     break
-                if following is not None and following.fn == self._append_many:
-                    if following.future.set_running_or_notify_cancel():
-                        appends.append(following)
-                else:
-                    pending = following
+                if following is None or following.fn != self._append_many:
+                    carried.append(following)
                     break
+                if following.future.set_running_or_notify_cancel():
+                    appends.append(following)
             self._append_jobs(appends)
 
     def _append_jobs(self, jobs: list[_Job]) -> None:
-        """Commit the records of several append calls in one transaction."""
+        """Commit the records of several append calls in one transaction.
+
+        Each call's records are serialised first, so one caller's bad record (NaN, say) fails
+        that caller alone.
+        """
+        ready: list[tuple[_Job, list[tuple[Any, ...]]]] = []
+        for job in jobs:
+            try:
+                ready.append((job, self._rows(job.args[0])))
+            except (TypeError, ValueError) as exc:
+                job.future.set_exception(exc)
+        if not ready:
+            return
         try:
             with self._transaction():
-                results = [self._insert(job.args[0]) for job in jobs]
+                results = [self._insert_rows(rows) for _, rows in ready]
                 self._evict_over_quota()
         except Exception as exc:
             self._count_records()
-            for job in jobs:
+            for job, _ in ready:
                 job.future.set_exception(exc)
             return
-        for job, seqs in zip(jobs, results, strict=True):
+        for (job, _), seqs in zip(ready, results, strict=True):
             job.future.set_result(seqs)
 
     def _open(self) -> None:
@@ -246,22 +256,26 @@ class Buffer:
         return seqs
 
     def _insert(self, records: list[NewRecord]) -> list[int]:
-        if not records:
-            return []
-        rows = []
-        added = 0
+        return self._insert_rows(self._rows(records))
+
+    def _rows(self, records: list[NewRecord]) -> list[tuple[Any, ...]]:
         priority = self.policy.priority
         dumps = _compact_json
+        rows = []
         for type_, body, created_at in records:
             payload = dumps(body)
             rows.append((type_, priority(type_), created_at, payload, len(payload)))
-            added += len(payload)
+        return rows
+
+    def _insert_rows(self, rows: list[tuple[Any, ...]]) -> list[int]:
+        if not rows:
+            return []
         self._db.executemany(
             "INSERT INTO records (type, priority, created_at, payload, size_bytes)"
             " VALUES (?, ?, ?, ?, ?)", rows)
         # Inside our write transaction AUTOINCREMENT hands out consecutive seqs.
         last = self._db.execute("SELECT last_insert_rowid()").fetchone()[0]
-        self._used_bytes += added
+        self._used_bytes += sum(row[4] for row in rows)
         self._depth += len(rows)
         return list(range(last - len(rows) + 1, last + 1))
 

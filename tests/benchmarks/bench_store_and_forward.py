@@ -217,7 +217,10 @@ def bench_uplink(plant: Plant, n: int, compress: bool, kind: str) -> dict[str, f
         await transport.wait_connected(10)
         task = asyncio.create_task(uplink.run())
         started = time.perf_counter()
-        while (await buffer.health()).depth > 0:
+        while (health := await buffer.health()).depth > 0:
+            if time.perf_counter() - started > 300:
+                raise RuntimeError(f"uplink did not drain in 300 s: {health}, "
+                                   f"{uplink.stats}, in flight {len(uplink._in_flight)}")
             await asyncio.sleep(0.01)
         elapsed = time.perf_counter() - started
         task.cancel()

@@ -183,3 +183,28 @@ def test_a_caller_cancelled_while_waiting_does_not_stop_the_writer(buffer: Buffe
         assert (await buffer.health()).depth >= 101
 
     asyncio.run(scenario())
+
+
+def test_a_bad_record_fails_only_its_own_caller(buffer: Buffer) -> None:
+    async def scenario() -> None:
+        good = asyncio.ensure_future(buffer.append("prediction", {"v": 1.0}))
+        bad = asyncio.ensure_future(buffer.append("prediction", {"v": float("nan")}))
+        also_good = asyncio.ensure_future(buffer.append("prediction", {"v": 2.0}))
+        results = await asyncio.gather(good, bad, also_good, return_exceptions=True)
+        assert isinstance(results[1], ValueError)
+        assert isinstance(results[0], int) and isinstance(results[2], int)
+        assert (await buffer.health()).depth == 2
+
+    asyncio.run(scenario())
+
+
+def test_close_while_appends_are_queued_finishes(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        buffer = Buffer(tmp_path / "b.db", 10**7)
+        appends = [asyncio.ensure_future(buffer.append("prediction", {"i": i}))
+                   for i in range(50)]
+        await asyncio.sleep(0)
+        await asyncio.wait_for(buffer.close(), 10)
+        await asyncio.gather(*appends, return_exceptions=True)
+
+    asyncio.run(scenario())
