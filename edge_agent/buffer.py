@@ -108,6 +108,7 @@ class Buffer:
         self._in_flight: set[int] = set()
         self._used_bytes = 0
         self._depth = 0
+        self._cursor = 0  # highest seq handed out since the last release
         self._thread = threading.Thread(target=self._work, name="buffer-writer", daemon=True)
         self._thread.start()
         self._call(self._open).result()
@@ -280,27 +281,25 @@ class Buffer:
         return list(range(last - len(rows) + 1, last + 1))
 
     def _next_batch(self, max_records: int, max_bytes: int) -> list[StoredRecord]:
+        # Records at or below the cursor were handed out already (in flight or acked), unless
+        # released, which moves the cursor back; so a scan never wades through the window.
         batch: list[StoredRecord] = []
         size = 0
-        after = 0
         while len(batch) < max_records:
             rows = self._db.execute(
                 "SELECT seq, type, created_at, payload, size_bytes FROM records WHERE seq > ?"
-                " ORDER BY seq LIMIT ?",
-                (after, max_records + len(self._in_flight)),
-            ).fetchall()
+                " ORDER BY seq LIMIT ?", (self._cursor, max_records)).fetchall()
             if not rows:
                 break
             for row in rows:
-                after = row[0]
                 if row[0] in self._in_flight:
+                    self._cursor = row[0]
                     continue
-                if batch and size + row[4] > max_bytes:
+                if batch and (size + row[4] > max_bytes or len(batch) == max_records):
                     return self._mark(batch)
                 batch.append(StoredRecord._make(row))
                 size += row[4]
-                if len(batch) == max_records:
-                    break
+                self._cursor = row[0]
         return self._mark(batch)
 
     def _mark(self, batch: list[StoredRecord]) -> list[StoredRecord]:
@@ -310,14 +309,12 @@ class Buffer:
     def _ack(self, seqs: list[int]) -> int:
         deleted = 0
         with self._transaction():
-            for start in range(0, len(seqs), 500):
-                chunk = seqs[start:start + 500]
-                marks = ",".join("?" * len(chunk))
+            for first, last in _runs(sorted(set(seqs))):
                 freed = self._db.execute(
-                    f"SELECT COALESCE(SUM(size_bytes), 0) FROM records WHERE seq IN ({marks})",
-                    chunk).fetchone()[0]
+                    "SELECT COALESCE(SUM(size_bytes), 0) FROM records WHERE seq BETWEEN ? AND ?",
+                    (first, last)).fetchone()[0]
                 deleted += self._db.execute(
-                    f"DELETE FROM records WHERE seq IN ({marks})", chunk).rowcount
+                    "DELETE FROM records WHERE seq BETWEEN ? AND ?", (first, last)).rowcount
                 self._used_bytes -= freed
         self._depth -= deleted
         self._in_flight.difference_update(seqs)
@@ -327,8 +324,10 @@ class Buffer:
     def _release(self, seqs: list[int] | None) -> None:
         if seqs is None:
             self._in_flight.clear()
-        else:
+            self._cursor = 0
+        elif seqs:
             self._in_flight.difference_update(seqs)
+            self._cursor = min(self._cursor, min(seqs) - 1)
 
     def _evict_over_quota(self) -> None:
         """Delete lowest-priority, oldest records (never a kept kind, never one in flight)."""
@@ -428,6 +427,19 @@ class Buffer:
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
+
+
+def _runs(seqs: list[int]) -> Iterable[tuple[int, int]]:
+    """Contiguous runs of sorted seqs as (first, last): acks are mostly one run per batch."""
+    if not seqs:
+        return
+    first = last = seqs[0]
+    for seq in seqs[1:]:
+        if seq != last + 1:
+            yield first, last
+            first = seq
+        last = seq
+    yield first, last
 
 
 _compact_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
