@@ -97,7 +97,7 @@ def agent_metric_families(snapshot: AgentSnapshot) -> Iterator[Any]:
 
 
 def buffer_metric_families(health: BufferHealth) -> Iterator[Any]:
-    """Buffer gauges, and its eviction counter labelled by record kind if it reports kinds."""
+    """Buffer gauges, and its eviction counter labelled by record kind."""
     yield GaugeMetricFamily("edge_agent_buffer_depth",
                             "Records waiting in the buffer for central's ack", value=health.depth)
     yield GaugeMetricFamily("edge_agent_buffer_oldest_record_age_seconds",
@@ -107,13 +107,9 @@ def buffer_metric_families(health: BufferHealth) -> Iterator[Any]:
                             value=health.bytes_used)
     yield GaugeMetricFamily("edge_agent_buffer_quota_bytes", "The buffer's disk quota",
                             value=health.quota_bytes)
-    doc = "Records dropped to respect the buffer's quota"
-    by_kind: dict[str, int] | None = getattr(health, "evicted_by_kind", None)
-    if by_kind is None:
-        yield CounterMetricFamily("edge_agent_buffer_evicted_records", doc, value=health.evicted)
-        return
-    evicted = CounterMetricFamily("edge_agent_buffer_evicted_records", doc, labels=["kind"])
-    for kind, count in sorted(by_kind.items()):
+    evicted = CounterMetricFamily("edge_agent_buffer_evicted_records",
+                                  "Records dropped to respect the buffer's quota", labels=["kind"])
+    for kind, count in sorted(health.evicted_by_kind.items()):
         evicted.add_metric([kind], count)
     yield evicted
 
