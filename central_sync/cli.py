@@ -13,7 +13,7 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -60,16 +60,22 @@ def _load(args: argparse.Namespace) -> CentralConfig:
     return load_central_config(args.config)
 
 
-def _open_db(config: CentralConfig) -> CentralDB:
+@contextlib.contextmanager
+def _database(config: CentralConfig) -> Iterator[CentralDB]:
+    """Central's database for one command, closed afterwards."""
     import sqlite3
 
     from central_sync.db import CentralDB
 
     try:
-        return CentralDB(config.database_path)
+        db = CentralDB(config.database_path)
     except (sqlite3.Error, OSError) as exc:
         raise UsageError(f"cannot open the database {config.database_path}: {exc}; "
                          "check database_url in the configuration") from None
+    try:
+        yield db
+    finally:
+        db.close()
 
 
 # --- serve -------------------------------------------------------------------------------------
@@ -106,17 +112,15 @@ def cmd_model_publish(args: argparse.Namespace) -> int:
     from central_sync.registry import RegistryError, publish_model
 
     config = _load(args)
-    db = _open_db(config)
     started = time.time()
-    try:
-        manifest = publish_model(
-            db, config.artifact_dir, args.file, name=args.name, version=args.version,
-            kind=args.kind, metadata=args.metadata, chunk_size_bytes=config.chunk_size_bytes,
-            published_by=args.by)
-    except RegistryError as exc:
-        raise UsageError(str(exc)) from None
-    finally:
-        db.close()
+    with _database(config) as db:
+        try:
+            manifest = publish_model(
+                db, config.artifact_dir, args.file, name=args.name, version=args.version,
+                kind=args.kind, metadata=args.metadata, chunk_size_bytes=config.chunk_size_bytes,
+                published_by=args.by)
+        except RegistryError as exc:
+            raise UsageError(str(exc)) from None
     what = "published" if manifest.published_at >= started else "already published, unchanged:"
     chunks = f"{manifest.chunk_count} chunk{'' if manifest.chunk_count == 1 else 's'}"
     console = _console()
@@ -131,11 +135,8 @@ def cmd_model_publish(args: argparse.Namespace) -> int:
 
 def cmd_model_list(args: argparse.Namespace) -> int:
     config = _load(args)
-    db = _open_db(config)
-    try:
+    with _database(config) as db:
         models = db.list_models()
-    finally:
-        db.close()
     table = Table(title=f"Models in {config.database_path}")
     for column in ("name", "version", "kind", "sha256", "size", "inputs", "outputs",
                    "published", "by"):
@@ -171,15 +172,13 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     if not re.match(ID_PATTERN, args.device):
         raise UsageError(f"device id {args.device!r} is not valid: use letters, digits, . _ -")
     config = _load(args)
-    db = _open_db(config)
-    try:
+    from central_sync.deployments import unknown_model_message
+
+    with _database(config) as db:
+        # Checked before connecting to the broker, so a typo fails fast.
         if db.get_model(name, version) is None:
-            raise UsageError(f"model {name} {version} is not in the registry; see "
-                             "`central-sync model list`, or publish it with "
-                             "`central-sync model publish`")
+            raise UsageError(unknown_model_message(name, version))
         return asyncio.run(_deploy(config, db, name, version, args))
-    finally:
-        db.close()
 
 
 async def _deploy(config: CentralConfig, db: CentralDB, name: str, version: str,
@@ -237,11 +236,8 @@ def _event_printer(console: Console) -> Callable[[DeploymentEvent], None]:
 
 def cmd_devices(args: argparse.Namespace) -> int:
     config = _load(args)
-    db = _open_db(config)
-    try:
+    with _database(config) as db:
         devices = db.list_devices()
-    finally:
-        db.close()
     now = time.time()
     table = Table(title="Devices")
     for column in ("device", "state", "last seen", "active models", "records stored",

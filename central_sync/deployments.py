@@ -26,6 +26,11 @@ class UnknownModel(LookupError):
     """The model version to deploy is not in the registry."""
 
 
+def unknown_model_message(name: str, version: str) -> str:
+    return (f"model {name} {version} is not in the registry; see `central-sync model list`, "
+            "or publish it with `central-sync model publish`")
+
+
 async def deploy(
     db: CentralDB,
     transport: Transport,
@@ -43,9 +48,7 @@ async def deploy(
     topics = topics or Topics()
     manifest = await asyncio.to_thread(db.get_model, name, version)
     if manifest is None:
-        raise UnknownModel(
-            f"model {name} {version} is not in the registry; see `central-sync model list`, "
-            "or publish it with `central-sync model publish`")
+        raise UnknownModel(unknown_model_message(name, version))
     command = DeployCommand(device_id=device_id, manifest=manifest, issued_by=issued_by)
     await asyncio.to_thread(db.create_deployment, command)
     try:

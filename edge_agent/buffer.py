@@ -91,7 +91,10 @@ class StoredRecord(NamedTuple):
 
 @dataclass
 class _Job:
-    fn: Callable[..., Any]
+    """Work for the buffer thread: `fn(*args)`, or for appends (fn None) the records in args[0],
+    which the thread commits together with other appends waiting in the queue."""
+
+    fn: Callable[..., Any] | None
     args: tuple[Any, ...]
     future: Future[Any]
 
@@ -118,7 +121,7 @@ class Buffer:
     async def append(self, type_: str, payload: dict[str, Any],
                      created_at: float | None = None) -> int:
         record = NewRecord(type_, payload, time.time() if created_at is None else created_at)
-        seqs = await asyncio.wrap_future(self._call(self._append_many, [record]))
+        seqs = await asyncio.wrap_future(self._call(None, [record]))
         return seqs[0]
 
     async def next_batch(self, max_records: int, max_bytes: int = 1 << 30) -> list[StoredRecord]:
@@ -148,7 +151,7 @@ class Buffer:
     # --- the same from synchronous code (CLI, tests, benchmarks) ---
 
     def append_many_sync(self, records: list[NewRecord]) -> list[int]:
-        return self._call(self._append_many, records).result()
+        return self._call(None, records).result()
 
     def next_batch_sync(self, max_records: int, max_bytes: int = 1 << 30) -> list[StoredRecord]:
         return self._call(self._next_batch, max_records, max_bytes).result()
@@ -166,7 +169,7 @@ class Buffer:
 
     # --- the buffer thread ---
 
-    def _call(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+    def _call(self, fn: Callable[..., Any] | None, *args: Any) -> Future[Any]:
         future: Future[Any] = Future()
         self._jobs.put(_Job(fn, args, future))
         return future
@@ -179,7 +182,7 @@ class Buffer:
                 return
             if not job.future.set_running_or_notify_cancel():
                 continue  # the caller gave up before the job started
-            if job.fn != self._append_many:
+            if job.fn is not None:
                 _run(job)
                 continue
             appends = [job]
@@ -188,7 +191,7 @@ class Buffer:
                     following = self._jobs.get_nowait()
                 except queue.Empty:
                     break
-                if following is None or following.fn != self._append_many:
+                if following is None or following.fn is not None:
                     carried.append(following)
                     break
                 if following.future.set_running_or_notify_cancel():
@@ -249,15 +252,6 @@ class Buffer:
         if self._conn is None:
             raise RuntimeError(f"buffer {self.path} is closed")
         return self._conn
-
-    def _append_many(self, records: list[NewRecord]) -> list[int]:
-        with self._transaction():
-            seqs = self._insert(records)
-            self._evict_over_quota()
-        return seqs
-
-    def _insert(self, records: list[NewRecord]) -> list[int]:
-        return self._insert_rows(self._rows(records))
 
     def _rows(self, records: list[NewRecord]) -> list[tuple[Any, ...]]:
         priority = self.policy.priority
@@ -391,7 +385,7 @@ class Buffer:
                 for first, last, type_ in ranges:
                     by_type[type_] = by_type.get(type_, 0) + last - first + 1
                 payload = {"ranges": [list(r) for r in ranges], "by_kind": by_type}
-                self._insert([NewRecord(RECORD_EVICTION, payload, time.time())])
+                self._insert_rows(self._rows([NewRecord(RECORD_EVICTION, payload, time.time())]))
                 self._db.executemany("UPDATE evictions SET reported = 1 WHERE first_seq = ?",
                                      [(r[0],) for r in ranges])
                 made += 1
@@ -453,17 +447,13 @@ def _run(job: _Job) -> None:
 
 
 class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, nesting-safe: an inner use joins the outer transaction."""
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK when the block raises."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
-        self._outer = False
 
     def __enter__(self) -> None:
-        self._outer = not self._conn.in_transaction
-        if self._outer:
-            self._conn.execute("BEGIN IMMEDIATE")
+        self._conn.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if self._outer:
-            self._conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        self._conn.execute("COMMIT" if exc_type is None else "ROLLBACK")

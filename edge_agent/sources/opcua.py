@@ -42,7 +42,6 @@ class OpcUaSource:
         self.state = SourceState(state="connecting", detail=config.endpoint)
         self.reconnects = 0
         self._tag_by_node: dict[str, str] = {}
-        self._connected_once = asyncio.Event()
 
     async def run(self) -> None:
         """Connect, subscribe and watch the session; on any failure start over with backoff."""
@@ -53,7 +52,6 @@ class OpcUaSource:
                 await client.connect()
                 await self._subscribe(client)
                 self._set_state("connected", self.config.endpoint)
-                self._connected_once.set()
                 backoff_s = 0.5
                 while True:
                     await asyncio.sleep(1.0)
@@ -69,13 +67,6 @@ class OpcUaSource:
                 self.reconnects += 1
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, self.config.reconnect_max_backoff_s)
-
-    async def wait_connected(self, timeout_s: float) -> bool:
-        try:
-            await asyncio.wait_for(self._connected_once.wait(), timeout_s)
-        except TimeoutError:
-            return False
-        return True
 
     async def _subscribe(self, client: Client) -> None:
         nodes = []

@@ -9,7 +9,7 @@ import urllib.request
 from typing import Any
 
 import pytest
-from central_helpers import free_port, make_batch, prediction_payload, run
+from central_helpers import free_port, make_batch, prediction_payload, run, wait_for
 
 from central_sync.config import CentralConfig
 from central_sync.service import CentralService, ServiceStartError
@@ -50,6 +50,8 @@ def test_api_and_fleet_page_show_devices_predictions_and_models(
             device_id="gw-1", state="online", buffer={"depth": 17, "bytes_used": 1,
                                                       "quota_bytes": 10})))
         await device.publish(TOPICS.uplink("gw-1"), encode(make_batch("gw-1", range(1, 4))))
+        # Batches are stored beside dispatch; wait for this one rather than race it.
+        await wait_for(lambda: service.stats.records_acked == 3, what="the batch stored")
 
         health = await _get_json(base + "healthz")
         assert health["status"] == "ok"
