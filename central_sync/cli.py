@@ -83,10 +83,12 @@ def _database(config: CentralConfig) -> Iterator[CentralDB]:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from central_sync.service import CentralService, ServiceStartError
+    from edge_agent.gctune import tune_for_service
     from edge_agent.transport import MqttTransport
 
     config = _load(args)
     service = CentralService(config, MqttTransport(config.broker, client_id=config.central_id))
+    tune_for_service()
     try:
         asyncio.run(_serve_until_signal(service))
     except ServiceStartError as exc:

@@ -110,7 +110,8 @@ async def _follow(
         if remaining <= 0:
             return None
         try:
-            event = await asyncio.wait_for(events.get(), remaining)
+            async with asyncio.timeout(remaining):
+                event = await events.get()
         except TimeoutError:
             return None
         if event.command_id != command_id:

@@ -114,7 +114,8 @@ class Agent:
         log.info("agent stopping device=%s", self.device_id)
         # A clean disconnect suppresses the last will, so say offline ourselves.
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.publish_status("offline"), 3)
+            async with asyncio.timeout(3):
+                await self.publish_status("offline")
         await self.deployer.stop()
         for task in tasks:
             task.cancel()

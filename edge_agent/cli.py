@@ -81,6 +81,9 @@ def _run(config: AgentConfig, log_level: str) -> int:
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from edge_agent.app import Agent
+    from edge_agent.gctune import tune_for_service
+
+    tune_for_service()
 
     async def main_async() -> None:
         stop = asyncio.Event()

@@ -219,7 +219,8 @@ class Deployer:
                 while any(i not in chunks.received for i in window):
                     progress.clear()
                     try:
-                        await asyncio.wait_for(progress.wait(), 5.0)
+                        async with asyncio.timeout(5.0):
+                            await progress.wait()
                     except TimeoutError:
                         log.info("chunks overdue, asking again device=%s sha256=%s missing=%d",
                                  self.device_id, manifest.sha256[:12], len(chunks.missing()))

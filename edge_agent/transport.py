@@ -173,7 +173,8 @@ class MqttTransport:
 
     async def wait_connected(self, timeout_s: float | None = None) -> bool:
         try:
-            await asyncio.wait_for(self._connected.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._connected.wait()
         except TimeoutError:
             return False
         return True
@@ -188,7 +189,8 @@ class MqttTransport:
         if rc != paho.MQTT_ERR_SUCCESS or mid is None:
             return  # the connection dropped; on_connect subscribes again
         try:
-            await asyncio.wait_for(self._subacks.wait(mid), SUBACK_TIMEOUT_S)
+            async with asyncio.timeout(SUBACK_TIMEOUT_S):
+                await self._subacks.wait(mid)
         except (TimeoutError, NotConnected):
             log.info("subscription not confirmed yet topic=%s; it is renewed on reconnect",
                      topic_filter)

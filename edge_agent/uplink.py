@@ -99,7 +99,8 @@ class Uplink:
                 continue
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), 0.2)
+                async with asyncio.timeout(0.2):
+                    await self._wake.wait()
 
     async def _forget_in_flight(self) -> None:
         """Acks may have been lost with the connection: everything in flight is sent again."""

@@ -61,6 +61,28 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             count INTEGER NOT NULL, chunk TEXT NOT NULL, received_at REAL NOT NULL,
             PRIMARY KEY (device_id, seq, idx))""",
     )),
+    # Ingest writes every record once and looks it up only by (device_id, seq): clustering the
+    # rows on that key saves one B-tree per insert, and the unused type index another.
+    (4, "records and predictions clustered on (device_id, seq); records_type index dropped", (
+        """CREATE TABLE records_v4 (
+            device_id TEXT NOT NULL, seq INTEGER NOT NULL, type TEXT NOT NULL,
+            created_at REAL NOT NULL, received_at REAL NOT NULL, payload TEXT NOT NULL,
+            PRIMARY KEY (device_id, seq)) WITHOUT ROWID""",
+        "INSERT INTO records_v4 SELECT device_id, seq, type, created_at, received_at, payload "
+        "FROM records",
+        "DROP TABLE records",
+        "ALTER TABLE records_v4 RENAME TO records",
+        """CREATE TABLE predictions_v4 (
+            device_id TEXT NOT NULL, seq INTEGER NOT NULL, created_at REAL NOT NULL,
+            pipeline TEXT, model_name TEXT, model_version TEXT, model_sha256 TEXT,
+            outputs TEXT NOT NULL, inputs TEXT NOT NULL, latency_ms REAL,
+            PRIMARY KEY (device_id, seq)) WITHOUT ROWID""",
+        "INSERT INTO predictions_v4 SELECT device_id, seq, created_at, pipeline, model_name, "
+        "model_version, model_sha256, outputs, inputs, latency_ms FROM predictions",
+        "DROP TABLE predictions",
+        "ALTER TABLE predictions_v4 RENAME TO predictions",
+        "CREATE INDEX predictions_created_at ON predictions (created_at)",
+    )),
 )
 
 

@@ -112,7 +112,8 @@ class OpcUaSource:
     @staticmethod
     async def _disconnect_quietly(client: Client) -> None:
         try:
-            await asyncio.wait_for(client.disconnect(), 2)
+            async with asyncio.timeout(2):
+                await client.disconnect()
         except Exception as exc:  # the session is already gone; nothing more to do
             log.debug("disconnect after failure: %s", exc)
 

@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO))
 from edge_agent.buffer import Buffer, BufferPolicy, NewRecord  # noqa: E402
 from edge_agent.config import UplinkConfig  # noqa: E402
 from edge_agent.contract import Topics  # noqa: E402
+from edge_agent.gctune import tune_for_service  # noqa: E402
 from edge_agent.transport import BrokerConfig, MqttTransport  # noqa: E402
 from edge_agent.uplink import Uplink  # noqa: E402
 from tests.conftest import free_port, wait_for_port  # noqa: E402
@@ -266,6 +267,7 @@ def main() -> int:
                         help="records for the naive one-message-per-record uplink")
     parser.add_argument("--insert-records", type=int, default=200_000)
     args = parser.parse_args()
+    tune_for_service()  # as `edge-agent run` does: this process plays the agent
 
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         workdir = Path(tmp)

@@ -213,7 +213,7 @@ def test_unreadable_eviction_report_is_stored_without_gaps(db: CentralDB) -> Non
     assert db.count_records("gw-1") == 1
 
 
-def test_database_of_schema_1_is_migrated(tmp_path: Path) -> None:
+def test_database_of_schema_1_is_migrated_keeping_its_rows(tmp_path: Path) -> None:
     from sqlite_utils import Database
 
     from central_sync.db.schema import apply_migrations
@@ -226,8 +226,14 @@ def test_database_of_schema_1_is_migrated(tmp_path: Path) -> None:
         for sql in MIGRATIONS[0][2]:
             old.execute(sql)
         old.execute("INSERT INTO schema_migrations VALUES (1, 'initial schema', 0)")
+        old.execute("INSERT INTO records VALUES ('gw-1', 7, 'prediction', 1.0, 2.0, '{}')")
+        old.execute("INSERT INTO predictions VALUES ('gw-1', 7, 1.0, 'p', 'm', '1.0.0', 'a', "
+                    "'{}', '{}', 0.5)")
     assert apply_migrations(old, str(path)) == MIGRATIONS[-1][0]
     assert "gaps" in old.table_names()
+    assert [tuple(r) for r in old.execute("SELECT device_id, seq, type FROM records")] == [
+        ("gw-1", 7, "prediction")]
+    assert [tuple(r) for r in old.execute("SELECT seq, latency_ms FROM predictions")] == [(7, 0.5)]
     old.close()
 
 

@@ -92,3 +92,17 @@ def test_malformed_ack_is_rejected_and_nothing_deleted(tmp_path: Path) -> None:
         await buffer.close()
 
     asyncio.run(scenario())
+
+
+def test_uplink_stops_when_cancelled_as_it_is_woken(tmp_path: Path) -> None:
+    """A cancel arriving in the same loop turn as a wake-up must still stop the task."""
+    async def scenario() -> None:
+        buffer, uplink, _, task = await start(tmp_path, ack=True)
+        await asyncio.sleep(0.1)  # idle: waiting to be woken
+        uplink._wake.set()
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=2)
+        assert done, "the uplink ignored its cancellation"
+        await buffer.close()
+
+    asyncio.run(scenario())
