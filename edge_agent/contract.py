@@ -238,9 +238,10 @@ def encode_uplink_batch(
     result decodes to the same UplinkBatch as `encode(UplinkBatch(...))` would produce.
     """
     batch_id = batch_id or new_id()
+    quoted: dict[str, str] = {}  # a batch holds few record types: quote each once
     items = ",".join(
-        f'{{"seq":{seq},"type":{json.dumps(type_)},"created_at":{float(created_at)!r},'
-        f'"payload":{payload_json}}}'
+        f'{{"seq":{seq},"type":{quoted.get(type_) or quoted.setdefault(type_, json.dumps(type_))},'
+        f'"created_at":{float(created_at)!r},"payload":{payload_json}}}'
         for seq, type_, created_at, payload_json in records
     )
     body = (

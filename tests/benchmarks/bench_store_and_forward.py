@@ -43,6 +43,7 @@ from edge_agent.uplink import Uplink  # noqa: E402
 from tests.conftest import free_port, wait_for_port  # noqa: E402
 
 DEVICE = "bench-gw"
+DRAIN_DEADLINE_S = 300
 console = Console(width=110)
 
 
@@ -208,6 +209,16 @@ def bench_uplink(plant: Plant, n: int, compress: bool, kind: str) -> dict[str, f
         buffer.append_many_sync([NewRecord(kind, make(i), time.time())
                                  for i in range(start, min(start + 5000, n))])
 
+    async def drain_with_deadline() -> float:
+        try:
+            async with asyncio.timeout(DRAIN_DEADLINE_S):
+                return await drain()
+        except TimeoutError:
+            for task in asyncio.all_tasks():
+                task.print_stack(limit=6, file=sys.stderr)
+            raise RuntimeError(f"uplink run did not end in {DRAIN_DEADLINE_S} s; "
+                               "task stacks above") from None
+
     async def drain() -> float:
         transport = MqttTransport(BrokerConfig(port=plant.mqtt_port), device,
                                   persistent_session=False)
@@ -218,10 +229,7 @@ def bench_uplink(plant: Plant, n: int, compress: bool, kind: str) -> dict[str, f
         await transport.wait_connected(10)
         task = asyncio.create_task(uplink.run())
         started = time.perf_counter()
-        while (health := await buffer.health()).depth > 0:
-            if time.perf_counter() - started > 300:
-                raise RuntimeError(f"uplink did not drain in 300 s: {health}, "
-                                   f"{uplink.stats}, in flight {len(uplink._in_flight)}")
+        while (await buffer.health()).depth > 0:
             await asyncio.sleep(0.01)
         elapsed = time.perf_counter() - started
         task.cancel()
@@ -231,7 +239,7 @@ def bench_uplink(plant: Plant, n: int, compress: bool, kind: str) -> dict[str, f
         return elapsed
 
     cpu_agent, cpu_central = self_cpu_s(), proc_cpu_s(plant.central.pid)
-    elapsed = asyncio.run(drain())
+    elapsed = asyncio.run(drain_with_deadline())
     stored = plant.central_rows(device)
     if stored != n:
         raise RuntimeError(f"central stored {stored} records, expected {n}")
