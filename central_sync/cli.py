@@ -33,6 +33,7 @@ from edge_agent.contract import (
     contract_markdown,
     topic_table_markdown,
 )
+from edge_agent.signing import KeyFileError
 
 if TYPE_CHECKING:
     from central_sync.db import CentralDB
@@ -114,11 +115,13 @@ def cmd_model_publish(args: argparse.Namespace) -> int:
     from central_sync.registry import RegistryError, publish_model
 
     config = _load(args)
+    signer = config.signer()
     started = time.time()
     with _database(config) as db:
         try:
             manifest = publish_model(
-                db, config.artifact_dir, args.file, name=args.name, version=args.version,
+                db, config.artifact_dir, args.file, signer=signer, name=args.name,
+                version=args.version,
                 kind=args.kind, metadata=args.metadata, chunk_size_bytes=config.chunk_size_bytes,
                 published_by=args.by)
         except RegistryError as exc:
@@ -185,10 +188,11 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 async def _deploy(config: CentralConfig, db: CentralDB, name: str, version: str,
                   args: argparse.Namespace) -> int:
-    from central_sync.deployments import deploy, deploy_and_wait
+    from central_sync.deployments import TamperedManifest, deploy, deploy_and_wait
     from edge_agent.transport import MqttTransport, NotConnected
 
     console = _console()
+    signer = config.signer()
     broker = config.broker.model_copy(update={"client_id": None})
     client_id = f"{config.central_id}-cli-{secrets.token_hex(4)}"
     transport = MqttTransport(broker, client_id=client_id, persistent_session=False)
@@ -201,16 +205,19 @@ async def _deploy(config: CentralConfig, db: CentralDB, name: str, version: str,
             return EXIT_FAILED
         try:
             if args.wait is None:
-                command = await deploy(db, transport, name, version, args.device, args.by,
-                                       topics)
+                command = await deploy(db, transport, signer, name, version, args.device,
+                                       args.by, topics)
                 console.print(f"deploy {name} {version} sent to {args.device} "
                               f"(command {command.command_id}); add --wait 120 to follow it")
                 return EXIT_OK
             command, final = await deploy_and_wait(
-                db, transport, name, version, args.device, args.by,
+                db, transport, signer, name, version, args.device, args.by,
                 timeout_s=args.wait, on_event=_event_printer(console), topics=topics)
         except NotConnected as exc:
             console.print(f"[red]deploy command not sent[/]: {exc}")
+            return EXIT_FAILED
+        except TamperedManifest as exc:
+            console.print(f"[red]deploy refused[/]: {exc}")
             return EXIT_FAILED
     finally:
         await transport.stop()
@@ -231,6 +238,29 @@ def _event_printer(console: Console) -> Callable[[DeploymentEvent], None]:
         console.print(f"  {event.step}{progress} {event.detail}".rstrip(), highlight=False)
 
     return show
+
+
+# --- keys --------------------------------------------------------------------------------------
+
+
+def cmd_keys_init(args: argparse.Namespace) -> int:
+    from edge_agent.signing import write_key_pair
+
+    config = _load(args)
+    private, public, signer = write_key_pair(config.signing_key_path, force=args.force)
+    console = _console()
+    console.print(f"signing key [bold]{signer.key_id}[/] written:", highlight=False)
+    console.print(f"  private: {private}  (mode 600; keep it on central only)", highlight=False)
+    console.print(f"  public:  {public}  (copy to every agent; name it in "
+                  "security.central_public_key)", highlight=False)
+    return EXIT_OK
+
+
+def cmd_keys_show(args: argparse.Namespace) -> int:
+    signer = _load(args).signer()
+    print(f"central signing key {signer.key_id} ({args.config}):", file=sys.stderr)
+    print(signer.public_pem(), end="")
+    return EXIT_OK
 
 
 # --- devices and contract ----------------------------------------------------------------------
@@ -365,6 +395,30 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--by", default=_user(), help="who deploys, for the audit log")
     deploy.set_defaults(func=cmd_deploy)
 
+    keys = commands.add_parser(
+        "keys", formatter_class=formatter, help="create or show central's signing key",
+        description="The Ed25519 key pair that signs every manifest and command. Agents hold "
+                    "its public half and refuse anything it did not sign.",
+        epilog=_epilog("central-sync keys init -c central-sync.yaml",
+                       "central-sync keys show -c central-sync.yaml > central-signing.pub"))
+    key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    init = key_commands.add_parser(
+        "init", parents=[common], formatter_class=formatter,
+        help="create the key pair at signing_key_path (and its .pub beside it)",
+        description="Create the private key (mode 600) at the configured signing_key_path "
+                    "and the public key (.pub) beside it. Refuses to replace an existing key "
+                    "unless --force: agents trust the old one until they get the new .pub.",
+        epilog=_epilog("central-sync keys init -c central-sync.yaml",
+                       "central-sync keys init -c central-sync.yaml --force   # rotate"))
+    init.add_argument("--force", action="store_true", help="replace an existing key")
+    init.set_defaults(func=cmd_keys_init)
+    show = key_commands.add_parser(
+        "show", parents=[common], formatter_class=formatter,
+        help="print the public key (PEM) agents must trust",
+        description="Print the public key and its id, to copy into agents' configuration.",
+        epilog=_epilog("central-sync keys show -c central-sync.yaml > central-signing.pub"))
+    show.set_defaults(func=cmd_keys_show)
+
     devices = commands.add_parser(
         "devices", parents=[common], formatter_class=formatter,
         help="show the fleet: state, last seen, active models, records, buffer depth",
@@ -404,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except UsageError as exc:
+    except (UsageError, KeyFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from edge_agent.configfile import load_yaml_model, resolve_path
 from edge_agent.contract import ID_PATTERN
+from edge_agent.signing import Signer
 from edge_agent.transport import BrokerConfig
 
 EXAMPLE = "deploy/central-sync.example.yaml"
@@ -29,11 +30,12 @@ class CentralConfig(BaseModel):
     )
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
     database_url: str = Field(
-        "sqlite:///var/central/central.db",
+        "sqlite:///var/central/central.db", validate_default=True,
         description="sqlite:///PATH (relative to this file) or an absolute sqlite:////PATH",
     )
     artifact_dir: Path = Field(
-        Path("var/central/artifacts"), description="Model artifacts, stored by sha256"
+        Path("var/central/artifacts"), validate_default=True,
+        description="Model artifacts, stored by sha256",
     )
     chunk_size_bytes: int = Field(
         256 * 1024, ge=1024, le=4 * 1024 * 1024, description="Artifact chunk size on the wire"
@@ -42,8 +44,13 @@ class CentralConfig(BaseModel):
         120.0, gt=0, description="A device silent this long shows as offline"
     )
     web: WebConfig = Field(default_factory=WebConfig)
+    signing_key_path: Path = Field(
+        Path("var/central/keys/signing.key"), validate_default=True,
+        description="Ed25519 key that signs manifests and commands (`central-sync keys init`); "
+        "its signing.pub beside it goes to every agent",
+    )
 
-    @field_validator("artifact_dir")
+    @field_validator("artifact_dir", "signing_key_path")
     @classmethod
     def _relative_to_file(cls, value: Path, info: ValidationInfo) -> Path:
         return resolve_path(value, info.context)
@@ -56,6 +63,10 @@ class CentralConfig(BaseModel):
             raise ValueError("only sqlite:///PATH is supported by this version")
         path = resolve_path(Path(value[len(prefix):]), info.context)
         return prefix + str(path)
+
+    def signer(self) -> Signer:
+        """The signing key; KeyFileError says how to create it when it is missing."""
+        return Signer.from_file(self.signing_key_path)
 
     @property
     def database_path(self) -> Path:

@@ -10,11 +10,13 @@ from central_sync.db import CentralDB
 from edge_agent.contract import (
     DeployCommand,
     DeploymentEvent,
+    ModelManifest,
     Rejection,
     Topics,
     decode,
     encode,
 )
+from edge_agent.signing import SignatureError, Signer, Verifier
 from edge_agent.transport import NotConnected, Transport
 
 log = logging.getLogger(__name__)
@@ -31,25 +33,56 @@ def unknown_model_message(name: str, version: str) -> str:
             "or publish it with `central-sync model publish`")
 
 
+class TamperedManifest(Exception):
+    """A stored manifest no longer matches its signature: the registry was altered."""
+
+
+def signed_manifest(manifest: ModelManifest, signer: Signer) -> ModelManifest:
+    """The manifest to send: checked against its publish-time signature when the same key
+    signed it, re-signed by the current key otherwise (after a key rotation)."""
+    if manifest.key_id == signer.key_id:
+        try:
+            Verifier(signer.public_key).verify(manifest, "manifest")
+        except SignatureError as exc:
+            raise TamperedManifest(
+                f"{manifest.name} {manifest.version} in the registry does not match its "
+                f"signature ({exc}); it was altered after publishing: publish a new version"
+            ) from None
+        return manifest
+    log.info("manifest re-signed name=%s version=%s old_key=%s key=%s", manifest.name,
+             manifest.version, manifest.key_id or "none", signer.key_id)
+    return signer.signed(manifest)
+
+
+def deploy_command(db: CentralDB, signer: Signer, name: str, version: str, device_id: str,
+                   issued_by: str) -> DeployCommand:
+    """The signed command deploying name@version to one device (not yet recorded or sent)."""
+    manifest = db.get_model(name, version)
+    if manifest is None:
+        raise UnknownModel(unknown_model_message(name, version))
+    return signer.signed(DeployCommand(device_id=device_id,
+                                       manifest=signed_manifest(manifest, signer),
+                                       issued_by=issued_by))
+
+
 async def deploy(
     db: CentralDB,
     transport: Transport,
+    signer: Signer,
     name: str,
     version: str,
     device_id: str,
     issued_by: str,
     topics: Topics | None = None,
 ) -> DeployCommand:
-    """Record a deployment (with its audit entry) and send the command to the device, QoS 1.
+    """Record a deployment (with its audit entry) and send the signed command, QoS 1.
 
     Database calls run in a worker thread. If the command cannot be sent the deployment is
     marked failed and NotConnected is raised.
     """
     topics = topics or Topics()
-    manifest = await asyncio.to_thread(db.get_model, name, version)
-    if manifest is None:
-        raise UnknownModel(unknown_model_message(name, version))
-    command = DeployCommand(device_id=device_id, manifest=manifest, issued_by=issued_by)
+    command = await asyncio.to_thread(deploy_command, db, signer, name, version, device_id,
+                                      issued_by)
     await asyncio.to_thread(db.create_deployment, command)
     try:
         await transport.publish(topics.commands(device_id), encode(command), qos=1)
@@ -65,6 +98,7 @@ async def deploy(
 async def deploy_and_wait(
     db: CentralDB,
     transport: Transport,
+    signer: Signer,
     name: str,
     version: str,
     device_id: str,
@@ -90,7 +124,8 @@ async def deploy_and_wait(
 
     await transport.subscribe(topic, collect, qos=1)
     try:
-        command = await deploy(db, transport, name, version, device_id, issued_by, topics)
+        command = await deploy(db, transport, signer, name, version, device_id, issued_by,
+                               topics)
         final = await _follow(events, command.command_id, timeout_s, on_event)
     finally:
         await transport.unsubscribe(topic)

@@ -21,6 +21,7 @@ from central_sync.db import CentralDB, ModelVersionExists, version_exists_messag
 from edge_agent.contract import ID_PATTERN, SEMVER_PATTERN, ModelManifest, TensorSpec
 from edge_agent.inference.specs import spec_differences, tensor_specs
 from edge_agent.model_store import fsync_dir
+from edge_agent.signing import Signer
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +164,8 @@ def publish_model(
     metadata: Mapping[str, Any] | str | Path | None = None,
     chunk_size_bytes: int = DEFAULT_CHUNK_SIZE_BYTES,
     published_by: str = "cli",
+    *,
+    signer: Signer,
 ) -> ModelManifest:
     """Validate, store and record one model version; returns its manifest.
 
@@ -196,9 +199,9 @@ def publish_model(
     same_bytes = db.get_model_by_sha256(sha256)
     if same_bytes is not None:
         chunk_size_bytes = same_bytes.chunk_size_bytes
-    manifest = ModelManifest(
+    manifest = signer.signed(ModelManifest(
         name=name, version=version, kind=kind, sha256=sha256, size_bytes=size,
-        chunk_size_bytes=chunk_size_bytes, inputs=inputs, outputs=outputs, metadata=metadata)
+        chunk_size_bytes=chunk_size_bytes, inputs=inputs, outputs=outputs, metadata=metadata))
     try:
         recorded = db.add_model(manifest, published_by)
     except ModelVersionExists as exc:  # published by someone else meanwhile

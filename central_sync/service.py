@@ -92,6 +92,7 @@ class CentralService:
         self._chunks_queued: set[tuple[str, int]] = set()
         self._stores_in_flight = asyncio.Semaphore(STORES_IN_FLIGHT)
         self._web: WebServer | None = None
+        self._started = False  # /healthz says "starting" until start() is done
 
     async def db_call(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run a database call on the service's database thread."""
@@ -130,6 +131,7 @@ class CentralService:
         log.info("central started id=%s database=%s artifacts=%s web=%s", self.config.central_id,
                  self.config.database_path, self.config.artifact_dir,
                  self._web.url if self._web else "off")
+        self._started = True
 
     async def stop(self) -> None:
         if self._web is not None:
@@ -156,7 +158,8 @@ class CentralService:
             await self.stop()
 
     def health(self) -> dict[str, Any]:
-        return {"broker_connected": self.transport.connected, "ingest": self.stats.as_dict()}
+        return {"status": "ok" if self._started else "starting",
+                "broker_connected": self.transport.connected, "ingest": self.stats.as_dict()}
 
     @property
     def web_url(self) -> str | None:

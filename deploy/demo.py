@@ -119,6 +119,7 @@ def write_configs(workdir: Path, ports: dict[str, int]) -> tuple[Path, Path]:
         "database_url: sqlite:///central/central.db\n"
         "artifact_dir: central/artifacts\n"
         f"web: {{host: 127.0.0.1, port: {ports['central_web']}}}\n"
+        "signing_key_path: central/keys/signing.key\n"
     )
     agent_template = (REPO / "deploy" / "edge-agent.example.yaml").read_text()
     agent = workdir / "edge-agent.yaml"
@@ -129,6 +130,8 @@ def write_configs(workdir: Path, ports: dict[str, int]) -> tuple[Path, Path]:
         .replace("interval_s: 5 ", "interval_s: 2 ")
         .replace("port: 8080 ", f"port: {ports['agent_web']} ")
         .replace("status_interval_s: 10", "status_interval_s: 5")
+        .replace("central_public_key: central-signing.pub",
+                 "central_public_key: central/keys/signing.pub")
     )
     return central, agent
 
@@ -160,6 +163,13 @@ def run(workdir: Path, duration_s: float | None) -> int:
                    ready="READY")
         console.print(f"[green]✓[/] OPC-UA line simulator  opc.tcp://127.0.0.1:{ports['opcua']}"
                       "/line-1")
+        if not (workdir / "central" / "keys" / "signing.key").exists():
+            keys = subprocess.run([str(BIN / "central-sync"), "keys", "init", "-c",
+                                   str(central_cfg)], capture_output=True, text=True, cwd=REPO)
+            if keys.returncode != 0:
+                raise RuntimeError(f"signing key not created: {keys.stderr.strip()}")
+        console.print("[green]✓[/] signing key            central/keys/signing.key "
+                      "(agents trust central/keys/signing.pub)")
         central = demo.start("central-sync", [str(BIN / "central-sync"), "serve", "-c",
                                               str(central_cfg)])
         wait_http(f"{central_url}/healthz", 60, central, "central-sync")

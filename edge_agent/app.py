@@ -14,6 +14,7 @@ from edge_agent.contract import DeviceStatus, Topics, encode
 from edge_agent.deployer import Deployer
 from edge_agent.httpserver import WebServer
 from edge_agent.inference.process import ProcessPipeline
+from edge_agent.lifecycle import ModelWatch
 from edge_agent.metrics import AgentMetrics
 from edge_agent.model_store import ModelStore
 from edge_agent.sources.opcua import OpcUaSource
@@ -39,14 +40,16 @@ class Agent:
             on_connected=self.publish_status,
         )
         self.sources = {s.name: OpcUaSource(s) for s in config.sources}
+        self.watch = ModelWatch()
         self.pipelines = [
-            ProcessPipeline(p, self.sources[p.source].latest, self.store, self.buffer)
+            ProcessPipeline(p, self.sources[p.source].latest, self.store, self.buffer,
+                            self.watch)
             for p in config.pipelines
         ]
         self.uplink = Uplink(self.device_id, self.topics, self.transport, self.buffer,
                              config.uplink)
         self.deployer = Deployer(self.device_id, self.topics, self.transport, self.store,
-                                 self.buffer)
+                                 self.buffer, config.security.verifier(), self.watch)
         self.metrics = AgentMetrics(self)
 
     async def status(self, state: str = "online") -> DeviceStatus:

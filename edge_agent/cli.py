@@ -13,6 +13,7 @@ from pathlib import Path
 from edge_agent import __version__
 from edge_agent.config import AgentConfig, load_agent_config
 from edge_agent.configfile import ConfigError
+from edge_agent.signing import KeyFileError
 
 DEFAULT_CONFIG = "edge-agent.yaml"
 
@@ -94,6 +95,9 @@ def _run(config: AgentConfig, log_level: str) -> int:
 
     try:
         asyncio.run(main_async())
+    except KeyFileError as exc:
+        print(f"edge-agent: security.central_public_key: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
         return 1
@@ -101,6 +105,11 @@ def _run(config: AgentConfig, log_level: str) -> int:
 
 
 def _check_config(config: AgentConfig, path: Path) -> int:
+    try:
+        verifier = config.security.verifier()
+    except KeyFileError as exc:
+        print(f"edge-agent: {path}: security.central_public_key: {exc}", file=sys.stderr)
+        return 2
     print(f"{path}: OK")
     print(f"  device:    {config.device_id}")
     print(f"  broker:    {config.broker.host}:{config.broker.port} "
@@ -113,6 +122,9 @@ def _check_config(config: AgentConfig, path: Path) -> int:
               f"every {pipeline.interval_s:g} s")
     ui = f"http://{config.ui.host}:{config.ui.port}/" if config.ui.port else "off"
     print(f"  web page:  {ui}")
+    trust = (f"signed by key {verifier.key_id} only" if verifier
+             else "UNSIGNED accepted (verify_signatures: false)")
+    print(f"  models:    {trust}")
     return 0
 
 

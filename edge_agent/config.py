@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from edge_agent.buffer import DEFAULT_KEEP, DEFAULT_PRIORITIES, BufferPolicy
 from edge_agent.configfile import load_yaml_model, resolve_path
 from edge_agent.contract import ID_PATTERN
+from edge_agent.signing import Verifier
 from edge_agent.transport import BrokerConfig
 
 EXAMPLE = "deploy/edge-agent.example.yaml"
@@ -95,10 +96,42 @@ class UiConfig(_Strict):
     port: int = Field(8080, ge=0, le=65535, description="0 turns the page off")
 
 
+class SecurityConfig(_Strict):
+    verify_signatures: bool = Field(
+        True, description="Accept only manifests and commands signed by central's key"
+    )
+    central_public_key: Path | None = Field(
+        None,
+        description="central's signing.pub (from `central-sync keys init`); relative paths "
+        "are relative to this file",
+    )
+
+    @field_validator("central_public_key")
+    @classmethod
+    def _relative_to_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else resolve_path(value, info.context)
+
+    @model_validator(mode="after")
+    def _key_when_verifying(self) -> SecurityConfig:
+        if self.verify_signatures and self.central_public_key is None:
+            raise ValueError(
+                "central_public_key is required while verify_signatures is on (the default): "
+                "copy signing.pub from central (`central-sync keys show`) and name it here"
+            )
+        return self
+
+    def verifier(self) -> Verifier | None:
+        """The key to check signatures with; None only when checking is turned off."""
+        if not self.verify_signatures:
+            return None
+        assert self.central_public_key is not None
+        return Verifier.from_file(self.central_public_key)
+
+
 class AgentConfig(_Strict):
     device_id: Name = Field(description="This gateway's id, unique in the plant")
     data_dir: Path = Field(
-        Path("var/edge-agent"),
+        Path("var/edge-agent"), validate_default=True,
         description="Buffer and model store; relative paths are relative to this file",
     )
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
@@ -107,6 +140,7 @@ class AgentConfig(_Strict):
     buffer: BufferConfig = Field(default_factory=BufferConfig)
     uplink: UplinkConfig = Field(default_factory=UplinkConfig)
     ui: UiConfig = Field(default_factory=UiConfig)
+    security: SecurityConfig = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
     status_interval_s: float = Field(10.0, gt=0, description="Seconds between status updates")
 
     @field_validator("data_dir")

@@ -29,6 +29,20 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 SEMVER_PATTERN = r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 
+
+
+def version_key(version: str) -> tuple[Any, ...]:
+    """Sort key giving semantic-version precedence: 1.10.0 > 1.9.0 > 1.9.0-rc.2 > 1.9.0-rc.1."""
+    match = re.match(SEMVER_PATTERN, version)
+    if match is None:
+        raise ValueError(f"{version!r} is not a semantic version such as 1.4.0")
+    major, minor, patch, pre = int(match[1]), int(match[2]), int(match[3]), match[4]
+    if pre is None:
+        return (major, minor, patch, 1, ())
+    parts = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in pre[1:].split("."))
+    return (major, minor, patch, 0, parts)
+
+
 DeviceId = Annotated[str, Field(pattern=ID_PATTERN, description="Device id: letters, digits . _ -")]
 ModelName = Annotated[str, Field(pattern=ID_PATTERN, description="Model name")]
 Version = Annotated[str, Field(pattern=SEMVER_PATTERN, description="Semantic version, e.g. 1.4.0")]
@@ -312,6 +326,11 @@ class ModelManifest(BaseModel):
     outputs: list[TensorSpec] = Field(min_length=1)
     metadata: dict[str, Any] = Field(default_factory=dict)
     published_at: float = Field(default_factory=now)
+    key_id: str = Field("", max_length=64, description="Key that signed it (see signing.py)")
+    signature: str = Field(
+        "", max_length=256,
+        description="Ed25519 signature (base64) over everything else, canonically encoded",
+    )
 
     @property
     def chunk_count(self) -> int:
@@ -323,10 +342,14 @@ class ModelManifest(BaseModel):
 
 
 class _Command(_Message):
+    """Central's commands are signed like manifests: a device acts only on its own, signed ones."""
+
     command_id: str = Field(default_factory=new_id, min_length=1, max_length=64)
     device_id: DeviceId
     issued_at: float = Field(default_factory=now)
     issued_by: str = Field("", description="Who gave the command, for the audit log")
+    key_id: str = Field("", max_length=64)
+    signature: str = Field("", max_length=256)
 
 
 class DeployCommand(_Command):
@@ -339,6 +362,9 @@ class RollbackCommand(_Command):
 
     kind: Literal["rollback"] = "rollback"
     model_name: ModelName
+    to_version: Version | None = Field(
+        None, description="Version to return to; default: the one active before the current"
+    )
 
 
 class ChunkRequest(_Message):
@@ -386,7 +412,8 @@ class ArtifactChunk(_Message):
 
 
 DeploymentStep = Literal[
-    "received", "downloading", "verifying", "installed", "activated", "failed", "rolled_back"
+    "received", "downloading", "verifying", "installed", "shadow", "activated", "confirmed",
+    "failed", "rolled_back",
 ]
 
 

@@ -7,10 +7,14 @@ Every step is reported live on the deployment topic and durably through the buff
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import math
 import os
 import time
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,19 +33,59 @@ from edge_agent.contract import (
     Topics,
     decode,
     encode,
+    version_key,
 )
 from edge_agent.inference.runtime import ModelLoadError, OnnxRunner
-from edge_agent.model_store import ModelStore, ModelStoreError, sha256_of_file
+from edge_agent.lifecycle import (
+    ModelWatch,
+    ProbationPolicy,
+    ShadowPolicy,
+    all_finite,
+    policy_of,
+)
+from edge_agent.model_store import (
+    InstalledModel,
+    ModelStore,
+    ModelStoreError,
+    sha256_of_file,
+    write_atomically,
+)
+from edge_agent.signing import SignatureError, Verifier
 from edge_agent.transport import NotConnected, Transport
 
 log = logging.getLogger(__name__)
 
 REQUEST_WINDOW = 32  # chunks asked for at once; bounds what is in flight per device
 STALL_TIMEOUT_S = 60.0
+HEALTH_CHECK_TIMEOUT_S = 60.0
+LATENCY_RUNS = 20
+COMMAND_LEDGER_FILE = ".commands.json"
+MAX_CHUNK_REFUSALS = 3
 
 
 class DeploymentFailed(Exception):
     """A deployment step failed; the message is reported to central as the reason."""
+
+
+class ForeignChunk(ValueError):
+    """A chunk on the artifact's topic that cannot be one of its chunks: ignored."""
+
+
+@dataclass
+class _Transfer:
+    """One artifact being fetched; a chunk refused again and again ends it."""
+
+    chunks: ChunkFile
+    progress: asyncio.Event = field(default_factory=asyncio.Event)
+    refusals: Counter[int] = field(default_factory=Counter)
+    failure: str | None = None
+
+    def refused(self, index: int, reason: str) -> None:
+        self.refusals[index] += 1
+        if self.refusals[index] >= MAX_CHUNK_REFUSALS:
+            self.failure = (f"chunk {index} arrived bad {self.refusals[index]} times ({reason}); "
+                            "central's artifact does not match the manifest")
+            self.progress.set()
 
 
 class ChunkFile:
@@ -70,8 +114,12 @@ class ChunkFile:
         return [i for i in range(self.manifest.chunk_count) if i not in self.received]
 
     def write(self, chunk: ArtifactChunk) -> bool:
-        """Store a chunk; False if it is a duplicate or does not belong to this artifact."""
-        if chunk.index in self.received or chunk.count != self.manifest.chunk_count:
+        """Store a chunk; False if it is a duplicate. ForeignChunk if it cannot belong to this
+        artifact, ValueError if its bytes are bad."""
+        if chunk.count != self.manifest.chunk_count:
+            raise ForeignChunk(f"chunk {chunk.index} says the artifact has {chunk.count} "
+                               f"chunks, the manifest {self.manifest.chunk_count}")
+        if chunk.index in self.received:
             return False
         data = chunk.data()
         expected = min(self.manifest.chunk_size_bytes,
@@ -95,40 +143,104 @@ class ChunkFile:
         self._index_path.unlink(missing_ok=True)
 
 
-def health_check(path: Path, manifest: ModelManifest) -> None:
-    """Load the model and, when the manifest has a golden input, check its output."""
+def health_check(path: Path, manifest: ModelManifest) -> str:
+    """Load the model, run the golden input (or a neutral one) and time it against the budget.
+
+    Returns a one-line summary; raises DeploymentFailed with the reason.
+    """
     try:
         runner = OnnxRunner(path, manifest)
     except ModelLoadError as exc:
         raise DeploymentFailed(str(exc)) from exc
     golden = manifest.metadata.get("golden")
-    if not golden:
-        return
+    feed = golden_feed(manifest) if golden else neutral_feed(manifest)
+    try:
+        outputs = runner.run(feed)
+    except Exception as exc:  # ORT raises several unrelated types for a bad input
+        raise DeploymentFailed(f"health-check inference failed: {exc}") from exc
+    if not all_finite(outputs):
+        raise DeploymentFailed("health-check input gives NaN or infinite outputs")
+    summary = "loads, specs match"
+    if golden:
+        actual = np.asarray(outputs[manifest.outputs[0].name], dtype=np.float64)
+        expected = np.asarray(golden["output"], dtype=np.float64)
+        tolerance = float(golden.get("tolerance", 1e-4))
+        if actual.shape != expected.shape or not np.allclose(actual, expected, atol=tolerance):
+            raise DeploymentFailed(
+                f"golden input gives {actual.reshape(-1)[:4].tolist()}, expected "
+                f"{expected.reshape(-1)[:4].tolist()} within {tolerance}"
+            )
+        summary += ", golden output within tolerance"
+    budget = manifest.metadata.get("latency_budget_ms")
+    if budget:
+        timings = []
+        for _ in range(LATENCY_RUNS):
+            started = time.perf_counter()
+            runner.run(feed)
+            timings.append((time.perf_counter() - started) * 1000)
+        p95 = float(np.percentile(timings, 95))
+        if p95 > float(budget):
+            raise DeploymentFailed(
+                f"latency p95 {p95:.1f} ms over the budget of {float(budget):g} ms")
+        summary += f", latency p95 {p95:.2f} ms (budget {float(budget):g} ms)"
+    return summary
+
+
+def golden_feed(manifest: ModelManifest) -> dict[str, np.ndarray]:
     spec = manifest.inputs[0]
-    feed = {spec.name: np.asarray(golden["input"], dtype=spec.dtype)}
-    outputs = runner.run(feed)
-    actual = np.asarray(outputs[manifest.outputs[0].name], dtype=np.float64)
-    expected = np.asarray(golden["output"], dtype=np.float64)
-    tolerance = float(golden.get("tolerance", 1e-4))
-    if not np.all(np.isfinite(actual)):
-        raise DeploymentFailed(f"golden input gives non-finite outputs: {actual.tolist()}")
-    if actual.shape != expected.shape or not np.allclose(actual, expected, atol=tolerance):
-        raise DeploymentFailed(
-            f"golden input gives {actual.reshape(-1)[:4].tolist()}, expected "
-            f"{expected.reshape(-1)[:4].tolist()} within {tolerance}"
-        )
+    return {spec.name: np.asarray(manifest.metadata["golden"]["input"], dtype=spec.dtype)}
+
+
+def neutral_feed(manifest: ModelManifest) -> dict[str, np.ndarray]:
+    """Zeros of each input's shape (dynamic dimensions as 1)."""
+    feed = {}
+    for spec in manifest.inputs:
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in spec.shape]
+        try:
+            feed[spec.name] = np.zeros(shape, dtype=spec.dtype)
+        except TypeError:
+            raise DeploymentFailed(
+                f"input {spec.name!r} has type {spec.dtype}: give the manifest a golden input"
+            ) from None
+    return feed
+
+
+class CommandLedger:
+    """Ids of the commands this device has carried out, kept across restarts: a replayed
+    command is recognised and ignored."""
+
+    def __init__(self, path: Path, keep: int = 1000) -> None:
+        self.path = path
+        self.keep = keep
+        self._ids: list[str] = []
+        if path.exists():
+            try:
+                self._ids = [str(i) for i in json.loads(path.read_text())][-keep:]
+            except (ValueError, TypeError):
+                log.warning("command ledger %s unreadable; starting a new one", path)
+
+    def __contains__(self, command_id: str) -> bool:
+        return command_id in self._ids
+
+    def add(self, command_id: str) -> None:
+        self._ids = [*self._ids, command_id][-self.keep:]
+        write_atomically(self.path, json.dumps(self._ids).encode())
 
 
 class Deployer:
     def __init__(self, device_id: str, topics: Topics, transport: Transport, store: ModelStore,
-                 buffer: Buffer) -> None:
+                 buffer: Buffer, verifier: Verifier | None,
+                 watch: ModelWatch | None = None) -> None:
         self.device_id = device_id
         self._topics = topics
         self._transport = transport
         self._store = store
         self._buffer = buffer
+        self._verifier = verifier
+        self.watch = watch or ModelWatch()
+        self._ledger = CommandLedger(store.root / COMMAND_LEDGER_FILE)
         self._active: dict[str, asyncio.Task[None]] = {}
-        self._transfers: dict[str, tuple[ChunkFile, asyncio.Event]] = {}
+        self._transfers: dict[str, _Transfer] = {}
         self.rejected_messages = 0
 
     async def start(self) -> None:
@@ -146,20 +258,62 @@ class Deployer:
             self.rejected_messages += 1
             log.warning("command rejected device=%s reason=%s", self.device_id, message.reason)
             return
+        if message.command_id in self._ledger:
+            # MQTT may deliver a command twice, and an attacker may replay an old one.
+            self.rejected_messages += 1
+            log.warning("command ignored, already carried out device=%s command=%s",
+                        self.device_id, message.command_id)
+            return
         if isinstance(message, RollbackCommand):
-            await self._rollback(message)
+            await self.rollback(message)
             return
         assert isinstance(message, DeployCommand)
-        sha = message.manifest.sha256
-        if sha in self._active and not self._active[sha].done():
-            log.info("deployment already running device=%s sha256=%s", self.device_id, sha[:12])
-            return
-        task = asyncio.create_task(self.deploy(message), name=f"deploy-{sha[:12]}")
-        self._active[sha] = task
+        name = message.manifest.name
+        if name in self._active and not self._active[name].done():
+            # A newer command for the same model supersedes the running one.
+            self._active[name].cancel()
+            await asyncio.gather(self._active[name], return_exceptions=True)
+        task = asyncio.create_task(self.deploy_and_watch(message), name=f"deploy-{name}")
+        self._active[name] = task
+
+    async def deploy_and_watch(self, command: DeployCommand) -> None:
+        """Deploy, then keep the new version on probation and roll it back if it misbehaves."""
+        previous = self._store.active(command.manifest.name)
+        if await self.deploy(command):
+            await self.probation(command, previous)
+
+    def refusal(self, command: DeployCommand | RollbackCommand) -> str | None:
+        """Why this command must not be carried out, or None."""
+        if command.device_id != self.device_id:
+            return f"command is for device {command.device_id}, this is {self.device_id}"
+        if command.command_id in self._ledger:
+            return f"command {command.command_id} was already carried out (replayed)"
+        if self._verifier is not None:
+            try:
+                self._verifier.verify(command, f"{command.kind} command")
+                if isinstance(command, DeployCommand):
+                    self._verifier.verify(command.manifest, "manifest")
+            except SignatureError as exc:
+                return str(exc)
+        if isinstance(command, DeployCommand):
+            manifest = command.manifest
+            newest = self._store.newest_version(manifest.name)
+            if newest is not None and version_key(manifest.version) < version_key(newest):
+                return (f"{manifest.name} {manifest.version} is older than {newest}, already "
+                        "deployed here; a downgrade needs a signed rollback command")
+        return None
 
     async def deploy(self, command: DeployCommand) -> bool:
-        """Run one deployment to its end; True when the version is active."""
+        """Run one deployment up to activation; True when the version is active."""
         manifest = command.manifest
+        refusal = self.refusal(command)
+        if refusal is not None:
+            self.rejected_messages += 1
+            log.warning("deploy refused device=%s model=%s version=%s reason=%s",
+                        self.device_id, manifest.name, manifest.version, refusal)
+            await self._report(command, "failed", f"refused: {refusal}")
+            return False
+        self._ledger.add(command.command_id)
         await self._report(command, "received", f"{manifest.name} {manifest.version}")
         try:
             if not self._store.is_installed(manifest):
@@ -167,10 +321,14 @@ class Deployer:
                 await self._report(command, "verifying", "sha256 and health check")
                 await self._install(manifest, artifact)
                 await self._report(command, "installed", str(self._store.root / manifest.name))
-            loop = asyncio.get_running_loop()
             installed = self._store.get(manifest.name, manifest.version)
             assert installed is not None
-            await loop.run_in_executor(None, health_check, installed.path, manifest)
+            summary = await self._health_check(installed)
+            await self._report(command, "verifying", f"health check passed: {summary}")
+            active = self._store.active(manifest.name)
+            if "shadow" in manifest.metadata and active is not None \
+                    and active.manifest.sha256 != manifest.sha256:
+                await self._shadow(command, installed)
             self._store.activate(manifest.name, manifest.version)
         except (DeploymentFailed, ModelStoreError, OSError) as exc:
             log.warning("deployment failed device=%s model=%s version=%s reason=%s",
@@ -179,6 +337,77 @@ class Deployer:
             return False
         await self._report(command, "activated", f"{manifest.name} {manifest.version} serving")
         return True
+
+    async def _health_check(self, installed: InstalledModel) -> str:
+        manifest = installed.manifest
+        timeout_s = float(manifest.metadata.get("health_check_timeout_s", HEALTH_CHECK_TIMEOUT_S))
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await loop.run_in_executor(None, health_check, installed.path, manifest)
+        except TimeoutError:
+            raise DeploymentFailed(f"health check did not finish in {timeout_s:g} s") from None
+
+    async def _shadow(self, command: DeployCommand, installed: InstalledModel) -> None:
+        """Run the candidate beside the active version; refuse it if they disagree."""
+        try:
+            policy = policy_of(installed.manifest.metadata, "shadow", ShadowPolicy)
+        except ValueError as exc:
+            raise DeploymentFailed(f"manifest's shadow settings are invalid: {exc}") from None
+        run = self.watch.start_shadow(installed, policy)
+        await self._report(command, "shadow", f"running beside the active version for "
+                           f"{policy.predictions} inputs or {policy.duration_s:g} s")
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(policy.duration_s):
+                    await run.enough.wait()
+        finally:
+            self.watch.end_shadow(run)
+        await self._report(command, "shadow", run.summary(), progress=run.agreement)
+        if run.compared and run.agreement < policy.min_agreement:
+            raise DeploymentFailed(
+                f"shadow run: {run.summary()}, below the {policy.min_agreement:.0%} required")
+
+    async def probation(self, command: DeployCommand, previous: InstalledModel | None) -> bool:
+        """Watch the newly active version; True when it is confirmed, False if rolled back."""
+        manifest = command.manifest
+        current = self._store.get(manifest.name, manifest.version)
+        assert current is not None
+        try:
+            policy = policy_of(manifest.metadata, "probation", ProbationPolicy)
+        except ValueError as exc:
+            log.warning("manifest's probation settings are invalid, defaults used: %s", exc)
+            policy = ProbationPolicy()
+        same = previous is not None and previous.manifest.sha256 == manifest.sha256
+        if policy.duration_s == 0 or same:
+            await self._report(command, "confirmed", "no probation")
+            return True
+        watch = self.watch.start_probation(
+            current, previous.manifest.sha256 if previous else None, policy)
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(policy.duration_s):
+                    await watch.tripped.wait()
+        finally:
+            self.watch.end_probation(watch)
+        if watch.verdict is None:
+            await self._report(command, "confirmed", f"probation passed: {watch.summary()}")
+            return True
+        reason = f"probation failed: {watch.verdict}"
+        try:
+            restored = self._restore(manifest.name, previous)
+        except ModelStoreError as exc:
+            await self._report(command, "failed", f"{reason}; rollback impossible: {exc}")
+            return False
+        await self._report(command, "rolled_back", f"{reason}; {restored}")
+        return False
+
+    def _restore(self, name: str, previous: InstalledModel | None) -> str:
+        if previous is None:
+            self._store.deactivate(name)
+            return "no previous version: the model is no longer served"
+        self._store.activate(name, previous.manifest.version)
+        return f"{previous.manifest.version} serving again"
 
     async def _install(self, manifest: ModelManifest, artifact: ChunkFile) -> None:
         loop = asyncio.get_running_loop()
@@ -195,14 +424,18 @@ class Deployer:
     async def _fetch(self, command: DeployCommand) -> ChunkFile:
         manifest = command.manifest
         chunks = ChunkFile(self._store.download_path(manifest.sha256), manifest)
-        progress = asyncio.Event()
-        self._transfers[manifest.sha256] = (chunks, progress)
+        transfer = _Transfer(chunks)
+        progress = transfer.progress
+        self._transfers[manifest.sha256] = transfer
         topic = self._topics.artifact(manifest.sha256)
         await self._transport.subscribe(topic, self._on_chunk)
         last_progress = time.monotonic()
         reported = -1.0
         try:
             while missing := chunks.missing():
+                if transfer.failure is not None:
+                    chunks.discard()
+                    raise DeploymentFailed(transfer.failure)
                 if time.monotonic() - last_progress > STALL_TIMEOUT_S:
                     raise DeploymentFailed(
                         f"transfer stalled: no chunk for {STALL_TIMEOUT_S:.0f} s, "
@@ -216,7 +449,8 @@ class Deployer:
                                        progress=done)
                 window = missing[:REQUEST_WINDOW]
                 await self._request(manifest.sha256, window)
-                while any(i not in chunks.received for i in window):
+                while any(i not in chunks.received for i in window) \
+                        and transfer.failure is None:
                     progress.clear()
                     try:
                         async with asyncio.timeout(5.0):
@@ -250,30 +484,44 @@ class Deployer:
         transfer = self._transfers.get(message.sha256)
         if transfer is None:
             return
-        chunks, progress = transfer
         try:
-            written = await asyncio.get_running_loop().run_in_executor(None, chunks.write, message)
+            written = await asyncio.get_running_loop().run_in_executor(
+                None, transfer.chunks.write, message)
+        except ForeignChunk as exc:
+            self.rejected_messages += 1
+            log.warning("chunk ignored device=%s reason=%s", self.device_id, exc)
+            return
         except ValueError as exc:
             self.rejected_messages += 1
             log.warning("chunk rejected device=%s reason=%s", self.device_id, exc)
+            transfer.refused(message.index, str(exc))
             return
         if written:
-            progress.set()
+            transfer.progress.set()
 
-    async def _rollback(self, command: RollbackCommand) -> None:
+    async def rollback(self, command: RollbackCommand) -> bool:
+        """Return to the previous (or the named) version; True when done."""
         current = self._store.active(command.model_name)
-        try:
-            restored = self._store.rollback(command.model_name)
-        except ModelStoreError as exc:
-            version = current.manifest.version if current else "0.0.0"
+        version = current.manifest.version if current else "0.0.0"
+        refusal = self.refusal(command)
+        if refusal is None:
+            self._ledger.add(command.command_id)
+            try:
+                restored = self._store.rollback(command.model_name, command.to_version)
+            except ModelStoreError as exc:
+                refusal = str(exc)
+        if refusal is not None:
+            self.rejected_messages += 1
             await self._emit(DeploymentEvent(
                 device_id=self.device_id, command_id=command.command_id,
-                model_name=command.model_name, version=version, step="failed", detail=str(exc)))
-            return
+                model_name=command.model_name, version=version, step="failed",
+                detail=f"rollback refused: {refusal}"))
+            return False
         await self._emit(DeploymentEvent(
             device_id=self.device_id, command_id=command.command_id,
             model_name=command.model_name, version=restored.manifest.version, step="rolled_back",
-            detail=f"from {current.manifest.version if current else 'none'}"))
+            detail=f"from {version}"))
+        return True
 
     async def _report(self, command: DeployCommand, step: str, detail: str = "",
                       progress: float | None = None) -> None:

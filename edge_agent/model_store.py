@@ -15,7 +15,13 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_agent.contract import ID_PATTERN, SEMVER_PATTERN, ModelManifest, ModelRef
+from edge_agent.contract import (
+    ID_PATTERN,
+    SEMVER_PATTERN,
+    ModelManifest,
+    ModelRef,
+    version_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -150,12 +156,27 @@ class ModelStore:
         log.info("model activated name=%s version=%s previous=%s", name, version, current)
         return installed
 
-    def rollback(self, name: str) -> InstalledModel:
-        """Reactivate the previously active version."""
-        previous = self._pointer(name)["previous"]
-        if not previous or self.get(name, previous) is None:
+    def rollback(self, name: str, to_version: str | None = None) -> InstalledModel:
+        """Reactivate the previously active version, or `to_version` if given."""
+        target = to_version or self._pointer(name)["previous"]
+        if not target:
             raise ModelStoreError(f"{name} has no previous version to roll back to")
-        return self.activate(name, previous)
+        if self.get(name, target) is None:
+            raise ModelStoreError(f"{name} {target} is not installed here; installed: "
+                                  f"{', '.join(self.versions(name)) or 'none'}")
+        return self.activate(name, target)
+
+    def deactivate(self, name: str) -> None:
+        """Stop serving the model (its versions stay installed)."""
+        current = self._pointer(name)["active"]
+        pointer = {"active": None, "previous": current}
+        write_atomically(self._model_dir(name) / ACTIVE_FILE, json.dumps(pointer).encode())
+        log.info("model deactivated name=%s previous=%s", name, current)
+
+    def newest_version(self, name: str) -> str | None:
+        """The highest version ever installed: older ones arrive only by rollback."""
+        versions = self.versions(name)
+        return max(versions, key=version_key) if versions else None
 
     def active_models(self) -> list[InstalledModel]:
         found = []

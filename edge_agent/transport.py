@@ -222,11 +222,13 @@ class MqttTransport:
             log.warning("mqtt refused client=%s reason=%s", self.client_id, reason_code)
             return
         self.last_error = ""
+        subscribed = set()
         for topic_filter, (_handler, qos) in list(self._subs.handlers.items()):
             client.subscribe(topic_filter, qos)
+            subscribed.add(topic_filter)
         log.info("mqtt connected client=%s broker=%s:%s", self.client_id, self.config.host,
                  self.config.port)
-        self._call_soon(self._set_connected)
+        self._call_soon(self._set_connected, subscribed)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.last_error = f"disconnected: {reason_code}"
@@ -250,7 +252,12 @@ class MqttTransport:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(fn, *args)
 
-    def _set_connected(self) -> None:
+    def _set_connected(self, subscribed: set[str]) -> None:
+        # A handler registered after on_connect's snapshot saw "not connected" and left its
+        # subscription to us: both run on this loop, so none falls between the two.
+        for topic_filter, (_handler, qos) in list(self._subs.handlers.items()):
+            if topic_filter not in subscribed:
+                self._client.subscribe(topic_filter, qos)
         self._connected.set()
         if self._on_connected:
             task = asyncio.ensure_future(self._on_connected())

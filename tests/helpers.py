@@ -9,10 +9,21 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge_agent.contract import ModelManifest, TensorSpec
+from edge_agent.signing import Signer, Verifier
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_MODEL = REPO / "sample_data" / "scrap_model.onnx"
 SAMPLE_METADATA = REPO / "sample_data" / "scrap_model.json"
+
+# Central's signing key in tests; agents in tests trust it.
+TEST_SIGNER = Signer.generate()
+TEST_VERIFIER = Verifier(TEST_SIGNER.public_key)
+
+
+def write_test_keys(folder: Path) -> tuple[Path, Path]:
+    """The test signing key as central and agents read it: (private key, public key)."""
+    private = Path(folder) / "signing.key"
+    return private, TEST_SIGNER.save(private)
 
 
 def manifest_for(path: Path, name: str = "extruder-scrap", version: str = "1.0.0",
@@ -20,7 +31,7 @@ def manifest_for(path: Path, name: str = "extruder-scrap", version: str = "1.0.0
     """A manifest for an ONNX file, as central would publish it (sample model's specs)."""
     data = path.read_bytes()
     meta = json.loads(SAMPLE_METADATA.read_text()) if metadata is None else metadata
-    return ModelManifest(
+    return TEST_SIGNER.signed(ModelManifest(
         name=name,
         version=version,
         kind="process",
@@ -30,7 +41,7 @@ def manifest_for(path: Path, name: str = "extruder-scrap", version: str = "1.0.0
         inputs=[TensorSpec(name="features", dtype="float32", shape=[None, 6])],
         outputs=[TensorSpec(name="scrap_rate_pct", dtype="float32", shape=[None, 1])],
         metadata=meta,
-    )
+    ))
 
 
 class Scrape:

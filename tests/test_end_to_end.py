@@ -61,6 +61,7 @@ def write_configs(workdir: Path, mqtt_port: int, opcua_endpoint: str, protocol: 
         "artifact_dir: central/artifacts\n"
         "chunk_size_bytes: 16384\n"
         "web: {port: 0}\n"
+        "signing_key_path: central/keys/signing.key\n"
     )
     agent_port = free_port()
     agent = workdir / "agent.yaml"
@@ -77,6 +78,7 @@ def write_configs(workdir: Path, mqtt_port: int, opcua_endpoint: str, protocol: 
         "  - {name: scrap, source: line1, model: extruder-scrap, interval_s: 0.5}\n"
         "uplink: {batch_size: 20, ack_timeout_s: 3}\n"
         f"ui: {{port: {agent_port}}}\n"
+        "security: {central_public_key: central/keys/signing.pub}\n"
         "status_interval_s: 1\n"
     )
     return central, agent, agent_port
@@ -88,6 +90,8 @@ def plant(request: pytest.FixtureRequest, tmp_path: Path, mosquitto: Mosquitto,
     central_cfg, agent_cfg, agent_port = write_configs(
         tmp_path, mosquitto.port, line_simulator.endpoint, request.param)
     plant = Plant(tmp_path, central_cfg, agent_cfg, agent_port, {})
+    keys = plant.central("keys", "init")
+    assert keys.returncode == 0, keys.stderr
     yield plant
     for process in plant.processes.values():
         if process.poll() is None:

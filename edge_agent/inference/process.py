@@ -19,6 +19,7 @@ from edge_agent.buffer import Buffer
 from edge_agent.config import ProcessPipelineConfig
 from edge_agent.contract import RECORD_PREDICTION, PredictionPayload
 from edge_agent.inference.runtime import ModelLoadError, OnnxRunner
+from edge_agent.lifecycle import ModelWatch
 from edge_agent.model_store import InstalledModel, ModelStore
 from edge_agent.sources.opcua import TagValue
 
@@ -70,13 +71,15 @@ class PipelineState:
 
 class ProcessPipeline:
     def __init__(self, config: ProcessPipelineConfig, latest: Mapping[str, TagValue],
-                 store: ModelStore, buffer: Buffer) -> None:
+                 store: ModelStore, buffer: Buffer, watch: ModelWatch | None = None) -> None:
         self.config = config
         self.name = config.name
         self._latest = latest
         self._store = store
         self._buffer = buffer
+        self._watch = watch or ModelWatch()
         self._runner: OnnxRunner | None = None
+        self._shadow_runner: OnnxRunner | None = None
         self._failed_sha: str | None = None
         self.status = PipelineState(detail=f"waiting for model {config.model}")
 
@@ -117,10 +120,19 @@ class ProcessPipeline:
         except FeatureError as exc:
             self._set("no_prediction", str(exc))
             return None
+        feed = {runner.manifest.inputs[0].name: row}
         started = time.perf_counter()
-        input_name = runner.manifest.inputs[0].name
-        outputs = await loop.run_in_executor(None, runner.run, {input_name: row})
+        try:
+            outputs = await loop.run_in_executor(None, runner.run, feed)
+        except Exception as exc:  # ORT raises several unrelated types
+            latency_ms = (time.perf_counter() - started) * 1000
+            self._watch.observe(runner.manifest.name, runner.manifest.sha256, None, latency_ms,
+                                error=str(exc))
+            self._set("error", f"inference failed: {exc}")
+            return None
         latency_ms = (time.perf_counter() - started) * 1000
+        self._watch.observe(runner.manifest.name, runner.manifest.sha256, outputs, latency_ms)
+        await self._run_shadow(feed, outputs)
         payload = PredictionPayload(
             pipeline=self.name,
             model=runner.manifest.ref,
@@ -133,6 +145,28 @@ class ProcessPipeline:
         self.status.last_prediction = payload
         self._set("running", "")
         return payload
+
+    async def _run_shadow(self, feed: dict[str, np.ndarray],
+                          active: dict[str, np.ndarray]) -> None:
+        """Give the same input to a version being shadowed; its outputs are only compared."""
+        candidate = self._watch.shadow_candidate(self.config.model)
+        if candidate is None:
+            self._shadow_runner = None
+            return
+        loop = asyncio.get_running_loop()
+        shadow: dict[str, np.ndarray] | None = None
+        try:
+            if self._shadow_runner is None or \
+                    self._shadow_runner.manifest.sha256 != candidate.manifest.sha256:
+                self._shadow_runner = await loop.run_in_executor(
+                    None, OnnxRunner, candidate.path, candidate.manifest)
+            name = candidate.manifest.inputs[0].name
+            shadow = await loop.run_in_executor(
+                None, self._shadow_runner.run, {name: next(iter(feed.values()))})
+        except Exception as exc:  # a failing candidate counts against it, nothing more
+            log.info("shadow inference failed pipeline=%s version=%s error=%s", self.name,
+                     candidate.manifest.version, exc)
+        self._watch.observe_shadow(self.config.model, active, shadow)
 
     def _set(self, state: str, detail: str) -> None:
         if (state, detail) != (self.status.state, self.status.detail):

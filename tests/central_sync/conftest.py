@@ -10,6 +10,7 @@ from central_helpers import make_onnx_model
 
 from central_sync.config import CentralConfig
 from central_sync.db import CentralDB
+from tests.helpers import write_test_keys
 
 
 @pytest.fixture
@@ -31,4 +32,5 @@ def central_config(tmp_path: Path) -> CentralConfig:
         artifact_dir=tmp_path / "artifacts",
         chunk_size_bytes=1024,
         web={"port": 0},
+        signing_key_path=write_test_keys(tmp_path / "keys")[0],
     )

@@ -22,6 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from central_sync.cli import build_parser, main
 from edge_agent.contract import DeployCommand, DeploymentEvent, Topics, decode, encode
+from tests.helpers import write_test_keys
 
 REPO = Path(__file__).resolve().parents[2]
 TOPICS = Topics()
@@ -39,6 +40,7 @@ def write_config(folder: Path, broker_port: int = 1883, web_port: int = 0) -> Pa
         "chunk_size_bytes: 1024\n"
         f"web:\n  port: {web_port}\n"
     )
+    write_test_keys(folder / "var" / "central" / "keys")  # the default signing_key_path
     return path
 
 
@@ -268,6 +270,9 @@ def test_serve_runs_until_sigterm_then_exits_0(mosquitto, tmp_path: Path) -> Non
                 with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/healthz",
                                             timeout=1) as response:
                     health = json.loads(response.read())
+                if health["status"] != "ok":  # still starting
+                    health = None
+                    time.sleep(0.1)
             except OSError:
                 time.sleep(0.1)
         assert health is not None and health["status"] == "ok"

@@ -13,6 +13,7 @@ from central_sync.registry import publish_model
 from central_sync.service import CentralService
 from edge_agent.contract import ArtifactChunk, ChunkRequest, ModelManifest, Topics, decode, encode
 from edge_agent.transport import MemoryBroker, MemoryTransport
+from tests.helpers import TEST_SIGNER
 
 TOPICS = Topics()
 
@@ -22,7 +23,7 @@ def _publish(config: CentralConfig, tmp_path: Path) -> ModelManifest:
     db = CentralDB(config.database_path)
     try:
         return publish_model(db, config.artifact_dir, model, "scrap-model", "1.0.0",
-                             chunk_size_bytes=config.chunk_size_bytes)
+                             chunk_size_bytes=config.chunk_size_bytes, signer=TEST_SIGNER)
     finally:
         db.close()
 

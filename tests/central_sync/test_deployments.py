@@ -15,6 +15,7 @@ from central_sync.registry import publish_model
 from central_sync.service import CentralService
 from edge_agent.contract import DeployCommand, DeploymentEvent, Topics, decode, encode
 from edge_agent.transport import MemoryBroker, MemoryTransport
+from tests.helpers import TEST_SIGNER, TEST_VERIFIER
 
 TOPICS = Topics()
 
@@ -48,7 +49,7 @@ class FakeDevice:
 def published(central_config: CentralConfig, tmp_path: Path) -> CentralConfig:
     db = CentralDB(central_config.database_path)
     publish_model(db, central_config.artifact_dir, make_onnx_model(tmp_path / "m.onnx"),
-                  "scrap-model", "1.0.0")
+                  "scrap-model", "1.0.0", signer=TEST_SIGNER)
     db.close()
     return central_config
 
@@ -63,10 +64,13 @@ def test_deploy_sends_the_stored_manifest_and_records_deployment_and_audit(
         central = MemoryTransport(broker)
         await central.start()
         db = CentralDB(published.database_path)
-        command = await deploy(db, central, "scrap-model", "1.0.0", "gw-1", "alice")
+        command = await deploy(db, central, TEST_SIGNER, "scrap-model", "1.0.0", "gw-1",
+                               "alice")
         [received] = device.commands
         assert received == command
         assert received.manifest == db.get_model("scrap-model", "1.0.0")
+        TEST_VERIFIER.verify(received, "deploy command")
+        TEST_VERIFIER.verify(received.manifest, "manifest")
         assert db.get_deployment(command.command_id)["state"] == "issued"
         assert ("model.deploy", "alice") in {(a["action"], a["actor"]) for a in db.list_audit()}
         db.close()
@@ -83,7 +87,7 @@ def test_deploy_of_unknown_version_is_refused_before_sending(published: CentralC
         await central.start()
         db = CentralDB(published.database_path)
         with pytest.raises(UnknownModel, match=r"scrap-model 9\.0\.0 is not in the registry"):
-            await deploy(db, central, "scrap-model", "9.0.0", "gw-1", "alice")
+            await deploy(db, central, TEST_SIGNER, "scrap-model", "9.0.0", "gw-1", "alice")
         assert device.commands == []
         db.close()
 
@@ -101,7 +105,7 @@ def test_deployment_steps_reach_the_service_and_its_database(published: CentralC
         await cli.start()
         seen: list[str] = []
         command, final = await deploy_and_wait(
-            service.db, cli, "scrap-model", "1.0.0", "gw-1", "alice", timeout_s=5,
+            service.db, cli, TEST_SIGNER, "scrap-model", "1.0.0", "gw-1", "alice", timeout_s=5,
             on_event=lambda e: seen.append(e.step))
         assert final is not None and final.step == "activated"
         assert seen == ["received", "downloading", "activated"]
@@ -120,8 +124,8 @@ def test_failed_deployment_is_reported_with_its_detail(published: CentralConfig)
         cli = MemoryTransport(broker)
         await cli.start()
         db = CentralDB(published.database_path)
-        _, final = await deploy_and_wait(db, cli, "scrap-model", "1.0.0", "gw-1", "alice",
-                                         timeout_s=5)
+        _, final = await deploy_and_wait(db, cli, TEST_SIGNER, "scrap-model", "1.0.0", "gw-1",
+                                         "alice", timeout_s=5)
         assert final is not None
         assert (final.step, final.detail) == ("failed", "health check failed")
         db.close()
@@ -136,8 +140,8 @@ def test_silent_device_times_out_without_final_event(published: CentralConfig) -
         cli = MemoryTransport(broker)
         await cli.start()
         db = CentralDB(published.database_path)
-        _, final = await deploy_and_wait(db, cli, "scrap-model", "1.0.0", "gw-1", "alice",
-                                         timeout_s=0.2)
+        _, final = await deploy_and_wait(db, cli, TEST_SIGNER, "scrap-model", "1.0.0", "gw-1",
+                                         "alice", timeout_s=0.2)
         assert final is None
         db.close()
 

@@ -11,14 +11,20 @@ from central_helpers import make_onnx_model
 
 from central_sync.db import CentralDB
 from central_sync.registry import RegistryError, artifact_path, publish_model
+from edge_agent.contract import ModelManifest
+from tests.helpers import TEST_SIGNER, TEST_VERIFIER
+
+
+def publish(*args, **kwargs) -> ModelManifest:
+    return publish_model(*args, signer=TEST_SIGNER, **kwargs)
 
 
 def test_publish_valid_model_stores_artifact_and_manifest(
     db: CentralDB, onnx_file: Path, tmp_path: Path
 ) -> None:
     artifacts = tmp_path / "artifacts"
-    manifest = publish_model(db, artifacts, onnx_file, "scrap-model", "1.0.0",
-                             chunk_size_bytes=64, published_by="alice")
+    manifest = publish(db, artifacts, onnx_file, "scrap-model", "1.0.0",
+                       chunk_size_bytes=64, published_by="alice")
     data = onnx_file.read_bytes()
     assert manifest.sha256 == hashlib.sha256(data).hexdigest()
     assert manifest.size_bytes == len(data)
@@ -29,13 +35,15 @@ def test_publish_valid_model_stores_artifact_and_manifest(
     assert [(s.name, s.dtype, s.shape) for s in manifest.outputs] == [("y", "float32", [None, 1])]
     assert db.get_model("scrap-model", "1.0.0") == manifest
     assert not list(artifacts.glob(".incoming-*"))
+    assert manifest.key_id == TEST_SIGNER.key_id
+    TEST_VERIFIER.verify(manifest, "manifest")  # signed over what is stored
 
 
 def test_same_bytes_again_is_a_no_op_returning_the_stored_manifest(
     db: CentralDB, onnx_file: Path, tmp_path: Path
 ) -> None:
-    first = publish_model(db, tmp_path / "a", onnx_file, "scrap-model", "1.0.0")
-    again = publish_model(db, tmp_path / "a", onnx_file, "scrap-model", "1.0.0",
+    first = publish(db, tmp_path / "a", onnx_file, "scrap-model", "1.0.0")
+    again = publish(db, tmp_path / "a", onnx_file, "scrap-model", "1.0.0",
                           published_by="someone-else")
     assert again == first
     assert len(db.list_models()) == 1
@@ -44,14 +52,14 @@ def test_same_bytes_again_is_a_no_op_returning_the_stored_manifest(
 def test_different_bytes_under_existing_version_are_refused(
     db: CentralDB, onnx_file: Path, tmp_path: Path
 ) -> None:
-    first = publish_model(db, tmp_path / "a", onnx_file, "surface-defects", "1.4.0")
+    first = publish(db, tmp_path / "a", onnx_file, "surface-defects", "1.4.0")
     other = make_onnx_model(tmp_path / "other.onnx", weight=2.0)
     with pytest.raises(RegistryError) as refused:
-        publish_model(db, tmp_path / "a", other, "surface-defects", "1.4.0")
+        publish(db, tmp_path / "a", other, "surface-defects", "1.4.0")
     assert str(refused.value) == (
         f"surface-defects 1.4.0 already exists with sha256 {first.sha256[:12]}...; "
         "versions are immutable, publish 1.4.1")
-    assert publish_model(db, tmp_path / "a", other, "surface-defects", "1.4.1").version == "1.4.1"
+    assert publish(db, tmp_path / "a", other, "surface-defects", "1.4.1").version == "1.4.1"
 
 
 def test_file_that_is_not_onnx_is_refused_naming_file_and_reason(
@@ -60,7 +68,7 @@ def test_file_that_is_not_onnx_is_refused_naming_file_and_reason(
     bogus = tmp_path / "notes.onnx"
     bogus.write_text("this is not a model")
     with pytest.raises(RegistryError, match=r"notes\.onnx is not a model ONNX Runtime can load: "):
-        publish_model(db, tmp_path / "a", bogus, "scrap-model", "1.0.0")
+        publish(db, tmp_path / "a", bogus, "scrap-model", "1.0.0")
     assert db.list_models() == []
     assert not (tmp_path / "a").exists() or not list((tmp_path / "a").iterdir())
 
@@ -68,11 +76,11 @@ def test_file_that_is_not_onnx_is_refused_naming_file_and_reason(
 def test_missing_file_and_bad_version_are_refused(db: CentralDB, onnx_file: Path,
                                                   tmp_path: Path) -> None:
     with pytest.raises(RegistryError, match="not found"):
-        publish_model(db, tmp_path, tmp_path / "absent.onnx", "m", "1.0.0")
+        publish(db, tmp_path, tmp_path / "absent.onnx", "m", "1.0.0")
     with pytest.raises(RegistryError, match="not a semantic version"):
-        publish_model(db, tmp_path, onnx_file, "m", "1.0")
+        publish(db, tmp_path, onnx_file, "m", "1.0")
     with pytest.raises(RegistryError, match="name"):
-        publish_model(db, tmp_path, onnx_file, "bad name", "1.0.0")
+        publish(db, tmp_path, onnx_file, "bad name", "1.0.0")
 
 
 def test_metadata_file_is_copied_whole_and_supplies_name_and_version(
@@ -86,7 +94,7 @@ def test_metadata_file_is_copied_whole_and_supplies_name_and_version(
     }
     meta_file = tmp_path / "meta.json"
     meta_file.write_text(json.dumps(meta))
-    manifest = publish_model(db, tmp_path / "a", onnx_file, metadata=meta_file)
+    manifest = publish(db, tmp_path / "a", onnx_file, metadata=meta_file)
     assert (manifest.name, manifest.version, manifest.kind) == ("scrap-model", "2.0.0", "process")
     assert manifest.metadata == meta
 
@@ -94,7 +102,7 @@ def test_metadata_file_is_copied_whole_and_supplies_name_and_version(
 def test_explicit_arguments_win_over_metadata(db: CentralDB, onnx_file: Path,
                                               tmp_path: Path) -> None:
     meta = {"name": "scrap-model", "version": "2.0.0", "kind": "process"}
-    manifest = publish_model(db, tmp_path, onnx_file, name="other", version="3.0.0",
+    manifest = publish(db, tmp_path, onnx_file, name="other", version="3.0.0",
                              kind="vision", metadata=meta)
     assert (manifest.name, manifest.version, manifest.kind) == ("other", "3.0.0", "vision")
 
@@ -105,7 +113,7 @@ def test_metadata_spec_mismatch_is_refused_saying_what_differs(
     meta = {"inputs": [{"name": "features", "dtype": "float32", "shape": [None, 6]}],
             "outputs": [{"name": "scrap_rate_pct", "dtype": "float32", "shape": [None, 1]}]}
     with pytest.raises(RegistryError) as refused:
-        publish_model(db, tmp_path, onnx_file, "scrap-model", "1.0.0", metadata=meta)
+        publish(db, tmp_path, onnx_file, "scrap-model", "1.0.0", metadata=meta)
     message = str(refused.value)
     assert "input 'features' has shape ?x3 in the model, metadata says ?x6" in message
     assert "outputs are ['y'] in the model, metadata says ['scrap_rate_pct']" in message
@@ -115,7 +123,7 @@ def test_metadata_spec_mismatch_is_refused_saying_what_differs(
 def test_named_dynamic_dimension_matches_null(db: CentralDB, tmp_path: Path) -> None:
     model = make_onnx_model(tmp_path / "m.onnx")
     meta = {"inputs": [{"name": "features", "dtype": "float32", "shape": ["batch", 3]}]}
-    assert publish_model(db, tmp_path, model, "m", "1.0.0", metadata=meta).version == "1.0.0"
+    assert publish(db, tmp_path, model, "m", "1.0.0", metadata=meta).version == "1.0.0"
 
 
 def test_unreadable_metadata_file_is_refused(db: CentralDB, onnx_file: Path,
@@ -123,11 +131,11 @@ def test_unreadable_metadata_file_is_refused(db: CentralDB, onnx_file: Path,
     bad = tmp_path / "meta.json"
     bad.write_text("{not json")
     with pytest.raises(RegistryError, match=r"meta\.json is not readable JSON"):
-        publish_model(db, tmp_path, onnx_file, "m", "1.0.0", metadata=bad)
+        publish(db, tmp_path, onnx_file, "m", "1.0.0", metadata=bad)
 
 
 def test_same_bytes_under_two_versions_share_chunking(db: CentralDB, onnx_file: Path,
                                                       tmp_path: Path) -> None:
-    first = publish_model(db, tmp_path, onnx_file, "m", "1.0.0", chunk_size_bytes=2048)
-    second = publish_model(db, tmp_path, onnx_file, "m", "1.0.1", chunk_size_bytes=4096)
+    first = publish(db, tmp_path, onnx_file, "m", "1.0.0", chunk_size_bytes=2048)
+    second = publish(db, tmp_path, onnx_file, "m", "1.0.1", chunk_size_bytes=4096)
     assert second.chunk_size_bytes == first.chunk_size_bytes == 2048

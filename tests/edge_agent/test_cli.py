@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from edge_agent.cli import main
-from tests.helpers import REPO, SAMPLE_MODEL, manifest_for
+from tests.helpers import REPO, SAMPLE_MODEL, TEST_SIGNER, manifest_for, write_test_keys
 
 
-def test_check_config_summarises_a_good_file(capsys) -> None:
-    assert main(["check-config", "-c", str(REPO / "deploy" / "edge-agent.example.yaml")]) == 0
+def test_check_config_summarises_a_good_file(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "edge-agent.yaml"
+    shutil.copy(REPO / "deploy" / "edge-agent.example.yaml", config)
+    _, public = write_test_keys(tmp_path)
+    public.rename(tmp_path / "central-signing.pub")  # the name the example uses
+    assert main(["check-config", "-c", str(config)]) == 0
     out = capsys.readouterr().out
     assert "OK" in out and "line1-gw1" in out and "extruder-scrap" in out
+    assert f"signed by key {TEST_SIGNER.key_id} only" in out
+
+
+def test_check_config_and_run_refuse_without_central_public_key(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "edge-agent.yaml"
+    shutil.copy(REPO / "deploy" / "edge-agent.example.yaml", config)
+    for command in ("check-config", "run"):
+        assert main([command, "-c", str(config)]) == 2
+        err = capsys.readouterr().err
+        assert "central-signing.pub not found" in err and "keys init" in err, err
+    config.write_text("device_id: gw1\n")
+    assert main(["check-config", "-c", str(config)]) == 2
+    assert "central_public_key is required" in capsys.readouterr().err
 
 
 def test_bad_config_exits_2_naming_file_and_field(tmp_path: Path, capsys) -> None:
@@ -29,7 +47,7 @@ def test_status_reads_buffer_and_model_store(tmp_path: Path, capsys, monkeypatch
     from edge_agent.model_store import ModelStore
 
     path = tmp_path / "agent.yaml"
-    path.write_text("device_id: gw1\ndata_dir: state\n")
+    path.write_text("device_id: gw1\ndata_dir: state\nsecurity: {verify_signatures: false}\n")
     assert main(["status", "-c", str(path)]) == 0
     assert "has not run here" in capsys.readouterr().out
     buffer = Buffer(tmp_path / "state" / "buffer.db", 10**6)

@@ -21,6 +21,8 @@ pipelines:
   - name: scrap
     source: line1
     model: extruder-scrap
+security:
+  central_public_key: keys/central.pub
 """
 
 
@@ -41,6 +43,7 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
     config = load_agent_config(write(tmp_path, GOOD + "data_dir: state\n"))
     assert config.data_dir == (tmp_path / "state").resolve()
     assert config.buffer_path == config.data_dir / "buffer.db"
+    assert config.security.central_public_key == (tmp_path / "keys" / "central.pub").resolve()
 
 
 def test_wrong_value_names_file_line_and_field(tmp_path: Path) -> None:
@@ -48,7 +51,7 @@ def test_wrong_value_names_file_line_and_field(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_agent_config(path)
     message = str(err.value)
-    assert f"{path}:11: broker.port" in message
+    assert f"{path}:13: broker.port" in message
     assert "less than or equal to 65535" in message
 
 

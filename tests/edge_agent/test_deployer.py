@@ -22,9 +22,14 @@ from edge_agent.contract import (
 from edge_agent.deployer import ChunkFile, Deployer
 from edge_agent.model_store import ModelStore
 from edge_agent.transport import MemoryBroker, MemoryTransport
-from tests.helpers import SAMPLE_MODEL, manifest_for
+from tests.helpers import SAMPLE_MODEL, TEST_SIGNER, TEST_VERIFIER, manifest_for
 
 TOPICS = Topics()
+signed = TEST_SIGNER.signed
+
+
+def deploy_command(manifest: ModelManifest, device_id: str = "gw1") -> DeployCommand:
+    return signed(DeployCommand(device_id=device_id, manifest=manifest))
 
 
 @dataclass
@@ -79,7 +84,7 @@ async def setup(tmp_path: Path, artifact: bytes, corrupt_once: int | None = None
     await device.start()
     store = ModelStore(tmp_path / "models")
     buffer = Buffer(tmp_path / "buffer.db", 10**7)
-    deployer = Deployer("gw1", TOPICS, device, store, buffer)
+    deployer = Deployer("gw1", TOPICS, device, store, buffer, TEST_VERIFIER)
     await deployer.start()
     return Harness(central, server, deployer, store, buffer, events)
 
@@ -89,7 +94,7 @@ def test_pushed_version_is_fetched_verified_and_activated(tmp_path: Path) -> Non
         h = await setup(
             tmp_path, SAMPLE_MODEL.read_bytes(), corrupt_once=2)
         manifest = manifest_for(SAMPLE_MODEL)
-        command = DeployCommand(device_id="gw1", manifest=manifest)
+        command = signed(DeployCommand(device_id="gw1", manifest=manifest))
         assert await h.deployer.deploy(command)
         assert h.store.active("extruder-scrap").manifest.sha256 == manifest.sha256
         steps = [e.step for e in h.events]
@@ -113,8 +118,8 @@ def test_artifact_not_matching_manifest_never_becomes_active(tmp_path: Path) -> 
         h = await setup(tmp_path, bytes(tampered))
         h.store.install(good, SAMPLE_MODEL)
         h.store.activate("extruder-scrap", "1.0.0")
-        next_version = good.model_copy(update={"version": "1.1.0"})
-        ok = await h.deployer.deploy(DeployCommand(device_id="gw1", manifest=next_version))
+        next_version = signed(good.model_copy(update={"version": "1.1.0"}))
+        ok = await h.deployer.deploy(deploy_command(next_version))
         assert not ok
         assert h.events[-1].step == "failed" and "sha256" in h.events[-1].detail
         assert h.store.active("extruder-scrap").manifest.version == "1.0.0"
@@ -131,7 +136,7 @@ def test_model_failing_its_golden_check_is_not_activated(tmp_path: Path) -> None
         metadata = json.loads((SAMPLE_MODEL.with_suffix(".json")).read_text())
         metadata["golden"]["output"] = [[999.0]]
         manifest = manifest_for(SAMPLE_MODEL, metadata=metadata)
-        assert not await h.deployer.deploy(DeployCommand(device_id="gw1", manifest=manifest))
+        assert not await h.deployer.deploy(deploy_command(manifest))
         assert h.events[-1].step == "failed" and "golden input" in h.events[-1].detail
         assert h.store.active("extruder-scrap") is None
         await h.buffer.close()
@@ -149,7 +154,7 @@ def test_interrupted_transfer_resumes_with_only_missing_chunks(tmp_path: Path) -
             data = artifact[index * 16384:(index + 1) * 16384]
             partial.write(ArtifactChunk.build(manifest.sha256, index, manifest.chunk_count, data))
         h = await setup(tmp_path, artifact)
-        assert await h.deployer.deploy(DeployCommand(device_id="gw1", manifest=manifest))
+        assert await h.deployer.deploy(deploy_command(manifest))
         assert sorted(h.server.requested) == list(range(3, manifest.chunk_count))
         await h.buffer.close()
 
@@ -160,7 +165,7 @@ def test_commands_for_another_device_or_malformed_are_ignored(tmp_path: Path) ->
     async def scenario() -> None:
         h = await setup(
             tmp_path, SAMPLE_MODEL.read_bytes())
-        other = DeployCommand(device_id="gw2", manifest=manifest_for(SAMPLE_MODEL))
+        other = deploy_command(manifest_for(SAMPLE_MODEL), device_id="gw2")
         await h.central.publish(TOPICS.commands("gw1"), encode(other))
         await h.central.publish(TOPICS.commands("gw1"), b"{garbage")
         await asyncio.sleep(0.05)
@@ -178,7 +183,7 @@ def test_rollback_command_restores_previous_version(tmp_path: Path) -> None:
         for version in ("1.0.0", "1.1.0"):
             h.store.install(manifest_for(SAMPLE_MODEL, version=version), SAMPLE_MODEL)
             h.store.activate("extruder-scrap", version)
-        command = RollbackCommand(device_id="gw1", model_name="extruder-scrap")
+        command = signed(RollbackCommand(device_id="gw1", model_name="extruder-scrap"))
         await h.central.publish(TOPICS.commands("gw1"), encode(command))
         assert h.events[-1].step == "rolled_back" and h.events[-1].version == "1.0.0"
         assert h.store.active("extruder-scrap").manifest.version == "1.0.0"

@@ -20,7 +20,7 @@ from edge_agent.httpserver import WebServer
 from edge_agent.metrics import buffer_metric_families
 from edge_agent.transport import MemoryBroker, MemoryTransport
 from tests.conftest import free_port
-from tests.helpers import Scrape
+from tests.helpers import Scrape, write_test_keys
 
 
 def agent_config(tmp_path: Path, device_id: str = "gw-1") -> AgentConfig:
@@ -31,6 +31,7 @@ def agent_config(tmp_path: Path, device_id: str = "gw-1") -> AgentConfig:
                      "nodes": {"zone2_temp_c": "ns=2;s=zone2_temp_c"}}],
         "pipelines": [{"name": "scrap", "source": "line-1", "model": "extruder-scrap"}],
         "ui": {"port": 0},
+        "security": {"central_public_key": str(write_test_keys(tmp_path / "keys")[1])},
     })
 
 

@@ -84,6 +84,7 @@ class Plant:
             "artifact_dir: central/artifacts\n"
             "chunk_size_bytes: 16384\n"
             "web: {port: 0}\n"
+            "signing_key_path: central/keys/signing.key\n"
         )
         nodes = ", ".join(f"{tag}: 'ns=2;s=line1.{tag}'" for tag in TAGS)
         self.agent_config.write_text(
@@ -97,6 +98,7 @@ class Plant:
             f"  - {{name: scrap, source: line1, model: {MODEL}, interval_s: 0.05}}\n"
             "uplink: {batch_size: 20, ack_timeout_s: 2}\n"
             "ui: {port: 0}\n"
+            "security: {central_public_key: central/keys/signing.pub}\n"
             "status_interval_s: 1\n"
             + (f"buffer: {{quota_bytes: {self.quota_bytes}}}\n" if self.quota_bytes else "")
         )
@@ -105,6 +107,8 @@ class Plant:
 
     def start(self) -> Plant:
         """Publish the sample model, start central and the agent, deploy, wait for records."""
+        keys = self.central_cli("keys", "init")
+        assert keys.returncode == 0, keys.stdout + keys.stderr
         published = self.central_cli("model", "publish", str(SAMPLE_MODEL), "--name", MODEL,
                                      "--version", VERSION, "--metadata", str(SAMPLE_METADATA))
         assert published.returncode == 0, published.stdout + published.stderr

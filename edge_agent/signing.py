@@ -1,0 +1,178 @@
+"""Ed25519 signatures over a canonical JSON encoding: central signs, agents verify.
+
+Central signs every model manifest when it is published and every command it sends; an agent
+accepts a manifest or command only with a valid signature by the key in its configuration.
+The signed bytes are the message as JSON without its `signature` field, keys sorted, no
+whitespace: both sides compute them the same way from the same pydantic model.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import BaseModel
+
+M = TypeVar("M", bound=BaseModel)
+
+
+
+class SignatureError(Exception):
+    """A signature is missing, malformed, by another key or does not match the content."""
+
+
+class KeyFileError(Exception):
+    """A key file is missing or unreadable; the message says what to do."""
+
+
+def canonical_bytes(message: BaseModel) -> bytes:
+    """The bytes a signature covers: the message's JSON without `signature`, keys sorted."""
+    data = message.model_dump(mode="json", exclude={"signature"})
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                      allow_nan=False).encode("ascii")
+
+
+def key_id(public_key: Ed25519PublicKey) -> str:
+    """A short, stable name for a public key: the first 16 hex digits of its SHA-256."""
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+class Signer:
+    """Central's private key."""
+
+    def __init__(self, private_key: Ed25519PrivateKey) -> None:
+        self._key = private_key
+        self.public_key = private_key.public_key()
+        self.key_id = key_id(self.public_key)
+
+    @classmethod
+    def generate(cls) -> Signer:
+        return cls(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Signer:
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise KeyFileError(
+                f"signing key {path} not found; create one with `central-sync keys init`"
+            ) from None
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+        except ValueError as exc:
+            raise KeyFileError(f"signing key {path} is not a PEM private key: {exc}") from None
+        if not isinstance(key, Ed25519PrivateKey):
+            raise KeyFileError(f"signing key {path} is not an Ed25519 key")
+        return cls(key)
+
+    def sign(self, message: BaseModel) -> str:
+        """Base64 signature of the message's canonical bytes."""
+        return base64.b64encode(self._key.sign(canonical_bytes(message))).decode("ascii")
+
+    def signed(self, message: M) -> M:
+        """A copy of the message carrying this key's id and its signature."""
+        named = message.model_copy(update={"key_id": self.key_id, "signature": ""})
+        return named.model_copy(update={"signature": self.sign(named)})
+
+    def save(self, private_path: str | Path) -> Path:
+        """Write the private key (mode 600, atomically) and the public key beside it
+        (same name, `.pub`); returns the public key's path."""
+        private_path = Path(private_path)
+        private_path.parent.mkdir(parents=True, exist_ok=True)
+        pem = self._key.private_bytes(serialization.Encoding.PEM,
+                                      serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption())
+        temp = private_path.with_name(f".{private_path.name}.tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(pem)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, private_path)
+        public_path = private_path.with_suffix(".pub")
+        public_path.write_text(self.public_pem(), encoding="ascii")
+        return public_path
+
+    def public_pem(self) -> str:
+        return public_key_pem(self.public_key)
+
+
+class Verifier:
+    """The public key an agent trusts."""
+
+    def __init__(self, public_key: Ed25519PublicKey) -> None:
+        self.public_key = public_key
+        self.key_id = key_id(public_key)
+
+    @classmethod
+    def from_pem(cls, text: str, origin: str = "public key") -> Verifier:
+        try:
+            key = serialization.load_pem_public_key(text.encode("ascii"))
+        except (ValueError, UnicodeEncodeError) as exc:
+            raise KeyFileError(f"{origin} is not a PEM public key: {exc}") from None
+        if not isinstance(key, Ed25519PublicKey):
+            raise KeyFileError(f"{origin} is not an Ed25519 public key")
+        return cls(key)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Verifier:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="ascii")
+        except FileNotFoundError:
+            raise KeyFileError(
+                f"central's public key {path} not found; copy the signing.pub that "
+                "`central-sync keys init` wrote on central"
+            ) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise KeyFileError(f"central's public key {path} is unreadable: {exc}") from None
+        return cls.from_pem(text, origin=str(path))
+
+    def verify(self, message: Any, what: str) -> None:
+        """Raise SignatureError unless `message.signature` is this key's over its content."""
+        signature = getattr(message, "signature", "")
+        signer = getattr(message, "key_id", "")
+        if not signature:
+            raise SignatureError(f"{what} is unsigned; only signed {what}s are accepted")
+        if signer and signer != self.key_id:
+            raise SignatureError(
+                f"{what} is signed by key {signer}, this agent trusts key {self.key_id}; "
+                "check the public key in the agent's configuration"
+            )
+        try:
+            raw = base64.b64decode(signature, validate=True)
+            self.public_key.verify(raw, canonical_bytes(message))
+        except (InvalidSignature, ValueError):
+            raise SignatureError(
+                f"{what} signature does not match its content (altered after signing, or "
+                f"signed by another key than {self.key_id})"
+            ) from None
+
+
+def public_key_pem(public_key: Ed25519PublicKey) -> str:
+    return public_key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode("ascii")
+
+
+def write_key_pair(private_path: str | Path, force: bool = False) -> tuple[Path, Path, Signer]:
+    """Create the private key (owner-only) and the public key beside it (`.pub`); never
+    overwrite an existing key unless `force`, since agents trust the old one."""
+    private_path = Path(private_path)
+    if private_path.exists() and not force:
+        raise KeyFileError(
+            f"{private_path} already exists and agents trust it; use --force to replace it, "
+            f"then give every agent the new {private_path.with_suffix('.pub').name}"
+        )
+    signer = Signer.generate()
+    public_path = signer.save(private_path)
+    return private_path, public_path, signer
