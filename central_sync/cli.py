@@ -395,6 +395,10 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--by", default=_user(), help="who deploys, for the audit log")
     deploy.set_defaults(func=cmd_deploy)
 
+    from central_sync import rollout_cli
+
+    rollout_cli.add_parser(commands, common, formatter)
+
     keys = commands.add_parser(
         "keys", formatter_class=formatter, help="create or show central's signing key",
         description="The Ed25519 key pair that signs every manifest and command. Agents hold "

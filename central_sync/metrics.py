@@ -29,6 +29,8 @@ _INGEST_COUNTERS: dict[str, tuple[str, str]] = {
     "deployment_events": ("central_sync_deployment_events", "New deployment steps recorded"),
     "chunk_requests": ("central_sync_chunk_requests", "Artifact chunk requests received"),
     "chunks_sent": ("central_sync_chunks_sent", "Artifact chunks published"),
+    "chunks_shared": ("central_sync_chunks_shared",
+                      "Requested chunks already queued for another device (published once)"),
     "chunk_failures": ("central_sync_chunk_failures", "Chunk transfers that stopped on an error"),
 }
 

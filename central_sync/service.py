@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from central_sync.config import CentralConfig
 from central_sync.db import CentralDB
 from central_sync.registry import artifact_path
+from central_sync.rollouts import RolloutEngine
 from edge_agent.contract import (
     ArtifactChunk,
     BatchAck,
@@ -37,6 +38,7 @@ from edge_agent.contract import (
     encode,
     expand_uplink,
 )
+from edge_agent.signing import KeyFileError
 from edge_agent.transport import NotConnected, Transport
 
 if TYPE_CHECKING:
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STORES_IN_FLIGHT = 4
+CHUNK_GATHER_S = 0.2
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -67,6 +70,7 @@ class IngestStats:
     deployment_events: int = 0
     chunk_requests: int = 0
     chunks_sent: int = 0
+    chunks_shared: int = 0  # requested, already queued for another device of the wave
     chunk_failures: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     last_rejection: str = ""
@@ -90,9 +94,11 @@ class CentralService:
         self._db_executor: ThreadPoolExecutor | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._chunks_queued: set[tuple[str, int]] = set()
+
         self._stores_in_flight = asyncio.Semaphore(STORES_IN_FLIGHT)
         self._web: WebServer | None = None
         self._started = False  # /healthz says "starting" until start() is done
+        self.rollouts: RolloutEngine | None = None
 
     async def db_call(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run a database call on the service's database thread."""
@@ -114,9 +120,15 @@ class CentralService:
             "deployment": self._on_deployment_event,
             "chunk-request": self._on_chunk_request,
         }
+        try:
+            signer = self.config.signer()
+        except KeyFileError as exc:
+            raise ServiceStartError(str(exc)) from None
         for leaf, handler in handlers.items():
             await self.transport.subscribe(self.topics.all_devices(leaf), handler, qos=1)
         await self.transport.start()
+        self.rollouts = RolloutEngine(self.db, self.transport, signer, self.topics)
+        self._spawn(self.rollouts.run())
         if self.config.web.port:
             from central_sync.web import create_app
             from edge_agent.httpserver import WebServer
@@ -289,8 +301,11 @@ class CentralService:
         if beyond:
             self._reject(topic, "chunk-request", f"chunks {beyond[:5]} are beyond the "
                          f"{manifest.chunk_count} chunks of {request.sha256[:12]}")
+        # A chunk already queued is published after this request arrived, so after the device
+        # subscribed: it serves this device too (one publication serves a whole wave).
         indices = [i for i in wanted if i < manifest.chunk_count
                    and (request.sha256, i) not in self._chunks_queued]
+        self.stats.chunks_shared += len(wanted) - len(beyond) - len(indices)
         if not indices:
             return
         self._chunks_queued.update((request.sha256, i) for i in indices)
@@ -307,6 +322,8 @@ class CentralService:
         path = artifact_path(self.config.artifact_dir, manifest.sha256)
         topic = self.topics.artifact(manifest.sha256)
         try:
+            # Devices of a wave ask within moments of each other: gather their requests.
+            await asyncio.sleep(CHUNK_GATHER_S)
             for index in indices:
                 data = await asyncio.to_thread(
                     read_chunk, path, index, manifest.chunk_size_bytes, manifest.size_bytes)

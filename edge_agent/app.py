@@ -57,6 +57,7 @@ class Agent:
             device_id=self.device_id,
             state=state,  # type: ignore[arg-type]
             agent_version=__version__,
+            labels=self.config.labels,
             active_models=[m.ref for m in self.store.active_models()],
             sources={name: source.state for name, source in self.sources.items()},
             buffer=await self.buffer.health(),

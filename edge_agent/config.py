@@ -130,6 +130,10 @@ class SecurityConfig(_Strict):
 
 class AgentConfig(_Strict):
     device_id: Name = Field(description="This gateway's id, unique in the plant")
+    labels: list[Name] = Field(
+        default_factory=list,
+        description="Groups for rollouts, e.g. [line-3, extruders]: `rollout start --group`",
+    )
     data_dir: Path = Field(
         Path("var/edge-agent"), validate_default=True,
         description="Buffer and model store; relative paths are relative to this file",

@@ -115,6 +115,8 @@ class DeviceStatus(_Message):
     state: Literal["online", "offline"]
     sent_at: float = Field(default_factory=now)
     agent_version: str = ""
+    labels: list[Annotated[str, Field(pattern=ID_PATTERN)]] = Field(
+        default_factory=list, description="Groups the device belongs to, e.g. line-3")
     active_models: list[ModelRef] = Field(default_factory=list)
     sources: dict[str, SourceState] = Field(default_factory=dict)
     buffer: BufferHealth | None = None

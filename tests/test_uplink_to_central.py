@@ -13,6 +13,7 @@ from edge_agent.config import UplinkConfig
 from edge_agent.contract import Topics
 from edge_agent.transport import MemoryBroker, MemoryTransport
 from edge_agent.uplink import Uplink
+from tests.helpers import write_test_keys
 
 
 async def until(predicate, timeout_s: float = 10.0) -> None:
@@ -26,7 +27,8 @@ def test_small_and_oversized_records_all_arrive_exactly_once(tmp_path: Path) -> 
     async def scenario() -> None:
         config = CentralConfig.model_validate({
             "database_url": f"sqlite:///{tmp_path}/central.db",
-            "artifact_dir": str(tmp_path / "artifacts"), "web": {"port": 0}})
+            "artifact_dir": str(tmp_path / "artifacts"), "web": {"port": 0},
+            "signing_key_path": str(write_test_keys(tmp_path / "keys")[0])})
         broker = MemoryBroker()
         central = CentralService(config, MemoryTransport(broker))
         await central.start()

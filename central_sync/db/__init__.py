@@ -5,6 +5,8 @@ from central_sync.db.rows import (
     DeviceSummary,
     ModelVersionExists,
     PublishedModel,
+    Rollout,
+    RolloutDevice,
     prediction_row,
     version_exists_message,
 )
@@ -16,6 +18,8 @@ __all__ = [
     "DeviceSummary",
     "ModelVersionExists",
     "PublishedModel",
+    "Rollout",
+    "RolloutDevice",
     "prediction_row",
     "version_exists_message",
 ]

@@ -22,6 +22,8 @@ from central_sync.db.rows import (
     DeviceSummary,
     ModelVersionExists,
     PublishedModel,
+    Rollout,
+    RolloutDevice,
     device_summary,
     rows_for_batch,
     version_exists_message,
@@ -181,11 +183,11 @@ class CentralDB:
                 return
             self._db.execute(
                 "UPDATE devices SET state = ?, state_at = ?, last_seen = ?, status = ?, "
-                "agent_version = ?, active_models = ? WHERE device_id = ?",
+                "agent_version = ?, active_models = ?, labels = ? WHERE device_id = ?",
                 (status.state, received_at, received_at, status.model_dump_json(),
                  status.agent_version,
                  json.dumps([m.model_dump() for m in status.active_models]),
-                 status.device_id))
+                 json.dumps(status.labels), status.device_id))
 
     def _device_row(self, device_id: str) -> dict[str, Any] | None:
         return next(self._db.query(
@@ -362,6 +364,90 @@ class CentralDB:
     def count_records(self, device_id: str | None = None) -> int:
         where, params = _device_filter(device_id)
         return next(self._db.query(f"SELECT COUNT(*) AS n FROM records{where}", params))["n"]
+
+    # --- rollouts -------------------------------------------------------------------------
+
+    @_locked
+    def create_rollout(self, rollout: Rollout, plan: list[list[str]]) -> None:
+        """Record a rollout and its devices, wave by wave, with its audit entry."""
+        with self._db.atomic():
+            self._db.execute(
+                "INSERT INTO rollouts (rollout_id, model_name, version, target, canary, waves, "
+                "success_ratio, wave_timeout_s, state, current_wave, wave_started_at, detail, "
+                "created_at, created_by, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+                "?, ?, ?, ?)",
+                (rollout.rollout_id, rollout.model_name, rollout.version, rollout.target,
+                 rollout.canary, rollout.waves, rollout.success_ratio, rollout.wave_timeout_s,
+                 rollout.state,
+                 rollout.current_wave, rollout.wave_started_at, rollout.detail,
+                 rollout.created_at, rollout.created_by, rollout.updated_at))
+            self._db.conn.executemany(
+                "INSERT INTO rollout_devices (rollout_id, device_id, wave, state, updated_at) "
+                "VALUES (?, ?, ?, 'pending', ?)",
+                [(rollout.rollout_id, device, wave, rollout.created_at)
+                 for wave, devices in enumerate(plan) for device in devices])
+            self._audit(rollout.created_by, "rollout.start", rollout.ref,
+                        f"rollout={rollout.rollout_id} target={rollout.target} waves="
+                        + " | ".join(",".join(w) for w in plan))
+
+    @_locked
+    def get_rollout(self, rollout_id: str) -> Rollout | None:
+        row = next(self._db.query("SELECT * FROM rollouts WHERE rollout_id = ?",
+                                  (rollout_id,)), None)
+        return Rollout(**row) if row else None
+
+    @_locked
+    def list_rollouts(self, states: tuple[str, ...] | None = None,
+                      limit: int = 50) -> list[Rollout]:
+        where, params = "", ()
+        if states:
+            where = f" WHERE state IN ({', '.join('?' * len(states))})"
+            params = states
+        return [Rollout(**row) for row in self._db.query(
+            f"SELECT * FROM rollouts{where} ORDER BY created_at DESC LIMIT ?",
+            (*params, limit))]
+
+    @_locked
+    def rollout_devices(self, rollout_id: str) -> list[RolloutDevice]:
+        return [RolloutDevice(**row) for row in self._db.query(
+            "SELECT * FROM rollout_devices WHERE rollout_id = ? ORDER BY wave, device_id",
+            (rollout_id,))]
+
+    @_locked
+    def update_rollout(self, rollout_id: str, actor: str, state: str, detail: str,
+                       current_wave: int | None = None,
+                       wave_started_at: float | None = None) -> None:
+        """Move a rollout on; every change of state is in the audit log."""
+        with self._db.atomic():
+            before = next(self._db.query(
+                "SELECT state, current_wave FROM rollouts WHERE rollout_id = ?", (rollout_id,)))
+            self._db.execute(
+                "UPDATE rollouts SET state = ?, detail = ?, current_wave = COALESCE(?, "
+                "current_wave), wave_started_at = COALESCE(?, wave_started_at), updated_at = ? "
+                "WHERE rollout_id = ?",
+                (state, detail, current_wave, wave_started_at, time.time(), rollout_id))
+            if before["state"] != state or (current_wave is not None
+                                            and current_wave != before["current_wave"]):
+                self._audit(actor, f"rollout.{state}", rollout_id, detail)
+
+    @_locked
+    def update_rollout_device(self, rollout_id: str, device_id: str, state: str,
+                              detail: str = "", command_id: str | None = None) -> None:
+        self._db.execute(
+            "UPDATE rollout_devices SET state = ?, detail = ?, command_id = COALESCE(?, "
+            "command_id), updated_at = ? WHERE rollout_id = ? AND device_id = ?",
+            (state, detail, command_id, time.time(), rollout_id, device_id))
+
+    @_locked
+    def devices_labelled(self, label: str) -> list[str]:
+        return [row["device_id"] for row in self._db.query(
+            "SELECT d.device_id FROM devices d, json_each(d.labels) l WHERE l.value = ? "
+            "ORDER BY d.device_id", (label,))]
+
+    @_locked
+    def audit(self, actor: str, action: str, subject: str, detail: str = "") -> None:
+        with self._db.atomic():
+            self._audit(actor, action, subject, detail)
 
     @_locked
     def list_audit(self, limit: int = 100) -> list[dict[str, Any]]:

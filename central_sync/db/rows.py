@@ -44,6 +44,7 @@ class DeviceSummary:
     records: int
     status: DeviceStatus | None = None
     evicted: int = 0
+    labels: tuple[str, ...] = ()
 
     def presence(self, now: float, offline_after_s: float) -> str:
         """online, or offline when the device said so or has been silent too long."""
@@ -76,7 +77,8 @@ def device_summary(row: dict[str, Any]) -> DeviceSummary:
         device_id=row["device_id"], state=row["state"], state_at=row["state_at"],
         last_seen=row["last_seen"], agent_version=row["agent_version"],
         active_models=models, last_seq=row["last_seq"],
-        records=row["records"], status=status, evicted=row.get("evicted") or 0)
+        records=row["records"], status=status, evicted=row.get("evicted") or 0,
+        labels=tuple(json.loads(row.get("labels") or "[]")))
 
 
 @dataclass(frozen=True)
@@ -181,3 +183,42 @@ def _next_patch(version: str) -> str:
     core = version.split("-")[0].split("+")[0]
     major, minor, patch = core.split(".")
     return f"{major}.{minor}.{int(patch) + 1}"
+
+
+ROLLOUT_ACTIVE_STATES = ("running", "paused", "halted", "rolling_back")
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """A staged deployment of one model version to a set of devices, wave after wave."""
+
+    rollout_id: str
+    model_name: str
+    version: str
+    target: str  # how the devices were chosen, for people: "group line-3", "devices a, b"
+    canary: int  # devices in the first wave when it is a canary, else 0
+    waves: int
+    success_ratio: float
+    wave_timeout_s: float
+    state: str  # running, paused, completed, halted, aborted, rolling_back, rolled_back
+    current_wave: int
+    wave_started_at: float | None
+    detail: str
+    created_at: float
+    created_by: str
+    updated_at: float
+
+    @property
+    def ref(self) -> str:
+        return f"{self.model_name}@{self.version}"
+
+
+@dataclass(frozen=True)
+class RolloutDevice:
+    rollout_id: str
+    device_id: str
+    wave: int
+    command_id: str | None
+    state: str  # pending, sent, succeeded, failed, rolled_back
+    detail: str
+    updated_at: float

@@ -83,6 +83,20 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
         "ALTER TABLE predictions_v4 RENAME TO predictions",
         "CREATE INDEX predictions_created_at ON predictions (created_at)",
     )),
+    (5, "rollouts: staged deployments in waves; device labels", (
+        "ALTER TABLE devices ADD COLUMN labels TEXT NOT NULL DEFAULT '[]'",
+        """CREATE TABLE rollouts (
+            rollout_id TEXT PRIMARY KEY, model_name TEXT NOT NULL, version TEXT NOT NULL,
+            target TEXT NOT NULL, canary INTEGER NOT NULL, waves INTEGER NOT NULL,
+            success_ratio REAL NOT NULL,
+            wave_timeout_s REAL NOT NULL, state TEXT NOT NULL, current_wave INTEGER NOT NULL,
+            wave_started_at REAL, detail TEXT NOT NULL DEFAULT '', created_at REAL NOT NULL,
+            created_by TEXT NOT NULL, updated_at REAL NOT NULL)""",
+        """CREATE TABLE rollout_devices (
+            rollout_id TEXT NOT NULL, device_id TEXT NOT NULL, wave INTEGER NOT NULL,
+            command_id TEXT, state TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '',
+            updated_at REAL NOT NULL, PRIMARY KEY (rollout_id, device_id))""",
+    )),
 )
 
 

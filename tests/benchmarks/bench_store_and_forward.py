@@ -38,6 +38,7 @@ from edge_agent.buffer import Buffer, BufferPolicy, NewRecord  # noqa: E402
 from edge_agent.config import UplinkConfig  # noqa: E402
 from edge_agent.contract import Topics  # noqa: E402
 from edge_agent.gctune import tune_for_service  # noqa: E402
+from edge_agent.signing import Signer  # noqa: E402
 from edge_agent.transport import BrokerConfig, MqttTransport  # noqa: E402
 from edge_agent.uplink import Uplink  # noqa: E402
 from tests.conftest import free_port, wait_for_port  # noqa: E402
@@ -153,7 +154,9 @@ class Plant:
         central_cfg = self.workdir / "central.yaml"
         central_cfg.write_text(
             f"central_id: bench-central\nbroker: {{port: {self.mqtt_port}}}\n"
-            "database_url: sqlite:///central.db\nartifact_dir: artifacts\nweb: {port: 0}\n")
+            "database_url: sqlite:///central.db\nartifact_dir: artifacts\nweb: {port: 0}\n"
+            "signing_key_path: keys/signing.key\n")
+        Signer.generate().save(self.workdir / "keys" / "signing.key")
         log = (self.workdir / "central.log").open("w")
         self.central = subprocess.Popen(
             [str(Path(sys.executable).parent / "central-sync"), "--log-level", "warning",

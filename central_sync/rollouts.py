@@ -1,0 +1,267 @@
+"""Staged rollouts: a canary, then waves; halt and roll back a wave that fails.
+
+A rollout lives in the database, so `central-sync rollout ...` commands and a restarted
+`central-sync serve` see the same state. The `RolloutEngine` in `serve` drives every active
+rollout: it sends the current wave's deploy commands, follows each device's deployment until
+its probation confirms the version (or it fails or rolls back), moves to the next wave once the
+wave's success ratio is reached, and halts the rollout (rolling back the wave's successes) once
+that ratio can no longer be reached or the wave times out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+import time
+import uuid
+from collections.abc import Sequence
+
+from central_sync.db import CentralDB, Rollout, RolloutDevice
+from central_sync.deployments import (
+    TamperedManifest,
+    UnknownModel,
+    deploy_command,
+    unknown_model_message,
+)
+from edge_agent.contract import RollbackCommand, Topics, encode
+from edge_agent.signing import Signer
+from edge_agent.transport import NotConnected, Transport
+
+log = logging.getLogger(__name__)
+
+ENGINE = "central"  # the actor of automatic steps in the audit log
+SUCCEEDED_STEPS = {"confirmed"}
+FAILED_STEPS = {"failed", "rolled_back"}
+TERMINAL_ROLLOUT_STATES = ("completed", "aborted", "rolled_back")
+
+
+class RolloutError(Exception):
+    """A rollout cannot be started or changed; the message says why and what to do."""
+
+
+def parse_waves(text: str) -> list[float]:
+    """'25%,100%' -> [0.25, 1.0]: cumulative shares of the devices, the last one 100%."""
+    shares = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        match = re.fullmatch(r"(\d+(?:\.\d+)?)%", part)
+        if not match or not 0 < float(match[1]) <= 100:
+            raise RolloutError(f"wave {part!r} is not a share such as 25%; give e.g. 25%,100%")
+        shares.append(float(match[1]) / 100)
+    if not shares or shares != sorted(shares) or shares[-1] != 1.0:
+        raise RolloutError(f"waves {text!r} must grow and end at 100%, e.g. 10%,50%,100%")
+    return shares
+
+
+def plan_waves(devices: Sequence[str], canary: int, shares: Sequence[float]) -> list[list[str]]:
+    """Split devices into a canary wave (if any) and waves reaching each cumulative share."""
+    if not devices:
+        raise RolloutError("the rollout targets no device")
+    ordered = sorted(set(devices))
+    plan: list[list[str]] = []
+    done = 0
+    if canary:
+        plan.append(ordered[:canary])
+        done = len(plan[0])
+    for share in shares:
+        upto = max(done, math.ceil(share * len(ordered)))
+        if upto > done:
+            plan.append(ordered[done:upto])
+            done = upto
+    return plan
+
+
+def start_rollout(db: CentralDB, name: str, version: str, devices: Sequence[str], target: str,
+                  created_by: str, canary: int = 1, waves: str = "100%",
+                  success_ratio: float = 1.0, wave_timeout_s: float = 900.0) -> Rollout:
+    """Record a new rollout; the engine in `serve` carries it out."""
+    if db.get_model(name, version) is None:
+        raise RolloutError(unknown_model_message(name, version))
+    if not 0 < success_ratio <= 1:
+        raise RolloutError(f"success ratio {success_ratio} must be in (0, 1], e.g. 0.9")
+    busy = [r for r in db.list_rollouts(("running", "paused")) if r.model_name == name]
+    if busy:
+        raise RolloutError(f"rollout {busy[0].rollout_id} of {busy[0].ref} is still "
+                           f"{busy[0].state}; abort it first (`central-sync rollout abort "
+                           f"{busy[0].rollout_id}`)")
+    plan = plan_waves(devices, canary, parse_waves(waves))
+    now = time.time()
+    rollout = Rollout(
+        rollout_id=uuid.uuid4().hex[:12], model_name=name, version=version, target=target,
+        canary=len(plan[0]) if canary else 0, waves=len(plan), success_ratio=success_ratio,
+        wave_timeout_s=wave_timeout_s,
+        state="running", current_wave=0, wave_started_at=now,
+        detail=f"wave 1 of {len(plan)} ({len(plan[0])} device(s))", created_at=now,
+        created_by=created_by, updated_at=now)
+    db.create_rollout(rollout, plan)
+    return rollout
+
+
+def change_rollout(db: CentralDB, rollout_id: str, action: str, actor: str) -> Rollout:
+    """pause, resume, abort or rollback, as asked by a person."""
+    rollout = db.get_rollout(rollout_id)
+    if rollout is None:
+        raise RolloutError(f"no rollout {rollout_id}; see `central-sync rollout status`")
+    allowed = {
+        "pause": ("running",),
+        "resume": ("paused",),
+        "abort": ("running", "paused", "halted"),
+        "rollback": ("running", "paused", "halted", "completed", "aborted"),
+    }[action]
+    if rollout.state not in allowed:
+        raise RolloutError(f"rollout {rollout_id} is {rollout.state}; {action} applies only "
+                           f"to a rollout that is {' or '.join(allowed)}")
+    state = {"pause": "paused", "resume": "running", "abort": "aborted",
+             "rollback": "rolling_back"}[action]
+    detail = f"{action} by {actor}"
+    db.update_rollout(rollout_id, actor, state, detail,
+                      wave_started_at=time.time() if action == "resume" else None)
+    updated = db.get_rollout(rollout_id)
+    assert updated is not None
+    return updated
+
+
+class RolloutEngine:
+    """Carries out the rollouts recorded in the database; runs inside `central-sync serve`."""
+
+    def __init__(self, db: CentralDB, transport: Transport, signer: Signer, topics: Topics,
+                 interval_s: float = 0.5) -> None:
+        self.db = db
+        self.transport = transport
+        self.signer = signer
+        self.topics = topics
+        self.interval_s = interval_s
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.step_all()
+            except Exception:  # one bad rollout row must not stop the others
+                log.exception("rollout step failed")
+            await asyncio.sleep(self.interval_s)
+
+    async def step_all(self) -> None:
+        active = await asyncio.to_thread(
+            self.db.list_rollouts, ("running", "paused", "halted", "rolling_back"))
+        for rollout in active:
+            await self.step(rollout)
+
+    async def step(self, rollout: Rollout) -> None:
+        devices = await asyncio.to_thread(self.db.rollout_devices, rollout.rollout_id)
+        await self._follow(rollout, devices)
+        devices = await asyncio.to_thread(self.db.rollout_devices, rollout.rollout_id)
+        if rollout.state == "rolling_back":
+            await self._roll_back(rollout, [d for d in devices if d.state == "succeeded"])
+            await self._set(rollout, "rolled_back", "rolled back: every device that took "
+                            f"{rollout.ref} was sent back to its previous version")
+            return
+        if rollout.state == "halted":
+            # A deployment still under way when the wave halted may succeed later: undo it.
+            late = [d for d in devices if d.wave == rollout.current_wave
+                    and d.state == "succeeded"]
+            await self._roll_back(rollout, late)
+            return
+        if rollout.state != "running":
+            return
+        wave = [d for d in devices if d.wave == rollout.current_wave]
+        await self._send(rollout, [d for d in wave if d.state == "pending"])
+        await self._judge(rollout, await asyncio.to_thread(
+            self.db.rollout_devices, rollout.rollout_id))
+
+    async def _send(self, rollout: Rollout, pending: list[RolloutDevice]) -> None:
+        for device in pending:
+            try:
+                command = await asyncio.to_thread(
+                    deploy_command, self.db, self.signer, rollout.model_name, rollout.version,
+                    device.device_id, f"rollout {rollout.rollout_id}")
+            except (UnknownModel, TamperedManifest) as exc:
+                await self._set(rollout, "halted", f"cannot deploy: {exc}")
+                return
+            await asyncio.to_thread(self.db.create_deployment, command)
+            try:
+                await self.transport.publish(self.topics.commands(device.device_id),
+                                             encode(command), qos=1)
+            except NotConnected:
+                await asyncio.to_thread(self.db.mark_deployment, command.command_id, "failed",
+                                        "command not sent: broker unreachable")
+                return  # sent again next step, as a new command
+            await asyncio.to_thread(self.db.update_rollout_device, rollout.rollout_id,
+                                    device.device_id, "sent", "deploy command sent",
+                                    command.command_id)
+            log.info("rollout deploy sent rollout=%s device=%s wave=%d", rollout.rollout_id,
+                     device.device_id, device.wave + 1)
+
+    async def _follow(self, rollout: Rollout, devices: list[RolloutDevice]) -> None:
+        """Bring each sent device's state up to date from its deployment."""
+        for device in devices:
+            if device.state != "sent" or device.command_id is None:
+                continue
+            deployment = await asyncio.to_thread(self.db.get_deployment, device.command_id)
+            if deployment is None:
+                continue
+            step, detail = deployment["state"], deployment["detail"]
+            state = ("succeeded" if step in SUCCEEDED_STEPS
+                     else "failed" if step in FAILED_STEPS else None)
+            if state is not None or detail != device.detail:
+                await asyncio.to_thread(self.db.update_rollout_device, rollout.rollout_id,
+                                        device.device_id, state or "sent", f"{step}: {detail}")
+
+    async def _judge(self, rollout: Rollout, devices: list[RolloutDevice]) -> None:
+        wave = [d for d in devices if d.wave == rollout.current_wave]
+        size = len(wave)
+        needed = math.ceil(rollout.success_ratio * size - 1e-9)
+        succeeded = [d for d in wave if d.state == "succeeded"]
+        failed = [d for d in wave if d.state == "failed"]
+        name = wave_name(rollout, rollout.current_wave)
+        if len(succeeded) >= needed:
+            if rollout.current_wave + 1 >= rollout.waves:
+                await self._set(rollout, "completed",
+                                f"all {rollout.waves} waves done: {rollout.ref} confirmed on "
+                                f"{sum(d.state == 'succeeded' for d in devices)} device(s)")
+                return
+            following = rollout.current_wave + 1
+            await self._set(rollout, "running",
+                            f"{name} passed ({len(succeeded)}/{size}); wave {following + 1} of "
+                            f"{rollout.waves} started", current_wave=following,
+                            wave_started_at=time.time())
+            return
+        reason = None
+        if len(failed) > size - needed:
+            first = failed[0]
+            reason = (f"{name} failed: {len(failed)} of {size} device(s) failed "
+                      f"({first.device_id}: {first.detail})")
+        elif rollout.wave_started_at is not None and \
+                time.time() - rollout.wave_started_at > rollout.wave_timeout_s:
+            reason = (f"{name} timed out after {rollout.wave_timeout_s:g} s with "
+                      f"{len(succeeded)} of {size} confirmed")
+        if reason is not None:
+            await self._set(rollout, "halted", f"halted: {reason}; the wave is rolled back")
+            await self._roll_back(rollout, succeeded)
+
+    async def _roll_back(self, rollout: Rollout, devices: list[RolloutDevice]) -> None:
+        for device in devices:
+            command = self.signer.signed(RollbackCommand(
+                device_id=device.device_id, model_name=rollout.model_name,
+                issued_by=f"rollout {rollout.rollout_id}"))
+            try:
+                await self.transport.publish(self.topics.commands(device.device_id),
+                                             encode(command), qos=1)
+            except NotConnected:
+                return  # tried again next step
+            await asyncio.to_thread(self.db.update_rollout_device, rollout.rollout_id,
+                                    device.device_id, "rolled_back",
+                                    f"rollback sent ({rollout.state})")
+            log.info("rollout rollback sent rollout=%s device=%s", rollout.rollout_id,
+                     device.device_id)
+
+    async def _set(self, rollout: Rollout, state: str, detail: str,
+                   current_wave: int | None = None, wave_started_at: float | None = None) -> None:
+        log.info("rollout rollout=%s state=%s detail=%s", rollout.rollout_id, state, detail)
+        await asyncio.to_thread(self.db.update_rollout, rollout.rollout_id, ENGINE, state,
+                                detail, current_wave, wave_started_at)
+
+
+def wave_name(rollout: Rollout, index: int) -> str:
+    return f"wave {index + 1} of {rollout.waves}" + (
+        " (canary)" if index == 0 and rollout.canary else "")

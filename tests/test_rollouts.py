@@ -1,0 +1,237 @@
+"""Staged rollouts over a real Mosquitto: real agents (four in this process) and a real central.
+
+Each agent is the agent's own `Agent` class (deployer, uplink, status with its labels); central
+is `CentralService` with its rollout engine. Rollouts are started and steered through the
+same functions the `central-sync rollout` commands call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from central_sync.config import CentralConfig
+from central_sync.db import CentralDB
+from central_sync.registry import publish_model
+from central_sync.rollouts import (
+    RolloutError,
+    change_rollout,
+    parse_waves,
+    plan_waves,
+    start_rollout,
+)
+from central_sync.service import CentralService
+from edge_agent.app import Agent
+from edge_agent.config import AgentConfig
+from edge_agent.transport import BrokerConfig, MqttTransport
+from tests.conftest import Mosquitto
+from tests.helpers import SAMPLE_METADATA, SAMPLE_MODEL, TEST_SIGNER, write_test_keys
+
+MODEL = "extruder-scrap"
+DEVICES = ["gw1", "gw2", "gw3", "gw4"]
+
+
+def metadata(**extra: object) -> dict:
+    return {**json.loads(SAMPLE_METADATA.read_text()), "probation": {"duration_s": 0}, **extra}
+
+
+@dataclass
+class Fleet:
+    tmp: Path
+    config: CentralConfig
+    central: CentralService | None
+    agents: dict[str, tuple[Agent, asyncio.Event, asyncio.Task[None]]]
+
+    @property
+    def db(self) -> CentralDB:
+        assert self.central is not None and self.central.db is not None
+        return self.central.db
+
+    async def start_central(self) -> None:
+        self.central = CentralService(self.config, MqttTransport(self.config.broker, "central"))
+        await self.central.start()
+
+    async def stop_central(self) -> None:
+        assert self.central is not None
+        await self.central.stop()
+        self.central = None
+
+    def start_agent(self, device_id: str) -> None:
+        _, public = write_test_keys(self.tmp / "keys")
+        config = AgentConfig.model_validate({
+            "device_id": device_id, "data_dir": str(self.tmp / device_id),
+            "labels": ["line-3"], "broker": {"port": self.config.broker.port},
+            "ui": {"port": 0}, "security": {"central_public_key": str(public)},
+            "status_interval_s": 0.5})
+        agent = Agent(config)
+        stop = asyncio.Event()
+        self.agents[device_id] = (agent, stop, asyncio.create_task(agent.run(stop)))
+
+    async def stop_agents(self) -> None:
+        for _, stop, task in self.agents.values():
+            stop.set()
+            await task
+
+    def active(self, device_id: str) -> str | None:
+        installed = self.agents[device_id][0].store.active(MODEL)
+        return installed.manifest.version if installed else None
+
+    async def publish(self, version: str, meta: dict) -> None:
+        await asyncio.to_thread(publish_model, self.db, self.config.artifact_dir, SAMPLE_MODEL,
+                                MODEL, version, metadata=meta, chunk_size_bytes=16 * 1024,
+                                signer=TEST_SIGNER)
+
+    async def until(self, predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not predicate():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            await asyncio.sleep(0.1)
+
+    async def roll_out(self, version: str, devices: list[str], **options: object) -> str:
+        rollout = start_rollout(self.db, MODEL, version, devices, "group line-3", "test",
+                                **options)  # type: ignore[arg-type]
+        return rollout.rollout_id
+
+    async def ended(self, rollout_id: str, timeout_s: float = 60) -> str:
+        done = ("completed", "halted", "aborted", "rolled_back")
+        await self.until(lambda: self.db.get_rollout(rollout_id).state in done, timeout_s,
+                         f"rollout {rollout_id} to end")
+        rollout = self.db.get_rollout(rollout_id)
+        assert rollout is not None
+        return rollout.state
+
+
+async def start_fleet(tmp: Path, mosquitto: Mosquitto, devices: list[str] = DEVICES) -> Fleet:
+    config = CentralConfig(database_url=f"sqlite:///{tmp / 'central.db'}",
+                           artifact_dir=tmp / "artifacts", web={"port": 0},
+                           broker=BrokerConfig(port=mosquitto.port),
+                           signing_key_path=write_test_keys(tmp / "keys")[0])
+    fleet = Fleet(tmp, config, None, {})
+    await fleet.start_central()
+    for device in devices:
+        fleet.start_agent(device)
+    await fleet.until(lambda: fleet.db.devices_labelled("line-3") == sorted(devices), 20,
+                      "every agent to report its labels")
+    await fleet.publish("1.0.0", metadata())
+    first = await fleet.roll_out("1.0.0", devices, canary=0)
+    assert await fleet.ended(first) == "completed"
+    return fleet
+
+
+async def stop_fleet(fleet: Fleet) -> None:
+    await fleet.stop_agents()
+    if fleet.central is not None:
+        await fleet.stop_central()
+
+
+def run_fleet(tmp: Path, mosquitto: Mosquitto, scenario, devices: list[str] = DEVICES) -> None:
+    async def main() -> None:
+        fleet = await start_fleet(tmp, mosquitto, devices)
+        try:
+            await scenario(fleet)
+        finally:
+            await stop_fleet(fleet)
+
+    asyncio.run(asyncio.wait_for(main(), 120))
+
+
+def test_waves_are_planned_from_canary_and_cumulative_shares() -> None:
+    devices = [f"gw{i:02d}" for i in range(20)]
+    plan = plan_waves(devices, 1, parse_waves("25%,100%"))
+    assert [len(w) for w in plan] == [1, 4, 15]
+    assert sorted(d for w in plan for d in w) == devices
+    assert [len(w) for w in plan_waves(devices[:3], 0, [1.0])] == [3]
+    with pytest.raises(RolloutError, match="must grow and end at 100%"):
+        parse_waves("50%,25%")
+    with pytest.raises(RolloutError, match="not a share"):
+        parse_waves("half")
+
+
+def test_rollout_goes_canary_then_waves_and_completes(tmp_path: Path,
+                                                      mosquitto: Mosquitto) -> None:
+    async def scenario(fleet: Fleet) -> None:
+        await fleet.publish("1.1.0", metadata())
+        rollout_id = await fleet.roll_out("1.1.0", DEVICES, canary=1, waves="50%,100%")
+        assert await fleet.ended(rollout_id) == "completed"
+        assert all(fleet.active(d) == "1.1.0" for d in DEVICES)
+        devices = fleet.db.rollout_devices(rollout_id)
+        assert [d.wave for d in devices] == [0, 1, 2, 2]
+        assert {d.state for d in devices} == {"succeeded"}
+        actions = [a["action"] for a in fleet.db.list_audit()]
+        assert {"rollout.start", "rollout.completed", "model.deploy"} <= set(actions)
+
+    run_fleet(tmp_path, mosquitto, scenario)
+
+
+def test_failed_canary_halts_the_rollout_before_other_devices(tmp_path: Path,
+                                                              mosquitto: Mosquitto) -> None:
+    async def scenario(fleet: Fleet) -> None:
+        meta = metadata()
+        meta["golden"] = {**meta["golden"], "output": [[999.0]]}
+        await fleet.publish("1.1.0", meta)
+        rollout_id = await fleet.roll_out("1.1.0", DEVICES, canary=1, waves="100%")
+        assert await fleet.ended(rollout_id) == "halted"
+        rollout = fleet.db.get_rollout(rollout_id)
+        assert "wave 1 of 2 (canary) failed" in rollout.detail
+        assert "golden input" in rollout.detail
+        devices = {d.device_id: d.state for d in fleet.db.rollout_devices(rollout_id)}
+        assert devices == {"gw1": "failed", "gw2": "pending", "gw3": "pending", "gw4": "pending"}
+        assert all(fleet.active(d) == "1.0.0" for d in DEVICES)
+        assert "rollout.halted" in {a["action"] for a in fleet.db.list_audit()}
+
+    run_fleet(tmp_path, mosquitto, scenario)
+
+
+def test_wave_that_times_out_is_halted_and_rolled_back(tmp_path: Path,
+                                                       mosquitto: Mosquitto) -> None:
+    async def scenario(fleet: Fleet) -> None:
+        await fleet.publish("1.1.0", metadata())
+        _, stop, task = fleet.agents["gw4"]
+        stop.set()  # gw4 goes dark: its wave cannot pass
+        await task
+        rollout_id = await fleet.roll_out("1.1.0", DEVICES, canary=1, waves="50%,100%",
+                                          wave_timeout_s=4)
+        assert await fleet.ended(rollout_id) == "halted"
+        assert "wave 3 of 3 timed out" in fleet.db.get_rollout(rollout_id).detail
+        await fleet.until(lambda: fleet.active("gw3") == "1.0.0", 20, "gw3 rolled back")
+        states = {d.device_id: d.state for d in fleet.db.rollout_devices(rollout_id)}
+        assert states == {"gw1": "succeeded", "gw2": "succeeded", "gw3": "rolled_back",
+                          "gw4": "sent"}
+        assert [fleet.active(d) for d in ("gw1", "gw2")] == ["1.1.0", "1.1.0"]
+
+    run_fleet(tmp_path, mosquitto, scenario)
+
+
+def test_paused_rollout_survives_a_central_restart_then_resumes_and_rolls_back(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    async def scenario(fleet: Fleet) -> None:
+        await fleet.publish("1.1.0", metadata())
+        await fleet.stop_central()
+        db = CentralDB(fleet.config.database_path)
+        rollout = start_rollout(db, MODEL, "1.1.0", ["gw1", "gw2"], "devices gw1, gw2", "ann",
+                                canary=1)
+        change_rollout(db, rollout.rollout_id, "pause", "ann")
+        db.close()
+        await fleet.start_central()
+        await asyncio.sleep(1.5)
+        assert fleet.db.get_rollout(rollout.rollout_id).state == "paused"
+        assert {d.state for d in fleet.db.rollout_devices(rollout.rollout_id)} == {"pending"}
+        change_rollout(fleet.db, rollout.rollout_id, "resume", "ann")
+        assert await fleet.ended(rollout.rollout_id) == "completed"
+        assert [fleet.active(d) for d in DEVICES] == ["1.1.0", "1.1.0", "1.0.0", "1.0.0"]
+        change_rollout(fleet.db, rollout.rollout_id, "rollback", "bob")
+        assert await fleet.ended(rollout.rollout_id) == "rolled_back"
+        await fleet.until(lambda: fleet.active("gw1") == fleet.active("gw2") == "1.0.0", 20,
+                          "gw1 and gw2 back on 1.0.0")
+        audit = [(a["actor"], a["action"]) for a in fleet.db.list_audit()]
+        assert {("ann", "rollout.paused"), ("ann", "rollout.running"),
+                ("bob", "rollout.rolling_back")} <= set(audit)
+
+    run_fleet(tmp_path, mosquitto, scenario)
