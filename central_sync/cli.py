@@ -29,6 +29,7 @@ from edge_agent.contract import (
     ID_PATTERN,
     SEMVER_PATTERN,
     DeploymentEvent,
+    ModelManifest,
     Topics,
     contract_markdown,
     topic_table_markdown,
@@ -112,25 +113,31 @@ async def _serve_until_signal(service: CentralService) -> None:
 
 
 def cmd_model_publish(args: argparse.Namespace) -> int:
-    from central_sync.registry import RegistryError, publish_model
+    from central_sync.registry import RegistryError, load_metadata, publish_model
 
     config = _load(args)
     signer = config.signer()
     started = time.time()
     with _database(config) as db:
         try:
+            metadata = load_metadata(args.metadata) if args.metadata else {}
+            given = {key: getattr(args, key) for key in
+                     ("training_data", "code_revision", "author", "notes")
+                     if getattr(args, key) is not None}
+            if given:
+                metadata["lineage"] = {**(metadata.get("lineage") or {}), **given}
             manifest = publish_model(
                 db, config.artifact_dir, args.file, signer=signer, name=args.name,
-                version=args.version,
-                kind=args.kind, metadata=args.metadata, chunk_size_bytes=config.chunk_size_bytes,
-                published_by=args.by)
+                version=args.version, kind=args.kind, metadata=metadata,
+                chunk_size_bytes=config.chunk_size_bytes, published_by=args.by)
         except RegistryError as exc:
             raise UsageError(str(exc)) from None
     what = "published" if manifest.published_at >= started else "already published, unchanged:"
     chunks = f"{manifest.chunk_count} chunk{'' if manifest.chunk_count == 1 else 's'}"
     console = _console()
     console.print(f"{what} [bold]{manifest.name} {manifest.version}[/] ({manifest.kind}) "
-                  f"sha256 {manifest.sha256[:12]}..., {manifest.size_bytes:,} bytes in {chunks}",
+                  f"sha256 {manifest.sha256[:12]}..., {manifest.size_bytes:,} bytes in {chunks}, "
+                  f"signed by key {manifest.key_id}",
                   highlight=False)
     for side, specs in (("input", manifest.inputs), ("output", manifest.outputs)):
         for spec in specs:
@@ -158,6 +165,71 @@ def cmd_model_list(args: argparse.Namespace) -> int:
     else:
         console.print(table)
     return EXIT_OK
+
+
+def cmd_model_show(args: argparse.Namespace) -> int:
+    name, version = parse_model_ref(args.model)
+    config = _load(args)
+    with _database(config) as db:
+        manifest = _model_or_usage_error(db, name, version)
+        published_by = next((m.published_by for m in db.list_models()
+                             if m.manifest.ref == manifest.ref), "?")
+    console = _console()
+    table = Table(show_header=False, title=f"{name} {version}", title_justify="left")
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    table.add_row("kind", manifest.kind)
+    table.add_row("sha256", manifest.sha256)
+    table.add_row("size", f"{manifest.size_bytes:,} bytes in {manifest.chunk_count} chunks")
+    table.add_row("signed by", f"key {manifest.key_id or '(unsigned)'}")
+    published = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(manifest.published_at))
+    table.add_row("published", f"{published} by {published_by}")
+    for side, specs in (("input", manifest.inputs), ("output", manifest.outputs)):
+        for spec in specs:
+            table.add_row(side, f"{spec.name}: {spec.dtype} {spec.shape}")
+    from central_sync.registry import flatten
+
+    flat: dict[str, object] = {}
+    flatten("", manifest.metadata, flat)
+    for key, value in flat.items():
+        text = str(value)
+        table.add_row(key.lstrip("."), text if len(text) <= 120 else text[:117] + "...")
+    console.print(table)
+    return EXIT_OK
+
+
+def cmd_model_diff(args: argparse.Namespace) -> int:
+    from central_sync.registry import manifest_diff
+
+    old_ref = parse_model_ref(args.old)
+    new_ref = (parse_model_ref(args.new) if "@" in args.new else (old_ref[0], args.new))
+    parse_model_ref(f"{new_ref[0]}@{new_ref[1]}")
+    config = _load(args)
+    with _database(config) as db:
+        old = _model_or_usage_error(db, *old_ref)
+        new = _model_or_usage_error(db, *new_ref)
+    changes = manifest_diff(old, new)
+    console = _console()
+    if not changes:
+        console.print("no differences")
+        return EXIT_OK
+    table = Table(title=f"{old.name} {old.version} → {new.name} {new.version}")
+    for column in ("field", old.version, new.version):
+        table.add_column(column)
+    for key, before, after in changes:
+        table.add_row(key, "-" if before is None else str(before),
+                      "-" if after is None else str(after))
+    console.print(table)
+    return EXIT_OK
+
+
+def _model_or_usage_error(db: CentralDB, name: str, version: str) -> ModelManifest:
+    from central_sync.deployments import unknown_model_message
+
+    manifest = db.get_model(name, version)
+    if manifest is None:
+        raise UsageError(unknown_model_message(name, version))
+    return manifest
 
 
 # --- deploy ------------------------------------------------------------------------------------
@@ -370,7 +442,32 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--metadata", type=Path,
                          help="JSON file copied into the manifest (features, golden, ...)")
     publish.add_argument("--by", default=_user(), help="who publishes, for the audit log")
+    lineage = publish.add_argument_group(
+        "lineage", "stored under metadata.lineage (wins over the metadata file's values)")
+    lineage.add_argument("--training-data", help="reference of the training data set")
+    lineage.add_argument("--code-revision", help="revision of the training code")
+    lineage.add_argument("--author", help="who trained the model")
+    lineage.add_argument("--notes", help="free notes for reviewers")
     publish.set_defaults(func=cmd_model_publish)
+    show = model_commands.add_parser(
+        "show", parents=[common], formatter_class=formatter,
+        help="one version: hash, signature, specs, checks, lineage",
+        description="Everything stored for one version: sha256, size, signing key, input and "
+                    "output specs and every metadata field (golden input, latency budget, "
+                    "probation and shadow settings, lineage, ...).",
+        epilog=_epilog("central-sync model show extruder-scrap@1.0.0"))
+    show.add_argument("model", metavar="NAME@VERSION", help="e.g. extruder-scrap@1.0.0")
+    show.set_defaults(func=cmd_model_show)
+    diff = model_commands.add_parser(
+        "diff", parents=[common], formatter_class=formatter,
+        help="what changed between two versions",
+        description="Fields that differ between two versions, metadata included, field by "
+                    "field.",
+        epilog=_epilog("central-sync model diff extruder-scrap@1.0.0 1.1.0",
+                       "central-sync model diff extruder-scrap@1.0.0 extruder-scrap-v2@1.0.0"))
+    diff.add_argument("old", metavar="NAME@VERSION", help="the older version")
+    diff.add_argument("new", metavar="VERSION|NAME@VERSION", help="the newer one")
+    diff.set_defaults(func=cmd_model_diff)
     listing = model_commands.add_parser(
         "list", parents=[common], formatter_class=formatter, help="list published models",
         description="List every published model version.",

@@ -15,11 +15,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from central_sync.db import CentralDB, ModelVersionExists, version_exists_message
 from edge_agent.contract import ID_PATTERN, SEMVER_PATTERN, ModelManifest, TensorSpec
 from edge_agent.inference.specs import spec_differences, tensor_specs
+from edge_agent.lifecycle import ProbationPolicy, ShadowPolicy
 from edge_agent.model_store import fsync_dir
 from edge_agent.signing import Signer
 
@@ -31,6 +32,105 @@ _HASH_BLOCK_BYTES = 1024 * 1024
 
 class RegistryError(Exception):
     """A model cannot be published; the message says why and what to do."""
+
+
+class Golden(BaseModel):
+    """An input with its expected output: every device checks it before activating."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: list[Any]
+    output: list[Any]
+    tolerance: float = Field(1e-4, ge=0)
+
+
+class Lineage(BaseModel):
+    """Where a version comes from, for the people who review and audit it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    training_data: str = ""
+    metrics: dict[str, float] = Field(default_factory=dict)
+    code_revision: str = ""
+    author: str = ""
+    notes: str = ""
+
+
+class ModelMetadata(BaseModel):
+    """The keys of a manifest's metadata that central and the agents act on. Other keys
+    (features, units, decoder settings of later pipelines, ...) are kept as given."""
+
+    model_config = ConfigDict(extra="allow")
+
+    labels: list[str] | None = None
+    thresholds: dict[str, float] | None = None
+    preprocessing: dict[str, Any] | None = None
+    decoder: dict[str, Any] | None = None
+    golden: Golden | None = None
+    latency_budget_ms: float | None = Field(None, gt=0)
+    health_check_timeout_s: float | None = Field(None, gt=0)
+    reference_stats: dict[str, Any] | None = None
+    lineage: Lineage | None = None
+    shadow: ShadowPolicy | None = None
+    probation: ProbationPolicy | None = None
+
+
+def check_metadata(metadata: Mapping[str, Any]) -> ModelMetadata:
+    """The metadata's known keys validated; RegistryError names each bad field."""
+    try:
+        return ModelMetadata.model_validate(dict(metadata))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors())
+        raise RegistryError(f"metadata is invalid: {problems}") from None
+
+
+def check_golden(file: str | Path, golden: Golden, inputs: list[TensorSpec],
+                 outputs: list[TensorSpec]) -> None:
+    """Run the golden input here first: a wrong expectation is caught before any device."""
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(file), sess_options=options,
+                                   providers=["CPUExecutionProvider"])
+    try:
+        feed = {inputs[0].name: np.asarray(golden.input, dtype=inputs[0].dtype)}
+        actual = np.asarray(session.run([outputs[0].name], feed)[0], dtype=np.float64)
+        expected = np.asarray(golden.output, dtype=np.float64)
+    except Exception as exc:  # ORT and numpy raise several unrelated types
+        raise RegistryError(f"golden input does not run through the model: "
+                            f"{_first_line(exc)}") from None
+    if actual.shape != expected.shape or not np.allclose(actual, expected,
+                                                         atol=golden.tolerance):
+        raise RegistryError(
+            f"golden output {expected.reshape(-1)[:4].tolist()} is not what the model gives "
+            f"({actual.reshape(-1)[:4].tolist()}) within {golden.tolerance}; fix the "
+            "metadata's golden.output")
+
+
+def manifest_diff(old: ModelManifest, new: ModelManifest) -> list[tuple[str, Any, Any]]:
+    """(field, old, new) for every field that differs, metadata flattened to dotted paths."""
+    def flat(manifest: ModelManifest) -> dict[str, Any]:
+        data = manifest.model_dump(mode="json", exclude={"signature", "metadata"})
+        data["inputs"] = [f"{s.name}: {s.dtype} {s.shape}" for s in manifest.inputs]
+        data["outputs"] = [f"{s.name}: {s.dtype} {s.shape}" for s in manifest.outputs]
+        out = dict(data)
+        flatten("metadata", manifest.metadata, out)
+        return out
+
+    a, b = flat(old), flat(new)
+    return [(key, a.get(key), b.get(key)) for key in sorted(a.keys() | b.keys())
+            if a.get(key) != b.get(key)]
+
+
+def flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    if isinstance(value, dict) and value:
+        for key, item in value.items():
+            flatten(f"{prefix}.{key}", item, out)
+    else:
+        out[prefix] = value
 
 
 def artifact_path(artifact_dir: str | Path, sha256: str) -> Path:
@@ -188,8 +288,11 @@ def publish_model(
     existing = db.get_model(name, version)
     if existing is not None and existing.sha256 != sha256:
         raise RegistryError(version_exists_message(existing))
+    known = check_metadata(metadata)
     inputs, outputs = inspect_onnx(file)
     check_metadata_specs(metadata, inputs, outputs)
+    if known.golden is not None:
+        check_golden(file, known.golden, inputs, outputs)
     stored = store_artifact(file, artifact_dir, sha256)
     if existing is not None:
         log.info("model already published name=%s version=%s sha256=%s", name, version, sha256)

@@ -396,13 +396,13 @@ async def inputs_not_matching_manifest(plant: Plant) -> tuple[str | None, str]:
 
 
 async def failing_golden_check(plant: Plant) -> tuple[str | None, str]:
+    # Central refuses to publish a wrong golden output, so this one comes signed but unpublished
+    # (as from a registry whose copy differs from what the gateway's runtime computes).
     meta = metadata()
     meta["golden"] = {**meta["golden"], "output": [[999.0]]}
-    await plant.publish(SAMPLE_MODEL, "1.1.0", meta)
-    final = await plant.deploy("1.1.0")
-    assert final is not None
-    return final.command_id, "golden input gives"
-
+    command = command_for(manifest_for(SAMPLE_MODEL, version="1.1.0", metadata=meta))
+    await plant.send(command)
+    return command.command_id, "golden input gives"
 
 async def too_slow_for_budget(plant: Plant) -> tuple[str | None, str]:
     await plant.publish(SAMPLE_MODEL, "1.1.0", metadata(latency_budget_ms=0.0001))

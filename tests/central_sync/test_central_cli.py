@@ -22,7 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from central_sync.cli import build_parser, main
 from edge_agent.contract import DeployCommand, DeploymentEvent, Topics, decode, encode
-from tests.helpers import write_test_keys
+from tests.helpers import TEST_SIGNER, write_test_keys
 
 REPO = Path(__file__).resolve().parents[2]
 TOPICS = Topics()
@@ -123,6 +123,38 @@ def test_model_publish_then_list_end_to_end(config_file: Path, tmp_path: Path,
     assert main(["model", "list", "-c", str(config_file)]) == 0
     out = capsys.readouterr().out
     assert "scrap-model" in out and "1.0.0" in out and "alice" in out
+
+    assert main([*publish[:6], "1.0.1", "-c", str(config_file), "--author", "bob",
+                 "--code-revision", "a1b2c3", "--notes", "retrained on March data"]) == 0
+    capsys.readouterr()
+    assert main(["model", "show", "scrap-model@1.0.1", "-c", str(config_file)]) == 0
+    out = capsys.readouterr().out
+    assert f"key {TEST_SIGNER.key_id}" in out
+    assert "lineage.author" in out and "bob" in out and "a1b2c3" in out
+    assert main(["model", "diff", "scrap-model@1.0.0", "1.0.1", "-c", str(config_file)]) == 0
+    out = capsys.readouterr().out
+    assert "metadata.lineage.notes" in out and "retrained on March data" in out
+    assert "sha256" in out
+    assert main(["model", "show", "scrap-model@9.9.9", "-c", str(config_file)]) == 2
+    assert "not in the registry" in capsys.readouterr().err
+
+
+def test_keys_init_writes_a_private_key_only_its_owner_reads_and_never_overwrites(
+        tmp_path: Path, capsys) -> None:
+    config = tmp_path / "central.yaml"
+    config.write_text("signing_key_path: keys/central.key\n")
+    assert main(["keys", "init", "-c", str(config)]) == 0
+    private, public = tmp_path / "keys" / "central.key", tmp_path / "keys" / "central.pub"
+    assert private.stat().st_mode & 0o777 == 0o600
+    assert "BEGIN PUBLIC KEY" in public.read_text()
+    capsys.readouterr()
+    assert main(["keys", "init", "-c", str(config)]) == 2
+    assert "already exists and agents trust it" in capsys.readouterr().err
+    assert main(["keys", "show", "-c", str(config)]) == 0
+    old_public = public.read_text()
+    assert capsys.readouterr().out == old_public
+    assert main(["keys", "init", "--force", "-c", str(config)]) == 0  # rotation
+    assert public.read_text() != old_public
 
 
 def test_model_publish_with_metadata_file_only(config_file: Path, tmp_path: Path,

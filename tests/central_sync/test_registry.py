@@ -139,3 +139,40 @@ def test_same_bytes_under_two_versions_share_chunking(db: CentralDB, onnx_file: 
     first = publish(db, tmp_path, onnx_file, "m", "1.0.0", chunk_size_bytes=2048)
     second = publish(db, tmp_path, onnx_file, "m", "1.0.1", chunk_size_bytes=4096)
     assert second.chunk_size_bytes == first.chunk_size_bytes == 2048
+
+
+def test_metadata_known_keys_are_validated_naming_the_field(db: CentralDB, onnx_file: Path,
+                                                           tmp_path: Path) -> None:
+    with pytest.raises(RegistryError) as refused:
+        publish(db, tmp_path, onnx_file, "m", "1.0.0",
+                metadata={"probation": {"duration_s": -1}, "latency_budget_ms": 0})
+    message = str(refused.value)
+    assert "probation.duration_s" in message and "latency_budget_ms" in message
+
+
+def test_wrong_golden_output_is_refused_at_publish(db: CentralDB, onnx_file: Path,
+                                                   tmp_path: Path) -> None:
+    # The test model sums its three inputs.
+    good = {"golden": {"input": [[1.0, 2.0, 3.0]], "output": [[6.0]], "tolerance": 1e-5}}
+    assert publish(db, tmp_path, onnx_file, "m", "1.0.0", metadata=good).version == "1.0.0"
+    bad = {"golden": {"input": [[1.0, 2.0, 3.0]], "output": [[7.0]]}}
+    with pytest.raises(RegistryError, match=r"golden output \[7.0\] is not what the model "
+                                            r"gives \(\[6.0\]\)"):
+        publish(db, tmp_path, onnx_file, "m", "1.0.1", metadata=bad)
+
+
+def test_manifest_diff_names_what_changed(db: CentralDB, onnx_file: Path,
+                                          tmp_path: Path) -> None:
+    from central_sync.registry import manifest_diff
+
+    old = publish(db, tmp_path, onnx_file, "m", "1.0.0",
+                  metadata={"lineage": {"author": "ann"}, "thresholds": {"scrap": 3.0}})
+    other = make_onnx_model(tmp_path / "o.onnx", weight=2.0)
+    new = publish(db, tmp_path, other, "m", "1.1.0",
+                  metadata={"lineage": {"author": "bob"}, "latency_budget_ms": 5})
+    changes = {key: (a, b) for key, a, b in manifest_diff(old, new)}
+    assert changes["version"] == ("1.0.0", "1.1.0")
+    assert changes["metadata.lineage.author"] == ("ann", "bob")
+    assert changes["metadata.thresholds.scrap"] == (3.0, None)
+    assert changes["metadata.latency_budget_ms"] == (None, 5)
+    assert "sha256" in changes and "inputs" not in changes
