@@ -436,6 +436,11 @@ class Deployer:
                 if transfer.failure is not None:
                     chunks.discard()
                     raise DeploymentFailed(transfer.failure)
+                if not self._transport.connected:
+                    # A broker outage is not a stall: wait, then ask for what is missing.
+                    await self._transport.wait_connected(1.0)
+                    last_progress = time.monotonic()
+                    continue
                 if time.monotonic() - last_progress > STALL_TIMEOUT_S:
                     raise DeploymentFailed(
                         f"transfer stalled: no chunk for {STALL_TIMEOUT_S:.0f} s, "

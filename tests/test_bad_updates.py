@@ -512,3 +512,31 @@ def test_agent_stopped_mid_transfer_resumes_with_only_the_missing_chunks(
             await stop_plant(plant)
 
     asyncio.run(asyncio.wait_for(scenario(), 90))
+
+
+def test_transfer_interrupted_by_a_broker_outage_resumes_with_only_the_missing_chunks(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    async def scenario() -> None:
+        plant = await start_plant(tmp_path, mosquitto)
+        try:
+            manifest = await plant.publish(plant.variant, "1.1.0", metadata(**NO_PROBATION),
+                                           chunk_size_bytes=1024)
+            command = TEST_SIGNER.signed(DeployCommand(device_id=DEVICE, manifest=manifest))
+            part = plant.store.download_path(manifest.sha256)
+            await plant.send(command)
+            while not part.exists() or len(ChunkFile(part, manifest).received) < 3:
+                await asyncio.sleep(0.001)
+            mosquitto.stop()
+            have = ChunkFile(part, manifest).received
+            plant.requested.clear()
+            await asyncio.sleep(3)
+            mosquitto.start()
+            final = await plant.final_event(command.command_id, timeout_s=60)
+            assert final.step == "activated", plant.events
+            assert plant.requested and not have & set(plant.requested)
+            assert plant.store.active(MODEL).manifest.version == "1.1.0"
+        finally:
+            await stop_plant(plant)
+
+    asyncio.run(asyncio.wait_for(scenario(), 90))
