@@ -344,7 +344,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
         devices = db.list_devices()
     now = time.time()
     table = Table(title="Devices")
-    for column in ("device", "state", "last seen", "active models", "records stored",
+    for column in ("device", "labels", "state", "last seen", "active models", "records stored",
                    "evicted", "buffer depth", "oldest unsent", "uplink"):
         table.add_column(column)
     for d in devices:
@@ -358,7 +358,8 @@ def cmd_devices(args: argparse.Namespace) -> int:
         rate = "-" if uplink is None else (
             f"{uplink.records_per_s:g}/s"
             + ("" if uplink.round_trip_ms is None else f", rtt {uplink.round_trip_ms:.0f} ms"))
-        table.add_row(d.device_id, f"[{colour}]{state}[/]", seconds_ago(d.last_seen, now),
+        table.add_row(d.device_id, ", ".join(d.labels) or "-", f"[{colour}]{state}[/]",
+                      seconds_ago(d.last_seen, now),
                       models_text(d.active_models), f"{d.records:,}", f"{d.evicted:,}", depth,
                       oldest, rate)
     console = _console()

@@ -210,7 +210,7 @@ def test_devices_lists_what_central_stored(config_file: Path, capsys, monkeypatc
     from edge_agent.contract import DeviceStatus
 
     db = CentralDB(load_central_config(config_file).database_path)
-    db.update_status(DeviceStatus(device_id="gw-1", state="online", buffer={
+    db.update_status(DeviceStatus(device_id="gw-1", state="online", labels=["line-3"], buffer={
         "depth": 42, "bytes_used": 1, "quota_bytes": 2, "oldest_age_s": 75.0},
         uplink={"connected": True, "records_per_s": 12.5, "round_trip_ms": 31.0}))
     db.store_batch(make_batch("gw-1", range(1, 6)))
@@ -219,7 +219,7 @@ def test_devices_lists_what_central_stored(config_file: Path, capsys, monkeypatc
     assert main(["devices", "-c", str(config_file)]) == 0
     out = capsys.readouterr().out
     assert "gw-1" in out and "online" in out and "42" in out and " 5 " in out
-    assert "75 s" in out and "12.5/s, rtt 31 ms" in out
+    assert "75 s" in out and "12.5/s, rtt 31 ms" in out and "line-3" in out
 
 
 def test_deploy_with_unreachable_broker_exits_1(config_file: Path, tmp_path: Path,
