@@ -417,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     model = commands.add_parser(
-        "model", formatter_class=formatter, help="publish and list model versions",
+        "model", formatter_class=formatter, help="publish, list, show and compare model versions",
         description="The model registry: immutable, versioned ONNX artifacts.",
         epilog=_epilog("central-sync model publish scrap.onnx --name extruder-scrap "
                        "--version 1.0.0",

@@ -182,6 +182,18 @@ async def stop_plant(plant: Plant) -> None:
     await plant.buffer.close()
 
 
+def with_plant(tmp_path: Path, mosquitto: Mosquitto,
+               scenario: Callable[[Plant], Awaitable[None]]) -> None:
+    async def main() -> None:
+        plant = await start_plant(tmp_path, mosquitto)
+        try:
+            await scenario(plant)
+        finally:
+            await stop_plant(plant)
+
+    asyncio.run(asyncio.wait_for(main(), 90))
+
+
 def command_for(manifest: ModelManifest, device_id: str = DEVICE,
                 signer: Signer = TEST_SIGNER) -> DeployCommand:
     return signer.signed(DeployCommand(device_id=device_id, manifest=manifest))
@@ -435,108 +447,92 @@ CASES: dict[str, Case] = {
 def test_bad_update_is_refused_and_the_active_version_keeps_serving(
     case: str, tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
-    async def scenario() -> None:
-        plant = await start_plant(tmp_path, mosquitto)
-        try:
-            assert await plant.serving() == "1.0.0"
-            command_id, reason = await CASES[case](plant)
-            if command_id is not None:
-                final = await plant.final_event(command_id)
-                assert final.step == "failed", final
-                assert reason in final.detail, final.detail
-            else:
-                await asyncio.sleep(0.5)
-            assert plant.store.active(MODEL).manifest.version == "1.0.0"
-            assert await plant.serving() == "1.0.0"
-        finally:
-            await stop_plant(plant)
+    async def scenario(plant: Plant) -> None:
+        assert await plant.serving() == "1.0.0"
+        command_id, reason = await CASES[case](plant)
+        if command_id is not None:
+            final = await plant.final_event(command_id)
+            assert final.step == "failed", final
+            assert reason in final.detail, final.detail
+        else:
+            await asyncio.sleep(0.5)
+        assert plant.store.active(MODEL).manifest.version == "1.0.0"
+        assert await plant.serving() == "1.0.0"
 
-    asyncio.run(asyncio.wait_for(scenario(), 90))
+    with_plant(tmp_path, mosquitto, scenario)
 
 
 def test_version_emitting_nan_after_activation_is_rolled_back(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
-    async def scenario() -> None:
-        plant = await start_plant(tmp_path, mosquitto)
-        try:
-            meta = metadata(probation={"duration_s": 30, "min_observations": 3})
-            meta["golden"] = {"input": [TYPICAL], "output": [[6.0]], "tolerance": 1e-4}
-            await plant.publish(nan_model(tmp_path / "nan.onnx"), "1.1.0", meta)
-            assert await plant.serving() == "1.0.0"
-            final = await plant.deploy("1.1.0")
-            assert final is not None and final.step == "activated", plant.events
-            assert await plant.serving() == "1.1.0"
-            now = time.time()
-            for tag in FEATURES:  # the line stops: all zeros, 0/0 = NaN
-                plant.latest[tag] = TagValue(0.0, True, now, now)
-            await plant.pipeline.tick()
-            rolled = await plant.final_event(final.command_id,
-                                             steps=("confirmed", "rolled_back", "failed"))
-            assert rolled.step == "rolled_back", rolled
-            assert "NaN" in rolled.detail and "1.0.0 serving again" in rolled.detail
-            assert plant.store.active(MODEL).manifest.version == "1.0.0"
-            assert await plant.serving() == "1.0.0"
-        finally:
-            await stop_plant(plant)
+    async def scenario(plant: Plant) -> None:
+        meta = metadata(probation={"duration_s": 30, "min_observations": 3})
+        meta["golden"] = {"input": [TYPICAL], "output": [[6.0]], "tolerance": 1e-4}
+        await plant.publish(nan_model(tmp_path / "nan.onnx"), "1.1.0", meta)
+        assert await plant.serving() == "1.0.0"
+        final = await plant.deploy("1.1.0")
+        assert final is not None and final.step == "activated", plant.events
+        assert await plant.serving() == "1.1.0"
+        now = time.time()
+        for tag in FEATURES:  # the line stops: all zeros, 0/0 = NaN
+            plant.latest[tag] = TagValue(0.0, True, now, now)
+        await plant.pipeline.tick()
+        rolled = await plant.final_event(final.command_id,
+                                         steps=("confirmed", "rolled_back", "failed"))
+        assert rolled.step == "rolled_back", rolled
+        assert "NaN" in rolled.detail and "1.0.0 serving again" in rolled.detail
+        assert plant.store.active(MODEL).manifest.version == "1.0.0"
+        assert await plant.serving() == "1.0.0"
 
-    asyncio.run(asyncio.wait_for(scenario(), 90))
+    with_plant(tmp_path, mosquitto, scenario)
 
 
 def test_agent_stopped_mid_transfer_resumes_with_only_the_missing_chunks(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
-    async def scenario() -> None:
-        plant = await start_plant(tmp_path, mosquitto)
-        try:
-            manifest = await plant.publish(plant.variant, "1.1.0", metadata(**NO_PROBATION),
-                                           chunk_size_bytes=1024)
-            part = plant.store.download_path(manifest.sha256)
-            task = asyncio.create_task(plant.deploy("1.1.0"))
-            while not part.exists() or len(ChunkFile(part, manifest).received) < 3:
-                await asyncio.sleep(0.001)
-            await plant.deployer.stop()  # the agent dies mid-transfer
-            await asyncio.sleep(0.5)  # chunks still on their way land nowhere
-            have = ChunkFile(part, manifest).received
-            assert 0 < len(have) < manifest.chunk_count
-            plant.requested.clear()
-            restarted = Deployer(DEVICE, TOPICS, plant.gateway, plant.store, plant.buffer,
-                                 TEST_VERIFIER)
-            command = TEST_SIGNER.signed(DeployCommand(device_id=DEVICE, manifest=manifest))
-            assert await restarted.deploy(command)
-            task.cancel()
-            assert plant.requested and not have & set(plant.requested)
-            assert set(plant.requested) == set(range(manifest.chunk_count)) - have
-            assert plant.store.active(MODEL).manifest.version == "1.1.0"
-        finally:
-            await stop_plant(plant)
+    async def scenario(plant: Plant) -> None:
+        manifest = await plant.publish(plant.variant, "1.1.0", metadata(**NO_PROBATION),
+                                       chunk_size_bytes=1024)
+        part = plant.store.download_path(manifest.sha256)
+        task = asyncio.create_task(plant.deploy("1.1.0"))
+        while not part.exists() or len(ChunkFile(part, manifest).received) < 3:
+            await asyncio.sleep(0.001)
+        await plant.deployer.stop()  # the agent dies mid-transfer
+        await asyncio.sleep(0.5)  # chunks still on their way land nowhere
+        have = ChunkFile(part, manifest).received
+        assert 0 < len(have) < manifest.chunk_count
+        plant.requested.clear()
+        restarted = Deployer(DEVICE, TOPICS, plant.gateway, plant.store, plant.buffer,
+                             TEST_VERIFIER)
+        command = TEST_SIGNER.signed(DeployCommand(device_id=DEVICE, manifest=manifest))
+        assert await restarted.deploy(command)
+        task.cancel()
+        assert plant.requested and not have & set(plant.requested)
+        assert set(plant.requested) == set(range(manifest.chunk_count)) - have
+        assert plant.store.active(MODEL).manifest.version == "1.1.0"
 
-    asyncio.run(asyncio.wait_for(scenario(), 90))
+    with_plant(tmp_path, mosquitto, scenario)
 
 
 def test_transfer_interrupted_by_a_broker_outage_resumes_with_only_the_missing_chunks(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
-    async def scenario() -> None:
-        plant = await start_plant(tmp_path, mosquitto)
-        try:
-            manifest = await plant.publish(plant.variant, "1.1.0", metadata(**NO_PROBATION),
-                                           chunk_size_bytes=1024)
-            command = TEST_SIGNER.signed(DeployCommand(device_id=DEVICE, manifest=manifest))
-            part = plant.store.download_path(manifest.sha256)
-            await plant.send(command)
-            while not part.exists() or len(ChunkFile(part, manifest).received) < 3:
-                await asyncio.sleep(0.001)
-            mosquitto.stop()
-            have = ChunkFile(part, manifest).received
-            plant.requested.clear()
-            await asyncio.sleep(3)
-            mosquitto.start()
-            final = await plant.final_event(command.command_id, timeout_s=60)
-            assert final.step == "activated", plant.events
-            assert plant.requested and not have & set(plant.requested)
-            assert plant.store.active(MODEL).manifest.version == "1.1.0"
-        finally:
-            await stop_plant(plant)
+    async def scenario(plant: Plant) -> None:
+        manifest = await plant.publish(plant.variant, "1.1.0", metadata(**NO_PROBATION),
+                                       chunk_size_bytes=1024)
+        command = TEST_SIGNER.signed(DeployCommand(device_id=DEVICE, manifest=manifest))
+        part = plant.store.download_path(manifest.sha256)
+        await plant.send(command)
+        while not part.exists() or len(ChunkFile(part, manifest).received) < 3:
+            await asyncio.sleep(0.001)
+        mosquitto.stop()
+        have = ChunkFile(part, manifest).received
+        plant.requested.clear()
+        await asyncio.sleep(3)
+        mosquitto.start()
+        final = await plant.final_event(command.command_id, timeout_s=60)
+        assert final.step == "activated", plant.events
+        assert plant.requested and not have & set(plant.requested)
+        assert plant.store.active(MODEL).manifest.version == "1.1.0"
 
-    asyncio.run(asyncio.wait_for(scenario(), 90))
+    with_plant(tmp_path, mosquitto, scenario)
