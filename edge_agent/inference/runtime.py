@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnxruntime as ort
+from pydantic import BaseModel, ConfigDict, Field
 
 from edge_agent.contract import ModelManifest
 from edge_agent.inference.specs import spec_differences, tensor_specs
@@ -17,6 +19,46 @@ class ModelLoadError(Exception):
     """A model file cannot be used as its manifest describes; the message says what differs."""
 
 
+_OPTIMIZATION = {
+    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+class RuntimeOptions(BaseModel):
+    """ONNX Runtime settings of a pipeline (`runtime:` in the agent's configuration)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    intra_op_threads: int = Field(0, ge=0, description="Threads inside an operator; 0: ORT's "
+                                  "choice (one per core)")
+    inter_op_threads: int = Field(0, ge=0, description="Threads across operators; 0: default")
+    graph_optimization: Literal["disabled", "basic", "extended", "all"] = "all"
+    providers: list[str] = Field(
+        default_factory=lambda: ["CPUExecutionProvider"],
+        description="Execution providers in order of preference, e.g. [CUDAExecutionProvider, "
+        "CPUExecutionProvider]; those this machine lacks are skipped, CPU is always last",
+    )
+
+    def session_options(self) -> ort.SessionOptions:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = self.intra_op_threads
+        options.inter_op_num_threads = self.inter_op_threads
+        options.graph_optimization_level = _OPTIMIZATION[self.graph_optimization]
+        return options
+
+    def available_providers(self) -> list[str]:
+        """The configured providers this ONNX Runtime has, with the CPU as the fallback."""
+        have = set(ort.get_available_providers())
+        chosen = [p for p in self.providers if p in have and p != "CPUExecutionProvider"]
+        for missing in (p for p in self.providers if p not in have):
+            log.warning("execution provider %s is not available here; skipped", missing)
+        return [*chosen, "CPUExecutionProvider"]
+
+
 def default_providers() -> list[str]:
     return ["CPUExecutionProvider"]
 
@@ -25,13 +67,16 @@ class OnnxRunner:
     """One ONNX Runtime session for one model version."""
 
     def __init__(self, path: Path, manifest: ModelManifest,
-                 providers: list[str] | None = None) -> None:
+                 providers: list[str] | None = None,
+                 options: RuntimeOptions | None = None) -> None:
         self.manifest = manifest
         try:
-            options = ort.SessionOptions()
-            options.log_severity_level = 3
+            session_options = options.session_options() if options else ort.SessionOptions()
+            session_options.log_severity_level = 3
+            chosen = providers or (options.available_providers() if options
+                                   else default_providers())
             self.session = ort.InferenceSession(
-                str(path), sess_options=options, providers=providers or default_providers()
+                str(path), sess_options=session_options, providers=chosen
             )
         except Exception as exc:  # ORT raises several unrelated types for a bad file
             raise ModelLoadError(
