@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from edge_agent.buffer import DEFAULT_KEEP, DEFAULT_PRIORITIES, BufferPolicy
 from edge_agent.configfile import load_yaml_model, resolve_path
 from edge_agent.contract import ID_PATTERN
+from edge_agent.inference.runtime import RuntimeOptions
 from edge_agent.signing import Verifier
 from edge_agent.transport import BrokerConfig
 
@@ -42,6 +52,50 @@ class OpcUaSourceConfig(_Strict):
         return value
 
 
+class RoiConfig(_Strict):
+    """A region of the frame judged on its own (a crop rectangle, in frame pixels)."""
+
+    name: Name
+    x: int = Field(ge=0)
+    y: int = Field(ge=0)
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+
+
+class CameraSourceConfig(_Strict):
+    """Frames from a video file, an image folder, a USB camera or an RTSP/HTTP MJPEG stream."""
+
+    type: Literal["camera"]
+    name: Name = Field(description="Name pipelines use to refer to this camera")
+    url: str = Field(description="A video file or folder path (file:// optional), usb:0 or "
+                     "/dev/video0, rtsp://..., or http(s)://... for MJPEG")
+    loop: bool = Field(True, description="Files and folders: start again at the end")
+    native_rate: bool = Field(True, description="Video files: play at the file's frame rate")
+    max_fps: float | None = Field(None, gt=0, description="Grab at most this many frames/s")
+    decode_width: int | None = Field(
+        None, ge=16, description="Shrink frames to this width right after decoding (JPEG "
+        "folders decode at 1/2, 1/4 or 1/8 size when that still reaches it)")
+    rois: list[RoiConfig] = Field(
+        default_factory=list, description="Regions judged separately; none: the whole frame")
+    reconnect_max_backoff_s: float = Field(10.0, gt=0, description="Longest wait between retries")
+
+    @model_validator(mode="after")
+    def _unique_rois(self) -> CameraSourceConfig:
+        _unique([r.name for r in self.rois], f"camera {self.name!r} ROI")
+        return self
+
+
+def _source_type(value: Any) -> str:
+    kind = value.get("type", "opcua") if isinstance(value, dict) else getattr(value, "type", "")
+    return kind if kind in ("opcua", "camera") else "opcua"
+
+
+SourceConfig = Annotated[
+    Annotated[OpcUaSourceConfig, Tag("opcua")] | Annotated[CameraSourceConfig, Tag("camera")],
+    Discriminator(_source_type),
+]
+
+
 class ProcessPipelineConfig(_Strict):
     """Runs a process model on the latest tag values of one source."""
 
@@ -56,6 +110,58 @@ class ProcessPipelineConfig(_Strict):
     max_staleness_s: float = Field(
         30.0, gt=0, description="A tag older than this stops predictions until it updates"
     )
+
+
+class DefectRules(_Strict):
+    """When a vision result is a defect worth one record."""
+
+    classes: list[str] = Field(
+        min_length=1, description="Labels that are defects (anomaly models: [anomaly])")
+    min_confidence: float = Field(0.5, ge=0, le=1)
+    min_consecutive: int = Field(2, ge=1, description="Frames in a row before it counts")
+    cooldown_s: float = Field(10.0, ge=0, description="One defect passing the camera is one "
+                              "record: the same class in the same ROI is quiet this long")
+
+
+class EvidenceConfig(_Strict):
+    max_side_px: int = Field(1280, ge=64, description="Evidence images are shrunk to this")
+    jpeg_quality: int = Field(85, ge=10, le=100)
+    annotated: bool = Field(True, description="Also keep a copy with boxes or the heat map")
+
+
+class SamplingConfig(_Strict):
+    """Frames kept for labelling besides defects: unsure ones and a few normal ones."""
+
+    uncertain_band: tuple[float, float] | None = Field(
+        (0.4, 0.6), description="Top confidence in this band: the model is unsure")
+    normal_share: float = Field(0.001, ge=0, le=1, description="Share of normal frames kept")
+    per_hour: int = Field(60, ge=0)
+    per_day: int = Field(500, ge=0)
+
+
+class VisionPipelineConfig(_Strict):
+    """Runs a vision model on a camera's newest frames; defects become records with evidence."""
+
+    type: Literal["vision"]
+    name: Name
+    source: Name = Field(description="Name of the camera source")
+    model: Name = Field(description="Model name as published in central's registry")
+    defects: DefectRules
+    evidence: EvidenceConfig = Field(default_factory=EvidenceConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    runtime: RuntimeOptions = Field(default_factory=RuntimeOptions)
+
+
+def _pipeline_type(value: Any) -> str:
+    kind = value.get("type", "process") if isinstance(value, dict) else getattr(value, "type", "")
+    return kind if kind in ("process", "vision") else "process"
+
+
+PipelineConfig = Annotated[
+    Annotated[ProcessPipelineConfig, Tag("process")]
+    | Annotated[VisionPipelineConfig, Tag("vision")],
+    Discriminator(_pipeline_type),
+]
 
 
 class BufferConfig(_Strict):
@@ -139,8 +245,8 @@ class AgentConfig(_Strict):
         description="Buffer and model store; relative paths are relative to this file",
     )
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
-    sources: list[OpcUaSourceConfig] = Field(default_factory=list)
-    pipelines: list[ProcessPipelineConfig] = Field(default_factory=list)
+    sources: list[SourceConfig] = Field(default_factory=list)
+    pipelines: list[PipelineConfig] = Field(default_factory=list)
     buffer: BufferConfig = Field(default_factory=BufferConfig)
     uplink: UplinkConfig = Field(default_factory=UplinkConfig)
     ui: UiConfig = Field(default_factory=UiConfig)
@@ -165,6 +271,15 @@ class AgentConfig(_Strict):
                     f"which is not defined (sources: {known})"
                 )
             source = next(s for s in self.sources if s.name == pipeline.source)
+            wanted = "opcua" if pipeline.type == "process" else "camera"
+            if source.type != wanted:
+                raise ValueError(
+                    f"{pipeline.type} pipeline {pipeline.name!r} needs a {wanted} source; "
+                    f"{source.name!r} is a {source.type} source"
+                )
+            if not isinstance(pipeline, ProcessPipelineConfig):
+                continue
+            assert isinstance(source, OpcUaSourceConfig)
             missing = [f for f in pipeline.features or [] if f not in source.nodes]
             if missing:
                 raise ValueError(

@@ -1,0 +1,288 @@
+"""Camera sources (OpenCV): video files, image folders, USB cameras, RTSP and HTTP MJPEG streams.
+
+A reader thread grabs and decodes frames as fast as the source delivers them (or at the file's
+own rate, or at `max_fps`) and keeps only the newest one: a slow model skips frames, it never
+builds a backlog. A dropped stream is reopened with growing backoff; the state (connecting,
+connected, reconnecting, failed, stopped) and its reason go into the agent's status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge_agent.contract import SourceState
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+FOLDER_DEFAULT_FPS = 10.0
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded frame (BGR) with its number in this source and when it was grabbed."""
+
+    index: int
+    image: np.ndarray
+    grabbed_at: float
+
+
+class CameraSource:
+    """The newest frame of one camera, for any number of pipelines."""
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.name: str = config.name
+        self.state = SourceState(state="connecting", detail=config.url)
+        self.frames_grabbed = 0
+        self._latest: Frame | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiters: list[asyncio.Future[None]] = []
+
+    # --- asyncio side ---
+
+    async def run(self) -> None:
+        """Read until cancelled (the reader is a thread: OpenCV blocks)."""
+        self._loop = asyncio.get_running_loop()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._read_forever, name=f"camera-{self.name}",
+                                        daemon=True)
+        self._thread.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self._stop.set()
+            await asyncio.to_thread(self._thread.join, 5)
+            self._set_state("stopped", "")
+
+    def latest(self) -> Frame | None:
+        with self._lock:
+            return self._latest
+
+    async def next_frame(self, after: int = -1, timeout_s: float | None = None) -> Frame | None:
+        """The newest frame numbered above `after`, waiting for one; None on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        while True:
+            frame = self.latest()
+            if frame is not None and frame.index > after:
+                return frame
+            waiter = loop.create_future()
+            self._waiters.append(waiter)
+            remaining = None if deadline is None else max(0.0, deadline - loop.time())
+            try:
+                async with asyncio.timeout(remaining):
+                    await waiter
+            except TimeoutError:
+                return None
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # --- reader thread ---
+
+    def _read_forever(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                reader = open_reader(self.config)
+            except OSError as exc:
+                self._set_state("reconnecting", f"{exc}; retrying in {backoff:.0f} s")
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, self.config.reconnect_max_backoff_s)
+                continue
+            self._set_state("connected", reader.describe())
+            backoff = 0.5
+            try:
+                ended = self._pump(reader)
+            finally:
+                reader.close()
+            if ended:
+                self._set_state("stopped", "end of the video (loop: false)")
+                return
+            if not self._stop.is_set():
+                self._set_state("reconnecting", f"{self.config.url} stopped delivering frames; "
+                                f"reopening in {backoff:.0f} s")
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, self.config.reconnect_max_backoff_s)
+
+    def _pump(self, reader: FrameReader) -> bool:
+        """Read frames until the source fails (False) or a file ends without looping (True)."""
+        interval = reader.interval_s(self.config.max_fps)
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            image = reader.read()
+            if image is None:
+                if reader.finished and not self.config.loop:
+                    return True
+                if reader.finished and reader.rewind():
+                    continue
+                return False
+            image = self._reduce(image)
+            with self._lock:
+                self.frames_grabbed += 1
+                self._latest = Frame(self.frames_grabbed, image, time.time())
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.call_soon_threadsafe(self._wake)
+            if interval:
+                next_at += interval
+                delay = next_at - time.monotonic()
+                if delay > 0:
+                    self._stop.wait(delay)
+                else:
+                    next_at = time.monotonic()
+        return False
+
+    def _reduce(self, image: np.ndarray) -> np.ndarray:
+        """Shrink to `decode_width` right after decoding: every later step works on less."""
+        width = self.config.decode_width
+        if width and image.shape[1] > width:
+            height = round(image.shape[0] * width / image.shape[1])
+            return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+        return image
+
+    def _set_state(self, state: str, detail: str) -> None:
+        if (state, detail) != (self.state.state, self.state.detail):
+            log.info("camera state camera=%s state=%s detail=%s", self.name, state, detail)
+        self.state = SourceState(state=state, detail=detail)  # type: ignore[arg-type]
+
+
+class FrameReader:
+    """One opened source; `read()` returns a BGR frame, or None at its end or on failure."""
+
+    finished = False
+
+    def read(self) -> np.ndarray | None:
+        raise NotImplementedError
+
+    def rewind(self) -> bool:
+        return False
+
+    def interval_s(self, max_fps: float | None) -> float:
+        return 1.0 / max_fps if max_fps else 0.0
+
+    def describe(self) -> str:
+        return ""
+
+    def close(self) -> None:
+        pass
+
+
+class CaptureReader(FrameReader):
+    """cv2.VideoCapture over a file, a device or a network stream."""
+
+    def __init__(self, target: str | int, is_file: bool, native_rate: bool) -> None:
+        self.target = target
+        self.is_file = is_file
+        self.native_rate = native_rate
+        self.capture = cv2.VideoCapture(target)
+        if not self.capture.isOpened():
+            self.capture.release()
+            raise OSError(f"cannot open {target}")
+
+    def read(self) -> np.ndarray | None:
+        ok, image = self.capture.read()
+        if not ok:
+            self.finished = self.is_file
+            return None
+        return image
+
+    def rewind(self) -> bool:
+        self.finished = False
+        return bool(self.capture.set(cv2.CAP_PROP_POS_FRAMES, 0))
+
+    def interval_s(self, max_fps: float | None) -> float:
+        fps = self.capture.get(cv2.CAP_PROP_FPS) if self.is_file and self.native_rate else 0
+        rates = [r for r in (max_fps, fps) if r and r > 0]
+        return 1.0 / min(rates) if rates else 0.0
+
+    def describe(self) -> str:
+        width = int(self.capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+        height = int(self.capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        fps = self.capture.get(cv2.CAP_PROP_FPS)
+        return f"{self.target} {width}x{height}" + (f" at {fps:g} fps" if fps > 0 else "")
+
+    def close(self) -> None:
+        self.capture.release()
+
+
+class FolderReader(FrameReader):
+    """The images of a folder in name order, decoded at a reduced size when that is enough."""
+
+    def __init__(self, folder: Path, decode_width: int | None) -> None:
+        self.files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self.files:
+            raise OSError(f"no images in {folder} ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        self.folder = folder
+        self.decode_width = decode_width
+        self.position = 0
+
+    def read(self) -> np.ndarray | None:
+        if self.position >= len(self.files):
+            self.finished = True
+            return None
+        path = self.files[self.position]
+        self.position += 1
+        image = cv2.imread(str(path), self._flags(path))
+        if image is None:
+            log.warning("image unreadable, skipped path=%s", path)
+            return self.read()
+        return image
+
+    def _flags(self, path: Path) -> int:
+        """JPEG decodes at 1/2, 1/4 or 1/8 size for much less work, if still wide enough."""
+        if not self.decode_width or path.suffix.lower() not in {".jpg", ".jpeg"}:
+            return cv2.IMREAD_COLOR
+        header = cv2.imread(str(path), cv2.IMREAD_REDUCED_COLOR_8)
+        full_width = header.shape[1] * 8 if header is not None else 0
+        for factor, flag in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
+                             (2, cv2.IMREAD_REDUCED_COLOR_2)):
+            if full_width // factor >= self.decode_width:
+                return flag
+        return cv2.IMREAD_COLOR
+
+    def rewind(self) -> bool:
+        self.position, self.finished = 0, False
+        return True
+
+    def interval_s(self, max_fps: float | None) -> float:
+        return 1.0 / (max_fps or FOLDER_DEFAULT_FPS)
+
+    def describe(self) -> str:
+        return f"{self.folder}: {len(self.files)} images"
+
+
+def open_reader(config: Any) -> FrameReader:
+    """The reader for a camera URL; OSError (with what to check) when it cannot be opened."""
+    url: str = config.url
+    if url.startswith("usb:"):
+        target: str | int = url[4:]
+        return CaptureReader(int(target) if str(target).isdigit() else target, False, False)
+    if url.startswith(("rtsp://", "rtsps://", "http://", "https://")):
+        return CaptureReader(url, False, False)
+    path = Path(url.removeprefix("file://"))
+    if path.is_dir():
+        return FolderReader(path, config.decode_width)
+    if str(path).startswith("/dev/video"):
+        return CaptureReader(str(path), False, False)
+    if not path.exists():
+        raise OSError(f"{path} does not exist")
+    return CaptureReader(str(path), True, config.native_rate)

@@ -1,0 +1,203 @@
+"""Camera sources on real files and a real HTTP MJPEG stream served by the test."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_agent.config import CameraSourceConfig
+from edge_agent.sources.camera import CameraSource
+from tests.conftest import free_port
+
+
+def camera(url: str, **options: object) -> CameraSource:
+    return CameraSource(CameraSourceConfig(type="camera", name="cam", url=url,
+                                           reconnect_max_backoff_s=1, **options))
+
+
+def numbered_frame(i: int, width: int = 320, height: int = 240) -> np.ndarray:
+    """A frame whose brightness encodes its number (i * 20 in every pixel)."""
+    return np.full((height, width, 3), (i * 20) % 256, dtype=np.uint8)
+
+
+def write_video(path: Path, frames: int, fps: float = 50.0) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (320, 240))
+    assert writer.isOpened()
+    for i in range(frames):
+        writer.write(numbered_frame(i))
+    writer.release()
+    return path
+
+
+async def collect(source: CameraSource, count: int, timeout_s: float = 10) -> list[int]:
+    """Frame brightness values of `count` successive newest frames."""
+    task = asyncio.create_task(source.run())
+    seen, after = [], -1
+    try:
+        while len(seen) < count:
+            frame = await source.next_frame(after, timeout_s)
+            assert frame is not None, f"no frame; state {source.state}"
+            seen.append(int(frame.image.mean()))
+            after = frame.index
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    return seen
+
+
+def test_video_file_plays_at_its_own_rate_and_loops(tmp_path: Path) -> None:
+    video = write_video(tmp_path / "line.avi", frames=5, fps=20)
+    source = camera(str(video))
+    started = time.monotonic()
+    values = asyncio.run(collect(source, 12))
+    assert time.monotonic() - started >= 0.4  # 12 frames at 20 fps, not as fast as decoding
+    assert {round(v / 20) for v in values} == {0, 1, 2, 3, 4}  # every frame, again and again
+    assert source.state.state == "stopped"
+
+
+def test_video_file_without_loop_ends_in_state_stopped(tmp_path: Path) -> None:
+    video = write_video(tmp_path / "line.avi", frames=3)
+    source = camera(f"file://{video}", loop=False, native_rate=False)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(source.run())
+        deadline = time.monotonic() + 10
+        while "end of the video" not in source.state.detail:
+            assert time.monotonic() < deadline, source.state
+            await asyncio.sleep(0.02)
+        assert source.frames_grabbed == 3
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
+
+
+def test_folder_of_images_in_name_order_decoded_reduced(tmp_path: Path) -> None:
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"img{i}.jpg"), numbered_frame(i + 1, 1600, 1200))
+    (tmp_path / "notes.txt").write_text("not an image")
+    source = camera(str(tmp_path), max_fps=100, decode_width=400)
+    values = asyncio.run(collect(source, 3))
+    assert [round(v / 20) for v in values] == [1, 2, 3]
+    assert source.latest().image.shape == (300, 400, 3)  # 1600 wide decoded at 1/4
+
+
+def test_slow_consumer_gets_the_newest_frame_not_a_backlog(tmp_path: Path) -> None:
+    video = write_video(tmp_path / "line.avi", frames=50, fps=200)
+    source = camera(str(video))
+
+    async def scenario() -> list[int]:
+        task = asyncio.create_task(source.run())
+        indices, after = [], -1
+        for _ in range(3):
+            frame = await source.next_frame(after, 10)
+            assert frame is not None
+            indices.append(frame.index)
+            after = frame.index
+            await asyncio.sleep(0.1)  # a slow model
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return indices
+
+    indices = asyncio.run(scenario())
+    assert indices[2] - indices[1] > 5, indices  # frames in between were skipped
+
+
+def test_missing_file_is_retried_with_the_reason_in_the_state(tmp_path: Path) -> None:
+    source = camera(str(tmp_path / "absent.avi"))
+
+    async def scenario() -> None:
+        task = asyncio.create_task(source.run())
+        await asyncio.sleep(0.3)
+        assert source.state.state == "reconnecting"
+        assert "does not exist" in source.state.detail
+        write_video(tmp_path / "absent.avi", frames=3)
+        assert await source.next_frame(-1, 10) is not None
+        assert source.state.state == "connected"
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
+
+
+class MjpegServer:
+    """An HTTP MJPEG camera (multipart/x-mixed-replace), as many IP cameras serve."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.server: ThreadingHTTPServer | None = None
+        self.sent = 0
+
+    def start(self) -> None:
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                try:
+                    while owner.server is not None:
+                        ok, jpeg = cv2.imencode(".jpg", numbered_frame(owner.sent % 10))
+                        assert ok
+                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n"
+                                         + f"Content-Length: {len(jpeg)}\r\n\r\n".encode()
+                                         + jpeg.tobytes() + b"\r\n")
+                        owner.sent += 1
+                        time.sleep(0.02)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        ThreadingHTTPServer.allow_reuse_address = True
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        server, self.server = self.server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+
+
+@pytest.fixture
+def mjpeg() -> Iterator[MjpegServer]:
+    server = MjpegServer(free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_http_mjpeg_stream_is_read_and_reconnected_after_the_camera_drops(
+        mjpeg: MjpegServer) -> None:
+    source = camera(f"http://127.0.0.1:{mjpeg.port}/stream.mjpg")
+
+    async def scenario() -> None:
+        task = asyncio.create_task(source.run())
+        first = await source.next_frame(-1, 15)
+        assert first is not None and first.image.shape == (240, 320, 3)
+        assert source.state.state == "connected"
+        mjpeg.stop()  # the camera loses power
+        deadline = time.monotonic() + 20
+        while source.state.state != "reconnecting":
+            assert time.monotonic() < deadline, source.state
+            await asyncio.sleep(0.05)
+        mjpeg.start()  # and comes back
+        after = source.latest().index
+        resumed = await source.next_frame(after, 20)
+        assert resumed is not None and source.state.state == "connected"
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
