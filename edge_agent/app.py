@@ -9,19 +9,35 @@ from typing import Any
 
 from edge_agent import __version__, web
 from edge_agent.buffer import Buffer
-from edge_agent.config import AgentConfig
+from edge_agent.config import AgentConfig, OpcUaSourceConfig, ProcessPipelineConfig
 from edge_agent.contract import DeviceStatus, Topics, encode
 from edge_agent.deployer import Deployer
 from edge_agent.httpserver import WebServer
 from edge_agent.inference.process import ProcessPipeline
+from edge_agent.inference.vision_pipeline import VisionPipeline
 from edge_agent.lifecycle import ModelWatch
 from edge_agent.metrics import AgentMetrics
 from edge_agent.model_store import ModelStore
+from edge_agent.sources.camera import CameraSource
 from edge_agent.sources.opcua import OpcUaSource
 from edge_agent.transport import MqttTransport, NotConnected, Transport, Will
 from edge_agent.uplink import Uplink
 
 log = logging.getLogger(__name__)
+
+
+def pipeline_status(pipeline: ProcessPipeline | VisionPipeline) -> dict[str, Any]:
+    """What the status page and `/api/status` show of one pipeline."""
+    common = {"name": pipeline.name, "type": pipeline.config.type,
+              "model": pipeline.config.model, "state": pipeline.status.state,
+              "detail": pipeline.status.detail}
+    if isinstance(pipeline, VisionPipeline):
+        status = pipeline.status
+        return {**common, "camera": pipeline.camera.name, "frames": status.frames,
+                "defects": status.defects, "samples": status.samples,
+                "last_result": status.last_result}
+    return {**common, "predictions": pipeline.status.predictions,
+            "last_prediction": pipeline.status.last_prediction}
 
 
 class Agent:
@@ -39,13 +55,22 @@ class Agent:
             will=Will(self.topics.status(self.device_id), encode(offline)),
             on_connected=self.publish_status,
         )
-        self.sources = {s.name: OpcUaSource(s) for s in config.sources}
+        self.sources: dict[str, OpcUaSource | CameraSource] = {
+            s.name: OpcUaSource(s) if isinstance(s, OpcUaSourceConfig) else CameraSource(s)
+            for s in config.sources
+        }
         self.watch = ModelWatch()
-        self.pipelines = [
-            ProcessPipeline(p, self.sources[p.source].latest, self.store, self.buffer,
-                            self.watch)
-            for p in config.pipelines
-        ]
+        self.pipelines: list[ProcessPipeline | VisionPipeline] = []
+        for p in config.pipelines:
+            source = self.sources[p.source]
+            if isinstance(p, ProcessPipelineConfig):
+                assert isinstance(source, OpcUaSource)
+                self.pipelines.append(ProcessPipeline(p, source.latest, self.store, self.buffer,
+                                                      self.watch))
+            else:
+                assert isinstance(source, CameraSource)
+                self.pipelines.append(VisionPipeline(p, source, self.store, self.buffer,
+                                                     self.watch))
         self.uplink = Uplink(self.device_id, self.topics, self.transport, self.buffer,
                              config.uplink)
         self.deployer = Deployer(self.device_id, self.topics, self.transport, self.store,
@@ -68,12 +93,7 @@ class Agent:
         """Everything the status page and `/api/status` show."""
         return {
             "device": (await self.status()).model_dump(mode="json"),
-            "pipelines": [
-                {"name": p.name, "model": p.config.model, "state": p.status.state,
-                 "detail": p.status.detail, "predictions": p.status.predictions,
-                 "last_prediction": p.status.last_prediction}
-                for p in self.pipelines
-            ],
+            "pipelines": [pipeline_status(p) for p in self.pipelines],
         }
 
     async def publish_status(self, state: str = "online") -> None:

@@ -32,6 +32,7 @@ DEFAULT_PRIORITIES: dict[str, int] = {
     "defect": 70,
     "recommendation": 60,
     "metric": 40,
+    "sample": 30,
     "prediction": 20,
 }
 DEFAULT_PRIORITY = 50

@@ -142,6 +142,8 @@ class UplinkRecord(BaseModel):
 RECORD_PREDICTION = "prediction"
 RECORD_DEPLOYMENT_EVENT = "deployment_event"
 RECORD_EVICTION = "eviction"
+RECORD_DEFECT = "defect"  # a vision pipeline's defect, with its evidence images
+RECORD_SAMPLE = "sample"  # a frame kept for labelling (the model was unsure, or at random)
 
 
 class PredictionPayload(BaseModel):

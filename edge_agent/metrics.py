@@ -27,7 +27,9 @@ SOURCE_STATES: tuple[str, ...] = typing.get_args(SourceState.model_fields["state
 class PipelineSnapshot:
     name: str
     state: str
-    predictions: int
+    predictions: int  # inferences: predictions of a process pipeline, frames of a vision one
+    defects: int | None = None  # vision pipelines only
+    samples: int | None = None
 
 
 @dataclass(frozen=True)
@@ -44,12 +46,19 @@ async def snapshot_of(agent: Agent) -> AgentSnapshot:
     """The agent's state now: its device status (buffer and uplink health) and counters."""
     return AgentSnapshot(
         status=await agent.status(),
-        pipelines=[PipelineSnapshot(p.name, p.status.state, p.status.predictions)
-                   for p in agent.pipelines],
+        pipelines=[pipeline_snapshot(p) for p in agent.pipelines],
         resent_batches=agent.uplink.stats.resent_batches,
         rejected_messages={"uplink": agent.uplink.stats.rejected_messages,
                            "deployer": agent.deployer.rejected_messages},
     )
+
+
+def pipeline_snapshot(pipeline: Any) -> PipelineSnapshot:
+    status = pipeline.status
+    if pipeline.config.type == "vision":
+        return PipelineSnapshot(pipeline.name, status.state, status.frames, status.defects,
+                                status.samples)
+    return PipelineSnapshot(pipeline.name, status.state, status.predictions)
 
 
 class AgentMetrics:
@@ -142,15 +151,27 @@ def _uplink_families(snapshot: AgentSnapshot) -> Iterator[Any]:
 
 
 def _pipeline_families(pipelines: list[PipelineSnapshot]) -> Iterator[Any]:
-    predictions = CounterMetricFamily("edge_agent_pipeline_predictions",
-                                      "Predictions buffered since the agent started",
-                                      labels=["pipeline"])
+    predictions = CounterMetricFamily(
+        "edge_agent_pipeline_predictions",
+        "Inferences since the agent started (process: predictions, vision: frames judged)",
+        labels=["pipeline"])
+    defects = CounterMetricFamily("edge_agent_vision_defects",
+                                  "Defect records written by a vision pipeline",
+                                  labels=["pipeline"])
+    samples = CounterMetricFamily("edge_agent_vision_samples",
+                                  "Frames kept for labelling by a vision pipeline",
+                                  labels=["pipeline"])
     state = GaugeMetricFamily("edge_agent_pipeline_state",
                               "1 for the pipeline's current state", labels=["pipeline", "state"])
     for pipeline in pipelines:
         predictions.add_metric([pipeline.name], pipeline.predictions)
+        if pipeline.defects is not None:
+            defects.add_metric([pipeline.name], pipeline.defects)
+            samples.add_metric([pipeline.name], pipeline.samples or 0)
         state.add_metric([pipeline.name, pipeline.state], 1)
     yield predictions
+    yield defects
+    yield samples
     yield state
 
 

@@ -43,15 +43,24 @@ def render_status_page(status: dict[str, Any]) -> str:
     device = status["device"]
     rows = []
     for pipeline in status["pipelines"]:
-        last = pipeline.get("last_prediction") or {}
-        outputs = ", ".join(f"{k} = {v:.2f}" for k, v in (last.get("outputs") or {}).items()
-                            if isinstance(v, float))
-        model = last.get("model") or {}
+        if pipeline.get("type") == "vision":
+            last = pipeline.get("last_result") or {}
+            outputs = (f"{last['label']} {last['confidence']:.2f} ({last['roi']})"
+                       if last else "")
+            model = {"name": pipeline["model"]}
+            count = (f"{pipeline['frames']} frames, {pipeline['defects']} defects, "
+                     f"{pipeline['samples']} samples")
+        else:
+            last = pipeline.get("last_prediction") or {}
+            outputs = ", ".join(f"{k} = {v:.2f}" for k, v in (last.get("outputs") or {}).items()
+                                if isinstance(v, float))
+            model = last.get("model") or {}
+            count = str(pipeline["predictions"])
         rows.append(
             f"<tr><td>{e(pipeline['name'])}</td><td>{e(pipeline['state'])}</td>"
             f"<td>{e(pipeline['detail'])}</td><td>{e(outputs)}</td>"
             f"<td>{e(model.get('name', ''))} {e(model.get('version', ''))}</td>"
-            f"<td>{pipeline['predictions']}</td></tr>"
+            f"<td>{e(count)}</td></tr>"
         )
     sources = "".join(
         f"<tr><td>{e(name)}</td><td>{e(s['state'])}</td><td>{e(s['detail'])}</td></tr>"

@@ -1,0 +1,342 @@
+"""Vision pipeline: a camera's newest frames through the active vision model, defects recorded.
+
+Frames are decoded by the camera's reader thread; preprocessing of the next frame runs while
+the model works on the current one, so the pipeline is bound by the model. Each region of
+interest is judged on its own. A defect becomes one `defect` record (with JPEG evidence and an
+annotated copy) once it was seen in `min_consecutive` frames in a row, then the same class in the
+same region is quiet for `cooldown_s`. Frames the model is unsure about, and a small random share
+of normal ones, become `sample` records within hourly and daily quotas, for labelling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import random
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge_agent.buffer import Buffer
+from edge_agent.config import RoiConfig, VisionPipelineConfig
+from edge_agent.contract import RECORD_DEFECT, RECORD_SAMPLE
+from edge_agent.inference.runtime import ModelLoadError
+from edge_agent.inference.vision import Letterbox, VisionModel, VisionResult
+from edge_agent.lifecycle import ModelWatch
+from edge_agent.model_store import ModelStore
+from edge_agent.sources.camera import CameraSource, Frame
+
+log = logging.getLogger(__name__)
+
+WHOLE_FRAME = "frame"
+
+
+@dataclass
+class VisionState:
+    state: str = "waiting"
+    detail: str = ""
+    frames: int = 0
+    defects: int = 0
+    samples: int = 0
+    last_result: dict[str, Any] | None = None
+
+
+class DefectRule:
+    """Consecutive-frame and cooldown logic for one pipeline, per (ROI, class)."""
+
+    def __init__(self, min_consecutive: int, cooldown_s: float) -> None:
+        self.min_consecutive = min_consecutive
+        self.cooldown_s = cooldown_s
+        self._streak: dict[tuple[str, str], int] = {}
+        self._last_record: dict[tuple[str, str], float] = {}
+
+    def observe(self, roi: str, labels: set[str], now: float) -> list[str]:
+        """The labels of this ROI that become a defect record now."""
+        for key in [k for k in self._streak if k[0] == roi and k[1] not in labels]:
+            del self._streak[key]  # the streak is broken
+        due = []
+        for label in sorted(labels):
+            key = (roi, label)
+            self._streak[key] = self._streak.get(key, 0) + 1
+            if self._streak[key] >= self.min_consecutive and \
+                    now - self._last_record.get(key, -1e18) >= self.cooldown_s:
+                self._last_record[key] = now
+                due.append(label)
+        return due
+
+
+class Quota:
+    """At most `per_hour` and `per_day` events (rolling windows)."""
+
+    def __init__(self, per_hour: int, per_day: int) -> None:
+        self.per_hour, self.per_day = per_hour, per_day
+        self._times: deque[float] = deque()
+
+    def take(self, now: float) -> bool:
+        while self._times and now - self._times[0] > 86400:
+            self._times.popleft()
+        last_hour = sum(1 for t in self._times if now - t <= 3600)
+        if len(self._times) >= self.per_day or last_hour >= self.per_hour:
+            return False
+        self._times.append(now)
+        return True
+
+
+@dataclass
+class _Prepared:
+    frame: Frame
+    regions: list[tuple[str, RoiConfig | None, np.ndarray, Letterbox]] = field(
+        default_factory=list)
+
+
+class VisionPipeline:
+    def __init__(self, config: VisionPipelineConfig, camera: CameraSource, store: ModelStore,
+                 buffer: Buffer, watch: ModelWatch | None = None,
+                 rng: random.Random | None = None) -> None:
+        self.config = config
+        self.name = config.name
+        self.camera = camera
+        self._store = store
+        self._buffer = buffer
+        self._watch = watch or ModelWatch()
+        self._rng = rng or random.Random()
+        self._model: VisionModel | None = None
+        self._failed_sha: str | None = None
+        self._rule = DefectRule(config.defects.min_consecutive, config.defects.cooldown_s)
+        self._quota = Quota(config.sampling.per_hour, config.sampling.per_day)
+        # One thread prepares the next frame while another runs the model on this one.
+        self._prepare_pool = ThreadPoolExecutor(1, thread_name_prefix=f"{config.name}-prep")
+        self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix=f"{config.name}-infer")
+        self.status = VisionState(detail=f"waiting for model {config.model}")
+
+    async def run(self) -> None:
+        after = -1
+        pending: asyncio.Future[list[tuple[str, VisionResult, float]]] | None = None
+        pending_prep: _Prepared | None = None
+        try:
+            while True:
+                frame = await self.camera.next_frame(after, timeout_s=5.0)
+                if frame is None:
+                    self._set("waiting", f"no frame from camera {self.camera.name}: "
+                              f"{self.camera.state.state} {self.camera.state.detail}".rstrip())
+                    continue
+                after = frame.index
+                model = await self._current_model()
+                if model is None:
+                    continue
+                loop = asyncio.get_running_loop()
+                prepared = await loop.run_in_executor(self._prepare_pool, self._prepare,
+                                                      model, frame)
+                if pending is not None and pending_prep is not None:
+                    await self._handle(pending_prep, await pending)
+                pending_prep = prepared
+                pending = loop.run_in_executor(self._infer_pool, self._infer, model, prepared)
+        finally:
+            if pending is not None:
+                pending.cancel()
+            self._prepare_pool.shutdown(wait=False, cancel_futures=True)
+            self._infer_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def process(self, frame: Frame) -> list[dict[str, Any]]:
+        """One frame start to end (no overlap); returns the records written. For tests and
+        tools; `run()` does the same with the next frame prepared during inference."""
+        model = await self._current_model()
+        if model is None:
+            return []
+        loop = asyncio.get_running_loop()
+        prepared = await loop.run_in_executor(self._prepare_pool, self._prepare, model, frame)
+        results = await loop.run_in_executor(self._infer_pool, self._infer, model, prepared)
+        return await self._handle(prepared, results)
+
+    async def _current_model(self) -> VisionModel | None:
+        installed = self._store.active(self.config.model)
+        if installed is None:
+            self._set("waiting", f"waiting for model {self.config.model} to be deployed")
+            return None
+        if self._model is not None and self._model.manifest.sha256 == installed.manifest.sha256:
+            return self._model
+        if self._failed_sha == installed.manifest.sha256:
+            return None
+        try:
+            self._model = await asyncio.get_running_loop().run_in_executor(
+                self._infer_pool, lambda: VisionModel(installed.path, installed.manifest,
+                                                      self.config.runtime))
+        except ModelLoadError as exc:
+            self._failed_sha = installed.manifest.sha256
+            self._model = None
+            self._set("error", str(exc))
+            return None
+        log.info("vision model loaded pipeline=%s model=%s version=%s", self.name,
+                 installed.manifest.name, installed.manifest.version)
+        return self._model
+
+    def _prepare(self, model: VisionModel, frame: Frame) -> _Prepared:
+        prepared = _Prepared(frame)
+        rois = self.camera.config.rois or [None]
+        for roi in rois:
+            image = frame.image
+            if roi is not None:
+                image = image[roi.y:roi.y + roi.height, roi.x:roi.x + roi.width]
+                if image.size == 0:
+                    continue
+            tensor, fit = model.preprocess(image)
+            prepared.regions.append((roi.name if roi else WHOLE_FRAME, roi, tensor, fit))
+        return prepared
+
+    def _infer(self, model: VisionModel,
+               prepared: _Prepared) -> list[tuple[str, VisionResult, float]]:
+        results = []
+        for name, roi, tensor, fit in prepared.regions:
+            started = time.perf_counter()
+            output = model.runner.run({model.input_name: tensor})
+            shape = (roi.height, roi.width) if roi else prepared.frame.image.shape[:2]
+            result = model.decode(next(iter(output.values())), fit, shape)
+            results.append((name, result, (time.perf_counter() - started) * 1000))
+        return results
+
+    async def _handle(self, prepared: _Prepared,
+                      results: list[tuple[str, VisionResult, float]]) -> list[dict[str, Any]]:
+        model = self._model
+        assert model is not None
+        records = []
+        now = time.time()
+        for roi_name, result, latency_ms in results:
+            self._watch.observe(model.manifest.name, model.manifest.sha256,
+                                {"confidence": np.asarray([result.confidence])}, latency_ms)
+            hits = self._defect_labels(result)
+            for label in self._rule.observe(roi_name, set(hits), now):
+                records.append(self._record(RECORD_DEFECT, prepared, roi_name, result, label,
+                                            hits[label], now))
+            if not hits:
+                reason = self._sample_reason(result)
+                if reason and self._quota.take(now):
+                    records.append(self._record(RECORD_SAMPLE, prepared, roi_name, result,
+                                                result.label, result.confidence, now, reason))
+            self.status.last_result = {"roi": roi_name, **result.summary(),
+                                       "latency_ms": round(latency_ms, 2)}
+        for kind, payload in records:
+            await self._buffer.append(kind, payload)
+            if kind == RECORD_DEFECT:
+                self.status.defects += 1
+            else:
+                self.status.samples += 1
+        self.status.frames += 1
+        self._set("running", "")
+        return [payload for _, payload in records]
+
+    def _defect_labels(self, result: VisionResult) -> dict[str, float]:
+        """Defect classes present in this result, with their confidence."""
+        rules = self.config.defects
+        wanted = set(rules.classes)
+        if result.kind == "detection":
+            found: dict[str, float] = {}
+            for detection in result.detections:
+                if detection.label in wanted and detection.confidence >= rules.min_confidence:
+                    found[detection.label] = max(found.get(detection.label, 0.0),
+                                                 detection.confidence)
+            return found
+        if result.kind == "anomaly":
+            return {result.label: result.confidence} if result.label in wanted else {}
+        if result.label in wanted and result.confidence >= rules.min_confidence:
+            return {result.label: result.confidence}
+        return {}
+
+    def _sample_reason(self, result: VisionResult) -> str | None:
+        sampling = self.config.sampling
+        band = sampling.uncertain_band
+        if band and result.kind != "anomaly" and band[0] <= result.confidence <= band[1]:
+            return "uncertain"
+        if sampling.normal_share and self._rng.random() < sampling.normal_share:
+            return "random"
+        return None
+
+    def _record(self, kind: str, prepared: _Prepared, roi_name: str, result: VisionResult,
+                label: str, confidence: float, now: float,
+                reason: str | None = None) -> tuple[str, dict[str, Any]]:
+        model = self._model
+        assert model is not None
+        roi = next((r for _, r, _, _ in prepared.regions if r is not None
+                    and r.name == roi_name), None)
+        payload: dict[str, Any] = {
+            "pipeline": self.name,
+            "camera": self.camera.name,
+            "roi": roi_name,
+            "roi_box": [roi.x, roi.y, roi.width, roi.height] if roi else None,
+            "label": label,
+            "confidence": round(float(confidence), 4),
+            "boxes": [{"label": d.label, "confidence": round(d.confidence, 4),
+                       "box": _to_frame(d.box, roi)} for d in result.detections],
+            "result": result.summary(),
+            "model": model.manifest.ref.model_dump(),
+            "frame_index": prepared.frame.index,
+            "captured_at": prepared.frame.grabbed_at,
+            "images": self._evidence(prepared.frame.image, roi, result),
+        }
+        if reason is not None:
+            payload["reason"] = reason
+        log.info("%s recorded pipeline=%s roi=%s label=%s confidence=%.3f", kind, self.name,
+                 roi_name, label, confidence)
+        return kind, payload
+
+    def _evidence(self, image: np.ndarray, roi: RoiConfig | None,
+                  result: VisionResult) -> dict[str, Any]:
+        evidence = self.config.evidence
+        images = {"frame": _jpeg(image, evidence.max_side_px, evidence.jpeg_quality)}
+        if evidence.annotated:
+            annotated = _annotate(image, roi, result)
+            images["annotated"] = _jpeg(annotated, evidence.max_side_px, evidence.jpeg_quality)
+        return images
+
+    def _set(self, state: str, detail: str) -> None:
+        if (state, detail) != (self.status.state, self.status.detail):
+            log.info("pipeline state pipeline=%s state=%s detail=%s", self.name, state, detail)
+        self.status.state, self.status.detail = state, detail
+
+
+def _to_frame(box: tuple[int, int, int, int], roi: RoiConfig | None) -> list[int]:
+    if roi is None:
+        return list(box)
+    return [box[0] + roi.x, box[1] + roi.y, box[2] + roi.x, box[3] + roi.y]
+
+
+def _annotate(image: np.ndarray, roi: RoiConfig | None, result: VisionResult) -> np.ndarray:
+    """A copy with the ROI, the boxes and their labels, or the anomaly heat map, drawn on."""
+    out = image.copy()
+    x0, y0 = (roi.x, roi.y) if roi else (0, 0)
+    if result.heatmap is not None:
+        h, w = result.heatmap.shape
+        colour = cv2.applyColorMap((result.heatmap * 255).astype(np.uint8), cv2.COLORMAP_JET)
+        region = out[y0:y0 + h, x0:x0 + w]
+        out[y0:y0 + h, x0:x0 + w] = cv2.addWeighted(region, 0.6, colour[:region.shape[0],
+                                                                         :region.shape[1]], 0.4, 0)
+    for detection in result.detections:
+        x1, y1, x2, y2 = _to_frame(detection.box, roi)
+        cv2.rectangle(out, (x1, y1), (x2, y2), (0, 0, 255), 2)
+        cv2.putText(out, f"{detection.label} {detection.confidence:.2f}", (x1, max(12, y1 - 4)),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 255), 1, cv2.LINE_AA)
+    if roi is not None:
+        cv2.rectangle(out, (roi.x, roi.y), (roi.x + roi.width, roi.y + roi.height),
+                      (0, 255, 255), 1)
+    if not result.detections:
+        cv2.putText(out, f"{result.label} {result.confidence:.2f}", (x0 + 4, y0 + 16),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 255), 1, cv2.LINE_AA)
+    return out
+
+
+def _jpeg(image: np.ndarray, max_side: int, quality: int) -> dict[str, Any]:
+    height, width = image.shape[:2]
+    scale = min(1.0, max_side / max(height, width))
+    if scale < 1.0:
+        image = cv2.resize(image, (round(width * scale), round(height * scale)),
+                           interpolation=cv2.INTER_AREA)
+    ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return {"jpeg_b64": base64.b64encode(encoded.tobytes()).decode("ascii"),
+            "width": image.shape[1], "height": image.shape[0]}
