@@ -205,7 +205,7 @@ class VisionPipeline:
         model = self._model
         assert model is not None
         records = []
-        now = time.time()
+        now = prepared.frame.grabbed_at  # rules count in the camera's time
         for roi_name, result, latency_ms in results:
             self._watch.observe(model.manifest.name, model.manifest.sha256,
                                 {"confidence": np.asarray([result.confidence])}, latency_ms)
