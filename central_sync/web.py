@@ -6,13 +6,15 @@ Served by uvicorn inside the service's asyncio loop; handlers are sync, so FastA
 
 from __future__ import annotations
 
+import base64
 import logging
+import re
 import time
 from collections.abc import Callable
 from html import escape
 from typing import Any
 
-from fastapi import FastAPI, Query, Response
+from fastapi import FastAPI, HTTPException, Query, Response
 from fastapi.responses import HTMLResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -55,6 +57,23 @@ def create_app(
         limit: int = Query(50, ge=1, le=1000), device_id: str | None = None
     ) -> list[dict[str, Any]]:
         return db.recent_predictions(limit, device_id=device_id or None)
+
+    @app.get("/api/records")
+    def records(
+        type: str = Query(..., pattern=r"^[a-z][a-z0-9_]{0,31}$", description="e.g. defect"),
+        limit: int = Query(50, ge=1, le=1000), device_id: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Newest records of a type; evidence images are listed by name, served below."""
+        return db.recent_records(type, limit, device_id=device_id or None)
+
+    @app.get("/api/records/{device_id}/{seq}/images/{name}")
+    def record_image(device_id: str, seq: int, name: str) -> Response:
+        if not re.match(r"^[a-z][a-z0-9_]{0,31}$", name):
+            raise HTTPException(404, "no such image")
+        encoded = db.record_image(device_id, seq, name)
+        if encoded is None:
+            raise HTTPException(404, f"record {device_id}/{seq} has no image {name!r}")
+        return Response(base64.b64decode(encoded), media_type="image/jpeg")
 
     @app.get("/api/models")
     def models() -> list[dict[str, Any]]:

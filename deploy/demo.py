@@ -18,6 +18,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -25,7 +26,11 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 MODEL = REPO / "sample_data" / "scrap_model.onnx"
 METADATA = REPO / "sample_data" / "scrap_model.json"
+VISION_FILE = REPO / "sample_data" / "surface_defects.onnx"
+VISION_METADATA = REPO / "sample_data" / "surface_defects.json"
 DEVICE = "line1-gw1"
+VISION_MODEL = "surface-defects"
+VIDEO = REPO / "sample_data" / "surface_line.mp4"
 console = Console(soft_wrap=True)
 
 EPILOG = """examples:
@@ -123,7 +128,7 @@ def write_configs(workdir: Path, ports: dict[str, int]) -> tuple[Path, Path]:
     )
     agent_template = (REPO / "deploy" / "edge-agent.example.yaml").read_text()
     agent = workdir / "edge-agent.yaml"
-    agent.write_text(
+    text = (
         agent_template.replace("port: 1883 ", f"port: {ports['mqtt']} ")
         .replace("opc.tcp://127.0.0.1:4840/", f"opc.tcp://127.0.0.1:{ports['opcua']}/")
         .replace("data_dir: var/edge-agent", "data_dir: agent")
@@ -133,6 +138,19 @@ def write_configs(workdir: Path, ports: dict[str, int]) -> tuple[Path, Path]:
         .replace("central_public_key: central-signing.pub",
                  "central_public_key: central/keys/signing.pub")
     )
+    # The camera line: the sample strip video, looping, through the surface-defect model.
+    document = yaml.safe_load(text)
+    document["sources"].append({
+        "name": "strip-camera", "type": "camera", "url": str(VIDEO), "loop": True,
+        "rois": [{"name": "inspection", "x": 128, "y": 58, "width": 64, "height": 64}]})
+    document["pipelines"].append({
+        "name": "surface", "type": "vision", "source": "strip-camera", "model": VISION_MODEL,
+        "defects": {"classes": ["scratch", "pit", "stain"], "min_confidence": 0.8,
+                    "min_consecutive": 2, "cooldown_s": 0.5},
+        "sampling": {"uncertain_band": [0.45, 0.6], "per_hour": 20},
+        "runtime": {"intra_op_threads": 1}})
+    agent.write_text("# Written by deploy/demo.py from deploy/edge-agent.example.yaml\n"
+                     + yaml.safe_dump(document, sort_keys=False))
     return central, agent
 
 
@@ -174,24 +192,28 @@ def run(workdir: Path, duration_s: float | None) -> int:
                                               str(central_cfg)])
         wait_http(f"{central_url}/healthz", 60, central, "central-sync")
         console.print(f"[green]✓[/] central-sync           {central_url}/")
-        publish = subprocess.run(
-            [str(BIN / "central-sync"), "model", "publish", str(MODEL), "--name",
-             "extruder-scrap", "--version", "1.0.0", "--metadata", str(METADATA),
-             "-c", str(central_cfg)], capture_output=True, text=True, cwd=REPO)
-        if publish.returncode != 0:
-            raise RuntimeError(f"model publish failed: {publish.stderr.strip()}")
-        console.print("[green]✓[/] published model        extruder-scrap 1.0.0")
+        for file, meta, name, kind in ((MODEL, METADATA, "extruder-scrap", "process"),
+                                       (VISION_FILE, VISION_METADATA, VISION_MODEL, "vision")):
+            publish = subprocess.run(
+                [str(BIN / "central-sync"), "model", "publish", str(file), "--name", name,
+                 "--version", "1.0.0", "--kind", kind, "--metadata", str(meta),
+                 "-c", str(central_cfg)], capture_output=True, text=True, cwd=REPO)
+            if publish.returncode != 0:
+                raise RuntimeError(f"model publish failed: {publish.stderr.strip()}")
+            console.print(f"[green]✓[/] published model        {name} 1.0.0 ({kind})")
         agent = demo.start("edge-agent", [str(BIN / "edge-agent"), "run", "-c", str(agent_cfg)])
         wait_http(f"{agent_url}/healthz", 60, agent, "edge-agent")
         console.print(f"[green]✓[/] edge-agent {DEVICE}     {agent_url}/")
-        console.print("[bold]→[/] deploying extruder-scrap 1.0.0 to the gateway over MQTT ...")
-        deploy = subprocess.run(
-            [str(BIN / "central-sync"), "deploy", "extruder-scrap@1.0.0", "--device", DEVICE,
-             "--wait", "120", "-c", str(central_cfg)], capture_output=True, text=True, cwd=REPO)
-        for line in (deploy.stdout + deploy.stderr).strip().splitlines():
-            console.print(f"    {line}")
-        if deploy.returncode != 0:
-            raise RuntimeError("deployment did not complete; see the logs below")
+        for name in ("extruder-scrap", VISION_MODEL):
+            console.print(f"[bold]→[/] deploying {name} 1.0.0 to the gateway over MQTT ...")
+            deploy = subprocess.run(
+                [str(BIN / "central-sync"), "deploy", f"{name}@1.0.0", "--device", DEVICE,
+                 "--wait", "120", "-c", str(central_cfg)], capture_output=True, text=True,
+                cwd=REPO)
+            for line in (deploy.stdout + deploy.stderr).strip().splitlines():
+                console.print(f"    {line}")
+            if deploy.returncode != 0:
+                raise RuntimeError("deployment did not complete; see the logs below")
         _print_where(workdir, central_cfg, agent_cfg, central_url, agent_url)
         _follow_predictions(demo, central_url, started, duration_s)
     except KeyboardInterrupt:
@@ -235,13 +257,27 @@ def _print_where(workdir: Path, central_cfg: Path, agent_cfg: Path, central_url:
 
 def _follow_predictions(demo: Demo, central_url: str, started: float,
                         duration_s: float | None) -> None:
-    console.print("[bold]Predictions arriving in central[/] (Ctrl-C to stop):")
+    console.print("[bold]Predictions and defects arriving in central[/] (Ctrl-C to stop):")
     seen: set[tuple[str, int]] = set()
     first = True
     while duration_s is None or time.monotonic() - started < duration_s:
         for name, process in demo.processes:
             if process.poll() is not None:
                 raise RuntimeError(f"{name} exited with code {process.returncode}")
+        defects = get_json(f"{central_url}/api/records?type=defect&limit=20")
+        assert isinstance(defects, list)
+        for row in sorted(defects, key=lambda r: r["seq"]):
+            key = (row["device_id"], row["seq"])
+            if key in seen:
+                continue
+            seen.add(key)
+            payload = row["payload"]
+            clock = time.strftime("%H:%M:%S", time.localtime(row["created_at"]))
+            console.print(
+                f"  {clock} #{row['seq']:<4} [bold red]defect[/] {payload['label']} "
+                f"({payload['confidence']:.2f}) on {payload['camera']}/{payload['roi']}  "
+                f"evidence: {central_url}/api/records/{row['device_id']}/{row['seq']}"
+                "/images/annotated")
         rows = get_json(f"{central_url}/api/predictions?limit=20")
         assert isinstance(rows, list)
         for row in sorted(rows, key=lambda r: r["seq"]):

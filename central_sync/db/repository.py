@@ -361,6 +361,29 @@ class CentralDB:
                 for row in rows]
 
     @_locked
+    def recent_records(self, record_type: str, limit: int = 50,
+                       device_id: str | None = None) -> list[dict[str, Any]]:
+        """The newest records of one type, their payloads without embedded images."""
+        where, params = _device_filter(device_id)
+        where = f"{where} AND type = ?" if where else " WHERE type = ?"
+        rows = self._db.query(
+            "SELECT device_id, seq, type, created_at, received_at, "
+            "json_remove(payload, '$.images') AS payload, "
+            "(SELECT json_group_array(key) FROM json_each(payload, '$.images')) AS images "
+            f"FROM records{where} ORDER BY created_at DESC, seq DESC LIMIT ?",
+            (*params, record_type, limit))
+        return [{**row, "payload": json.loads(row["payload"]),
+                 "images": json.loads(row["images"])} for row in rows]
+
+    @_locked
+    def record_image(self, device_id: str, seq: int, name: str) -> str | None:
+        """A record's embedded image (base64 JPEG), e.g. a defect's evidence."""
+        row = next(self._db.query(
+            "SELECT json_extract(payload, '$.images.' || ? || '.jpeg_b64') AS jpeg FROM records "
+            "WHERE device_id = ? AND seq = ?", (name, device_id, seq)), None)
+        return row["jpeg"] if row else None
+
+    @_locked
     def count_records(self, device_id: str | None = None) -> int:
         where, params = _device_filter(device_id)
         return next(self._db.query(f"SELECT COUNT(*) AS n FROM records{where}", params))["n"]

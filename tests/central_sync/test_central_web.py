@@ -107,3 +107,43 @@ def test_web_port_in_use_is_a_clear_error(central_config: CentralConfig) -> None
             await service.stop()
 
         run(scenario())
+
+
+def test_defect_records_are_listed_without_images_and_their_evidence_is_served(
+    central_config: CentralConfig,
+) -> None:
+    import base64
+    import urllib.error
+
+    config = CentralConfig.model_validate(
+        {**central_config.model_dump(), "web": {"host": "127.0.0.1", "port": free_port()}})
+    jpeg = b"\xff\xd8\xff\xe0fake-jpeg"
+    defect = {"label": "scratch", "confidence": 0.97, "camera": "cam1",
+              "images": {"frame": {"jpeg_b64": base64.b64encode(jpeg).decode(), "width": 8,
+                                   "height": 8}}}
+    batch = UplinkBatch(device_id="gw-1", records=[
+        UplinkRecord(seq=1, type="defect", created_at=1.0, payload=defect),
+        UplinkRecord(seq=2, type="prediction", created_at=2.0, payload=prediction_payload())])
+
+    async def scenario() -> None:
+        broker = MemoryBroker()
+        service = CentralService(config, MemoryTransport(broker))
+        await service.start()
+        device = MemoryTransport(broker)
+        await device.start()
+        await device.publish(TOPICS.uplink("gw-1"), encode(batch))
+        await wait_for(lambda: service.stats.records_acked == 2, what="the batch stored")
+        base = service.web_url
+        [row] = await _get_json(base + "api/records?type=defect")
+        assert (row["seq"], row["payload"]["label"], row["images"]) == (1, "scratch", ["frame"])
+        assert "images" not in row["payload"]
+        image = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(base + "api/records/gw-1/1/images/frame").read())
+        assert image == jpeg
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            await asyncio.to_thread(
+                lambda: urllib.request.urlopen(base + "api/records/gw-1/1/images/annotated"))
+        assert missing.value.code == 404
+        await service.stop()
+
+    run(scenario())
