@@ -47,6 +47,7 @@ class CameraSource:
         self._latest: Frame | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._taken = threading.Event()  # the newest frame was handed to a pipeline
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: list[asyncio.Future[None]] = []
@@ -78,6 +79,7 @@ class CameraSource:
         while True:
             frame = self.latest()
             if frame is not None and frame.index > after:
+                self._taken.set()
                 return frame
             waiter = loop.create_future()
             self._waiters.append(waiter)
@@ -140,8 +142,14 @@ class CameraSource:
             with self._lock:
                 self.frames_grabbed += 1
                 self._latest = Frame(self.frames_grabbed, image, time.time())
+                self._taken.clear()
             if self._loop is not None and not self._loop.is_closed():
                 self._loop.call_soon_threadsafe(self._wake)
+            if reader.on_demand and not interval:
+                # A file read faster than real time: decode the next frame only once this one
+                # is taken, so no CPU goes to frames nobody looks at (one frame stays ready).
+                while not self._taken.wait(0.2) and not self._stop.is_set():
+                    pass
             if interval:
                 next_at += interval
                 delay = next_at - time.monotonic()
@@ -169,6 +177,7 @@ class FrameReader:
     """One opened source; `read()` returns a BGR frame, or None at its end or on failure."""
 
     finished = False
+    on_demand = False  # a file or folder: frames can wait to be decoded until wanted
 
     def read(self) -> np.ndarray | None:
         raise NotImplementedError
@@ -193,6 +202,7 @@ class CaptureReader(FrameReader):
         self.target = target
         self.is_file = is_file
         self.native_rate = native_rate
+        self.on_demand = is_file
         self.capture = cv2.VideoCapture(target)
         if not self.capture.isOpened():
             self.capture.release()
@@ -234,6 +244,7 @@ class FolderReader(FrameReader):
         self.folder = folder
         self.decode_width = decode_width
         self.position = 0
+        self.on_demand = True
 
     def read(self) -> np.ndarray | None:
         if self.position >= len(self.files):
@@ -251,8 +262,7 @@ class FolderReader(FrameReader):
         """JPEG decodes at 1/2, 1/4 or 1/8 size for much less work, if still wide enough."""
         if not self.decode_width or path.suffix.lower() not in {".jpg", ".jpeg"}:
             return cv2.IMREAD_COLOR
-        header = cv2.imread(str(path), cv2.IMREAD_REDUCED_COLOR_8)
-        full_width = header.shape[1] * 8 if header is not None else 0
+        full_width = jpeg_width(path)
         for factor, flag in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
                              (2, cv2.IMREAD_REDUCED_COLOR_2)):
             if full_width // factor >= self.decode_width:
@@ -268,6 +278,22 @@ class FolderReader(FrameReader):
 
     def describe(self) -> str:
         return f"{self.folder}: {len(self.files)} images"
+
+
+def jpeg_width(path: Path) -> int:
+    """The width in a JPEG's start-of-frame header, read without decoding (0 if not found)."""
+    with path.open("rb") as handle:
+        data = handle.read(65536)
+    i = 2
+    while i + 9 < len(data):
+        if data[i] != 0xFF:
+            return 0
+        marker = data[i + 1]
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return int.from_bytes(data[i + 7:i + 9], "big")
+        i += 2 + length
+    return 0
 
 
 def open_reader(config: Any) -> FrameReader:
