@@ -190,3 +190,18 @@ def test_rollback_command_restores_previous_version(tmp_path: Path) -> None:
         await h.buffer.close()
 
     asyncio.run(scenario())
+
+
+def test_health_check_that_does_not_finish_in_time_fails_the_deployment(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        h = await setup(tmp_path, SAMPLE_MODEL.read_bytes())
+        metadata = json.loads(SAMPLE_MODEL.with_suffix(".json").read_text())
+        metadata["health_check_timeout_s"] = 0.000001
+        manifest = manifest_for(SAMPLE_MODEL, metadata=metadata)
+        assert not await h.deployer.deploy(deploy_command(manifest))
+        assert h.events[-1].step == "failed"
+        assert "health check did not finish in 1e-06 s" in h.events[-1].detail
+        assert h.store.active("extruder-scrap") is None
+        await h.buffer.close()
+
+    asyncio.run(scenario())
