@@ -44,6 +44,21 @@ def manifest_for(path: Path, name: str = "extruder-scrap", version: str = "1.0.0
     ))
 
 
+def manifest_of(path: Path, metadata: dict, name: str = "surface",
+                kind: str = "vision") -> ModelManifest:
+    """An unsigned manifest for any ONNX file, its specs read by ONNX Runtime."""
+    import onnxruntime as ort
+
+    from edge_agent.inference.specs import tensor_specs
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    data = path.read_bytes()
+    return ModelManifest(name=name, version="1.0.0", kind=kind,
+                         sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data),
+                         chunk_size_bytes=262144, inputs=tensor_specs(session.get_inputs()),
+                         outputs=tensor_specs(session.get_outputs()), metadata=metadata)
+
+
 class Scrape:
     """A parsed exposition: `value(name, **labels)` of one sample."""
 

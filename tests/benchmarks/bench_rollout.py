@@ -47,6 +47,7 @@ sys.path.insert(0, str(REPO))
 
 from central_sync.db import CentralDB  # noqa: E402
 from edge_agent.contract import ArtifactChunk, Topics, encode  # noqa: E402
+from tests.benchmarks.procstats import proc_cpu_s, proc_peak_rss_mb  # noqa: E402
 from tests.conftest import free_port, wait_for_port  # noqa: E402
 
 MODEL = "big-model"
@@ -59,16 +60,6 @@ console = Console(width=110)
 # --- measurements ------------------------------------------------------------------------------
 
 
-def proc_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def proc_peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def reset_peak_rss(pid: int) -> None:

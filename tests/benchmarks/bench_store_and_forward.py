@@ -41,6 +41,7 @@ from edge_agent.gctune import tune_for_service  # noqa: E402
 from edge_agent.signing import Signer  # noqa: E402
 from edge_agent.transport import BrokerConfig, MqttTransport  # noqa: E402
 from edge_agent.uplink import Uplink  # noqa: E402
+from tests.benchmarks.procstats import proc_cpu_s, proc_peak_rss_mb, self_cpu_s  # noqa: E402
 from tests.conftest import free_port, wait_for_port  # noqa: E402
 
 DEVICE = "bench-gw"
@@ -63,21 +64,7 @@ def prediction_payload(i: int) -> dict:
             "outputs": {"scrap_rate_pct": 2.5 + (i % 100) / 100}, "latency_ms": 0.4}
 
 
-def proc_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-
-def proc_peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def self_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 # --- 1. inserts -------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import resource
 import statistics
@@ -42,12 +41,12 @@ from edge_agent.config import CameraSourceConfig, VisionPipelineConfig  # noqa: 
 from edge_agent.contract import ModelManifest  # noqa: E402
 from edge_agent.gctune import tune_for_service  # noqa: E402
 from edge_agent.inference.runtime import RuntimeOptions  # noqa: E402
-from edge_agent.inference.specs import tensor_specs  # noqa: E402
 from edge_agent.inference.vision import Preprocessor, vision_spec  # noqa: E402
 from edge_agent.inference.vision_pipeline import VisionPipeline  # noqa: E402
 from edge_agent.model_store import ModelStore  # noqa: E402
 from edge_agent.sources.camera import CameraSource  # noqa: E402
 from sample_data.make_vision_data import DEFECTS, finish, texture  # noqa: E402
+from tests.helpers import manifest_of  # noqa: E402
 
 console = Console(width=110)
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
@@ -91,15 +90,6 @@ def mobilenet_v1(path: Path, seed: int = 0) -> Path:
     model.ir_version = 8
     onnx.save(model, path)
     return path
-
-
-def manifest_for(path: Path, name: str, metadata: dict) -> ModelManifest:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    data = path.read_bytes()
-    return ModelManifest(name=name, version="1.0.0", kind="vision",
-                         sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data),
-                         chunk_size_bytes=262144, inputs=tensor_specs(session.get_inputs()),
-                         outputs=tensor_specs(session.get_outputs()), metadata=metadata)
 
 
 def make_frames(folder: Path, count: int) -> list[Path]:
@@ -233,7 +223,7 @@ def main() -> int:
                       f"{args.threads} ONNX Runtime threads, {args.seconds:g} s per measurement")
         for label, path, meta, decode_width in models:
             name = "surface-defects" if "surface" in label else "mobilenet"
-            manifest = manifest_for(path, name, meta)
+            manifest = manifest_of(path, meta, name)
             bare = bench_bare(path, manifest, options, frames, args.seconds)
             naive = bench_naive(path, manifest, options, frames, args.seconds)
             agent = bench_agent(work / name, path, manifest, options, work / "frames",

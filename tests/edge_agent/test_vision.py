@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import cv2
@@ -11,10 +10,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edge_agent.contract import ModelManifest
 from edge_agent.inference.runtime import ModelLoadError, RuntimeOptions
-from edge_agent.inference.specs import tensor_specs
 from edge_agent.inference.vision import VisionModel
+from tests.helpers import manifest_of
 
 LABELS = ["ok", "scratch", "pit", "stain"]
 
@@ -25,17 +23,6 @@ def save(graph: onnx.GraphProto, path: Path) -> Path:
     onnx.checker.check_model(model)
     onnx.save(model, path)
     return path
-
-
-def manifest_of(path: Path, metadata: dict, name: str = "surface") -> ModelManifest:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    data = path.read_bytes()
-    return ModelManifest(name=name, version="1.0.0", kind="vision",
-                         sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data),
-                         chunk_size_bytes=65536, inputs=tensor_specs(session.get_inputs()),
-                         outputs=tensor_specs(session.get_outputs()), metadata=metadata)
 
 
 def colour_classifier(path: Path, size: int = 32, classes: int = 4) -> Path:

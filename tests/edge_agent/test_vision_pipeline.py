@@ -17,13 +17,8 @@ from edge_agent.inference.vision_pipeline import DefectRule, Quota, VisionPipeli
 from edge_agent.model_store import ModelStore
 from edge_agent.sources.camera import CameraSource, Frame
 from tests.edge_agent.test_camera import write_video
-from tests.edge_agent.test_vision import (
-    CLASSIFIER_META,
-    colour_classifier,
-    frame,
-    manifest_of,
-    yolo_model,
-)
+from tests.edge_agent.test_vision import CLASSIFIER_META, colour_classifier, frame, yolo_model
+from tests.helpers import manifest_of
 
 RED, GREY, MILD_RED = (0, 0, 255), (40, 40, 40), (0, 0, 102)
 
