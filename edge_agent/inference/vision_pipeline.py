@@ -91,6 +91,7 @@ class Quota:
 @dataclass
 class _Prepared:
     frame: Frame
+    model: VisionModel  # the version that judges this frame, even if another is activated
     regions: list[tuple[str, RoiConfig | None, np.ndarray, Letterbox]] = field(
         default_factory=list)
 
@@ -133,10 +134,14 @@ class VisionPipeline:
                 loop = asyncio.get_running_loop()
                 prepared = await loop.run_in_executor(self._prepare_pool, self._prepare,
                                                       model, frame)
+                done = None
                 if pending is not None and pending_prep is not None:
-                    await self._handle(pending_prep, await pending)
+                    done = (pending_prep, await pending)
+                # The model starts on this frame before the last one's results are handled.
                 pending_prep = prepared
                 pending = loop.run_in_executor(self._infer_pool, self._infer, model, prepared)
+                if done is not None:
+                    await self._handle(*done)
         finally:
             if pending is not None:
                 pending.cancel()
@@ -177,7 +182,7 @@ class VisionPipeline:
         return self._model
 
     def _prepare(self, model: VisionModel, frame: Frame) -> _Prepared:
-        prepared = _Prepared(frame)
+        prepared = _Prepared(frame, model)
         rois = self.camera.config.rois or [None]
         for roi in rois:
             image = frame.image
@@ -202,8 +207,7 @@ class VisionPipeline:
 
     async def _handle(self, prepared: _Prepared,
                       results: list[tuple[str, VisionResult, float]]) -> list[dict[str, Any]]:
-        model = self._model
-        assert model is not None
+        model = prepared.model
         records = []
         now = prepared.frame.grabbed_at  # rules count in the camera's time
         for roi_name, result, latency_ms in results:
@@ -259,8 +263,7 @@ class VisionPipeline:
     def _record(self, kind: str, prepared: _Prepared, roi_name: str, result: VisionResult,
                 label: str, confidence: float, now: float,
                 reason: str | None = None) -> tuple[str, dict[str, Any]]:
-        model = self._model
-        assert model is not None
+        model = prepared.model
         roi = next((r for _, r, _, _ in prepared.regions if r is not None
                     and r.name == roi_name), None)
         payload: dict[str, Any] = {
