@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything the agent, central, the demo and the tests need, idempotently:
 # Mosquitto (installed with apt-get when missing and running as root), a virtual
-# environment in .venv and this package with its development extras.
+# environment in .venv and this package with its development extras. With --test, also the
+# system packages only the tests use (GStreamer's RTSP server, as a real RTSP camera).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +28,10 @@ if ! command -v python3 >/dev/null 2>&1; then
     missing+=(python3 python3-venv)
 elif ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     missing+=(python3-venv)
+fi
+# --test: also what only the tests need (a real RTSP camera: GStreamer's RTSP server).
+if [ "${1:-}" = "--test" ] && ! /usr/bin/python3 -c 'import gi; gi.require_version("GstRtspServer", "1.0")' >/dev/null 2>&1; then
+    missing+=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
     apt_install "${missing[@]}"

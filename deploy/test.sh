@@ -2,7 +2,7 @@
 # Sets everything up (see setup.sh), then runs the linter and the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash deploy/setup.sh
+bash deploy/setup.sh --test
 printf '\033[1m==> %s\033[0m\n' "ruff check"
 .venv/bin/ruff check .
 printf '\033[1m==> %s\033[0m\n' "pytest"

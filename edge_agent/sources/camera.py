@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 FOLDER_DEFAULT_FPS = 10.0
+NETWORK_TIMEOUT_MS = 5000
 
 
 @dataclass(frozen=True)
@@ -203,7 +204,13 @@ class CaptureReader(FrameReader):
         self.is_file = is_file
         self.native_rate = native_rate
         self.on_demand = is_file
-        self.capture = cv2.VideoCapture(target)
+        if isinstance(target, str) and "://" in target:
+            # A dead stream must fail a read in seconds, not hang the reader.
+            self.capture = cv2.VideoCapture(target, cv2.CAP_FFMPEG, [
+                cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, NETWORK_TIMEOUT_MS,
+                cv2.CAP_PROP_READ_TIMEOUT_MSEC, NETWORK_TIMEOUT_MS])
+        else:
+            self.capture = cv2.VideoCapture(target)
         if not self.capture.isOpened():
             self.capture.release()
             raise OSError(f"cannot open {target}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ import pytest
 from edge_agent.config import CameraSourceConfig
 from edge_agent.sources.camera import CameraSource
 from tests.conftest import free_port
+from tests.helpers import REPO
 
 
 def camera(url: str, **options: object) -> CameraSource:
@@ -203,3 +205,51 @@ def test_http_mjpeg_stream_is_read_and_reconnected_after_the_camera_drops(
         await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(scenario())
+
+
+def start_rtsp_camera(port: int) -> subprocess.Popen:
+    """GStreamer's RTSP server under the system Python (deploy/setup.sh --test installs it)."""
+    if not Path("/usr/bin/python3").exists():
+        pytest.fail("the RTSP test needs Debian's python3 with GStreamer: bash deploy/test.sh")
+    process = subprocess.Popen(["/usr/bin/python3", str(REPO / "tests" / "rtsp_server.py"),
+                                str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if "READY" not in line:
+        process.kill()
+        pytest.fail(f"RTSP server did not start ({process.stderr.read()[-500:]}); install it "
+                    "with: sudo bash deploy/setup.sh --test")
+    return process
+
+
+def test_rtsp_camera_is_read_and_reconnected_after_the_server_restarts() -> None:
+    rtsp_port = free_port()
+    source = camera(f"rtsp://127.0.0.1:{rtsp_port}/line")
+    server = start_rtsp_camera(rtsp_port)
+
+    async def scenario() -> None:
+        nonlocal server
+        task = asyncio.create_task(source.run())
+        try:
+            first = await source.next_frame(-1, 20)
+            assert first is not None and first.image.shape == (240, 320, 3), source.state
+            assert source.state.state == "connected"
+            server.terminate()
+            server.wait(10)
+            deadline = time.monotonic() + 30
+            while source.state.state != "reconnecting":
+                assert time.monotonic() < deadline, source.state
+                await asyncio.sleep(0.05)
+            server = start_rtsp_camera(rtsp_port)
+            resumed = await source.next_frame(source.latest().index, 30)
+            assert resumed is not None and source.state.state == "connected"
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.kill()
+        server.wait()
