@@ -11,7 +11,12 @@ import sys
 from pathlib import Path
 
 from edge_agent import __version__
-from edge_agent.config import AgentConfig, load_agent_config
+from edge_agent.config import (
+    AgentConfig,
+    OpcUaSourceConfig,
+    ProcessPipelineConfig,
+    load_agent_config,
+)
 from edge_agent.configfile import ConfigError
 from edge_agent.signing import KeyFileError
 
@@ -116,10 +121,18 @@ def _check_config(config: AgentConfig, path: Path) -> int:
           f"(MQTT {config.broker.protocol}, prefix {config.broker.topic_prefix})")
     print(f"  data dir:  {config.data_dir}")
     for source in config.sources:
-        print(f"  source:    {source.name} {source.endpoint} ({len(source.nodes)} tags)")
+        if isinstance(source, OpcUaSourceConfig):
+            print(f"  source:    {source.name} {source.endpoint} ({len(source.nodes)} tags)")
+        else:
+            rois = ", ".join(r.name for r in source.rois) or "whole frame"
+            print(f"  camera:    {source.name} {source.url} (regions: {rois})")
     for pipeline in config.pipelines:
-        print(f"  pipeline:  {pipeline.name}: {pipeline.source} -> model {pipeline.model} "
-              f"every {pipeline.interval_s:g} s")
+        if isinstance(pipeline, ProcessPipelineConfig):
+            print(f"  pipeline:  {pipeline.name}: {pipeline.source} -> model {pipeline.model} "
+                  f"every {pipeline.interval_s:g} s")
+        else:
+            print(f"  pipeline:  {pipeline.name}: camera {pipeline.source} -> model "
+                  f"{pipeline.model}, defects: {', '.join(pipeline.defects.classes)}")
     ui = f"http://{config.ui.host}:{config.ui.port}/" if config.ui.port else "off"
     print(f"  web page:  {ui}")
     trust = (f"signed by key {verifier.key_id} only" if verifier

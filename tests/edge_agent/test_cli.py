@@ -59,3 +59,27 @@ def test_status_reads_buffer_and_model_store(tmp_path: Path, capsys, monkeypatch
     assert main(["status", "-c", str(path)]) == 0
     out = capsys.readouterr().out
     assert "1 records waiting" in out and "extruder-scrap" in out and "1.0.0" in out
+
+
+def test_check_config_summarises_cameras_and_vision_pipelines(tmp_path: Path, capsys) -> None:
+    _, public = write_test_keys(tmp_path)
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        "device_id: cam-gw\n"
+        f"security: {{central_public_key: {public}}}\n"
+        "sources:\n"
+        "  - {name: cam1, type: camera, url: rtsp://10.0.0.5/stream,\n"
+        "     rois: [{name: belt, x: 0, y: 0, width: 64, height: 64}]}\n"
+        "pipelines:\n"
+        "  - {name: surface, type: vision, source: cam1, model: surface-defects,\n"
+        "     defects: {classes: [scratch, pit]}}\n")
+    assert main(["check-config", "-c", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "camera:    cam1 rtsp://10.0.0.5/stream (regions: belt)" in out
+    assert "surface: camera cam1 -> model surface-defects, defects: scratch, pit" in out
+    config.write_text(config.read_text().replace(
+        "sources:\n", "sources:\n  - {name: line, endpoint: 'opc.tcp://10.0.0.6:4840', "
+        "nodes: {t: 'ns=2;s=t'}}\n").replace("source: cam1", "source: line"))
+    assert main(["check-config", "-c", str(config)]) == 2
+    assert "vision pipeline 'surface' needs a camera source; 'line' is a opcua source" in (
+        capsys.readouterr().err)
