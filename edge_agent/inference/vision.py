@@ -150,6 +150,16 @@ def vision_spec(manifest: ModelManifest) -> VisionSpec:
                              f"invalid: {problems}") from None
 
 
+_HAS_BLOB_PARAMS = hasattr(cv2.dnn, "blobFromImageWithParams")  # OpenCV 4.9 and later
+
+
+def _layout(name: str) -> int:
+    """OpenCV's data-layout constant (under cv2.dnn in 4.x, under cv2 in 5.x)."""
+    constant = f"DNN_LAYOUT_{name}"
+    home = cv2.dnn if hasattr(cv2.dnn, constant) else cv2
+    return int(getattr(home, constant))
+
+
 class Preprocessor:
     """Frame (BGR, any size) -> model input tensor, with the fit used."""
 
@@ -163,11 +173,30 @@ class Preprocessor:
         # (x * scale - mean) / std as one multiply-add per pixel.
         self._gain = scale / std
         self._offset = -mean / std
+        self._blob: Any = None
+        if self.dtype == np.float32 and channels == 3 and _HAS_BLOB_PARAMS:
+            # OpenCV does colour order, scaling, mean/std and layout in one native pass:
+            # (x - mean / scale) * (scale / std), per channel.
+            params = cv2.dnn.Image2BlobParams()
+            params.scalefactor = tuple(float(g) for g in self._gain)
+            params.mean = tuple(float(m / spec.scale) for m in mean)
+            params.size = tuple(spec.size)
+            params.swapRB = spec.color == "RGB"
+            params.ddepth = cv2.CV_32F
+            params.datalayout = _layout(spec.layout)
+            self._blob = params
 
     def __call__(self, frame: np.ndarray) -> tuple[np.ndarray, Letterbox]:
         spec = self.spec
         width, height = spec.size
         fitted, fit = self._fit(frame, width, height)
+        if self._blob is not None:
+            return cv2.dnn.blobFromImageWithParams(fitted, self._blob), fit
+        return self._reference(fitted), fit
+
+    def _reference(self, fitted: np.ndarray) -> np.ndarray:
+        """The same steps in NumPy: grey, uint8 and other dtypes."""
+        spec = self.spec
         if spec.color == "RGB":
             fitted = cv2.cvtColor(fitted, cv2.COLOR_BGR2RGB)
         elif spec.color == "GRAY":
@@ -181,7 +210,7 @@ class Preprocessor:
             tensor = tensor.astype(self.dtype, copy=False)
         if spec.layout == "NCHW":
             tensor = np.ascontiguousarray(tensor.transpose(2, 0, 1))
-        return tensor[None], fit
+        return tensor[None]
 
     def _fit(self, frame: np.ndarray, width: int, height: int) -> tuple[np.ndarray, Letterbox]:
         rows, cols = frame.shape[:2]

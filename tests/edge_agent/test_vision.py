@@ -178,3 +178,19 @@ def test_manifest_that_does_not_fit_the_model_is_refused_saying_what_differs(
     meta = {**CLASSIFIER_META, **change}
     with pytest.raises(ModelLoadError, match=message):
         VisionModel(path, manifest_of(path, meta))
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("color", ["RGB", "BGR"])
+def test_fast_preprocessing_matches_the_step_by_step_reference(layout: str, color: str) -> None:
+    from edge_agent.inference.vision import Preprocessing, Preprocessor
+
+    spec = Preprocessing(size=(48, 32), layout=layout, color=color, scale=1 / 255,
+                         mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    preprocess = Preprocessor(spec, "float32")
+    image = np.random.default_rng(3).integers(0, 256, (32, 48, 3), dtype=np.uint8)
+    fast, _ = preprocess(image)
+    reference = preprocess._reference(image)
+    assert fast.shape == reference.shape == ((1, 3, 32, 48) if layout == "NCHW"
+                                             else (1, 32, 48, 3))
+    assert np.abs(fast - reference).max() < 1e-4
