@@ -110,6 +110,17 @@ def check_golden(file: str | Path, golden: Golden, inputs: list[TensorSpec],
             "metadata's golden.output")
 
 
+def check_vision(file: str | Path, manifest: ModelManifest) -> None:
+    """Load a vision model as a gateway will: its preprocessing and decoder must fit it."""
+    from edge_agent.inference.runtime import ModelLoadError
+    from edge_agent.inference.vision import VisionModel
+
+    try:
+        VisionModel(Path(file), manifest)
+    except ModelLoadError as exc:
+        raise RegistryError(f"{exc}; fix the metadata") from None
+
+
 def manifest_diff(old: ModelManifest, new: ModelManifest) -> list[tuple[str, Any, Any]]:
     """(field, old, new) for every field that differs, metadata flattened to dotted paths."""
     def flat(manifest: ModelManifest) -> dict[str, Any]:
@@ -305,6 +316,8 @@ def publish_model(
     manifest = signer.signed(ModelManifest(
         name=name, version=version, kind=kind, sha256=sha256, size_bytes=size,
         chunk_size_bytes=chunk_size_bytes, inputs=inputs, outputs=outputs, metadata=metadata))
+    if kind == "vision":
+        check_vision(stored, manifest)
     try:
         recorded = db.add_model(manifest, published_by)
     except ModelVersionExists as exc:  # published by someone else meanwhile

@@ -101,10 +101,10 @@ def test_metadata_file_is_copied_whole_and_supplies_name_and_version(
 
 def test_explicit_arguments_win_over_metadata(db: CentralDB, onnx_file: Path,
                                               tmp_path: Path) -> None:
-    meta = {"name": "scrap-model", "version": "2.0.0", "kind": "process"}
+    meta = {"name": "scrap-model", "version": "2.0.0", "kind": "vision"}
     manifest = publish(db, tmp_path, onnx_file, name="other", version="3.0.0",
-                             kind="vision", metadata=meta)
-    assert (manifest.name, manifest.version, manifest.kind) == ("other", "3.0.0", "vision")
+                       kind="process", metadata=meta)
+    assert (manifest.name, manifest.version, manifest.kind) == ("other", "3.0.0", "process")
 
 
 def test_metadata_spec_mismatch_is_refused_saying_what_differs(
@@ -176,3 +176,18 @@ def test_manifest_diff_names_what_changed(db: CentralDB, onnx_file: Path,
     assert changes["metadata.thresholds.scrap"] == (3.0, None)
     assert changes["metadata.latency_budget_ms"] == (None, 5)
     assert "sha256" in changes and "inputs" not in changes
+
+
+def test_vision_model_whose_metadata_does_not_fit_is_refused_at_publish(
+        db: CentralDB, tmp_path: Path) -> None:
+    from tests.helpers import REPO
+
+    model = REPO / "sample_data" / "surface_defects.onnx"
+    meta = json.loads((REPO / "sample_data" / "surface_defects.json").read_text())
+    assert publish(db, tmp_path, model, metadata=meta).kind == "vision"
+    meta["preprocessing"]["size"] = [224, 224]
+    with pytest.raises(RegistryError, match="preprocessing gives height 224"):
+        publish(db, tmp_path, model, version="1.0.1", metadata=meta)
+    del meta["decoder"]
+    with pytest.raises(RegistryError, match="vision metadata is invalid: decoder"):
+        publish(db, tmp_path, model, version="1.0.2", metadata=meta)
