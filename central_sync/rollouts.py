@@ -22,7 +22,7 @@ from central_sync.db import CentralDB, Rollout, RolloutDevice
 from central_sync.deployments import (
     TamperedManifest,
     UnknownModel,
-    deploy_command,
+    deploy,
     unknown_model_message,
 )
 from edge_agent.contract import RollbackCommand, Topics, encode
@@ -149,8 +149,8 @@ class RolloutEngine:
 
     async def step(self, rollout: Rollout) -> None:
         devices = await asyncio.to_thread(self.db.rollout_devices, rollout.rollout_id)
-        await self._follow(rollout, devices)
-        devices = await asyncio.to_thread(self.db.rollout_devices, rollout.rollout_id)
+        if await self._follow(rollout, devices):
+            devices = await asyncio.to_thread(self.db.rollout_devices, rollout.rollout_id)
         if rollout.state == "rolling_back":
             await self._roll_back(rollout, [d for d in devices if d.state == "succeeded"])
             await self._set(rollout, "rolled_back", "rolled back: every device that took "
@@ -166,34 +166,28 @@ class RolloutEngine:
             return
         wave = [d for d in devices if d.wave == rollout.current_wave]
         await self._send(rollout, [d for d in wave if d.state == "pending"])
-        await self._judge(rollout, await asyncio.to_thread(
-            self.db.rollout_devices, rollout.rollout_id))
+        await self._judge(rollout, devices)  # sending moves no device to success or failure
 
     async def _send(self, rollout: Rollout, pending: list[RolloutDevice]) -> None:
         for device in pending:
             try:
-                command = await asyncio.to_thread(
-                    deploy_command, self.db, self.signer, rollout.model_name, rollout.version,
-                    device.device_id, f"rollout {rollout.rollout_id}")
+                command = await deploy(self.db, self.transport, self.signer, rollout.model_name,
+                                       rollout.version, device.device_id,
+                                       f"rollout {rollout.rollout_id}", self.topics)
             except (UnknownModel, TamperedManifest) as exc:
                 await self._set(rollout, "halted", f"cannot deploy: {exc}")
                 return
-            await asyncio.to_thread(self.db.create_deployment, command)
-            try:
-                await self.transport.publish(self.topics.commands(device.device_id),
-                                             encode(command), qos=1)
             except NotConnected:
-                await asyncio.to_thread(self.db.mark_deployment, command.command_id, "failed",
-                                        "command not sent: broker unreachable")
-                return  # sent again next step, as a new command
+                return  # marked failed by deploy(); sent again next step, as a new command
             await asyncio.to_thread(self.db.update_rollout_device, rollout.rollout_id,
                                     device.device_id, "sent", "deploy command sent",
                                     command.command_id)
             log.info("rollout deploy sent rollout=%s device=%s wave=%d", rollout.rollout_id,
                      device.device_id, device.wave + 1)
 
-    async def _follow(self, rollout: Rollout, devices: list[RolloutDevice]) -> None:
-        """Bring each sent device's state up to date from its deployment."""
+    async def _follow(self, rollout: Rollout, devices: list[RolloutDevice]) -> bool:
+        """Bring each sent device's state up to date from its deployment; True if any moved."""
+        changed = False
         for device in devices:
             if device.state != "sent" or device.command_id is None:
                 continue
@@ -203,9 +197,11 @@ class RolloutEngine:
             step, detail = deployment["state"], deployment["detail"]
             state = ("succeeded" if step in SUCCEEDED_STEPS
                      else "failed" if step in FAILED_STEPS else None)
-            if state is not None or detail != device.detail:
+            if state is not None or f"{step}: {detail}" != device.detail:
                 await asyncio.to_thread(self.db.update_rollout_device, rollout.rollout_id,
                                         device.device_id, state or "sent", f"{step}: {detail}")
+                changed = True
+        return changed
 
     async def _judge(self, rollout: Rollout, devices: list[RolloutDevice]) -> None:
         wave = [d for d in devices if d.wave == rollout.current_wave]

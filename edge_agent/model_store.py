@@ -78,6 +78,7 @@ class ModelStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self.downloads = self.root / ".downloads"
         self.downloads.mkdir(exist_ok=True)
+        self._installed: dict[tuple[str, str], tuple[int, InstalledModel]] = {}
 
     def _model_dir(self, name: str) -> Path:
         if not re.match(ID_PATTERN, name):
@@ -129,10 +130,18 @@ class ModelStore:
     def get(self, name: str, version: str) -> InstalledModel | None:
         folder = self._version_dir(name, version)
         manifest_file = folder / MANIFEST_FILE
-        if not manifest_file.exists():
+        try:
+            stamp = manifest_file.stat().st_mtime_ns
+        except FileNotFoundError:
             return None
+        # Pipelines ask for the active model on every frame: parse each manifest once.
+        cached = self._installed.get((name, version))
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
         manifest = ModelManifest.model_validate_json(manifest_file.read_bytes())
-        return InstalledModel(manifest, folder / MODEL_FILE)
+        installed = InstalledModel(manifest, folder / MODEL_FILE)
+        self._installed[(name, version)] = (stamp, installed)
+        return installed
 
     def _pointer(self, name: str) -> dict[str, str | None]:
         pointer = self._model_dir(name) / ACTIVE_FILE

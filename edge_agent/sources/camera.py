@@ -12,6 +12,7 @@ import asyncio
 import logging
 import threading
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,14 +175,14 @@ class CameraSource:
         self.state = SourceState(state=state, detail=detail)  # type: ignore[arg-type]
 
 
-class FrameReader:
+class FrameReader(ABC):
     """One opened source; `read()` returns a BGR frame, or None at its end or on failure."""
 
     finished = False
     on_demand = False  # a file or folder: frames can wait to be decoded until wanted
 
-    def read(self) -> np.ndarray | None:
-        raise NotImplementedError
+    @abstractmethod
+    def read(self) -> np.ndarray | None: ...
 
     def rewind(self) -> bool:
         return False
@@ -192,8 +193,8 @@ class FrameReader:
     def describe(self) -> str:
         return ""
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None:  # most readers hold nothing to release
+        return None
 
 
 class CaptureReader(FrameReader):
