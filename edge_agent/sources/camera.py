@@ -141,17 +141,18 @@ class CameraSource:
                     continue
                 return False
             image = self._reduce(image)
+            if reader.on_demand and not interval and self._latest is not None:
+                # A file read faster than real time: this frame was decoded while the last one
+                # waited; it is handed over once that one is taken, and the next is decoded only
+                # then, so no CPU goes to frames nobody looks at.
+                while not self._taken.wait(0.2) and not self._stop.is_set():
+                    pass
             with self._lock:
                 self.frames_grabbed += 1
                 self._latest = Frame(self.frames_grabbed, image, time.time())
                 self._taken.clear()
             if self._loop is not None and not self._loop.is_closed():
                 self._loop.call_soon_threadsafe(self._wake)
-            if reader.on_demand and not interval:
-                # A file read faster than real time: decode the next frame only once this one
-                # is taken, so no CPU goes to frames nobody looks at (one frame stays ready).
-                while not self._taken.wait(0.2) and not self._stop.is_set():
-                    pass
             if interval:
                 next_at += interval
                 delay = next_at - time.monotonic()
