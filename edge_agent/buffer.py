@@ -30,6 +30,10 @@ DEFAULT_PRIORITIES: dict[str, int] = {
     RECORD_EVICTION: 100,
     "deployment_event": 90,
     "defect": 70,
+    "recommendation_answer": 80,  # an operator's decision is small and not repeatable
+    "recommendation_outcome": 75,
+    "setpoint_write": 85,
+    "source_gap": 65,
     "recommendation": 60,
     "metric": 40,
     "sample": 30,

@@ -158,6 +158,100 @@ class PredictionPayload(BaseModel):
     latency_ms: float = Field(ge=0)
 
 
+RECORD_RECOMMENDATION = "recommendation"  # setpoint changes offered to the operator
+RECORD_RECOMMENDATION_ANSWER = "recommendation_answer"  # accepted, rejected, expired, superseded
+RECORD_RECOMMENDATION_OUTCOME = "recommendation_outcome"  # the line some minutes after an answer
+RECORD_SETPOINT_WRITE = "setpoint_write"  # automatic mode wrote, or refused to write, a setpoint
+RECORD_SOURCE_GAP = "source_gap"  # a source had no usable data for a while, and why
+
+
+class SetpointChange(BaseModel):
+    """One controllable tag in a recommendation: where it is and where it should go."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tag: str
+    current: float
+    proposed: float
+    unit: str = ""
+
+
+class RecommendationPayload(BaseModel):
+    """The payload of a `recommendation` record: a better setting and its predicted effect."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(default_factory=new_id, min_length=1, max_length=64)
+    pipeline: str
+    model: ModelRef
+    target: str = Field(description="The predicted quality value, e.g. scrap_rate_pct")
+    unit: str = ""
+    objective: str = Field(description="In words, e.g. 'minimise scrap_rate_pct'")
+    changes: list[SetpointChange] = Field(min_length=1)
+    predicted_now: float = Field(description="The target predicted at the current setting")
+    predicted_after: float = Field(description="The target predicted at the proposed setting")
+    inputs: dict[str, float] = Field(description="Model inputs at the time, by feature")
+    mode: Literal["advise", "auto"] = "advise"
+    created_at: float = Field(default_factory=now)
+    expires_at: float
+
+
+class RecommendationAnswerPayload(BaseModel):
+    """The payload of a `recommendation_answer` record: what became of a recommendation."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(description="The recommendation's id")
+    pipeline: str
+    decision: Literal["accepted", "rejected", "expired", "superseded"]
+    by: str = Field(description="Who answered: the operator's name, or 'agent'")
+    at: float = Field(default_factory=now)
+    comment: str = Field("", max_length=500)
+
+
+class RecommendationOutcomePayload(BaseModel):
+    """The payload of a `recommendation_outcome` record: the line `after_s` after an answer."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(description="The recommendation's id")
+    pipeline: str
+    decision: Literal["accepted", "rejected", "expired", "superseded"]
+    after_s: float
+    setpoints: dict[str, float | None] = Field(description="The controllable tags' values now")
+    applied: bool = Field(description="Every controllable tag moved at least halfway to "
+                                       "its proposed value")
+    predicted: float | None = Field(description="The target predicted now (None: no prediction)")
+    measured: float | None = Field(None, description="The target as measured, if a tag reads it")
+
+
+class SetpointWritePayload(BaseModel):
+    """The payload of a `setpoint_write` record: one write to the PLC in automatic mode."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    recommendation: str = Field(description="The recommendation's id")
+    pipeline: str
+    tag: str
+    node: str
+    value: float
+    previous: float | None
+    ok: bool
+    detail: str = ""
+
+
+class SourceGapPayload(BaseModel):
+    """The payload of a `source_gap` record: a source delivered nothing usable for a while."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: str
+    started_at: float
+    ended_at: float
+    duration_s: float = Field(ge=0)
+    reason: str
+
+
 class EvictionPayload(BaseModel):
     """The payload of an `eviction` record: seqs the agent dropped to respect its disk quota."""
 
