@@ -9,6 +9,7 @@ import asyncio
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from edge_agent.contract import RECORD_PREDICTION, PredictionPayload
 from edge_agent.inference.runtime import ModelLoadError, OnnxRunner
 from edge_agent.lifecycle import ModelWatch
 from edge_agent.model_store import InstalledModel, ModelStore
+from edge_agent.recommendations import RecommendationBoard
 from edge_agent.sources.opcua import TagValue
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,16 @@ def features_of(config: ProcessPipelineConfig, installed: InstalledModel) -> lis
     return [str(f) for f in from_manifest]
 
 
+TREND_POINTS = 720  # an hour at one prediction every 5 s
+
+
+@dataclass(frozen=True)
+class TrendPoint:
+    at: float
+    inputs: dict[str, float]
+    outputs: dict[str, float | None]
+
+
 @dataclass
 class PipelineState:
     state: str = "waiting"
@@ -82,6 +94,10 @@ class ProcessPipeline:
         self._shadow_runner: OnnxRunner | None = None
         self._failed_sha: str | None = None
         self.status = PipelineState(detail=f"waiting for model {config.model}")
+        # For the operator page: recent predictions, and the recommendation board when the
+        # pipeline recommends setpoints.
+        self.trend: deque[TrendPoint] = deque(maxlen=TREND_POINTS)
+        self.board: RecommendationBoard | None = None
 
     async def run(self) -> None:
         while True:
@@ -143,6 +159,7 @@ class ProcessPipeline:
         await self._buffer.append(RECORD_PREDICTION, payload)
         self.status.predictions += 1
         self.status.last_prediction = payload
+        self.trend.append(TrendPoint(time.time(), payload["inputs"], payload["outputs"]))
         self._set("running", "")
         return payload
 
