@@ -1,6 +1,7 @@
-"""Process-model pipeline: latest tag values -> feature vector -> ONNX Runtime -> prediction record.
+"""Process-model pipeline: tag values -> features -> ONNX Runtime -> prediction record.
 
-A prediction is made only from fresh, good values; otherwise the pipeline says why not.
+A prediction is made only from fresh, good values; otherwise the pipeline says why not. With
+`recommend` configured it also searches for better setpoints and offers them on its board.
 """
 
 from __future__ import annotations
@@ -10,49 +11,52 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from edge_agent.buffer import Buffer
-from edge_agent.config import ProcessPipelineConfig
-from edge_agent.contract import RECORD_PREDICTION, PredictionPayload
+from edge_agent.config import FeatureConfig, ProcessPipelineConfig
+from edge_agent.contract import (
+    RECORD_PREDICTION,
+    PredictionPayload,
+    RecommendationPayload,
+    SetpointChange,
+)
+from edge_agent.inference.features import FeatureError, build_features, feature_values
+from edge_agent.inference.recommender import (
+    Objective,
+    Recommender,
+    RecommenderError,
+    SetpointGuard,
+    Writer,
+    offer_refusal,
+    require_dynamic_batch,
+    resolve_objective,
+)
 from edge_agent.inference.runtime import ModelLoadError, OnnxRunner
 from edge_agent.lifecycle import ModelWatch
 from edge_agent.model_store import InstalledModel, ModelStore
 from edge_agent.recommendations import RecommendationBoard
 from edge_agent.sources.opcua import TagValue
 
+__all__ = ["FeatureError", "OutputDecoder", "OutputError", "ProcessPipeline", "build_features",
+           "features_of"]
+
 log = logging.getLogger(__name__)
 
 
-class FeatureError(Exception):
-    """No prediction can be made from the current tag values; the message says why."""
+class OutputError(Exception):
+    """A model output cannot be read as numbers; the message says how to export it."""
 
 
-def build_features(
-    latest: Mapping[str, TagValue], features: list[str], max_staleness_s: float, now: float
-) -> np.ndarray:
-    """One float32 row in the model's feature order, or FeatureError naming the bad tag."""
-    row = []
-    for tag in features:
-        value = latest.get(tag)
-        if value is None:
-            raise FeatureError(f"no prediction: tag {tag} has no value yet")
-        if not value.good or value.value is None:
-            raise FeatureError(f"no prediction: tag {tag} is {value.status}")
-        age_s = now - value.received_at
-        if age_s > max_staleness_s:
-            raise FeatureError(f"no prediction: tag {tag} stale for {age_s:.0f} s")
-        row.append(value.value)
-    return np.asarray([row], dtype=np.float32)
-
-
-def features_of(config: ProcessPipelineConfig, installed: InstalledModel) -> list[str]:
-    if config.features:
-        return config.features
+def features_of(config: ProcessPipelineConfig, installed: InstalledModel) -> list[FeatureConfig]:
+    """The pipeline's features, or the last values of the manifest's 'features' tags."""
+    configured = config.feature_configs
+    if configured:
+        return configured
     from_manifest = installed.manifest.metadata.get("features")
     if not isinstance(from_manifest, list) or not from_manifest:
         raise ModelLoadError(
@@ -60,7 +64,66 @@ def features_of(config: ProcessPipelineConfig, installed: InstalledModel) -> lis
             f"{installed.manifest.version} names no 'features' in its metadata; "
             "list them under the pipeline's features"
         )
-    return [str(f) for f in from_manifest]
+    return [FeatureConfig(tag=str(f)) for f in from_manifest]
+
+
+class OutputDecoder:
+    """Raw outputs -> one column of numbers per name, one value per input row.
+
+    Regression outputs keep their names; a classifier gives its label (text labels as their
+    index in `classes`) and one `<output>.<class>` column per class probability, from a tensor
+    or from a ZipMap (a list of dicts).
+    """
+
+    def __init__(self, classes: Sequence[Any] | None = None) -> None:
+        self.classes = [str(c) for c in classes] if classes else None
+
+    def columns(self, outputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        zipmaps = [v for v in outputs.values() if isinstance(v, list) and v
+                   and isinstance(v[0], dict)]
+        classes = self.classes or ([str(k) for k in zipmaps[0][0]] if zipmaps else None)
+        columns: dict[str, np.ndarray] = {}
+        for name, value in outputs.items():
+            if isinstance(value, list):
+                columns.update(_zipmap_columns(name, value))
+                continue
+            array = np.asarray(value)
+            rows = array.reshape(len(array) if array.ndim else 1, -1)
+            if array.dtype.kind in "OUS":
+                if not classes:
+                    raise OutputError(
+                        f"output {name} gives text labels; add the class names in order to the "
+                        "model's metadata as 'classes' so they can be recorded")
+                index = {c: float(i) for i, c in enumerate(classes)}
+                columns[name] = np.asarray([index.get(str(v), math.nan) for v in rows[:, 0]])
+            elif rows.shape[1] == 1:
+                columns[name] = rows[:, 0].astype(np.float64)
+            else:
+                keys = classes if classes and len(classes) == rows.shape[1] \
+                    else [str(i) for i in range(rows.shape[1])]
+                for i, key in enumerate(keys):
+                    columns[f"{name}.{key}"] = rows[:, i].astype(np.float64)
+        return columns
+
+
+def _zipmap_columns(name: str, value: list[Any]) -> dict[str, np.ndarray]:
+    if not all(isinstance(v, dict) for v in value):
+        raise OutputError(
+            f"output {name} is a sequence of {type(value[0]).__name__ if value else 'nothing'}, "
+            "not numbers; export the model without ZipMap (skl2onnx: options={'zipmap': False})")
+    keys = list(value[0]) if value else []
+    return {f"{name}.{key}": np.asarray([float(row[key]) for row in value]) for key in keys}
+
+
+def in_spec(spec: Mapping[str, Any] | None, columns: Mapping[str, float | None]) -> bool | None:
+    """Whether the spec's target output is within [low, high]; None without a spec."""
+    if not spec or spec.get("target") not in columns:
+        return None
+    value = columns[spec["target"]]
+    if value is None:
+        return None
+    low, high = spec.get("low"), spec.get("high")
+    return (low is None or value >= low) and (high is None or value <= high)
 
 
 TREND_POINTS = 720  # an hour at one prediction every 5 s
@@ -79,25 +142,59 @@ class PipelineState:
     detail: str = ""
     predictions: int = 0
     last_prediction: dict[str, Any] | None = None
+    recommendation: str = ""  # the latest search: what it found, or why nothing was offered
+    last_write: dict[str, Any] | None = None  # automatic mode: the latest write or refusal
+    writes_this_hour: int = 0
+
+
+@dataclass
+class _Loaded:
+    runner: OnnxRunner
+    features: list[FeatureConfig]
+    decoder: OutputDecoder
+    spec: dict[str, Any] | None
+    recommender: Recommender | None = None
 
 
 class ProcessPipeline:
+    """One process model on one source's tags; recommends setpoints when configured.
+
+    `history` is the source's recent values per tag (windowed features read it), `writer`
+    its setpoint write (automatic mode), `nodes` its tag -> NodeId (for write records). A
+    `board` given here is used instead of a new one; its on_accept should call
+    `apply_accepted`.
+    """
+
     def __init__(self, config: ProcessPipelineConfig, latest: Mapping[str, TagValue],
-                 store: ModelStore, buffer: Buffer, watch: ModelWatch | None = None) -> None:
+                 store: ModelStore, buffer: Buffer, watch: ModelWatch | None = None, *,
+                 history: Mapping[str, Sequence[TagValue]] | None = None,
+                 writer: Writer | None = None, nodes: Mapping[str, str] | None = None,
+                 board: RecommendationBoard | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.name = config.name
         self._latest = latest
+        self._history = history
         self._store = store
         self._buffer = buffer
         self._watch = watch or ModelWatch()
-        self._runner: OnnxRunner | None = None
+        self._clock = clock
+        self._loaded: _Loaded | None = None
         self._shadow_runner: OnnxRunner | None = None
         self._failed_sha: str | None = None
         self.status = PipelineState(detail=f"waiting for model {config.model}")
         # For the operator page: recent predictions, and the recommendation board when the
         # pipeline recommends setpoints.
         self.trend: deque[TrendPoint] = deque(maxlen=TREND_POINTS)
-        self.board: RecommendationBoard | None = None
+        self.board: RecommendationBoard | None = board
+        self.guard: SetpointGuard | None = None
+        recommend = config.recommend
+        if recommend is not None:
+            if self.board is None:
+                self.board = RecommendationBoard(
+                    self.name, buffer, outcome_after_s=recommend.outcome_after_s,
+                    on_accept=self.apply_accepted, clock=clock)
+            self.guard = SetpointGuard(self.name, recommend, writer, buffer, nodes, clock)
 
     async def run(self) -> None:
         while True:
@@ -109,62 +206,203 @@ class ProcessPipeline:
 
     async def tick(self) -> dict[str, Any] | None:
         """Make one prediction if possible; returns the record payload buffered."""
-        loop = asyncio.get_running_loop()
         installed = self._store.active(self.config.model)
         if installed is None:
             self._set("waiting", f"waiting for model {self.config.model} to be deployed")
             return None
-        if self._runner is None or self._runner.manifest.sha256 != installed.manifest.sha256:
-            if self._failed_sha == installed.manifest.sha256:
-                return None
-            try:
-                self._runner = await loop.run_in_executor(
-                    None, OnnxRunner, installed.path, installed.manifest
-                )
-                features_of(self.config, installed)
-            except ModelLoadError as exc:
-                self._failed_sha = installed.manifest.sha256
-                self._runner = None
-                self._set("error", str(exc))
-                return None
-            log.info("pipeline model loaded pipeline=%s model=%s version=%s", self.name,
-                     installed.manifest.name, installed.manifest.version)
-        runner = self._runner
-        features = features_of(self.config, installed)
+        loaded = await self._load(installed)
+        if loaded is None:
+            return None
+        if self.board is not None:
+            await self.board.expire()
+        payload, row = await self._predict(loaded)
+        if self.board is not None:
+            if payload is not None and row is not None and loaded.recommender is not None:
+                await self._recommend(loaded.recommender, row, payload)
+            objective = loaded.recommender.objective if loaded.recommender else None
+            predicted = payload["outputs"].get(objective.output) if payload and objective \
+                else None
+            await self.board.record_outcomes(self._setpoints, lambda: predicted, self._measured)
+        if self.guard is not None:
+            self.status.writes_this_hour = self.guard.writes_this_hour()
+        return payload
+
+    async def _load(self, installed: InstalledModel) -> _Loaded | None:
+        """The loaded model, (re)loaded when the active version changed; None if unusable."""
+        sha = installed.manifest.sha256
+        if self._loaded is not None and self._loaded.runner.manifest.sha256 == sha:
+            return self._loaded
+        if self._failed_sha == sha:
+            return None
+        loop = asyncio.get_running_loop()
         try:
-            row = build_features(self._latest, features, self.config.max_staleness_s, time.time())
+            runner = await loop.run_in_executor(None, OnnxRunner, installed.path,
+                                                installed.manifest)
+            metadata = installed.manifest.metadata
+            spec = metadata.get("spec") if isinstance(metadata.get("spec"), dict) else None
+            loaded = _Loaded(runner, features_of(self.config, installed),
+                             OutputDecoder(metadata.get("classes")), spec)
+            if self.config.recommend is not None:
+                loaded.recommender = await loop.run_in_executor(
+                    None, self._make_recommender, loaded)
+        except (ModelLoadError, RecommenderError, OutputError) as exc:
+            self._failed_sha = sha
+            self._loaded = None
+            self._set("error", str(exc))
+            return None
+        self._loaded = loaded
+        log.info("pipeline model loaded pipeline=%s model=%s version=%s", self.name,
+                 installed.manifest.name, installed.manifest.version)
+        return loaded
+
+    def _make_recommender(self, loaded: _Loaded) -> Recommender:
+        recommend = self.config.recommend
+        assert recommend is not None
+        manifest = loaded.runner.manifest
+        require_dynamic_batch(manifest)
+        input_name = manifest.inputs[0].name
+        probe = np.zeros((2, len(loaded.features)), dtype=np.float32)
+        try:
+            outputs = loaded.runner.run({input_name: probe})
+        except Exception as exc:  # ORT raises several unrelated types
+            raise RecommenderError(
+                f"model {manifest.name} {manifest.version} fails on a batch of 2 rows ({exc}); "
+                "the recommender needs a model that takes many rows at once") from exc
+        names = list(loaded.decoder.columns(outputs))
+        objective = resolve_objective(recommend.objective, loaded.spec, names, self.name)
+
+        def predict(batch: np.ndarray) -> np.ndarray:
+            outputs = loaded.runner.run({input_name: batch})
+            return loaded.decoder.columns(outputs)[objective.output]
+
+        return Recommender(recommend, loaded.features, objective, predict, self.name)
+
+    async def _predict(self, loaded: _Loaded) -> tuple[dict[str, Any] | None, np.ndarray | None]:
+        loop = asyncio.get_running_loop()
+        runner = loaded.runner
+        try:
+            values = feature_values(self._latest, loaded.features,
+                                    self.config.max_staleness_s, self._clock(), self._history)
         except FeatureError as exc:
             self._set("no_prediction", str(exc))
-            return None
+            return None, None
+        row = values[None, :].astype(np.float32)
         feed = {runner.manifest.inputs[0].name: row}
         started = time.perf_counter()
         try:
             outputs = await loop.run_in_executor(None, runner.run, feed)
+            columns = loaded.decoder.columns(outputs)
         except Exception as exc:  # ORT raises several unrelated types
             latency_ms = (time.perf_counter() - started) * 1000
             self._watch.observe(runner.manifest.name, runner.manifest.sha256, None, latency_ms,
                                 error=str(exc))
             self._set("error", f"inference failed: {exc}")
-            return None
+            return None, None
         latency_ms = (time.perf_counter() - started) * 1000
-        self._watch.observe(runner.manifest.name, runner.manifest.sha256, outputs, latency_ms)
-        await self._run_shadow(feed, outputs)
+        self._watch.observe(runner.manifest.name, runner.manifest.sha256, columns, latency_ms)
+        await self._run_shadow(feed, columns, loaded.decoder)
+        predicted = {name: _finite(column[0]) for name, column in columns.items()}
+        spec_ok = in_spec(loaded.spec, predicted)
+        if spec_ok is not None:
+            predicted["in_spec"] = 1.0 if spec_ok else 0.0
         payload = PredictionPayload(
             pipeline=self.name,
             model=runner.manifest.ref,
-            inputs={tag: float(v) for tag, v in zip(features, row[0], strict=True)},
-            outputs={name: _scalar(value) for name, value in outputs.items()},
+            inputs={f.feature_name: float(v) for f, v in zip(loaded.features, values,
+                                                             strict=True)},
+            outputs=predicted,
             latency_ms=round(latency_ms, 3),
         ).model_dump(mode="json")
         await self._buffer.append(RECORD_PREDICTION, payload)
         self.status.predictions += 1
         self.status.last_prediction = payload
-        self.trend.append(TrendPoint(time.time(), payload["inputs"], payload["outputs"]))
+        self.trend.append(TrendPoint(self._clock(), payload["inputs"], payload["outputs"]))
         self._set("running", "")
-        return payload
+        return payload, values
 
-    async def _run_shadow(self, feed: dict[str, np.ndarray],
-                          active: dict[str, np.ndarray]) -> None:
+    async def _recommend(self, recommender: Recommender, row: np.ndarray,
+                         prediction: dict[str, Any]) -> None:
+        assert self.board is not None and self.config.recommend is not None
+        loop = asyncio.get_running_loop()
+        try:
+            proposal = await loop.run_in_executor(None, recommender.search, row)
+        except Exception as exc:  # a failed search costs this tick's recommendation only
+            log.warning("recommendation search failed pipeline=%s error=%s", self.name, exc)
+            self.status.recommendation = f"search failed: {exc}"
+            return
+        now = self._clock()
+        recent = self.board.recent[0] if self.board.recent else None
+        last_closed = (recent.recommendation, recent.answer.at) if recent else None
+        refusal = offer_refusal(proposal, self.config.recommend, recommender.objective,
+                                self.board.open, last_closed, now)
+        if refusal is not None:
+            self.status.recommendation = f"nothing offered: {refusal}"
+            return
+        recommendation = self._recommendation(recommender.objective, proposal.changed,
+                                              proposal.current, proposal.predicted_now,
+                                              proposal.predicted_after, prediction, now)
+        await self.board.offer(recommendation)
+        self.status.recommendation = (f"offered {recommendation.id}: "
+                                      f"{recommender.objective.output} "
+                                      f"{proposal.predicted_now:.4g} -> "
+                                      f"{proposal.predicted_after:.4g}")
+
+    def _recommendation(self, objective: Objective, changed: dict[str, float],
+                        current: dict[str, float], predicted_now: float,
+                        predicted_after: float, prediction: dict[str, Any],
+                        now: float) -> RecommendationPayload:
+        recommend = self.config.recommend
+        assert recommend is not None and self._loaded is not None
+        return RecommendationPayload(
+            pipeline=self.name, model=self._loaded.runner.manifest.ref,
+            target=objective.output, unit=self._unit(objective.output),
+            objective=objective.describe(),
+            changes=[SetpointChange(tag=tag, current=current[tag], proposed=value,
+                                    unit=self._unit(tag)) for tag, value in changed.items()],
+            predicted_now=predicted_now, predicted_after=predicted_after,
+            inputs=prediction["inputs"], mode=recommend.mode, created_at=now,
+            expires_at=now + recommend.hold_s)
+
+    async def apply_accepted(self, recommendation: RecommendationPayload) -> None:
+        """The operator accepted: in automatic mode write it through the guard."""
+        recommend = self.config.recommend
+        if recommend is None or self.guard is None or recommend.mode != "auto":
+            log.info("recommendation accepted, advise mode: the operator sets the values "
+                     "pipeline=%s id=%s", self.name, recommendation.id)
+            return
+        attempts = await self.guard.apply(recommendation, self._setpoints())
+        self.status.writes_this_hour = self.guard.writes_this_hour()
+        last = attempts[-1] if attempts else None
+        if last is not None:
+            self.status.last_write = {"recommendation": recommendation.id, "at": last.at,
+                                      "ok": all(a.ok for a in attempts),
+                                      "values": {a.tag: a.value for a in attempts},
+                                      "detail": "; ".join(dict.fromkeys(
+                                          a.detail for a in attempts if a.detail))}
+
+    def _setpoints(self) -> dict[str, float | None]:
+        """Current values of the controllable tags (None: missing or bad)."""
+        recommend = self.config.recommend
+        return {tag: self._good_value(tag) for tag in (recommend.controls if recommend else {})}
+
+    def _measured(self) -> float | None:
+        recommend = self.config.recommend
+        tag = recommend.measured_tag if recommend else None
+        return self._good_value(tag) if tag else None
+
+    def _good_value(self, tag: str) -> float | None:
+        value = self._latest.get(tag)
+        return value.value if value is not None and value.good else None
+
+    def _unit(self, name: str) -> str:
+        for feature in self._loaded.features if self._loaded else []:
+            if feature.tag == name and feature.unit:
+                return feature.unit
+        units = self._loaded.runner.manifest.metadata.get("units") if self._loaded else None
+        return str(units.get(name, "")) if isinstance(units, dict) else ""
+
+    async def _run_shadow(self, feed: dict[str, np.ndarray], active: dict[str, np.ndarray],
+                          decoder: OutputDecoder) -> None:
         """Give the same input to a version being shadowed; its outputs are only compared."""
         candidate = self._watch.shadow_candidate(self.config.model)
         if candidate is None:
@@ -178,8 +416,9 @@ class ProcessPipeline:
                 self._shadow_runner = await loop.run_in_executor(
                     None, OnnxRunner, candidate.path, candidate.manifest)
             name = candidate.manifest.inputs[0].name
-            shadow = await loop.run_in_executor(
+            outputs = await loop.run_in_executor(
                 None, self._shadow_runner.run, {name: next(iter(feed.values()))})
+            shadow = decoder.columns(outputs)
         except Exception as exc:  # a failing candidate counts against it, nothing more
             log.info("shadow inference failed pipeline=%s version=%s error=%s", self.name,
                      candidate.manifest.version, exc)
@@ -191,9 +430,6 @@ class ProcessPipeline:
         self.status.state, self.status.detail = state, detail
 
 
-def _scalar(value: np.ndarray) -> float | None:
-    flat = np.asarray(value).reshape(-1)
-    if flat.size == 0:
-        return None
-    number = float(flat[0])
+def _finite(value: float) -> float | None:
+    number = float(value)
     return number if math.isfinite(number) else None

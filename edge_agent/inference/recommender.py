@@ -1,0 +1,360 @@
+"""Setpoint recommendations: search the controllable tags for a better predicted outcome.
+
+The search scores thousands of candidate settings in one batched model run, then a smaller
+batch around the best; `offer_refusal` keeps the open recommendation from flapping, and in
+automatic mode `SetpointGuard` writes an accepted one within hard limits and a rate limit.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edge_agent.buffer import Buffer
+from edge_agent.config import (
+    AutoWriteConfig,
+    ControlConfig,
+    FeatureConfig,
+    ObjectiveConfig,
+    RecommendConfig,
+)
+from edge_agent.contract import (
+    RECORD_SETPOINT_WRITE,
+    ModelManifest,
+    RecommendationPayload,
+    SetpointWritePayload,
+)
+
+log = logging.getLogger(__name__)
+
+Writer = Callable[[str, float], Awaitable[float | None]]
+Predict = Callable[[np.ndarray], np.ndarray]  # (N, features) float32 -> (N,) objective output
+
+
+class RecommenderError(Exception):
+    """The recommender cannot work with this model or configuration; the message says why."""
+
+
+def require_dynamic_batch(manifest: ModelManifest) -> None:
+    """The search scores many candidates in one run: the first input dimension must be free."""
+    spec = manifest.inputs[0]
+    if not spec.shape or isinstance(spec.shape[0], int):
+        shape = "x".join(str(d) if isinstance(d, int) else "?" for d in spec.shape)
+        raise RecommenderError(
+            f"model {manifest.name} {manifest.version} takes input {spec.name!r} of fixed shape "
+            f"{shape}: the recommender scores thousands of settings in one run and needs a "
+            "dynamic batch dimension; re-export it with the first dimension free (skl2onnx: "
+            f"initial_types=[({spec.name!r}, FloatTensorType([None, n]))])")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What is better: a score per prediction, lower is better, in the output's unit."""
+
+    type: str
+    output: str
+    low: float | None = None
+    high: float | None = None
+    target: float | None = None
+    margin: float = 0.0
+
+    def score(self, predicted: np.ndarray) -> np.ndarray:
+        y = np.asarray(predicted, dtype=np.float64)
+        if self.type == "minimise":
+            return y
+        if self.type == "maximise":
+            return -y
+        if self.target is not None:
+            return np.abs(y - self.target)
+        low = -math.inf if self.low is None else self.low + self.margin
+        high = math.inf if self.high is None else self.high - self.margin
+        return np.maximum(low - y, 0.0) + np.maximum(y - high, 0.0)
+
+    def describe(self) -> str:
+        if self.type in ("minimise", "maximise"):
+            return f"{self.type} {self.output}"
+        if self.target is not None:
+            return f"hold {self.output} at {self.target:g}"
+        limits = [f"≥ {self.low + self.margin:g}" if self.low is not None else "",
+                  f"≤ {self.high - self.margin:g}" if self.high is not None else ""]
+        return f"keep {self.output} " + " and ".join(x for x in limits if x)
+
+
+def resolve_objective(config: ObjectiveConfig, spec: Mapping[str, Any] | None,
+                      outputs: Sequence[str], pipeline: str) -> Objective:
+    """The configured objective, with the output and spec limits taken from the manifest."""
+    spec = spec or {}
+    output = config.output or str(spec.get("target") or outputs[0])
+    if output not in outputs:
+        raise RecommenderError(
+            f"objective output {output} of pipeline {pipeline} is not a model output; "
+            f"choose one of: {', '.join(outputs)}")
+    low, high = config.low, config.high
+    if config.type == "target" and config.target is None and low is None and high is None:
+        if spec.get("target") == output:
+            low, high = spec.get("low"), spec.get("high")
+        if low is None and high is None:
+            raise RecommenderError(
+                f"objective target of pipeline {pipeline} needs target or low/high (the model's "
+                f"metadata has no 'spec' for {output}); add them under recommend.objective")
+    return Objective(config.type, output, low, high, config.target, config.margin)
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """The best setting found, against the current one."""
+
+    current: dict[str, float]
+    proposed: dict[str, float]
+    predicted_now: float
+    predicted_after: float
+    improvement: float  # how much better the objective gets, in the output's unit
+    scored: int  # candidate settings the model scored
+
+    @property
+    def changed(self) -> dict[str, float]:
+        return {tag: value for tag, value in self.proposed.items()
+                if abs(value - self.current[tag]) > 1e-9}
+
+
+class Recommender:
+    """Searches the controllable tags of one pipeline's model; pure apart from `predict`."""
+
+    def __init__(self, config: RecommendConfig, features: Sequence[FeatureConfig],
+                 objective: Objective, predict: Predict, pipeline: str, seed: int = 0) -> None:
+        self.config = config
+        self.objective = objective
+        self._predict = predict
+        self._rng = np.random.default_rng(seed)
+        last_values = {f.tag: i for i, f in enumerate(features) if f.transform == "last"}
+        for tag in config.controls:
+            if tag not in last_values:
+                raise RecommenderError(
+                    f"control {tag} is not a feature of pipeline {pipeline}; controls must be "
+                    f"among its last-value features: {', '.join(last_values) or 'none'}")
+        self.tags = list(config.controls)
+        self._columns = [last_values[tag] for tag in self.tags]
+        self._controls = [config.controls[tag] for tag in self.tags]
+
+    def search(self, row: np.ndarray) -> Proposal:
+        """The best setting near the current one (row: the model's current input, as read)."""
+        base = np.asarray(row, dtype=np.float64).reshape(-1)
+        current = base[self._columns]
+        levels = [_levels(control, value) for control, value in zip(self._controls, current,
+                                                                    strict=True)]
+        coarse, exhaustive = _settings(levels, self.config.candidates, self._rng)
+        settings = np.vstack([current, coarse])
+        predicted = self._score_batch(base, settings)
+        best = self._best(settings, predicted, current)
+        if not exhaustive and self.config.refine_candidates:
+            # Random settings lie about range / n^(1/k) apart: look that far around the best.
+            spacing = len(coarse) ** (1 / len(levels))
+            near = [lv[np.abs(lv - settings[best, i]) <= max(1, math.ceil(len(lv) / spacing))
+                       * self._controls[i].step + 1e-9] for i, lv in enumerate(levels)]
+            fine, _ = _settings(near, self.config.refine_candidates, self._rng)
+            settings = np.vstack([settings, fine])
+            predicted = np.concatenate([predicted, self._score_batch(base, fine)])
+            best = self._best(settings, predicted, current)
+        score = self.objective.score(predicted[[0, best]])
+        return Proposal(
+            current=dict(zip(self.tags, current.tolist(), strict=True)),
+            proposed=dict(zip(self.tags, settings[best].tolist(), strict=True)),
+            predicted_now=float(predicted[0]), predicted_after=float(predicted[best]),
+            improvement=float(score[0] - score[1]), scored=len(settings))
+
+    def _score_batch(self, base: np.ndarray, settings: np.ndarray) -> np.ndarray:
+        batch = np.repeat(base[None, :].astype(np.float32), len(settings), axis=0)
+        batch[:, self._columns] = settings
+        predicted = np.asarray(self._predict(batch), dtype=np.float64).reshape(-1)
+        if len(predicted) != len(settings):
+            raise RecommenderError(f"the model gave {len(predicted)} values for "
+                                   f"{len(settings)} settings; it must predict one per row")
+        return predicted
+
+    def _best(self, settings: np.ndarray, predicted: np.ndarray, current: np.ndarray) -> int:
+        """The best score; among equal ones (trees are flat in places) the smallest move."""
+        score = np.where(np.isfinite(predicted), self.objective.score(predicted), np.inf)
+        lowest = score.min()
+        tied = np.flatnonzero(score <= lowest + 1e-6 * max(1.0, abs(lowest)))
+        max_change = np.asarray([c.max_change for c in self._controls])
+        moves = (np.abs(settings[tied] - current) / max_change).sum(axis=1)
+        return int(tied[np.argmin(moves)])
+
+
+def _levels(control: ControlConfig, current: float) -> np.ndarray:
+    """Values a control may take: multiples of its step within reach and limits, and now."""
+    low = max(control.min, current - control.max_change)
+    high = min(control.max, current + control.max_change)
+    first, last = math.ceil(low / control.step - 1e-9), math.floor(high / control.step + 1e-9)
+    grid = np.round(np.arange(first, last + 1) * control.step, 9)
+    return np.unique(np.append(grid, current))
+
+
+def _settings(levels: list[np.ndarray], count: int,
+              rng: np.random.Generator) -> tuple[np.ndarray, bool]:
+    """Every combination when there are at most `count`, else `count` random ones."""
+    total = math.prod(len(lv) for lv in levels)
+    if total <= count:
+        grids = np.meshgrid(*levels, indexing="ij")
+        return np.stack([g.reshape(-1) for g in grids], axis=1), True
+    picks = [lv[rng.integers(0, len(lv), size=count)] for lv in levels]
+    return np.stack(picks, axis=1), False
+
+
+def offer_refusal(proposal: Proposal, config: RecommendConfig, objective: Objective,
+                  open_one: RecommendationPayload | None,
+                  last_closed: tuple[RecommendationPayload, float] | None,
+                  now: float) -> str | None:
+    """Why this proposal is not shown (None: offer it); keeps recommendations from flapping.
+
+    `last_closed` is the last answered or expired recommendation and when it closed.
+    """
+    if not proposal.changed:
+        return "the current setting is the best found"
+    if proposal.improvement <= config.min_improvement or proposal.improvement <= 0:
+        return (f"best improvement {proposal.improvement:.4g} is not more than "
+                f"min_improvement {config.min_improvement:g}")
+    if open_one is not None:
+        if _same_setting(open_one, proposal, config):
+            return "the open recommendation already proposes this"
+        gain = float(objective.score(np.asarray([open_one.predicted_after]))[0]
+                     - objective.score(np.asarray([proposal.predicted_after]))[0])
+        if gain <= config.min_improvement or gain <= 0:
+            return f"it beats the open recommendation by only {gain:.4g}"
+    elif last_closed is not None:
+        earlier, closed_at = last_closed
+        if _same_setting(earlier, proposal, config) and now - closed_at < config.hold_s:
+            return (f"the same setting was proposed until {now - closed_at:.0f} s ago; it is "
+                    f"proposed again {config.hold_s:g} s after")
+    return None
+
+
+def _same_setting(earlier: RecommendationPayload, proposal: Proposal,
+                  config: RecommendConfig) -> bool:
+    before = {c.tag: c.proposed for c in earlier.changes}
+    after = proposal.changed
+    if set(before) != set(after):
+        return False
+    return all(abs(before[t] - after[t]) <= config.controls[t].step + 1e-9
+               for t in after if t in config.controls)
+
+
+@dataclass(frozen=True)
+class WriteAttempt:
+    tag: str
+    value: float
+    previous: float | None
+    ok: bool
+    detail: str
+    at: float
+
+
+class SetpointGuard:
+    """Automatic mode: writes an accepted recommendation only within limits and rate limits.
+
+    Either every setpoint of a recommendation passes the checks or none is written; each write
+    or refusal is logged and becomes a `setpoint_write` record.
+    """
+
+    def __init__(self, pipeline: str, config: RecommendConfig, writer: Writer | None,
+                 buffer: Buffer, nodes: Mapping[str, str] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.pipeline = pipeline
+        self.config = config
+        self._writer = writer
+        self._buffer = buffer
+        self._nodes = nodes or {}
+        self._clock = clock
+        self._written_at: deque[float] = deque()  # accepted recommendations written, by time
+        self.last_write: WriteAttempt | None = None
+
+    @property
+    def limits(self) -> AutoWriteConfig:
+        return self.config.auto
+
+    def writes_this_hour(self) -> int:
+        now = self._clock()
+        while self._written_at and self._written_at[0] <= now - 3600:
+            self._written_at.popleft()
+        return len(self._written_at)
+
+    async def apply(self, recommendation: RecommendationPayload,
+                    current: Mapping[str, float | None]) -> list[WriteAttempt]:
+        """Write the recommendation's setpoints, or refuse them all with the reason."""
+        refusal = self._refusal(recommendation, current)
+        attempts: list[WriteAttempt] = []
+        if refusal is not None:
+            for change in recommendation.changes:
+                attempts.append(await self._record(recommendation, change.tag, change.proposed,
+                                                   current.get(change.tag), False, refusal))
+            return attempts
+        assert self._writer is not None
+        self._written_at.append(self._clock())
+        failed = ""
+        for change in recommendation.changes:
+            if failed:
+                attempts.append(await self._record(
+                    recommendation, change.tag, change.proposed, current.get(change.tag), False,
+                    f"not written: {failed}"))
+                continue
+            try:
+                previous = await self._writer(change.tag, change.proposed)
+            except Exception as exc:  # the PLC refused or is away: recorded, never retried here
+                failed = f"writing {change.tag} failed: {exc}"
+                attempts.append(await self._record(recommendation, change.tag, change.proposed,
+                                                   current.get(change.tag), False, failed))
+                continue
+            attempts.append(await self._record(recommendation, change.tag, change.proposed,
+                                               previous, True, ""))
+        return attempts
+
+    def _refusal(self, recommendation: RecommendationPayload,
+                 current: Mapping[str, float | None]) -> str | None:
+        if self.config.mode != "auto":
+            return "advise mode: the agent never writes setpoints"
+        if self._writer is None:
+            return "the source of this pipeline cannot write setpoints"
+        now = self._clock()
+        if self.writes_this_hour() >= self.limits.max_writes_per_hour:
+            return (f"rate limit: {self.limits.max_writes_per_hour} writes in the last hour "
+                    "already (auto.max_writes_per_hour)")
+        if self._written_at and now - self._written_at[-1] < self.limits.min_interval_s:
+            return (f"rate limit: last write {now - self._written_at[-1]:.0f} s ago, "
+                    f"auto.min_interval_s is {self.limits.min_interval_s:g}")
+        for change in recommendation.changes:
+            control = self.config.controls.get(change.tag)
+            if control is None:
+                return f"{change.tag} is not a control of pipeline {self.pipeline}"
+            if not control.min <= change.proposed <= control.max:
+                return (f"{change.tag} {change.proposed:g} is outside its limits "
+                        f"{control.min:g}..{control.max:g}")
+            value = current.get(change.tag)
+            if value is None:
+                return f"{change.tag} has no current value to compare with"
+            if abs(change.proposed - value) > control.max_change + 1e-9:
+                return (f"{change.tag} would move {abs(change.proposed - value):g} from its "
+                        f"current {value:g}; max_change is {control.max_change:g}")
+        return None
+
+    async def _record(self, recommendation: RecommendationPayload, tag: str, value: float,
+                      previous: float | None, ok: bool, detail: str) -> WriteAttempt:
+        payload = SetpointWritePayload(
+            recommendation=recommendation.id, pipeline=self.pipeline, tag=tag,
+            node=self._nodes.get(tag, ""), value=value, previous=previous, ok=ok, detail=detail)
+        await self._buffer.append(RECORD_SETPOINT_WRITE, payload.model_dump())
+        attempt = WriteAttempt(tag, value, previous, ok, detail, self._clock())
+        self.last_write = attempt
+        if ok:
+            log.info("setpoint written pipeline=%s recommendation=%s tag=%s value=%g "
+                     "previous=%s", self.pipeline, recommendation.id, tag, value, previous)
+        else:
+            log.warning("setpoint not written pipeline=%s recommendation=%s tag=%s value=%g "
+                        "reason=%s", self.pipeline, recommendation.id, tag, value, detail)
+        return attempt
