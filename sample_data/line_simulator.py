@@ -17,7 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 
-from asyncua import Server, ua
+from asyncua import Node, Server, ua
+from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.user_managers import UserManager
 
 logger = logging.getLogger(__name__)
 
@@ -28,16 +30,27 @@ ENDPOINT_PATH = "line-1"
 OBJECT_NAME = "Line1"
 NODE_PREFIX = "line1."
 ROW_INDEX_TAG = "row_index"
+FAULT_TAG = "fault_tag"
+SETPOINT_SUFFIX = "_sp"
+SETPOINT_TAGS = ("zone2_temp_c", "screw_speed_rpm")
 DEFAULT_HISTORY = Path(__file__).resolve().parent / "line_history.csv"
 
 EPILOG = """examples:
   .venv/bin/python sample_data/line_simulator.py --port 4840
   .venv/bin/python sample_data/line_simulator.py --port 4841 --interval-s 0.2 --no-loop
   .venv/bin/python sample_data/line_simulator.py --host 0.0.0.0 --start-row 4608
+  .venv/bin/python sample_data/line_simulator.py --certificate server.pem \
+      --private-key server-key.pem --users operator:secret
 
 The server prints "READY opc.tcp://HOST:PORT/line-1" once it accepts connections.
 Tags: ns=2;s=line1.<column> (Double) for every CSV column but timestamp, and
 ns=2;s=line1.row_index (Int64) for the history row being served.
+Writable: ns=2;s=line1.<tag>_sp (Double) setpoints for zone2_temp_c and screw_speed_rpm, and
+ns=2;s=line1.fault_tag (String): write a tag name to publish that tag with status
+BadSensorFailure from the next row on, an empty string to clear the fault.
+With --certificate/--private-key only Basic256Sha256 (Sign, SignAndEncrypt) is offered; with
+--users only those user names and passwords are accepted. The certificate's URI must be
+urn:edge-mlops:line-simulator:server.
 """
 
 
@@ -59,6 +72,35 @@ def load_history(path: Path | str) -> tuple[list[str], list[list[float]]]:
     return header[1:], rows
 
 
+def parse_users(specs: list[str]) -> dict[str, str]:
+    """Turn `user:password` strings into a dict; a spec without a colon is an error."""
+    users = {}
+    for spec in specs:
+        name, sep, password = spec.partition(":")
+        if not sep or not name:
+            raise ValueError(f"--users expects user:password, got {spec!r}")
+        users[name] = password
+    return users
+
+
+class _PasswordUsers(UserManager):
+    """Accepts exactly the configured user names with their passwords, nobody else."""
+
+    def __init__(self, users: dict[str, str]) -> None:
+        self._users = users
+
+    def get_user(
+        self,
+        iserver: object,
+        username: str | None = None,
+        password: str | None = None,
+        certificate: object = None,
+    ) -> User | None:
+        if username is not None and self._users.get(username) == password:
+            return User(role=UserRole.User, name=username)
+        return None
+
+
 class LineSimulator:
     """Replays a line history over OPC-UA, one row per `interval_s`.
 
@@ -74,8 +116,13 @@ class LineSimulator:
         interval_s: float | None = 1.0,
         loop: bool = True,
         start_row: int = 0,
+        certificate: Path | str | None = None,
+        private_key: Path | str | None = None,
+        users: dict[str, str] | None = None,
     ) -> None:
         self.columns, self._rows = load_history(history)
+        if (certificate is None) != (private_key is None):
+            raise ValueError("give both certificate and private_key, or neither")
         if not 0 <= start_row < len(self._rows):
             raise ValueError(f"start_row must be in [0, {len(self._rows) - 1}], got {start_row}")
         if interval_s is not None and interval_s <= 0:
@@ -86,6 +133,13 @@ class LineSimulator:
         self.loop = loop
         self.node_ids: dict[str, str] = {col: node_id_for(col) for col in self.columns}
         self.row_index_node_id = node_id_for(ROW_INDEX_TAG)
+        self.fault_node_id = node_id_for(FAULT_TAG)
+        self.setpoint_node_ids = {
+            tag: node_id_for(tag + SETPOINT_SUFFIX) for tag in SETPOINT_TAGS if tag in self.columns
+        }
+        self.certificate = certificate
+        self.private_key = private_key
+        self.users = users
         self._row = start_row
         self._server: Server | None = None
         self._replay_task: asyncio.Task[None] | None = None
@@ -112,6 +166,15 @@ class LineSimulator:
         """Values of the row currently served, by column."""
         return dict(zip(self.columns, self._rows[self._row], strict=True))
 
+    async def set_fault(self, tag: str) -> None:
+        """Publish `tag` as BadSensorFailure from the next row on; an empty string clears it."""
+        if self._server is None:
+            raise RuntimeError("simulator not started")
+        await self._server.write_attribute_value(
+            ua.NodeId.from_string(self.fault_node_id),
+            ua.DataValue(ua.Variant(tag, ua.VariantType.String)),
+        )
+
     async def start(self) -> None:
         """Build the address space, start listening and, if `interval_s` is set, start replaying.
 
@@ -123,13 +186,12 @@ class LineSimulator:
             max(logging.WARNING, logging.getLogger("asyncua").getEffectiveLevel())
         )
         t0 = time.perf_counter()
-        server = Server()
+        server = Server(user_manager=_PasswordUsers(self.users) if self.users else None)
         await server.init()
         await server.set_application_uri(APPLICATION_URI)
         server.set_server_name("edge-mlops line-1 simulator")
         server.set_endpoint(f"opc.tcp://{self.host}:{self.port}/{ENDPOINT_PATH}")
-        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
-        server.set_identity_tokens([ua.AnonymousIdentityToken])
+        await self._configure_security(server)
 
         ns = await server.register_namespace(NAMESPACE_URI)
         if ns != NAMESPACE_INDEX:
@@ -152,6 +214,7 @@ class LineSimulator:
             self._row,
             varianttype=ua.VariantType.Int64,
         )
+        await self._add_writable_nodes(line, ns)
 
         await server.start()
         self._server = server
@@ -196,19 +259,69 @@ class LineSimulator:
     ) -> None:
         await self.stop()
 
+    async def _configure_security(self, server: Server) -> None:
+        if self.certificate is None or self.private_key is None:
+            server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        else:
+            await server.load_certificate(str(self.certificate))
+            await server.load_private_key(str(self.private_key))
+            server.set_security_policy([
+                ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
+                ua.SecurityPolicyType.Basic256Sha256_Sign,
+            ])
+        server.set_identity_tokens(
+            [ua.UserNameIdentityToken] if self.users else [ua.AnonymousIdentityToken]
+        )
+
+    async def _add_writable_nodes(self, line: Node, ns: int) -> None:
+        """Setpoints a client may write, and the fault switch tests use to make a tag go Bad."""
+        values = self.current_values()
+        for tag, node_id in self.setpoint_node_ids.items():
+            node = await line.add_variable(
+                ua.NodeId.from_string(node_id),
+                ua.QualifiedName(tag + SETPOINT_SUFFIX, ns),
+                values[tag],
+                varianttype=ua.VariantType.Double,
+            )
+            await node.set_writable()
+        fault = await line.add_variable(
+            ua.NodeId.from_string(self.fault_node_id),
+            ua.QualifiedName(FAULT_TAG, ns),
+            "",
+            varianttype=ua.VariantType.String,
+        )
+        await fault.set_writable()
+
+    def _faulted_tag(self) -> str:
+        assert self._server is not None
+        value = self._server.read_attribute_value(ua.NodeId.from_string(self.fault_node_id))
+        return str(value.Value.Value or "") if value.Value is not None else ""
+
     async def _write_current_row(self) -> None:
         assert self._server is not None
         now = datetime.now(UTC)
-        updates = [
-            (self.node_ids[col], ua.Variant(value, ua.VariantType.Double))
-            for col, value in zip(self.columns, self._rows[self._row], strict=True)
-        ]
-        updates.append((self.row_index_node_id, ua.Variant(self._row, ua.VariantType.Int64)))
-        for node_id, variant in updates:
-            await self._server.write_attribute_value(
-                ua.NodeId.from_string(node_id),
-                ua.DataValue(variant, SourceTimestamp=now, ServerTimestamp=now),
+        faulted = self._faulted_tag()
+        for col, value in zip(self.columns, self._rows[self._row], strict=True):
+            status = ua.StatusCode(
+                ua.StatusCodes.BadSensorFailure if col == faulted else ua.StatusCodes.Good
             )
+            await self._server.write_attribute_value(
+                ua.NodeId.from_string(self.node_ids[col]),
+                ua.DataValue(
+                    ua.Variant(value, ua.VariantType.Double),
+                    StatusCode=status,
+                    SourceTimestamp=now,
+                    ServerTimestamp=now,
+                ),
+            )
+        await self._server.write_attribute_value(
+            ua.NodeId.from_string(self.row_index_node_id),
+            ua.DataValue(
+                ua.Variant(self._row, ua.VariantType.Int64),
+                SourceTimestamp=now,
+                ServerTimestamp=now,
+            ),
+        )
 
     async def _replay(self, interval_s: float) -> None:
         loop = asyncio.get_running_loop()
@@ -263,6 +376,19 @@ def main(argv: list[str] | None = None) -> int:
         "--no-loop", action="store_true", help="hold the last row instead of starting over"
     )
     parser.add_argument(
+        "--certificate",
+        type=Path,
+        help="server certificate (PEM or DER): offer Basic256Sha256 only",
+    )
+    parser.add_argument("--private-key", type=Path, help="private key of --certificate (PEM)")
+    parser.add_argument(
+        "--users",
+        nargs="+",
+        default=[],
+        metavar="USER:PASSWORD",
+        help="accept only these users (anonymous access is then refused)",
+    )
+    parser.add_argument(
         "--log-level",
         type=str.upper,
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -278,6 +404,9 @@ def main(argv: list[str] | None = None) -> int:
             interval_s=args.interval_s,
             loop=not args.no_loop,
             start_row=args.start_row,
+            certificate=args.certificate,
+            private_key=args.private_key,
+            users=parse_users(args.users) or None,
         )
     except (OSError, ValueError) as exc:
         parser.error(str(exc))

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,9 +121,19 @@ class LineSimulatorProcess:
     def endpoint(self) -> str:
         return f"opc.tcp://127.0.0.1:{self.port}/line-1"
 
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+        self.process.wait(timeout=10)
 
-def start_line_simulator(port: int, interval_s: float = 0.5) -> LineSimulatorProcess:
-    """The sample OPC-UA server as a real process; returns once it prints READY."""
+
+def start_line_simulator(
+    port: int, interval_s: float = 0.5, extra_args: Sequence[str] = ()
+) -> LineSimulatorProcess:
+    """The sample OPC-UA server as a real process; returns once it prints READY.
+
+    `extra_args` go to the simulator's command line, e.g. ["--users", "operator:secret"].
+    """
     process = subprocess.Popen(
         [
             sys.executable,
@@ -132,6 +142,7 @@ def start_line_simulator(port: int, interval_s: float = 0.5) -> LineSimulatorPro
             str(port),
             "--interval-s",
             str(interval_s),
+            *extra_args,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -148,5 +159,4 @@ def start_line_simulator(port: int, interval_s: float = 0.5) -> LineSimulatorPro
 def line_simulator() -> Iterator[LineSimulatorProcess]:
     simulator = start_line_simulator(free_port())
     yield simulator
-    simulator.process.terminate()
-    simulator.process.wait(timeout=10)
+    simulator.stop()

@@ -1,21 +1,40 @@
-"""The OPC-UA source against the real line simulator, including a server restart."""
+"""The OPC-UA source against the real line simulator: browse paths, deadband, status codes,
+server restarts with gap records, security, history and setpoint write-back."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from asyncua import Client, ua
+from pydantic import ValidationError
 
 from edge_agent.config import OpcUaSourceConfig
-from edge_agent.sources.opcua import OpcUaSource
-from tests.conftest import LineSimulatorProcess, start_line_simulator
+from edge_agent.contract import SourceGapPayload
+from edge_agent.sources.opcua import OpcUaSource, SetpointWriteError
+from tests.conftest import LineSimulatorProcess, free_port, start_line_simulator
+from tests.edge_agent.opcua_certs import write_app_certificate
 
 TAGS = ["zone1_temp_c", "zone2_temp_c", "melt_pressure_bar", "screw_speed_rpm"]
+SIMULATOR_URI = "urn:edge-mlops:line-simulator:server"
+CLIENT_URI = "urn:edge-mlops:edge-agent:test"
 
 
-def source_for(endpoint: str) -> OpcUaSource:
-    return OpcUaSource(OpcUaSourceConfig(
-        name="line1", endpoint=endpoint, sampling_interval_ms=100,
-        nodes={tag: f"ns=2;s=line1.{tag}" for tag in TAGS}, reconnect_max_backoff_s=1.0,
-    ))
+def config_for(endpoint: str, **overrides: Any) -> OpcUaSourceConfig:
+    fields: dict[str, Any] = {
+        "name": "line1", "endpoint": endpoint, "sampling_interval_ms": 100,
+        "nodes": {tag: f"ns=2;s=line1.{tag}" for tag in TAGS}, "reconnect_max_backoff_s": 1.0,
+    }
+    return OpcUaSourceConfig(**(fields | overrides))
+
+
+def source_for(endpoint: str, **overrides: Any) -> OpcUaSource:
+    return OpcUaSource(config_for(endpoint, **overrides))
 
 
 async def until(predicate, timeout_s: float, what: str) -> None:
@@ -25,40 +44,286 @@ async def until(predicate, timeout_s: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
+@contextlib.asynccontextmanager
+async def running(source: OpcUaSource) -> AsyncIterator[OpcUaSource]:
+    task = asyncio.create_task(source.run())
+    try:
+        yield source
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def write_string(endpoint: str, node_id: str, text: str) -> None:
+    async with Client(endpoint) as client:
+        await client.get_node(node_id).write_value(
+            ua.DataValue(ua.Variant(text, ua.VariantType.String))
+        )
+
+
 def test_source_reads_live_tags_with_timestamps(line_simulator: LineSimulatorProcess) -> None:
     async def scenario() -> None:
-        source = source_for(line_simulator.endpoint)
-        task = asyncio.create_task(source.run())
-        await until(lambda: set(source.latest) == set(TAGS), 15, "all tags")
-        first = source.latest["zone2_temp_c"]
-        assert first.good and 150 < first.value < 220
-        await until(lambda: source.latest["zone2_temp_c"].source_time > first.source_time, 10,
-                    "a newer value")
-        assert source.state.state == "connected"
-        task.cancel()
+        async with running(source_for(line_simulator.endpoint)) as source:
+            await until(lambda: set(source.latest) == set(TAGS), 15, "all tags")
+            first = source.latest["zone2_temp_c"]
+            assert first.good and 150 < first.value < 220
+            await until(lambda: source.latest["zone2_temp_c"].source_time > first.source_time,
+                        10, "a newer value")
+            assert source.state.state == "connected"
+            assert source.bad_tags == {}
 
     asyncio.run(scenario())
 
 
-def test_source_reconnects_after_server_restart(line_simulator: LineSimulatorProcess) -> None:
+def test_source_time_is_the_servers_source_timestamp() -> None:
+    simulator = start_line_simulator(free_port(), interval_s=1000)  # values hold still
+
     async def scenario() -> None:
-        source = source_for(line_simulator.endpoint)
-        task = asyncio.create_task(source.run())
-        await until(lambda: source.state.state == "connected", 15, "connection")
-        line_simulator.process.terminate()
-        line_simulator.process.wait(timeout=10)
-        await until(lambda: source.state.state == "reconnecting", 15, "loss detected")
-        assert source.state.detail, "the reason is reported"
-        restarted = await asyncio.to_thread(start_line_simulator, line_simulator.port)
-        try:
-            seen_before = source.latest["zone1_temp_c"].received_at
-            await until(lambda: source.state.state == "connected", 20, "reconnection")
-            await until(lambda: source.latest["zone1_temp_c"].received_at > seen_before, 10,
-                        "values after reconnection")
-            assert source.reconnects >= 1
-        finally:
-            task.cancel()
-            restarted.process.terminate()
-            restarted.process.wait(timeout=10)
+        async with Client(simulator.endpoint) as client:
+            served = await client.get_node("ns=2;s=line1.zone2_temp_c").read_data_value()
+        await asyncio.sleep(0.3)  # so that the server's time and the arrival time differ
+        async with running(source_for(simulator.endpoint)) as source:
+            await until(lambda: "zone2_temp_c" in source.latest, 15, "a value")
+            value = source.latest["zone2_temp_c"]
+            assert served.SourceTimestamp is not None
+            assert value.source_time == pytest.approx(served.SourceTimestamp.timestamp(), abs=1e-3)
+            assert value.received_at - value.source_time > 0.2
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        simulator.stop()
+
+
+def test_nodes_by_browse_path_and_an_unresolvable_path_is_reported(
+    line_simulator: LineSimulatorProcess,
+) -> None:
+    nodes = {
+        "zone2_temp_c": "/Objects/2:Line1/2:zone2_temp_c",
+        "screw_speed_rpm": "ns=2;s=line1.screw_speed_rpm",
+        "zone9_temp_c": "/Objects/2:Line1/2:zone9_temp_c",
+    }
+
+    async def scenario() -> None:
+        async with running(source_for(line_simulator.endpoint, nodes=nodes)) as source:
+            await until(lambda: {"zone2_temp_c", "screw_speed_rpm"} <= set(source.latest), 15,
+                        "values by browse path and NodeId")
+            assert source.latest["zone2_temp_c"].good
+            assert source.state.state == "connected"
+            assert "zone9_temp_c" in source.bad_tags
+            assert "/Objects/2:Line1/2:zone9_temp_c" in source.bad_tags["zone9_temp_c"]
+            assert "zone9_temp_c" in source.state.detail
 
     asyncio.run(scenario())
+
+
+def test_deadband_larger_than_the_changes_suppresses_updates(
+    line_simulator: LineSimulatorProcess,
+) -> None:
+    async def scenario() -> None:
+        plain = source_for(line_simulator.endpoint)
+        banded = source_for(line_simulator.endpoint, deadband=1000.0)
+        async with running(plain), running(banded):
+            await until(lambda: set(plain.latest) == set(TAGS) == set(banded.latest), 15,
+                        "first values")
+            await until(lambda: len(plain.history["zone2_temp_c"]) >= 5, 15, "5 updates")
+        plain_updates = sum(len(plain.history[tag]) for tag in TAGS)
+        banded_updates = sum(len(banded.history[tag]) for tag in TAGS)
+        assert banded_updates == len(TAGS), "only the initial value of each tag"
+        assert plain_updates >= 4 * len(TAGS)
+
+    asyncio.run(scenario())
+
+
+def test_bad_status_is_stored_as_not_good_and_reported(
+    line_simulator: LineSimulatorProcess,
+) -> None:
+    async def scenario() -> None:
+        async with running(source_for(line_simulator.endpoint)) as source:
+            await until(lambda: set(source.latest) == set(TAGS), 15, "all tags")
+            await write_string(line_simulator.endpoint, "ns=2;s=line1.fault_tag", "zone2_temp_c")
+            await until(lambda: source.latest["zone2_temp_c"].status == "BadSensorFailure", 10,
+                        "the fault")
+            assert not source.latest["zone2_temp_c"].good
+            assert source.bad_tags == {"zone2_temp_c": "BadSensorFailure"}
+            assert "zone2_temp_c=BadSensorFailure" in source.state.detail
+            assert source.latest["zone1_temp_c"].good
+
+            await write_string(line_simulator.endpoint, "ns=2;s=line1.fault_tag", "")
+            await until(lambda: source.latest["zone2_temp_c"].good, 10, "recovery")
+            assert source.bad_tags == {}
+            assert "BadSensorFailure" not in source.state.detail
+
+    asyncio.run(scenario())
+
+
+def test_source_reconnects_after_server_restart_and_records_one_gap(
+    line_simulator: LineSimulatorProcess,
+) -> None:
+    gaps: list[SourceGapPayload] = []
+
+    async def record(gap: SourceGapPayload) -> None:
+        gaps.append(gap)
+
+    async def scenario() -> None:
+        source = OpcUaSource(config_for(line_simulator.endpoint), on_gap=record)
+        async with running(source):
+            await until(lambda: set(source.latest) == set(TAGS), 15, "all tags")
+            killed_at = time.time()
+            line_simulator.stop()
+            await until(lambda: source.state.state == "reconnecting", 15, "loss detected")
+            assert source.state.detail, "the reason is reported"
+            assert not source.latest["zone1_temp_c"].good, "stale values are not good"
+            await asyncio.sleep(2)  # down long enough for several failed attempts
+            restarted = await asyncio.to_thread(start_line_simulator, line_simulator.port)
+            back_at = time.time()
+            try:
+                seen_before = source.latest["zone1_temp_c"].received_at
+                await until(lambda: source.latest["zone1_temp_c"].received_at > seen_before, 10,
+                            "values within 10 s of the server's return")
+                assert source.state.state == "connected"
+                assert source.latest["zone1_temp_c"].good
+                await asyncio.sleep(1.0)  # a second gap would show up by now
+            finally:
+                restarted.stop()
+        assert len(gaps) == 1
+        gap = gaps[0]
+        assert gap.source == "line1" and gap.reason
+        assert gap.started_at <= killed_at + 0.5
+        assert back_at <= gap.ended_at <= back_at + 10
+        assert gap.duration_s == pytest.approx(gap.ended_at - gap.started_at)
+        assert gap.duration_s >= back_at - killed_at - 0.5
+        assert source.gaps == 1 and source.last_gap == gap
+        assert source.reconnects >= 1
+
+    asyncio.run(scenario())
+
+
+def test_history_keeps_only_the_configured_seconds(line_simulator: LineSimulatorProcess) -> None:
+    async def scenario() -> None:
+        async with running(source_for(line_simulator.endpoint, history_s=1.0)) as source:
+            await until(lambda: set(source.latest) == set(TAGS), 15, "all tags")
+            await asyncio.sleep(3)
+            window = source.history["zone2_temp_c"]
+            assert len(window) >= 2
+            assert window[-1].source_time - window[0].source_time <= 1.0
+            assert window[-1] == source.latest["zone2_temp_c"]
+
+    asyncio.run(scenario())
+
+
+def test_setpoint_write_returns_the_previous_value(line_simulator: LineSimulatorProcess) -> None:
+    setpoints = {"zone2_temp_c": "ns=2;s=line1.zone2_temp_c_sp",
+                 "screw_speed_rpm": "/Objects/2:Line1/2:screw_speed_rpm_sp"}
+
+    async def scenario() -> None:
+        source = source_for(line_simulator.endpoint, setpoints=setpoints)
+        async with running(source):
+            await until(lambda: source.state.state == "connected", 15, "connection")
+            initial = await source.write("zone2_temp_c", 190.0)
+            assert initial == pytest.approx(187.56)  # the first row of line_history.csv
+            assert await source.write("zone2_temp_c", 191.5) == pytest.approx(190.0)
+            assert await source.write("screw_speed_rpm", 60.0) == pytest.approx(59.12)
+            async with Client(line_simulator.endpoint) as client:
+                node = client.get_node("ns=2;s=line1.zone2_temp_c_sp")
+                assert await node.read_value() == pytest.approx(191.5)
+
+    asyncio.run(scenario())
+
+
+def test_refused_or_impossible_setpoint_writes_raise(line_simulator: LineSimulatorProcess) -> None:
+    setpoints = {"zone1_temp_c": "ns=2;s=line1.zone1_temp_c"}  # a measurement: read-only
+
+    async def scenario() -> None:
+        source = source_for(line_simulator.endpoint, setpoints=setpoints)
+        with pytest.raises(SetpointWriteError, match="not connected"):
+            await source.write("zone1_temp_c", 1.0)
+        async with running(source):
+            await until(lambda: source.state.state == "connected", 15, "connection")
+            with pytest.raises(SetpointWriteError, match=r"refused.*Bad"):
+                await source.write("zone1_temp_c", 1.0)
+            with pytest.raises(SetpointWriteError, match="no setpoint node"):
+                await source.write("melt_pressure_bar", 1.0)
+
+    asyncio.run(scenario())
+
+
+@pytest.fixture
+def secure_simulator(tmp_path: Path) -> Any:
+    server_cert, server_key = write_app_certificate(tmp_path, "simulator", SIMULATOR_URI,
+                                                    server=True)
+    client_cert, client_key = write_app_certificate(tmp_path, "agent", CLIENT_URI)
+    simulator = start_line_simulator(free_port(), extra_args=[
+        "--certificate", str(server_cert), "--private-key", str(server_key),
+        "--users", "operator:s3cret",
+    ])
+    yield simulator, {"security_policy": "Basic256Sha256", "certificate": client_cert,
+                      "private_key": client_key, "server_certificate": server_cert}
+    simulator.stop()
+
+
+def test_secure_source_connects_with_the_right_credentials(
+    secure_simulator: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    simulator, security = secure_simulator
+    monkeypatch.setenv("LINE1_OPCUA_PASSWORD", "s3cret")
+    source = source_for(simulator.endpoint, **security, username="operator",
+                        password_env="LINE1_OPCUA_PASSWORD")
+
+    async def scenario() -> None:
+        async with running(source):
+            await until(lambda: set(source.latest) == set(TAGS), 20, "all tags over Basic256Sha256")
+            assert source.state.state == "connected"
+
+    asyncio.run(scenario())
+
+
+def test_secure_source_reports_wrong_password_as_failed(secure_simulator: Any) -> None:
+    simulator, security = secure_simulator
+    source = source_for(simulator.endpoint, **security, username="operator", password="wrong")
+
+    async def scenario() -> None:
+        async with running(source):
+            await until(lambda: source.state.state == "failed", 20, "the refusal")
+            assert "BadUserAccessDenied" in source.state.detail
+            assert source.latest == {}
+
+    asyncio.run(scenario())
+
+
+def test_anonymous_client_is_refused_by_a_server_that_requires_users(
+    secure_simulator: Any,
+) -> None:
+    simulator, security = secure_simulator
+    source = source_for(simulator.endpoint, **security)
+
+    async def scenario() -> None:
+        async with running(source):
+            await until(lambda: source.state.state in ("failed", "reconnecting")
+                        and source.state.detail != simulator.endpoint, 20, "the refusal")
+            assert "Bad" in source.state.detail or "Error" in source.state.detail
+
+    asyncio.run(scenario())
+
+
+def test_config_requires_certificate_and_key_for_a_security_policy(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="needs both certificate and private_key"):
+        config_for("opc.tcp://plc:4840", security_policy="Basic256Sha256")
+    with pytest.raises(ValidationError, match=r"does not exist"):
+        config_for("opc.tcp://plc:4840", security_policy="Basic256Sha256",
+                   certificate=tmp_path / "missing.pem", private_key=tmp_path / "missing-key.pem")
+    cert, _ = write_app_certificate(tmp_path, "agent", CLIENT_URI)
+    with pytest.raises(ValidationError, match="go together"):
+        config_for("opc.tcp://plc:4840", certificate=cert)
+    with pytest.raises(ValidationError, match="password or password_env"):
+        config_for("opc.tcp://plc:4840", username="u", password="p", password_env="P")
+
+
+def test_config_rejects_node_addresses_that_are_neither_node_ids_nor_paths() -> None:
+    with pytest.raises(ValidationError, match=r"zone2_temp_c.*neither a NodeId"):
+        config_for("opc.tcp://plc:4840", nodes={"zone2_temp_c": "line1.zone2_temp_c"})
+    with pytest.raises(ValidationError, match="bad element"):
+        config_for("opc.tcp://plc:4840", nodes={"zone2_temp_c": "/Objects/x:Line1"})
+    config = config_for("opc.tcp://plc:4840", nodes={"a": "i=2258", "b": "/Objects/2:Line1/2:a"})
+    assert config.reconnect_max_backoff_s == 1.0
