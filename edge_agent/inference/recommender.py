@@ -154,9 +154,9 @@ class Recommender:
         predicted = self._score_batch(base, settings)
         best = self._best(settings, predicted, current)
         if not exhaustive and self.config.refine_candidates:
-            # Random settings lie about range / n^(1/k) apart: look that far around the best.
+            # Random settings lie about range / n^(1/k) apart: look twice that around the best.
             spacing = len(coarse) ** (1 / len(levels))
-            near = [lv[np.abs(lv - settings[best, i]) <= max(1, math.ceil(len(lv) / spacing))
+            near = [lv[np.abs(lv - settings[best, i]) <= math.ceil(2 * len(lv) / spacing)
                        * self._controls[i].step + 1e-9] for i, lv in enumerate(levels)]
             fine, _ = _settings(near, self.config.refine_candidates, self._rng)
             settings = np.vstack([settings, fine])

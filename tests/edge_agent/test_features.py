@@ -53,8 +53,8 @@ def test_feature_names_say_the_transform_and_window() -> None:
 
 def test_value_outside_its_valid_range_gives_no_prediction() -> None:
     latest = {"zone2_temp_c": good(250.0)}
-    with pytest.raises(FeatureError, match="no prediction: tag zone2_temp_c = 250 °C outside "
-                                           "its valid range 150..220"):
+    with pytest.raises(FeatureError, match=r"no prediction: tag zone2_temp_c = 250 °C outside "
+                                           r"its valid range 150\.\.220"):
         build_features(latest, [feature(unit="°C", valid=[150, 220])], 30, NOW)
 
 
@@ -92,7 +92,7 @@ def test_rate_over_too_few_points_says_so() -> None:
 
 
 def test_window_without_history_says_the_source_must_keep_some() -> None:
-    with pytest.raises(FeatureError, match="no history of tag zone2_temp_c .* keep at least 60 s"):
+    with pytest.raises(FeatureError, match=r"no history of tag zone2_temp_c .* keep at least 60 s"):
         build_features({"zone2_temp_c": good(185.0)}, [feature(transform="max", window_s=60)],
                        30, NOW, None)
 
