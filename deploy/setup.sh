@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Sets up everything the agent, central, the demo and the tests need, idempotently:
 # Mosquitto (installed with apt-get when missing and running as root), a virtual
-# environment in .venv and this package with its development extras. With --test, also the
-# system packages only the tests use (GStreamer's RTSP server, as a real RTSP camera).
+# environment in .venv and this package with its development extras. With --test, also what
+# only the tests use: GStreamer's RTSP server (a real RTSP camera), Debian's Chromium and
+# Playwright (the operator page's browser test; Playwright never downloads a browser).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +34,11 @@ fi
 if [ "${1:-}" = "--test" ] && ! /usr/bin/python3 -c 'import gi; gi.require_version("GstRtspServer", "1.0")' >/dev/null 2>&1; then
     missing+=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good)
 fi
+extras=dev
+if [ "${1:-}" = "--test" ]; then
+    extras=dev,browser
+    [ -x /usr/bin/chromium ] || missing+=(chromium)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
     apt_install "${missing[@]}"
 fi
@@ -48,10 +54,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 
 stamp=.venv/.installed-from-pyproject
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] \
+        || { [ "$extras" = dev,browser ] && ! .venv/bin/python -c 'import playwright' 2>/dev/null; }; then
     say "Installing Python packages into .venv"
     .venv/bin/python -m pip install --quiet --upgrade pip
-    .venv/bin/python -m pip install --quiet -e ".[dev]"
+    .venv/bin/python -m pip install --quiet -e ".[$extras]"
     touch "$stamp"
 fi
 say "Set up: .venv ready, $(.venv/bin/python --version), mosquitto $(mosquitto -h 2>/dev/null | head -1 | awk '{print $3}')"

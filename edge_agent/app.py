@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import Any, Literal
 
 from edge_agent import __version__, web
 from edge_agent.buffer import Buffer
 from edge_agent.config import AgentConfig, OpcUaSourceConfig, ProcessPipelineConfig
-from edge_agent.contract import DeviceStatus, Topics, encode
+from edge_agent.contract import DeviceStatus, RecommendationAnswerPayload, Topics, encode
 from edge_agent.deployer import Deployer
 from edge_agent.httpserver import WebServer
 from edge_agent.inference.process import ProcessPipeline
@@ -18,6 +18,7 @@ from edge_agent.inference.vision_pipeline import VisionPipeline
 from edge_agent.lifecycle import ModelWatch
 from edge_agent.metrics import AgentMetrics
 from edge_agent.model_store import ModelStore
+from edge_agent.recommendations import AnswerError
 from edge_agent.sources.camera import CameraSource
 from edge_agent.sources.opcua import OpcUaSource
 from edge_agent.transport import MqttTransport, NotConnected, Transport, Will
@@ -35,9 +36,17 @@ def pipeline_status(pipeline: ProcessPipeline | VisionPipeline) -> dict[str, Any
         status = pipeline.status
         return {**common, "camera": pipeline.camera.name, "frames": status.frames,
                 "defects": status.defects, "samples": status.samples,
-                "last_result": status.last_result}
+                "last_result": status.last_result,
+                "recent_defects": [{"number": d.number, "at": d.at, "roi": d.roi,
+                                    "label": d.label, "confidence": d.confidence}
+                                   for d in pipeline.recent_defects]}
+    board = pipeline.board
     return {**common, "predictions": pipeline.status.predictions,
-            "last_prediction": pipeline.status.last_prediction}
+            "last_prediction": pipeline.status.last_prediction,
+            "recommendation": (board.open.model_dump(mode="json")
+                               if board is not None and board.open is not None else None),
+            "recent_answers": ([a.answer.model_dump(mode="json") for a in board.recent]
+                               if board is not None else [])}
 
 
 class Agent:
@@ -96,6 +105,20 @@ class Agent:
             "pipelines": [pipeline_status(p) for p in self.pipelines],
         }
 
+    async def answer_recommendation(
+        self, recommendation_id: str, decision: Literal["accepted", "rejected"], by: str,
+        comment: str = "",
+    ) -> RecommendationAnswerPayload:
+        """The operator's answer, given to the board that holds the recommendation."""
+        for pipeline in self.pipelines:
+            board = pipeline.board if isinstance(pipeline, ProcessPipeline) else None
+            if board is not None and (
+                    (board.open is not None and board.open.id == recommendation_id)
+                    or any(a.recommendation.id == recommendation_id for a in board.recent)):
+                return await board.answer(recommendation_id, decision, by, comment)
+        raise AnswerError(f"no open recommendation {recommendation_id}; reload the page to see "
+                          "the current ones")
+
     async def publish_status(self, state: str = "online") -> None:
         try:
             status = await self.status(state)
@@ -115,7 +138,8 @@ class Agent:
                  self.config.broker.host, self.config.broker.port, self.config.data_dir)
         server = None
         if self.config.ui.port:
-            app = web.create_app(self.status_document, self.metrics.exposition)
+            app = web.create_app(self.status_document, self.metrics.exposition, agent=self,
+                                 ui=self.config.ui)
             server = WebServer(app, self.config.ui.host, self.config.ui.port, setting="ui.port")
             await server.start()
         await self.deployer.start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -431,8 +432,43 @@ class UplinkConfig(_Strict):
 
 
 class UiConfig(_Strict):
-    host: str = Field("127.0.0.1", description="Address of the gateway's status page")
+    """The operator page on the gateway (see README 'Operator page')."""
+
+    host: str = Field("127.0.0.1", description="Address of the gateway's operator page; any "
+                      "other than a loopback address needs ui.token or ui.password")
     port: int = Field(8080, ge=0, le=65535, description="0 turns the page off")
+    token: SecretStr | None = Field(
+        None, description="Needed by every request but /healthz: as `Authorization: Bearer` "
+        "or typed once into the page's login form")
+    password: SecretStr | None = Field(
+        None, description="Typed into the page's login form (or sent as Bearer) instead of "
+        "the token")
+    refresh_s: float = Field(5.0, ge=1, description="Seconds between the page's live updates")
+    tag_names: dict[str, str] = Field(
+        default_factory=dict, description="Tag -> words on the page, e.g. zone2_temp_c: "
+        "Zone 2 temperature; default: made from the tag name")
+    trend_tags: list[str] | None = Field(
+        None, description="Tags charted beside the prediction; default: those of the latest "
+        "recommendation, else the first four inputs")
+
+    @model_validator(mode="after")
+    def _login_when_reachable(self) -> UiConfig:
+        if self.port and not is_loopback(self.host) and not (self.token or self.password):
+            raise ValueError(
+                f"ui.host {self.host!r} lets other machines open the operator page, where "
+                "recommendations are answered: set ui.token (or ui.password) so it asks for a "
+                "login, or set ui.host to 127.0.0.1")
+        return self
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach `host` (names other than localhost count as not)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class SecurityConfig(_Strict):

@@ -1,22 +1,92 @@
-"""The gateway's own status page and JSON API (operator screens grow from here)."""
+"""The gateway's operator page (recommendations, trends, defects, health) and its JSON API.
+
+Server-rendered with Jinja2; one small script replaces the live part every few seconds. With
+`ui.token` or `ui.password` set, every request but /healthz needs a login (cookie) or
+`Authorization: Bearer`. Posts are checked against cross-site forgery by their Origin (and
+Sec-Fetch-Site) header, and the session cookie is SameSite=Strict.
+"""
 
 from __future__ import annotations
 
-import html
+import hashlib
+import hmac
+import re
+import secrets
+import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal, Protocol
+from urllib.parse import parse_qs, urlsplit
 
-from fastapi import FastAPI, Response
-from fastapi.responses import HTMLResponse
+import jinja2
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, Field
+
+from edge_agent.config import UiConfig
+from edge_agent.contract import RecommendationAnswerPayload, RecommendationPayload
+from edge_agent.inference.process import ProcessPipeline
+from edge_agent.inference.vision_pipeline import VisionPipeline
+from edge_agent.recommendations import AnswerError
 
 StatusProvider = Callable[[], Awaitable[dict[str, Any]]]
 MetricsProvider = Callable[[], Awaitable[bytes]]
 
+HERE = Path(__file__).parent
+SESSION_COOKIE = "edge_agent_session"
+OPERATOR_COOKIE = "edge_agent_operator"
+DEFAULT_OPERATOR = "operator"
+_PUBLIC = ("/healthz", "/login", "/static/")
+_templates = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
+                                autoescape=True, trim_blocks=True, lstrip_blocks=True)
 
-def create_app(status: StatusProvider, metrics: MetricsProvider | None = None) -> FastAPI:
-    """The page and JSON API over `status`; `metrics` adds Prometheus' `/metrics`."""
-    app = FastAPI(title="edge-agent", docs_url=None, redoc_url=None)
+
+class OperatorAgent(Protocol):
+    """What the page needs of the agent beyond its status document."""
+
+    pipelines: list[ProcessPipeline | VisionPipeline]
+
+    async def answer_recommendation(
+        self, recommendation_id: str, decision: Literal["accepted", "rejected"], by: str,
+        comment: str = "") -> RecommendationAnswerPayload: ...
+
+
+class AnswerRequest(BaseModel):
+    decision: Literal["accepted", "rejected"]
+    by: str = Field(min_length=1, max_length=64)
+    comment: str = Field("", max_length=500)
+
+
+def create_app(status: StatusProvider, metrics: MetricsProvider | None = None,
+               agent: OperatorAgent | None = None, ui: UiConfig | None = None) -> FastAPI:
+    """The page and JSON API over `status`; `agent` adds recommendations, trends and defects;
+    `metrics` adds Prometheus' `/metrics`; `ui` brings the login and the page's settings."""
+    ui = ui or UiConfig()
+    guard = Guard(ui)
+    app = FastAPI(title="edge-agent", docs_url=None, redoc_url=None, openapi_url=None)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+
+    @app.middleware("http")
+    async def check_access(request: Request, call_next: Any) -> Response:
+        if request.method not in ("GET", "HEAD") and not same_origin(request):
+            return JSONResponse({"detail": "cross-site request refused"}, status_code=403)
+        path = request.url.path
+        if path.startswith(_PUBLIC) or guard.allows(request):
+            return await call_next(request)
+        if request.method == "GET" and path in ("/", ""):
+            return RedirectResponse("/login", status_code=303)
+        return JSONResponse({"detail": "log in first: send 'Authorization: Bearer <ui.token>' "
+                                       "or log in on the page"},
+                            status_code=401, headers={"WWW-Authenticate": "Bearer"})
+
+    async def page(request: Request, template: str, error: str = "",
+                   status_code: int = 200) -> HTMLResponse:
+        view = operator_view(await status(), agent, ui, time.time())
+        return HTMLResponse(_templates.get_template(template).render(
+            **view, error=error, operator=operator_name(request), login=guard.required,
+            refresh_s=ui.refresh_s), status_code=status_code)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -27,8 +97,76 @@ def create_app(status: StatusProvider, metrics: MetricsProvider | None = None) -
         return await status()
 
     @app.get("/", response_class=HTMLResponse)
-    async def index() -> str:
-        return render_status_page(await status())
+    async def index(request: Request) -> HTMLResponse:
+        return await page(request, "page.html")
+
+    @app.get("/live", response_class=HTMLResponse)
+    async def live(request: Request) -> HTMLResponse:
+        return await page(request, "live.html")
+
+    @app.get("/login", response_class=HTMLResponse)
+    async def login_form() -> HTMLResponse:
+        return HTMLResponse(_templates.get_template("login.html").render(error=""))
+
+    @app.post("/login")
+    async def login(request: Request) -> Response:
+        given = (await form_fields(request)).get("secret", "")
+        if not guard.required:
+            return RedirectResponse("/", status_code=303)
+        if not guard.check_secret(given):
+            return HTMLResponse(_templates.get_template("login.html").render(
+                error="That is not the token or password set in ui.token / ui.password."),
+                status_code=401)
+        response = RedirectResponse("/", status_code=303)
+        response.set_cookie(SESSION_COOKIE, guard.new_session(), max_age=30 * 86400,
+                            httponly=True, samesite="strict")
+        return response
+
+    @app.post("/logout")
+    async def logout() -> Response:
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="strict")
+        return response
+
+    @app.post("/operator")
+    async def set_operator(request: Request) -> Response:
+        name = clean_name((await form_fields(request)).get("name", ""))
+        response = RedirectResponse("/", status_code=303)
+        response.set_cookie(OPERATOR_COOKIE, name, max_age=365 * 86400, samesite="strict")
+        return response
+
+    @app.post("/recommendations/{recommendation_id}/answer")
+    async def answer_form(request: Request, recommendation_id: str) -> Response:
+        decision = (await form_fields(request)).get("decision", "")
+        if agent is None or decision not in ("accepted", "rejected"):
+            return await page(request, "page.html", "Answer with Accept or Reject.", 400)
+        try:
+            await agent.answer_recommendation(recommendation_id, decision,  # type: ignore[arg-type]
+                                              operator_name(request))
+        except AnswerError as exc:
+            return await page(request, "page.html", str(exc), 409)
+        return RedirectResponse("/", status_code=303)
+
+    @app.post("/api/recommendations/{recommendation_id}/answer")
+    async def answer_json(recommendation_id: str, body: AnswerRequest) -> Response:
+        if agent is None:
+            return JSONResponse({"detail": "this agent makes no recommendations"}, 404)
+        try:
+            answer = await agent.answer_recommendation(recommendation_id, body.decision,
+                                                       body.by, body.comment)
+        except AnswerError as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=409)
+        return JSONResponse(answer.model_dump(mode="json"))
+
+    @app.get("/defects/{pipeline}/{number}.jpg")
+    async def defect_thumbnail(pipeline: str, number: int) -> Response:
+        for p in agent.pipelines if agent is not None else []:
+            if isinstance(p, VisionPipeline) and p.name == pipeline:
+                for defect in p.recent_defects:
+                    if defect.number == number:
+                        return Response(defect.thumbnail_jpeg, media_type="image/jpeg",
+                                        headers={"Cache-Control": "private, max-age=86400"})
+        return Response("no such defect picture (only the latest are kept)", 404)
 
     if metrics is not None:
         @app.get("/metrics")
@@ -38,53 +176,247 @@ def create_app(status: StatusProvider, metrics: MetricsProvider | None = None) -
     return app
 
 
-def render_status_page(status: dict[str, Any]) -> str:
-    e = html.escape
+# --- access ----------------------------------------------------------------------------------
+
+
+class Guard:
+    """Who may in: nobody needs to without a token or password; with one, a valid session
+    cookie (signed with a key made from the secrets) or the secret as Bearer."""
+
+    def __init__(self, ui: UiConfig) -> None:
+        self._secrets = [s.get_secret_value() for s in (ui.token, ui.password) if s]
+        self.required = bool(self._secrets)
+        self._key = hashlib.sha256("\0".join(["edge-agent-session", *self._secrets]).encode()
+                                   ).digest()
+
+    def check_secret(self, given: str) -> bool:
+        # Digests have equal lengths, so compare_digest's time says nothing about the secret.
+        given_digest = hashlib.sha256(given.encode()).digest()
+        return any([hmac.compare_digest(given_digest, hashlib.sha256(s.encode()).digest())
+                    for s in self._secrets])
+
+    def new_session(self) -> str:
+        nonce = secrets.token_urlsafe(18)
+        return f"{nonce}.{self._sign(nonce)}"
+
+    def allows(self, request: Request) -> bool:
+        if not self.required:
+            return True
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and self.check_secret(credentials.strip()):
+            return True
+        nonce, _, signature = request.cookies.get(SESSION_COOKIE, "").partition(".")
+        return bool(nonce) and hmac.compare_digest(signature, self._sign(nonce))
+
+    def _sign(self, nonce: str) -> str:
+        return hmac.new(self._key, nonce.encode(), hashlib.sha256).hexdigest()
+
+
+def same_origin(request: Request) -> bool:
+    """False for a browser's request sent from another site's page (forged form posts)."""
+    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        return False
+    origin = request.headers.get("origin") or request.headers.get("referer")
+    if not origin or origin == "null":
+        return origin is None  # no header: not a browser; "null": an opaque, foreign origin
+    return urlsplit(origin).netloc == request.headers.get("host", "")
+
+
+async def form_fields(request: Request) -> dict[str, str]:
+    """An urlencoded form's fields (the page posts nothing else), last value of each."""
+    body = (await request.body()).decode("utf-8", errors="replace")
+    return {key: values[-1] for key, values in parse_qs(body).items()}
+
+
+def clean_name(name: str) -> str:
+    name = re.sub(r"[^\w .@-]", "", name, flags=re.UNICODE).strip()[:40]
+    return name or DEFAULT_OPERATOR
+
+
+def operator_name(request: Request) -> str:
+    return clean_name(request.cookies.get(OPERATOR_COOKIE, ""))
+
+
+# --- what the page shows ---------------------------------------------------------------------
+
+_UNITS = {"c": "°C", "pct": "%", "rpm": "rpm", "bar": "bar", "s": "s", "mm": "mm", "kg": "kg",
+          "kgh": "kg/h", "ms": "ms", "a": "A", "v": "V", "kw": "kW", "hz": "Hz"}
+_GOOD = {"connected", "running", "online"}
+_BAD = {"failed", "error", "stopped", "offline"}
+CHART_WIDTH, CHART_HEIGHT, CHART_POINTS = 600, 150, 240
+
+
+def tag_words(tag: str, names: dict[str, str]) -> tuple[str, str]:
+    """(words, unit) for a tag: `zone2_temp_c` -> ('Zone 2 temperature', '°C')."""
+    parts = tag.split("_")
+    unit = _UNITS.get(parts[-1].lower(), "") if len(parts) > 1 else ""
+    if tag in names:
+        return names[tag], unit
+    words = parts[:-1] if unit else parts
+    text = " ".join(re.sub(r"([a-z])(\d)", r"\1 \2", w) for w in words)
+    text = re.sub(r"\btemp\b", "temperature", text)
+    return text[:1].upper() + text[1:], unit
+
+
+def number(value: float | None) -> str:
+    """A value as people read it off a screen: 182, 61.5, 4.1, 0.25."""
+    if value is None:
+        return "–"
+    digits = 0 if abs(value) >= 100 else 1 if abs(value) >= 1 else 2
+    text = f"{value:.{digits}f}"
+    return text[:-2] if text.endswith(".0") else text
+
+
+def duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 90:
+        return f"{seconds} s"
+    if seconds < 5400:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+def with_unit(value: float | None, unit: str) -> str:
+    return f"{number(value)} {unit}".strip()
+
+
+def recommendation_card(rec: RecommendationPayload, names: dict[str, str],
+                        now: float) -> dict[str, Any]:
+    """The words of one recommendation: each change, the predicted effect, model and times."""
+    changes = []
+    for change in rec.changes:
+        words, unit = tag_words(change.tag, names)
+        unit = change.unit or unit
+        changes.append({"what": words, "now": with_unit(change.current, unit),
+                        "proposed": with_unit(change.proposed, unit)})
+    target, unit = tag_words(rec.target, names)
+    unit = rec.unit or unit
+    left = rec.expires_at - now
+    return {
+        "id": rec.id, "pipeline": rec.pipeline, "changes": changes,
+        "effect": {"what": f"Predicted {target[:1].lower()}{target[1:]}",
+                   "now": with_unit(rec.predicted_now, unit),
+                   "after": with_unit(rec.predicted_after, unit),
+                   "better": _better(rec)},
+        "model": f"{rec.model.name} {rec.model.version}",
+        "age": f"offered {duration(now - rec.created_at)} ago",
+        "expiry": f"expires in {duration(left)}" if left > 0 else "expired",
+        "expired": left <= 0,
+    }
+
+
+def _better(rec: RecommendationPayload) -> bool:
+    if rec.objective.lower().startswith("max"):
+        return rec.predicted_after > rec.predicted_now
+    return rec.predicted_after < rec.predicted_now
+
+
+def chart(title: str, unit: str, points: list[tuple[float, float]]) -> dict[str, Any]:
+    """An inline SVG polyline of (time, value) points, scaled to the box."""
+    if len(points) > CHART_POINTS:
+        step = len(points) / CHART_POINTS
+        points = [points[int(i * step)] for i in range(CHART_POINTS)] + [points[-1]]
+    values = [v for _, v in points]
+    low, high = (min(values), max(values)) if values else (0.0, 1.0)
+    span_v = (high - low) or max(abs(high), 1.0) * 0.01
+    first, last = (points[0][0], points[-1][0]) if points else (0.0, 1.0)
+    span_t = (last - first) or 1.0
+    pad = 8
+    line = " ".join(
+        f"{pad + (t - first) / span_t * (CHART_WIDTH - 2 * pad):.1f},"
+        f"{CHART_HEIGHT - pad - (v - low) / span_v * (CHART_HEIGHT - 2 * pad):.1f}"
+        for t, v in points)
+    return {"title": title, "latest": with_unit(values[-1] if values else None, unit),
+            "low": with_unit(low if values else None, unit),
+            "high": with_unit(high if values else None, unit),
+            "minutes": round(span_t / 60) if len(points) > 1 else 0,
+            "line": line, "width": CHART_WIDTH, "height": CHART_HEIGHT}
+
+
+def process_view(pipeline: ProcessPipeline, ui: UiConfig, now: float) -> dict[str, Any]:
+    board = pipeline.board
+    trend = list(pipeline.trend)
+    charts = []
+    if trend:
+        output = next(iter(trend[-1].outputs), None)
+        if output is not None:
+            words, unit = tag_words(output, ui.tag_names)
+            charts.append(chart(f"Predicted {words[:1].lower()}{words[1:]}", unit, [
+                (p.at, v) for p in trend if (v := p.outputs.get(output)) is not None]))
+        for tag in _trend_tags(pipeline, ui):
+            words, unit = tag_words(tag, ui.tag_names)
+            points = [(p.at, p.inputs[tag]) for p in trend if tag in p.inputs]
+            if points:
+                charts.append(chart(words, unit, points))
+    last = board.recent[0] if board is not None and board.recent else None
+    return {
+        "name": pipeline.name,
+        "card": (recommendation_card(board.open, ui.tag_names, now)
+                 if board is not None and board.open is not None else None),
+        "recommends": board is not None,
+        "last_answer": None if last is None else {
+            "decision": last.answer.decision, "by": last.answer.by,
+            "ago": duration(now - last.answer.at)},
+        "charts": charts,
+    }
+
+
+def _trend_tags(pipeline: ProcessPipeline, ui: UiConfig) -> list[str]:
+    if ui.trend_tags is not None:
+        return ui.trend_tags
+    board = pipeline.board
+    if board is not None and board.open is not None:
+        return [c.tag for c in board.open.changes]
+    if board is not None and board.recent:
+        return [c.tag for c in board.recent[0].recommendation.changes]
+    return list(pipeline.trend[-1].inputs)[:4]
+
+
+def health_item(what: str, name: str, state: str, detail: str) -> dict[str, str]:
+    level = "good" if state in _GOOD else "bad" if state in _BAD else "warn"
+    return {"what": what, "name": name, "state": state.replace("_", " ").capitalize(),
+            "detail": detail, "level": level}
+
+
+def operator_view(status: dict[str, Any], agent: OperatorAgent | None, ui: UiConfig,
+                  now: float) -> dict[str, Any]:
+    """Everything the templates show, as words and numbers ready to print."""
     device = status["device"]
-    rows = []
-    for pipeline in status["pipelines"]:
-        if pipeline.get("type") == "vision":
-            last = pipeline.get("last_result") or {}
-            outputs = (f"{last['label']} {last['confidence']:.2f} ({last['roi']})"
-                       if last else "")
-            model = {"name": pipeline["model"]}
-            count = (f"{pipeline['frames']} frames, {pipeline['defects']} defects, "
-                     f"{pipeline['samples']} samples")
-        else:
-            last = pipeline.get("last_prediction") or {}
-            outputs = ", ".join(f"{k} = {v:.2f}" for k, v in (last.get("outputs") or {}).items()
-                                if isinstance(v, float))
-            model = last.get("model") or {}
-            count = str(pipeline["predictions"])
-        rows.append(
-            f"<tr><td>{e(pipeline['name'])}</td><td>{e(pipeline['state'])}</td>"
-            f"<td>{e(pipeline['detail'])}</td><td>{e(outputs)}</td>"
-            f"<td>{e(model.get('name', ''))} {e(model.get('version', ''))}</td>"
-            f"<td>{e(count)}</td></tr>"
-        )
-    sources = "".join(
-        f"<tr><td>{e(name)}</td><td>{e(s['state'])}</td><td>{e(s['detail'])}</td></tr>"
-        for name, s in device["sources"].items()
-    )
-    models = "".join(
-        f"<li>{e(m['name'])} {e(m['version'])} <small>{e(m['sha256'][:12])}</small></li>"
-        for m in device["active_models"]
-    ) or "<li>none yet</li>"
     buffer = device.get("buffer") or {}
     uplink = device.get("uplink") or {}
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
-<title>{e(device['device_id'])} · edge-agent</title>
-<style>body{{font-family:sans-serif;margin:2rem;font-size:1.2rem}}
-table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.3rem .6rem}}</style>
-</head><body>
-<h1>Gateway {e(device['device_id'])}</h1>
-<p>Uplink: {"connected" if uplink.get("connected") else "not connected"} ·
-buffered records: {buffer.get("depth", 0)} · acked: {uplink.get("acked_records", 0)}</p>
-<h2>Models</h2><ul>{models}</ul>
-<h2>Pipelines</h2>
-<table><tr><th>Pipeline</th><th>State</th><th>Detail</th><th>Last prediction</th><th>Model</th>
-<th>Count</th></tr>{"".join(rows)}</table>
-<h2>Sources</h2>
-<table><tr><th>Source</th><th>State</th><th>Detail</th></tr>{sources}</table>
-</body></html>"""
+    connected = bool(uplink.get("connected"))
+    quota = buffer.get("quota_bytes") or 0
+    used_pct = 100 * buffer.get("bytes_used", 0) / quota if quota else 0.0
+    oldest = buffer.get("oldest_age_s")
+    health = [health_item("Source", name, s["state"], s["detail"])
+              for name, s in device["sources"].items()]
+    health += [health_item("Pipeline", p["name"], p["state"], p["detail"])
+               for p in status["pipelines"]]
+    process, defects = [], []
+    for pipeline in agent.pipelines if agent is not None else []:
+        if isinstance(pipeline, ProcessPipeline):
+            process.append(process_view(pipeline, ui, now))
+        else:
+            defects += [{"pipeline": pipeline.name, "number": d.number, "label": d.label,
+                         "roi": d.roi, "confidence": round(100 * d.confidence),
+                         "ago": duration(now - d.at), "at": d.at}
+                        for d in pipeline.recent_defects]
+    defects.sort(key=lambda d: -d["at"])
+    return {
+        "device_id": device["device_id"],
+        "clock": time.strftime("%H:%M:%S", time.localtime(now)),
+        "uplink": {"connected": connected,
+                   "words": "Connected to central" if connected else "Not connected to central",
+                   "round_trip": (f"{uplink['round_trip_ms']:.0f} ms round trip"
+                                  if uplink.get("round_trip_ms") is not None else "")},
+        "buffer": {"depth": buffer.get("depth", 0),
+                   "oldest": duration(oldest) if oldest is not None else "",
+                   "used_pct": round(used_pct), "evicted": buffer.get("evicted", 0),
+                   "level": "bad" if used_pct > 90 else
+                   "warn" if used_pct > 50 or buffer.get("evicted") else "good"},
+        "models": [f"{m['name']} {m['version']}" for m in device["active_models"]],
+        "health": health,
+        "process": process,
+        "has_vision": any(p["type"] == "vision" for p in status["pipelines"]),
+        "defects": defects[:12],
+    }

@@ -42,6 +42,21 @@ WHOLE_FRAME = "frame"
 
 _Results = list[tuple[str, VisionResult, float]]  # per region: name, result, latency in ms
 
+RECENT_DEFECTS = 12  # shown on the operator page
+THUMBNAIL_SIDE_PX = 320
+
+
+@dataclass(frozen=True)
+class RecentDefect:
+    """A defect as the operator page shows it: a small annotated JPEG kept in memory."""
+
+    number: int  # counts up from 1 per pipeline; names the thumbnail's URL
+    at: float
+    roi: str
+    label: str
+    confidence: float
+    thumbnail_jpeg: bytes
+
 
 @dataclass
 class VisionState:
@@ -199,6 +214,7 @@ class VisionPipeline:
         # Frames are prepared (and models loaded) here, while the model thread runs the model.
         self._prepare_pool = ThreadPoolExecutor(1, thread_name_prefix=f"{config.name}-prep")
         self.status = VisionState(detail=f"waiting for model {config.model}")
+        self.recent_defects: deque[RecentDefect] = deque(maxlen=RECENT_DEFECTS)  # newest first
 
     async def run(self) -> None:
         after = -1
@@ -308,11 +324,20 @@ class VisionPipeline:
             await self._buffer.append(kind, payload)
             if kind == RECORD_DEFECT:
                 self.status.defects += 1
+                self._keep_for_page(payload, prepared, results)
             else:
                 self.status.samples += 1
         self.status.frames += 1
         self._set("running", "")
         return [payload for _, payload in records]
+
+    def _keep_for_page(self, payload: dict[str, Any], prepared: _Prepared,
+                       results: _Results) -> None:
+        roi = next((r for name, r, _, _ in prepared.regions if name == payload["roi"]), None)
+        result = next(r for name, r, _ in results if name == payload["roi"])
+        self.recent_defects.appendleft(RecentDefect(
+            self.status.defects, payload["captured_at"], payload["roi"], payload["label"],
+            payload["confidence"], _thumbnail(prepared.frame.image, roi, result)))
 
     def _defect_labels(self, result: VisionResult) -> dict[str, float]:
         """Defect classes present in this result, with their confidence."""
@@ -412,7 +437,21 @@ def _annotate(image: np.ndarray, roi: RoiConfig | None, result: VisionResult) ->
     return out
 
 
+def _thumbnail(image: np.ndarray, roi: RoiConfig | None, result: VisionResult) -> bytes:
+    """The annotated region (or frame), small enough for the operator page."""
+    annotated = _annotate(image, roi, result)
+    if roi is not None:
+        annotated = annotated[roi.y:roi.y + roi.height, roi.x:roi.x + roi.width]
+    return _encode_jpeg(annotated, THUMBNAIL_SIDE_PX, 75)[0]
+
+
 def _jpeg(image: np.ndarray, max_side: int, quality: int) -> dict[str, Any]:
+    encoded, width, height = _encode_jpeg(image, max_side, quality)
+    return {"jpeg_b64": base64.b64encode(encoded).decode("ascii"),
+            "width": width, "height": height}
+
+
+def _encode_jpeg(image: np.ndarray, max_side: int, quality: int) -> tuple[bytes, int, int]:
     height, width = image.shape[:2]
     scale = min(1.0, max_side / max(height, width))
     if scale < 1.0:
@@ -421,5 +460,4 @@ def _jpeg(image: np.ndarray, max_side: int, quality: int) -> dict[str, Any]:
     ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise ValueError("JPEG encoding failed")
-    return {"jpeg_b64": base64.b64encode(encoded.tobytes()).decode("ascii"),
-            "width": image.shape[1], "height": image.shape[0]}
+    return encoded.tobytes(), image.shape[1], image.shape[0]
