@@ -6,15 +6,23 @@ import asyncio
 import json
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from edge_agent.buffer import Buffer
 from edge_agent.config import ProcessPipelineConfig
-from edge_agent.inference.process import FeatureError, ProcessPipeline, build_features
+from edge_agent.inference.process import (
+    FeatureError,
+    OutputDecoder,
+    OutputError,
+    ProcessPipeline,
+    build_features,
+)
 from edge_agent.model_store import ModelStore
 from edge_agent.sources.opcua import TagValue
-from tests.helpers import SAMPLE_MODEL, manifest_for
+from tests.helpers import SAMPLE_MODEL, manifest_for, manifest_of
 
 FEATURES = ["zone1_temp_c", "zone2_temp_c", "zone3_temp_c", "melt_pressure_bar",
             "screw_speed_rpm", "ambient_humidity_pct"]
@@ -76,3 +84,116 @@ def test_pipeline_waits_for_model_then_predicts_with_lineage(tmp_path: Path) -> 
         await buffer.close()
 
     asyncio.run(scenario())
+
+
+# --- scikit-learn models, classifiers, spec limits, recommendations ------------------------
+
+LINE = ["z1", "z2", "speed"]
+
+
+def line_data(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = np.column_stack([rng.uniform(170, 180, 400), rng.uniform(178, 192, 400),
+                         rng.uniform(50, 70, 400)]).astype(np.float32)
+    width = 12.0 + 0.04 * (x[:, 0] - 175) - 0.01 * (x[:, 2] - 60)
+    return x, width
+
+
+def export(model: object, path: Path, zipmap: bool = False, output: str | None = None) -> Path:
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+
+    final = [(output, FloatTensorType([None, 1]))] if output else None
+    onx = convert_sklearn(model, initial_types=[("features", FloatTensorType([None, 3]))],
+                          options={"zipmap": zipmap} if hasattr(model, "classes_") else None,
+                          final_types=final, target_opset={"": 17, "ai.onnx.ml": 3})
+    path.write_bytes(onx.SerializeToString())
+    return path
+
+
+def line_tags(now: float, values: list[float]) -> dict[str, TagValue]:
+    return {t: TagValue(v, True, now, now) for t, v in zip(LINE, values, strict=True)}
+
+
+async def pipeline_on(tmp_path: Path, onnx_path: Path, metadata: dict,
+                      latest: dict[str, TagValue], config: dict | None = None,
+                      **kwargs: Any) -> ProcessPipeline:
+    store = ModelStore(tmp_path / "models")
+    manifest = manifest_of(onnx_path, metadata, name="width", kind="process")
+    store.install(manifest, onnx_path)
+    store.activate("width", "1.0.0")
+    pipeline_config = ProcessPipelineConfig.model_validate(
+        {"name": "line", "source": "line1", "model": "width", "features": LINE,
+         **(config or {})})
+    return ProcessPipeline(pipeline_config, latest, store, Buffer(tmp_path / "b.db", 10**7),
+                           **kwargs)
+
+
+def regressors() -> dict[str, object]:
+    from sklearn.ensemble import RandomForestRegressor
+    from sklearn.linear_model import LinearRegression
+    from sklearn.neural_network import MLPRegressor
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.tree import DecisionTreeRegressor
+
+    return {"tree": DecisionTreeRegressor(max_depth=6, random_state=0),
+            "forest": RandomForestRegressor(n_estimators=10, max_depth=5, random_state=0),
+            "scaled_linear": make_pipeline(StandardScaler(), LinearRegression()),
+            "mlp": make_pipeline(StandardScaler(), MLPRegressor(
+                hidden_layer_sizes=(16,), max_iter=300, random_state=0))}
+
+
+@pytest.mark.parametrize("kind", ["tree", "forest", "scaled_linear", "mlp"])
+def test_scikit_learn_regressors_predict_as_in_python_with_spec_verdict(
+        tmp_path: Path, kind: str) -> None:
+    import warnings
+
+    async def scenario() -> None:
+        x, y = line_data()
+        model = regressors()[kind]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.fit(x, y)  # type: ignore[attr-defined]
+        path = export(model, tmp_path / f"{kind}.onnx", output="width_mm")
+        values = [176.0, 185.0, 58.0]
+        pipeline = await pipeline_on(tmp_path, path, {"spec": {"target": "width_mm",
+                                                               "low": 11.8, "high": 12.2}},
+                                     line_tags(time.time(), values))
+        payload = await pipeline.tick()
+        assert payload is not None, pipeline.status.detail
+        expected = float(model.predict(np.asarray([values], np.float32))[0])  # type: ignore
+        assert payload["outputs"]["width_mm"] == pytest.approx(expected, abs=1e-3)
+        assert payload["outputs"]["in_spec"] == (1.0 if 11.8 <= expected <= 12.2 else 0.0)
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("zipmap", [False, True])
+def test_classifier_records_label_and_class_probabilities(tmp_path: Path, zipmap: bool) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    async def scenario() -> None:
+        x, width = line_data()
+        labels = np.where(width > 12.0, "wide", "ok")
+        model = LogisticRegression(max_iter=500).fit(x, labels)
+        path = export(model, tmp_path / "clf.onnx", zipmap=zipmap)
+        values = [179.0, 185.0, 52.0]
+        pipeline = await pipeline_on(tmp_path, path, {"classes": ["ok", "wide"]},
+                                     line_tags(time.time(), values))
+        payload = await pipeline.tick()
+        assert payload is not None, pipeline.status.detail
+        probabilities = model.predict_proba(np.asarray([values], np.float32))[0]
+        outputs = payload["outputs"]
+        label, probability = ("output_label", "output_probability") if zipmap \
+            else ("label", "probabilities")
+        assert outputs[label] == 1.0  # index of "wide" in classes
+        assert outputs[f"{probability}.ok"] == pytest.approx(probabilities[0], abs=1e-4)
+        assert outputs[f"{probability}.wide"] == pytest.approx(probabilities[1], abs=1e-4)
+
+    asyncio.run(scenario())
+
+
+def test_zipmap_that_is_not_a_list_of_dicts_is_refused_clearly() -> None:
+    with pytest.raises(OutputError, match="export the model without ZipMap"):
+        OutputDecoder().columns({"probabilities": [[0.1, 0.9]]})
