@@ -406,6 +406,7 @@ def test_operator_accepts_in_chromium_and_the_answer_is_uplinked(
         accept.click()
         sync_api.expect(page.get_by_text("Last one accepted by Anna")).to_be_visible()
         page.screenshot(path=str(shots / "answered.png"))
+        shutil.copy(shots / "answered.png", "/tmp/operator_page_answered.png")
         browser.close()
 
         assert size[0] <= 1920, "the page is wider than the screen"
