@@ -197,3 +197,131 @@ def test_classifier_records_label_and_class_probabilities(tmp_path: Path, zipmap
 def test_zipmap_that_is_not_a_list_of_dicts_is_refused_clearly() -> None:
     with pytest.raises(OutputError, match="export the model without ZipMap"):
         OutputDecoder().columns({"probabilities": [[0.1, 0.9]]})
+
+
+RECOMMEND = {"controls": {"z1": {"min": 170, "max": 180, "step": 0.5, "max_change": 3},
+                          "speed": {"min": 50, "max": 70, "step": 1, "max_change": 5}},
+             "objective": {"type": "target", "margin": 0.05}, "outcome_after_s": 0,
+             "measured_tag": "width_measured_mm"}
+
+
+async def recommending_pipeline(tmp_path: Path, mode: str, writer: Any = None,
+                                fixed_batch: bool = False) -> ProcessPipeline:
+    from sklearn.linear_model import LinearRegression
+
+    x, width = line_data()
+    path = export(LinearRegression().fit(x, width), tmp_path / "lin.onnx", output="width_mm")
+    if fixed_batch:
+        import onnx
+
+        model = onnx.load(path)
+        model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+        onnx.save(model, path)
+    latest = line_tags(time.time(), [171.0, 185.0, 62.0])  # predicts about 11.82 mm
+    latest["width_measured_mm"] = TagValue(11.83, True, time.time(), time.time())
+    return await pipeline_on(
+        tmp_path, path, {"spec": {"target": "width_mm", "low": 11.8, "high": 12.2}}, latest,
+        {"recommend": {**RECOMMEND, "mode": mode}}, writer=writer,
+        nodes={"z1": "ns=2;s=z1"})
+
+
+async def records_of(pipeline: ProcessPipeline, kind: str) -> list[dict]:
+    batch = await pipeline._buffer.next_batch(1000)
+    return [json.loads(r.payload_json) for r in batch if r.type == kind]
+
+
+def test_pipeline_offers_a_recommendation_once_with_its_predicted_effect(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        pipeline = await recommending_pipeline(tmp_path, "advise")
+        await pipeline.tick()
+        board = pipeline.board
+        assert board is not None and board.open is not None, pipeline.status.recommendation
+        offered = board.open
+        assert offered.model == pipeline._loaded.runner.manifest.ref  # type: ignore[union-attr]
+        assert offered.target == "width_mm" and offered.mode == "advise"
+        assert offered.predicted_now < 11.85  # inside the spec, but not its margin
+        assert 11.85 <= offered.predicted_after <= 12.15
+        assert all(c.tag in ("z1", "speed") for c in offered.changes)
+        await pipeline.tick()  # the same proposal again: not re-offered
+        assert board.open.id == offered.id
+        assert "already proposes this" in pipeline.status.recommendation
+        assert len(await records_of(pipeline, "recommendation")) == 1
+
+    asyncio.run(scenario())
+
+
+def test_accepting_in_advise_mode_writes_nothing(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        writes: list[tuple[str, float]] = []
+
+        async def writer(tag: str, value: float) -> float:
+            writes.append((tag, value))
+            return 0.0
+
+        pipeline = await recommending_pipeline(tmp_path, "advise", writer)
+        await pipeline.tick()
+        assert pipeline.board is not None and pipeline.board.open is not None
+        await pipeline.board.answer(pipeline.board.open.id, "accepted", "ana")
+        assert writes == [] and await records_of(pipeline, "setpoint_write") == []
+
+    asyncio.run(scenario())
+
+
+def test_accepting_in_auto_mode_writes_and_outcome_follows(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        writes: list[tuple[str, float]] = []
+
+        async def writer(tag: str, value: float) -> float:
+            writes.append((tag, value))
+            return 171.0
+
+        pipeline = await recommending_pipeline(tmp_path, "auto", writer)
+        await pipeline.tick()
+        assert pipeline.board is not None and pipeline.board.open is not None
+        offered = pipeline.board.open
+        await pipeline.board.answer(offered.id, "accepted", "ana")
+        assert writes == [(c.tag, c.proposed) for c in offered.changes]
+        written = await records_of(pipeline, "setpoint_write")
+        assert [w["ok"] for w in written] == [True] * len(offered.changes)
+        assert pipeline.status.writes_this_hour == 1
+        assert pipeline.status.last_write is not None and pipeline.status.last_write["ok"]
+        await pipeline.tick()  # outcome_after_s 0: the outcome is due at once
+        outcomes = await records_of(pipeline, "recommendation_outcome")
+        assert outcomes[0]["id"] == offered.id and outcomes[0]["measured"] == 11.83
+        assert outcomes[0]["predicted"] is not None
+
+    asyncio.run(scenario())
+
+
+def test_model_without_a_dynamic_batch_stops_the_pipeline_with_the_reason(
+        tmp_path: Path) -> None:
+    async def scenario() -> None:
+        pipeline = await recommending_pipeline(tmp_path, "advise", fixed_batch=True)
+        assert await pipeline.tick() is None
+        assert pipeline.status.state == "error"
+        assert "needs a dynamic batch dimension" in pipeline.status.detail
+
+    asyncio.run(scenario())
+
+
+def test_windowed_features_read_the_source_history(tmp_path: Path) -> None:
+    from collections import deque
+
+    from sklearn.linear_model import LinearRegression
+
+    async def scenario() -> None:
+        x, width = line_data()
+        path = export(LinearRegression().fit(x, width), tmp_path / "lin.onnx")
+        now = time.time()
+        latest = line_tags(now, [176.0, 185.0, 60.0])
+        history = {"z1": deque(TagValue(v, True, now - age, now - age)
+                               for v, age in ((170.0, 20), (176.0, 0)))}
+        pipeline = await pipeline_on(
+            tmp_path, path, {}, latest,
+            {"features": [{"tag": "z1", "transform": "mean", "window_s": 60}, "z2", "speed"]},
+            history=history)
+        payload = await pipeline.tick()
+        assert payload is not None, pipeline.status.detail
+        assert payload["inputs"] == {"z1_mean_60s": 173.0, "z2": 185.0, "speed": 60.0}
+
+    asyncio.run(scenario())
