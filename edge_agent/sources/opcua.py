@@ -37,6 +37,8 @@ MISSED_KEEPALIVES = 3
 SILENCE_MARGIN_S = 1.0
 WATCH_INTERVAL_S = 0.25
 WRITE_TIMEOUT_S = 5.0
+SESSION_TIMEOUT_MS = 60_000  # the server drops our abandoned sessions after a minute
+_NOT_CONNECTED = "BadNotConnected"
 # Status codes by which a server refuses who we are rather than being unreachable: retrying
 # cannot help until someone fixes the credentials or certificates, so the state is "failed".
 _REFUSAL_PREFIXES = ("BadUser", "BadIdentity", "BadSecurity", "BadCertificate", "BadNonce")
@@ -199,6 +201,7 @@ class OpcUaSource:
         """A client set up with this source's security and identity, not yet connected."""
         cfg = self.config
         client = Client(cfg.endpoint, timeout=4, watchdog_intervall=1.0)
+        client.session_timeout = SESSION_TIMEOUT_MS
         client.connection_lost_callback = self._remember_loss
         if cfg.username:
             client.set_user(cfg.username)
@@ -343,7 +346,7 @@ class OpcUaSource:
         silent_s = time.monotonic() - self._last_contact
         self._outage = _Outage(started_at=time.time() - silent_s, reason=reason)
         for tag, value in self.latest.items():
-            self.latest[tag] = dataclasses.replace(value, good=False, status="BadNotConnected")
+            self.latest[tag] = dataclasses.replace(value, good=False, status=_NOT_CONNECTED)
         log.warning("source data stopped source=%s reason=%s", self.name, reason)
 
     def _end_outage(self, now: float) -> SourceGapPayload | None:
@@ -384,7 +387,9 @@ class OpcUaSource:
             return
         if before is None and after.good:
             return
-        log.info("tag quality source=%s tag=%s status=%s", self.name, tag, after.status)
+        if not (after.good and before is not None and before.status == _NOT_CONNECTED):
+            # Values back after an outage are not logged per tag: the outage has its own line.
+            log.info("tag quality source=%s tag=%s status=%s", self.name, tag, after.status)
         if self.state.state == "connected":
             self._set_state("connected", self._connected_detail(pending={tag: after}))
 
@@ -431,7 +436,9 @@ class _Handler:
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, ua.UaStatusCodeError):
-        return f"{ua.StatusCode(exc.code).name}: {exc}"
+        return str(exc)  # the server's text, ending with the status name
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return "the server did not answer in time (TimeoutError)"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -183,7 +184,8 @@ def test_source_reconnects_after_server_restart_and_records_one_gap(
                 await until(lambda: source.latest["zone1_temp_c"].received_at > seen_before, 10,
                             "values within 10 s of the server's return")
                 assert source.state.state == "connected"
-                assert source.latest["zone1_temp_c"].good
+                await until(lambda: source.bad_tags == {}, 5, "all tags good again")
+                assert source.state.detail == source.config.endpoint
                 await asyncio.sleep(1.0)  # a second gap would show up by now
             finally:
                 restarted.stop()
@@ -327,3 +329,26 @@ def test_config_rejects_node_addresses_that_are_neither_node_ids_nor_paths() -> 
         config_for("opc.tcp://plc:4840", nodes={"zone2_temp_c": "/Objects/x:Line1"})
     config = config_for("opc.tcp://plc:4840", nodes={"a": "i=2258", "b": "/Objects/2:Line1/2:a"})
     assert config.reconnect_max_backoff_s == 1.0
+
+
+def test_a_hung_server_is_detected_by_silence_and_the_session_rebuilt(
+    line_simulator: LineSimulatorProcess,
+) -> None:
+    gaps: list[SourceGapPayload] = []
+
+    async def record(gap: SourceGapPayload) -> None:
+        gaps.append(gap)
+
+    async def scenario() -> None:
+        source = OpcUaSource(config_for(line_simulator.endpoint), on_gap=record)
+        async with running(source):
+            await until(lambda: set(source.latest) == set(TAGS), 15, "all tags")
+            line_simulator.process.send_signal(signal.SIGSTOP)  # socket open, nothing answers
+            try:
+                await until(lambda: source.state.state == "reconnecting", 8, "silence detected")
+            finally:
+                line_simulator.process.send_signal(signal.SIGCONT)
+            await until(lambda: source.latest["zone1_temp_c"].good, 10, "values again")
+        assert len(gaps) == 1 and gaps[0].duration_s > 1
+
+    asyncio.run(scenario())
