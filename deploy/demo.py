@@ -138,8 +138,15 @@ def write_configs(workdir: Path, ports: dict[str, int]) -> tuple[Path, Path]:
         .replace("central_public_key: central-signing.pub",
                  "central_public_key: central/keys/signing.pub")
     )
-    # The camera line: the sample strip video, looping, through the surface-defect model.
     document = yaml.safe_load(text)
+    # The operator's recommendations: zone 2 temperature and screw speed, within safe limits.
+    process = next(p for p in document["pipelines"] if p["type"] == "process")
+    process["recommend"] = {
+        "controls": {"zone2_temp_c": {"min": 178, "max": 192, "step": 0.5, "max_change": 4},
+                     "screw_speed_rpm": {"min": 54, "max": 68, "step": 0.5, "max_change": 3}},
+        "objective": {"type": "minimise", "output": "scrap_rate_pct"},
+        "min_improvement": 0.1, "hold_s": 120, "outcome_after_s": 60}
+    # The camera line: the sample strip video, looping, through the surface-defect model.
     document["sources"].append({
         "name": "strip-camera", "type": "camera", "url": str(VIDEO), "loop": True,
         "rois": [{"name": "inspection", "x": 128, "y": 58, "width": 64, "height": 64}]})
@@ -245,7 +252,7 @@ def _print_where(workdir: Path, central_cfg: Path, agent_cfg: Path, central_url:
     table = Table(title="Look here", show_header=False)
     table.add_row("central web page", f"{central_url}/")
     table.add_row("central API", f"{central_url}/api/predictions  {central_url}/api/devices")
-    table.add_row("gateway status page", f"{agent_url}/")
+    table.add_row("operator page (gateway)", f"{agent_url}/  (recommendations: Accept/Reject)")
     table.add_row("central database", str(workdir / "central" / "central.db"))
     table.add_row("gateway buffer", str(workdir / "agent" / "buffer.db"))
     table.add_row("gateway model store", str(workdir / "agent" / "models"))
@@ -278,6 +285,21 @@ def _follow_predictions(demo: Demo, central_url: str, started: float,
                 f"({payload['confidence']:.2f}) on {payload['camera']}/{payload['roi']}  "
                 f"evidence: {central_url}/api/records/{row['device_id']}/{row['seq']}"
                 "/images/annotated")
+        offers = get_json(f"{central_url}/api/records?type=recommendation&limit=20")
+        assert isinstance(offers, list)
+        for row in sorted(offers, key=lambda r: r["seq"]):
+            key = (row["device_id"], row["seq"])
+            if key in seen:
+                continue
+            seen.add(key)
+            payload = row["payload"]
+            clock = time.strftime("%H:%M:%S", time.localtime(row["created_at"]))
+            changes = ", ".join(f"{c['tag']} {c['current']:g} → {c['proposed']:g}"
+                                for c in payload["changes"])
+            console.print(
+                f"  {clock} #{row['seq']:<4} [bold cyan]recommendation[/] {changes}: predicted "
+                f"{payload['target']} {payload['predicted_now']:.2f} → "
+                f"{payload['predicted_after']:.2f} (answer it on the gateway page)")
         rows = get_json(f"{central_url}/api/predictions?limit=20")
         assert isinstance(rows, list)
         for row in sorted(rows, key=lambda r: r["seq"]):

@@ -10,7 +10,14 @@ from typing import Any, Literal
 from edge_agent import __version__, web
 from edge_agent.buffer import Buffer
 from edge_agent.config import AgentConfig, OpcUaSourceConfig, ProcessPipelineConfig
-from edge_agent.contract import DeviceStatus, RecommendationAnswerPayload, Topics, encode
+from edge_agent.contract import (
+    RECORD_SOURCE_GAP,
+    DeviceStatus,
+    RecommendationAnswerPayload,
+    SourceGapPayload,
+    Topics,
+    encode,
+)
 from edge_agent.deployer import Deployer
 from edge_agent.httpserver import WebServer
 from edge_agent.inference.process import ProcessPipeline
@@ -46,7 +53,10 @@ def pipeline_status(pipeline: ProcessPipeline | VisionPipeline) -> dict[str, Any
             "recommendation": (board.open.model_dump(mode="json")
                                if board is not None and board.open is not None else None),
             "recent_answers": ([a.answer.model_dump(mode="json") for a in board.recent]
-                               if board is not None else [])}
+                               if board is not None else []),
+            "search": pipeline.status.recommendation,
+            "last_write": pipeline.status.last_write,
+            "writes_this_hour": pipeline.status.writes_this_hour}
 
 
 class Agent:
@@ -65,7 +75,8 @@ class Agent:
             on_connected=self.publish_status,
         )
         self.sources: dict[str, OpcUaSource | CameraSource] = {
-            s.name: OpcUaSource(s) if isinstance(s, OpcUaSourceConfig) else CameraSource(s)
+            s.name: OpcUaSource(s, on_gap=self._record_gap) if isinstance(s, OpcUaSourceConfig)
+            else CameraSource(s)
             for s in config.sources
         }
         self.watch = ModelWatch()
@@ -74,8 +85,9 @@ class Agent:
             source = self.sources[p.source]
             if isinstance(p, ProcessPipelineConfig):
                 assert isinstance(source, OpcUaSource)
-                self.pipelines.append(ProcessPipeline(p, source.latest, self.store, self.buffer,
-                                                      self.watch))
+                self.pipelines.append(ProcessPipeline(
+                    p, source.latest, self.store, self.buffer, self.watch,
+                    history=source.history, writer=source.write, nodes=source.config.setpoints))
             else:
                 assert isinstance(source, CameraSource)
                 self.pipelines.append(VisionPipeline(p, source, self.store, self.buffer,
@@ -85,6 +97,9 @@ class Agent:
         self.deployer = Deployer(self.device_id, self.topics, self.transport, self.store,
                                  self.buffer, config.security.verifier(), self.watch)
         self.metrics = AgentMetrics(self)
+
+    async def _record_gap(self, gap: SourceGapPayload) -> None:
+        await self.buffer.append(RECORD_SOURCE_GAP, gap.model_dump())
 
     async def status(self, state: str = "online") -> DeviceStatus:
         return DeviceStatus(
