@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 from edge_agent.config import UiConfig
 from edge_agent.contract import RecommendationAnswerPayload, RecommendationPayload
 from edge_agent.inference.process import ProcessPipeline
-from edge_agent.inference.vision_pipeline import VisionPipeline
+from edge_agent.inference.vision_pipeline import RECENT_DEFECTS, VisionPipeline
 from edge_agent.recommendations import AnswerError
 
 StatusProvider = Callable[[], Awaitable[dict[str, Any]]]
@@ -262,7 +262,7 @@ def number(value: float | None) -> str:
     """A value as people read it off a screen: 182, 61.5, 4.1, 0.25."""
     if value is None:
         return "–"
-    digits = 0 if abs(value) >= 100 else 1 if abs(value) >= 1 else 2
+    digits = 1 if abs(value) >= 1 else 2  # setpoints move in half steps: 186.5 stays 186.5
     text = f"{value:.{digits}f}"
     return text[:-2] if text.endswith(".0") else text
 
@@ -400,8 +400,9 @@ def operator_view(status: dict[str, Any], agent: OperatorAgent | None, ui: UiCon
             defects += [{"pipeline": pipeline.name, "number": d.number, "label": d.label,
                          "roi": d.roi, "confidence": round(100 * d.confidence),
                          "ago": duration(now - d.at), "at": d.at}
-                        for d in pipeline.recent_defects]
+                        for d in list(pipeline.recent_defects)[:RECENT_DEFECTS]]
     defects.sort(key=lambda d: -d["at"])
+    defects = defects[:RECENT_DEFECTS]
     return {
         "device_id": device["device_id"],
         "clock": time.strftime("%H:%M:%S", time.localtime(now)),

@@ -214,7 +214,9 @@ class VisionPipeline:
         # Frames are prepared (and models loaded) here, while the model thread runs the model.
         self._prepare_pool = ThreadPoolExecutor(1, thread_name_prefix=f"{config.name}-prep")
         self.status = VisionState(detail=f"waiting for model {config.model}")
-        self.recent_defects: deque[RecentDefect] = deque(maxlen=RECENT_DEFECTS)  # newest first
+        # Newest first. Twice what the page shows, so a picture on a page just rendered is
+        # still here when the browser asks for it, however fast defects come.
+        self.recent_defects: deque[RecentDefect] = deque(maxlen=2 * RECENT_DEFECTS)
 
     async def run(self) -> None:
         after = -1

@@ -142,8 +142,8 @@ def test_tags_and_values_read_like_the_line_talks() -> None:
     assert web.tag_words("zone2_temp_c", {}) == ("Zone 2 temperature", "°C")
     assert web.tag_words("screw_speed_rpm", {}) == ("Screw speed", "rpm")
     assert web.tag_words("scrap_rate_pct", {"scrap_rate_pct": "Scrap"}) == ("Scrap", "%")
-    assert [web.number(v) for v in (182.2, 61.0, 4.13, 0.256, None)] == \
-        ["182", "61", "4.1", "0.26", "–"]
+    assert [web.number(v) for v in (182.2, 186.5, 188.0, 61.0, 4.13, 0.256, None)] == \
+        ["182.2", "186.5", "188", "61", "4.1", "0.26", "–"]
     assert [web.duration(s) for s in (45, 125, 7300)] == ["45 s", "2 min", "2 h 1 min"]
 
 
@@ -161,7 +161,7 @@ def test_page_shows_the_open_recommendation_trend_defects_and_health(agent: Agen
     page, live, picture = asyncio.run(scenario())
     assert page.status_code == 200
     text = page.text
-    for words in ("Zone 2 temperature", "182 °C", "188 °C", "Screw speed", "61 rpm", "58 rpm",
+    for words in ("Zone 2 temperature", "182.2 °C", "188 °C", "Screw speed", "61 rpm", "58 rpm",
                   "Predicted scrap rate", "4.1 %", "1.7 %", "extruder-scrap 1.4.0",
                   "offered 2 min ago", "expires in 10 min", ">Accept<", ">Reject<",
                   "<polyline", "Predicted scrap rate", "Latest defects", "/defects/surface/2.jpg",
