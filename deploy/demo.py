@@ -1,7 +1,8 @@
 """The demo: a broker, central, a simulated extrusion line over OPC-UA and one edge agent.
 
-It publishes the sample process model, deploys it to the agent over MQTT and shows the
-predictions arriving in central. Everything runs on loopback; Ctrl-C stops it all.
+It publishes the sample models, deploys them to the agent over MQTT and shows the
+predictions, recommendations and defects arriving in central. Everything runs on loopback;
+Ctrl-C stops it all.
 """
 
 from __future__ import annotations
@@ -262,38 +263,39 @@ def _print_where(workdir: Path, central_cfg: Path, agent_cfg: Path, central_url:
     console.print(table)
 
 
+def _new_rows(url: str, seen: set[tuple[str, int]]) -> list[tuple[dict, str]]:
+    """Rows of a central records API not printed yet, oldest first, with their local time."""
+    rows = get_json(url)
+    assert isinstance(rows, list)
+    fresh = []
+    for row in sorted(rows, key=lambda r: r["seq"]):
+        key = (row["device_id"], row["seq"])
+        if key not in seen:
+            seen.add(key)
+            fresh.append((row, time.strftime("%H:%M:%S", time.localtime(row["created_at"]))))
+    return fresh
+
+
 def _follow_predictions(demo: Demo, central_url: str, started: float,
                         duration_s: float | None) -> None:
-    console.print("[bold]Predictions and defects arriving in central[/] (Ctrl-C to stop):")
+    console.print("[bold]Predictions, recommendations and defects arriving in central[/] "
+                  "(Ctrl-C to stop):")
     seen: set[tuple[str, int]] = set()
     first = True
     while duration_s is None or time.monotonic() - started < duration_s:
         for name, process in demo.processes:
             if process.poll() is not None:
                 raise RuntimeError(f"{name} exited with code {process.returncode}")
-        defects = get_json(f"{central_url}/api/records?type=defect&limit=20")
-        assert isinstance(defects, list)
-        for row in sorted(defects, key=lambda r: r["seq"]):
-            key = (row["device_id"], row["seq"])
-            if key in seen:
-                continue
-            seen.add(key)
+        for row, clock in _new_rows(f"{central_url}/api/records?type=defect&limit=20", seen):
             payload = row["payload"]
-            clock = time.strftime("%H:%M:%S", time.localtime(row["created_at"]))
             console.print(
                 f"  {clock} #{row['seq']:<4} [bold red]defect[/] {payload['label']} "
                 f"({payload['confidence']:.2f}) on {payload['camera']}/{payload['roi']}  "
                 f"evidence: {central_url}/api/records/{row['device_id']}/{row['seq']}"
                 "/images/annotated")
-        offers = get_json(f"{central_url}/api/records?type=recommendation&limit=20")
-        assert isinstance(offers, list)
-        for row in sorted(offers, key=lambda r: r["seq"]):
-            key = (row["device_id"], row["seq"])
-            if key in seen:
-                continue
-            seen.add(key)
+        for row, clock in _new_rows(f"{central_url}/api/records?type=recommendation&limit=20",
+                                    seen):
             payload = row["payload"]
-            clock = time.strftime("%H:%M:%S", time.localtime(row["created_at"]))
             changes = ", ".join(f"{c['tag']} {c['current']:g} → {c['proposed']:g}"
                                 for c in payload["changes"])
             console.print(
