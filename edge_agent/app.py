@@ -87,7 +87,8 @@ class Agent:
                 assert isinstance(source, OpcUaSource)
                 self.pipelines.append(ProcessPipeline(
                     p, source.latest, self.store, self.buffer, self.watch,
-                    history=source.history, writer=source.write, nodes=source.config.setpoints))
+                    history=source.history, confirmed_at=lambda s=source: s.confirmed_at,
+                    writer=source.write, nodes=source.config.setpoints))
             else:
                 assert isinstance(source, CameraSource)
                 self.pipelines.append(VisionPipeline(p, source, self.store, self.buffer,

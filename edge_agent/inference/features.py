@@ -29,33 +29,36 @@ def feature_names(features: Sequence[str | FeatureConfig]) -> list[str]:
 
 def build_features(latest: Mapping[str, TagValue], features: Sequence[str | FeatureConfig],
                    max_staleness_s: float, now: float,
-                   history: Mapping[str, Sequence[TagValue]] | None = None) -> np.ndarray:
+                   history: Mapping[str, Sequence[TagValue]] | None = None,
+                   confirmed_at: float = 0.0) -> np.ndarray:
     """One float32 row in the model's feature order, or FeatureError naming the bad tag.
 
     `history` holds each tag's recent values, oldest first (the source's `history`); only
-    windowed features read it.
+    windowed features read it. `confirmed_at` is when the source last heard from its server
+    (data or keepalive): OPC-UA reports changes only, so a steady value is as fresh as that.
     """
-    return feature_values(latest, features, max_staleness_s, now, history)[None, :].astype(
-        np.float32)
+    return feature_values(latest, features, max_staleness_s, now, history,
+                          confirmed_at)[None, :].astype(np.float32)
 
 
 def feature_values(latest: Mapping[str, TagValue], features: Sequence[str | FeatureConfig],
                    max_staleness_s: float, now: float,
-                   history: Mapping[str, Sequence[TagValue]] | None = None) -> np.ndarray:
+                   history: Mapping[str, Sequence[TagValue]] | None = None,
+                   confirmed_at: float = 0.0) -> np.ndarray:
     """The features as float64, exactly as read (the recommender proposes from these)."""
-    return np.asarray([feature_value(latest, history, f, max_staleness_s, now)
+    return np.asarray([feature_value(latest, history, f, max_staleness_s, now, confirmed_at)
                        for f in as_feature_configs(features)], dtype=np.float64)
 
 
 def feature_value(latest: Mapping[str, TagValue],
                   history: Mapping[str, Sequence[TagValue]] | None, feature: FeatureConfig,
-                  max_staleness_s: float, now: float) -> float:
+                  max_staleness_s: float, now: float, confirmed_at: float = 0.0) -> float:
     tag = feature.tag
     value = latest.get(tag)
     if value is None:
         raise FeatureError(f"no prediction: tag {tag} has no value yet")
     _check_good(feature, value)
-    age_s = now - value.received_at
+    age_s = now - max(value.received_at, confirmed_at)
     if age_s > max_staleness_s:
         raise FeatureError(f"no prediction: tag {tag} stale for {age_s:.0f} s")
     assert value.value is not None

@@ -159,7 +159,8 @@ class _Loaded:
 class ProcessPipeline:
     """One process model on one source's tags; recommends setpoints when configured.
 
-    `history` is the source's recent values per tag (windowed features read it), `writer`
+    `history` is the source's recent values per tag (windowed features read it),
+    `confirmed_at` when it last heard from its server (a steady value is that fresh), `writer`
     its setpoint write (automatic mode), `nodes` its tag -> NodeId (for write records). A
     `board` given here is used instead of a new one; its on_accept should call
     `apply_accepted`.
@@ -168,6 +169,7 @@ class ProcessPipeline:
     def __init__(self, config: ProcessPipelineConfig, latest: Mapping[str, TagValue],
                  store: ModelStore, buffer: Buffer, watch: ModelWatch | None = None, *,
                  history: Mapping[str, Sequence[TagValue]] | None = None,
+                 confirmed_at: Callable[[], float] | None = None,
                  writer: Writer | None = None, nodes: Mapping[str, str] | None = None,
                  board: RecommendationBoard | None = None,
                  clock: Callable[[], float] = time.time) -> None:
@@ -175,6 +177,7 @@ class ProcessPipeline:
         self.name = config.name
         self._latest = latest
         self._history = history
+        self._confirmed_at = confirmed_at or (lambda: 0.0)
         self._store = store
         self._buffer = buffer
         self._watch = watch or ModelWatch()
@@ -282,7 +285,8 @@ class ProcessPipeline:
         runner = loaded.runner
         try:
             values = feature_values(self._latest, loaded.features,
-                                    self.config.max_staleness_s, self._clock(), self._history)
+                                    self.config.max_staleness_s, self._clock(), self._history,
+                                    self._confirmed_at())
         except FeatureError as exc:
             self._set("no_prediction", str(exc))
             return None, None

@@ -84,6 +84,9 @@ class OpcUaSource:
         self.gaps = 0
         self.last_gap: SourceGapPayload | None = None
         self.unresolved: dict[str, str] = {}
+        # When the server last answered (data or keepalive), wall time. OPC-UA reports changes
+        # only: a steady value is confirmed by every keepalive, not by a new notification.
+        self.confirmed_at = 0.0
         self._tag_by_handle: dict[int, str] = {}
         self._setpoint_nodes: dict[str, Node] = {}
         self._client: Client | None = None
@@ -333,6 +336,7 @@ class OpcUaSource:
             silent_s = time.monotonic() - max(self._last_contact, last_publish)
             if silent_s > limit_s:
                 raise ConnectionError(f"no data or keepalive for {silent_s:.1f} s")
+            self.confirmed_at = time.time() - silent_s
 
     async def _remember_loss(self, exc: Exception) -> None:
         """asyncua's own watchdog saw the loss first: keep its reason, which is the precise one."""

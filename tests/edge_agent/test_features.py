@@ -63,6 +63,16 @@ def test_stale_tag_gives_no_prediction_with_its_age() -> None:
         build_features({"zone2_temp_c": good(185.0, age_s=42)}, ["zone2_temp_c"], 30, NOW)
 
 
+def test_steady_value_confirmed_by_the_server_is_not_stale() -> None:
+    """OPC-UA reports changes only: a value unchanged for minutes is fresh while the server
+    keeps answering, and stale once it stops."""
+    latest = {"zone2_temp_c": good(185.0, age_s=300)}
+    row = build_features(latest, ["zone2_temp_c"], 30, NOW, confirmed_at=NOW - 1)
+    assert row.tolist() == [[185.0]]
+    with pytest.raises(FeatureError, match="tag zone2_temp_c stale for 45 s"):
+        build_features(latest, ["zone2_temp_c"], 30, NOW, confirmed_at=NOW - 45)
+
+
 def test_bad_status_gives_no_prediction() -> None:
     latest = {"zone2_temp_c": TagValue(None, False, NOW, NOW, "BadSensorFailure")}
     with pytest.raises(FeatureError, match="no prediction: tag zone2_temp_c is BadSensorFailure"):

@@ -202,6 +202,24 @@ def test_source_reconnects_after_server_restart_and_records_one_gap(
     asyncio.run(scenario())
 
 
+def test_keepalives_confirm_a_value_that_does_not_change(
+    line_simulator: LineSimulatorProcess,
+) -> None:
+    """A setpoint nobody writes is reported once; the server's keepalives keep confirming it."""
+    nodes = {"zone2_setpoint": "ns=2;s=line1.zone2_temp_c_sp"}
+
+    async def scenario() -> None:
+        async with running(source_for(line_simulator.endpoint, nodes=nodes)) as source:
+            await until(lambda: "zone2_setpoint" in source.latest, 15, "the setpoint's value")
+            first = source.latest["zone2_setpoint"]
+            await asyncio.sleep(3)
+            assert source.latest["zone2_setpoint"].received_at == first.received_at
+            assert source.confirmed_at > first.received_at + 2
+            assert source.confirmed_at <= time.time()
+
+    asyncio.run(scenario())
+
+
 def test_history_keeps_only_the_configured_seconds(line_simulator: LineSimulatorProcess) -> None:
     async def scenario() -> None:
         async with running(source_for(line_simulator.endpoint, history_s=1.0)) as source:
