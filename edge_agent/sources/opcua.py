@@ -179,8 +179,9 @@ class OpcUaSource:
             received_at=now,
             status=status.name if numeric is not None or not status.is_good() else "NotNumeric",
         )
-        self._note_quality_change(tag, self.latest.get(tag), value)
+        before = self.latest.get(tag)
         self.latest[tag] = value
+        self._note_quality_change(tag, before, value)
         self._append_history(tag, value)
         return self._end_outage(now)
 
@@ -395,14 +396,10 @@ class OpcUaSource:
             # Values back after an outage are not logged per tag: the outage has its own line.
             log.info("tag quality source=%s tag=%s status=%s", self.name, tag, after.status)
         if self.state.state == "connected":
-            self._set_state("connected", self._connected_detail(pending={tag: after}))
+            self._set_state("connected", self._connected_detail())
 
-    def _connected_detail(self, pending: dict[str, TagValue] | None = None) -> str:
+    def _connected_detail(self) -> str:
         bad = self.bad_tags
-        for tag, value in (pending or {}).items():
-            bad.pop(tag, None)
-            if not value.good:
-                bad[tag] = value.status
         if not bad:
             return self.config.endpoint
         listed = ", ".join(f"{tag}={why}" for tag, why in sorted(bad.items()))
