@@ -211,6 +211,9 @@ class VisionPipeline:
         self._failed_sha: str | None = None
         self._rule = DefectRule(config.defects.min_consecutive, config.defects.cooldown_s)
         self._quota = Quota(config.sampling.per_hour, config.sampling.per_day)
+        # OpenCV's own worker threads would take the core the model runs on: every OpenCV call
+        # here already runs beside the model in a thread of its own (decode, preparation).
+        cv2.setNumThreads(1)
         # Frames are prepared (and models loaded) here, while the model thread runs the model.
         self._prepare_pool = ThreadPoolExecutor(1, thread_name_prefix=f"{config.name}-prep")
         self.status = VisionState(detail=f"waiting for model {config.model}")
