@@ -19,6 +19,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import simplejpeg
 
 from edge_agent.contract import SourceState
 
@@ -261,22 +262,24 @@ class FolderReader(FrameReader):
             return None
         path = self.files[self.position]
         self.position += 1
-        image = cv2.imread(str(path), self._flags(path))
+        image = self._decode(path)
         if image is None:
             log.warning("image unreadable, skipped path=%s", path)
             return self.read()
         return image
 
-    def _flags(self, path: Path) -> int:
-        """JPEG decodes at 1/2, 1/4 or 1/8 size for much less work, if still wide enough."""
-        if not self.decode_width or path.suffix.lower() not in {".jpg", ".jpeg"}:
-            return cv2.IMREAD_COLOR
-        full_width = jpeg_width(path)
-        for factor, flag in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
-                             (2, cv2.IMREAD_REDUCED_COLOR_2)):
-            if full_width // factor >= self.decode_width:
-                return flag
-        return cv2.IMREAD_COLOR
+    def _decode(self, path: Path) -> np.ndarray | None:
+        """JPEG decodes at 1/2, 1/4 or 1/8 size when still `decode_width` wide: much less work.
+
+        libjpeg-turbo through simplejpeg, about a quarter faster than through OpenCV, which
+        remains for other formats and for JPEG that simplejpeg cannot read (e.g. CMYK)."""
+        if path.suffix.lower() in {".jpg", ".jpeg"}:
+            try:
+                return simplejpeg.decode_jpeg(path.read_bytes(), colorspace="BGR",
+                                              min_width=self.decode_width or 0)
+            except (ValueError, OSError):
+                pass  # unusual JPEG: OpenCV below reads it at full size, or says it cannot
+        return cv2.imread(str(path), cv2.IMREAD_COLOR)
 
     def rewind(self) -> bool:
         self.position, self.finished = 0, False
@@ -287,22 +290,6 @@ class FolderReader(FrameReader):
 
     def describe(self) -> str:
         return f"{self.folder}: {len(self.files)} images"
-
-
-def jpeg_width(path: Path) -> int:
-    """The width in a JPEG's start-of-frame header, read without decoding (0 if not found)."""
-    with path.open("rb") as handle:
-        data = handle.read(65536)
-    i = 2
-    while i + 9 < len(data):
-        if data[i] != 0xFF:
-            return 0
-        marker = data[i + 1]
-        length = int.from_bytes(data[i + 2:i + 4], "big")
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            return int.from_bytes(data[i + 7:i + 9], "big")
-        i += 2 + length
-    return 0
 
 
 def open_reader(config: Any) -> FrameReader:
