@@ -11,13 +11,15 @@ Side by side in one run, on the same model and thread settings, from 1080p JPEG 
       reduced size in the camera's thread, the next frame prepared during inference).
   (d) decode only: the camera source alone, as fast as it can read (the floor for a small model).
 For the committed surface-defect model and a MobileNet-class ImageNet classifier (built here,
-random weights, same compute). Each is measured in `--rounds` interleaved rounds and the median
-round is shown. Prints frames/s, p50/p99 latency, RSS and the ratios (c)/(a), (c)/(a') and
-(c)/(b). One ONNX Runtime thread by default: on a 2-core gateway the other core decodes.
+random weights, same compute). Each is measured in `--rounds` interleaved rounds; the median
+round is shown, and each ratio is the median of the rounds' own ratios (paths measured side by
+side in one round share the machine's state). Prints frames/s, p50/p99 latency, RSS and the
+ratios (c)/(a), (c)/(a') and (c)/(b). One ONNX Runtime thread by default: on a 2-core gateway
+the other core decodes.
 Not a test: run it by hand.
 
     .venv/bin/python tests/benchmarks/bench_vision.py
-    .venv/bin/python tests/benchmarks/bench_vision.py --threads 2 --rounds 5
+    .venv/bin/python tests/benchmarks/bench_vision.py --threads 2 --rounds 7
 """
 
 from __future__ import annotations
@@ -261,7 +263,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=4.0, help="per measurement and round")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median shown)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median shown)")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     parser.add_argument("--frames", type=int, default=60, help="1080p JPEG frames to cycle")
     args = parser.parse_args()
@@ -297,16 +299,19 @@ def main() -> int:
                 runs["d"].append(bench_decode(work / "frames", args.seconds, decode_width))
                 console.print(f"  {label}, round {round_ + 1}: " + ", ".join(
                     f"{key} {runs[key][-1]['fps']:.0f}" for key, _ in PATHS) + " frames/s")
-            rows.append((label, {key: median_round(results) for key, results in runs.items()}))
+            ratios = {k: statistics.median(c["fps"] / other["fps"]
+                                           for c, other in zip(runs["c"], runs[k], strict=True))
+                      for k in ("a", "a'", "b")}
+            rows.append((label, {key: median_round(results) for key, results in runs.items()},
+                         ratios))
     table = Table("model", "path", "frames/s", "p50 ms", "p99 ms", "(c)/(a)", "(c)/(a')",
                   "(c)/(b)")
-    for label, results in rows:
-        agent = results["c"]
+    for label, results, ratio in rows:
         for key, path_label in PATHS:
             result = results[key]
             ratios = ("", "", "")
             if key == "c":
-                ratios = tuple(f"{agent['fps'] / results[k]['fps']:.2f}" for k in ("a", "a'", "b"))
+                ratios = tuple(f"{ratio[k]:.2f}" for k in ("a", "a'", "b"))
             table.add_row(label if key == "a" else "", path_label, f"{result['fps']:.1f}",
                           f"{result['p50']:.2f}", f"{result['p99']:.2f}", *ratios)
     console.print(table)
