@@ -130,6 +130,13 @@ def _check_config(config: AgentConfig, path: Path) -> int:
         if isinstance(pipeline, ProcessPipelineConfig):
             print(f"  pipeline:  {pipeline.name}: {pipeline.source} -> model {pipeline.model} "
                   f"every {pipeline.interval_s:g} s")
+            if pipeline.recommend is not None:
+                recommend = pipeline.recommend
+                controls = ", ".join(f"{tag} {c.min:g}..{c.max:g}"
+                                     for tag, c in recommend.controls.items())
+                writes = (f"writes accepted setpoints, at most {recommend.auto.max_writes_per_hour}"
+                          " an hour" if recommend.mode == "auto" else "advises only, never writes")
+                print(f"  recommends: {controls} ({recommend.objective.type}; {writes})")
         else:
             print(f"  pipeline:  {pipeline.name}: camera {pipeline.source} -> model "
                   f"{pipeline.model}, defects: {', '.join(pipeline.defects.classes)}")

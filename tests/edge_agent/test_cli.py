@@ -61,6 +61,29 @@ def test_status_reads_buffer_and_model_store(tmp_path: Path, capsys, monkeypatch
     assert "1 records waiting" in out and "extruder-scrap" in out and "1.0.0" in out
 
 
+def test_check_config_summarises_recommendations(tmp_path: Path, capsys) -> None:
+    _, public = write_test_keys(tmp_path)
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        "device_id: line-gw\n"
+        f"security: {{central_public_key: {public}}}\n"
+        "sources:\n"
+        "  - {name: line, endpoint: 'opc.tcp://10.0.0.6:4840',\n"
+        "     nodes: {zone2_temp_c: 'ns=2;s=z2', screw_speed_rpm: 'ns=2;s=s'}}\n"
+        "pipelines:\n"
+        "  - name: scrap\n"
+        "    type: process\n"
+        "    source: line\n"
+        "    model: extruder-scrap\n"
+        "    features: [zone2_temp_c, screw_speed_rpm]\n"
+        "    recommend:\n"
+        "      controls: {zone2_temp_c: {min: 178, max: 192, step: 0.5, max_change: 3}}\n"
+        "      objective: {type: minimise, output: scrap_rate_pct}\n")
+    assert main(["check-config", "-c", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "recommends: zone2_temp_c 178..192 (minimise; advises only, never writes)" in out
+
+
 def test_check_config_summarises_cameras_and_vision_pipelines(tmp_path: Path, capsys) -> None:
     _, public = write_test_keys(tmp_path)
     config = tmp_path / "agent.yaml"
