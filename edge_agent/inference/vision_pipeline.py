@@ -42,7 +42,7 @@ WHOLE_FRAME = "frame"
 
 _Results = list[tuple[str, VisionResult, float]]  # per region: name, result, latency in ms
 
-RECENT_DEFECTS = 12  # shown on the operator page
+RECENT_DEFECTS = 8  # shown on the operator page: two rows, health still on a 1080p screen
 THUMBNAIL_SIDE_PX = 320
 
 
