@@ -26,6 +26,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edge_agent.contract import ModelManifest
+from edge_agent.imaging import resize
 from edge_agent.inference.runtime import ModelLoadError, OnnxRunner, RuntimeOptions
 
 
@@ -233,13 +234,10 @@ class Preprocessor:
         if frame.ndim == 2:
             frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
         if self.spec.resize == "resize":
-            interpolation = cv2.INTER_AREA if cols > width else cv2.INTER_LINEAR
-            resized = cv2.resize(frame, (width, height), interpolation=interpolation)
-            return resized, Letterbox(width / cols, height / rows, 0.0, 0.0)
+            return resize(frame, width, height), Letterbox(width / cols, height / rows, 0.0, 0.0)
         ratio = min(width / cols, height / rows)
         new_w, new_h = round(cols * ratio), round(rows * ratio)
-        interpolation = cv2.INTER_AREA if ratio < 1 else cv2.INTER_LINEAR
-        resized = cv2.resize(frame, (new_w, new_h), interpolation=interpolation)
+        resized = resize(frame, new_w, new_h)
         left, top = (width - new_w) // 2, (height - new_h) // 2
         boxed = cv2.copyMakeBorder(resized, top, height - new_h - top, left, width - new_w - left,
                                    cv2.BORDER_CONSTANT, value=(self.spec.pad_value,) * 3)

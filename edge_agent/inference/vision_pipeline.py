@@ -30,6 +30,7 @@ import numpy as np
 from edge_agent.buffer import Buffer
 from edge_agent.config import RoiConfig, VisionPipelineConfig
 from edge_agent.contract import RECORD_DEFECT, RECORD_SAMPLE
+from edge_agent.imaging import resize
 from edge_agent.inference.runtime import ModelLoadError
 from edge_agent.inference.vision import Letterbox, VisionModel, VisionResult
 from edge_agent.lifecycle import ModelWatch
@@ -460,8 +461,7 @@ def _encode_jpeg(image: np.ndarray, max_side: int, quality: int) -> tuple[bytes,
     height, width = image.shape[:2]
     scale = min(1.0, max_side / max(height, width))
     if scale < 1.0:
-        image = cv2.resize(image, (round(width * scale), round(height * scale)),
-                           interpolation=cv2.INTER_AREA)
+        image = resize(image, round(width * scale), round(height * scale))
     ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise ValueError("JPEG encoding failed")

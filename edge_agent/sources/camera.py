@@ -22,6 +22,7 @@ import numpy as np
 import simplejpeg
 
 from edge_agent.contract import SourceState
+from edge_agent.imaging import resize
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +168,7 @@ class CameraSource:
         """Shrink to `decode_width` right after decoding: every later step works on less."""
         width = self.config.decode_width
         if width and image.shape[1] > width:
-            height = round(image.shape[0] * width / image.shape[1])
-            return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+            return resize(image, width, round(image.shape[0] * width / image.shape[1]))
         return image
 
     def _set_state(self, state: str, detail: str) -> None:
