@@ -37,6 +37,7 @@ from edge_agent.inference.recommender import (
     resolve_objective,
 )
 from edge_agent.inference.runtime import ModelLoadError, OnnxRunner
+from edge_agent.inference.tree_tables import TreeEnsemble
 from edge_agent.lifecycle import ModelWatch
 from edge_agent.model_store import InstalledModel, ModelStore
 from edge_agent.recommendations import RecommendationBoard
@@ -278,7 +279,14 @@ class ProcessPipeline:
             outputs = loaded.runner.run({input_name: batch})
             return loaded.decoder.columns(outputs)[objective.output]
 
-        return Recommender(recommend, loaded.features, objective, predict, self.name)
+        grid = TreeEnsemble.from_onnx(loaded.runner.path)
+        if grid is not None and grid.output_name != objective.output:
+            grid = None
+        recommender = Recommender(recommend, loaded.features, objective, predict, self.name,
+                                  grid=grid)
+        log.info("recommender ready pipeline=%s model=%s version=%s scoring=%s", self.name,
+                 manifest.name, manifest.version, recommender.scoring)
+        return recommender
 
     async def _predict(self, loaded: _Loaded) -> tuple[dict[str, Any] | None, np.ndarray | None]:
         loop = asyncio.get_running_loop()

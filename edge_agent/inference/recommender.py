@@ -1,8 +1,9 @@
 """Setpoint recommendations: search the controllable tags for a better predicted outcome.
 
-The search scores thousands of candidate settings in one batched model run, then a smaller
-batch around the best; `offer_refusal` keeps the open recommendation from flapping, and in
-automatic mode `SetpointGuard` writes an accepted one within hard limits and a rate limit.
+The search scores thousands of candidate settings in one batched model run (a tree ensemble
+from its tables, `tree_tables`), then a smaller set around the best; `offer_refusal` keeps the
+open recommendation from flapping, and in automatic mode `SetpointGuard` writes an accepted one
+within hard limits and a rate limit.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -36,6 +37,15 @@ log = logging.getLogger(__name__)
 
 Writer = Callable[[str, float], Awaitable[float | None]]
 Predict = Callable[[np.ndarray], np.ndarray]  # (N, features) float32 -> (N,) objective output
+CHECKED_SETTINGS = 32  # settings scored both ways each search when the model has tables
+
+
+class GridModel(Protocol):
+    """A model that can score a grid of control settings without running it (tree_tables)."""
+
+    def grid_scorer(self, base: np.ndarray, columns: Sequence[int],
+                    levels: Sequence[np.ndarray]) -> Callable[[np.ndarray], np.ndarray] | None:
+        ...
 
 
 class RecommenderError(Exception):
@@ -128,10 +138,13 @@ class Recommender:
     """Searches the controllable tags of one pipeline's model; pure apart from `predict`."""
 
     def __init__(self, config: RecommendConfig, features: Sequence[FeatureConfig],
-                 objective: Objective, predict: Predict, pipeline: str, seed: int = 0) -> None:
+                 objective: Objective, predict: Predict, pipeline: str, seed: int = 0,
+                 grid: GridModel | None = None) -> None:
         self.config = config
         self.objective = objective
         self._predict = predict
+        self._grid = grid
+        self._pipeline = pipeline
         self._rng = np.random.default_rng(seed)
         last_values = {f.tag: i for i, f in enumerate(features) if f.transform == "last"}
         for tag in config.controls:
@@ -143,48 +156,85 @@ class Recommender:
         self._columns = [last_values[tag] for tag in self.tags]
         self._controls = [config.controls[tag] for tag in self.tags]
 
+    @property
+    def scoring(self) -> str:
+        """How candidate settings are scored: from the model's tree tables or by model runs."""
+        return "tree tables" if self._grid is not None else "batched model runs"
+
     def search(self, row: np.ndarray) -> Proposal:
         """The best setting near the current one (row: the model's current input, as read)."""
         base = np.asarray(row, dtype=np.float64).reshape(-1)
         current = base[self._columns]
         levels = [_levels(control, value) for control, value in zip(self._controls, current,
                                                                     strict=True)]
-        coarse, exhaustive = _settings(levels, self.config.candidates, self._rng)
-        settings = np.vstack([current, coarse])
-        predicted = self._score_batch(base, settings)
-        best = self._best(settings, predicted, current)
+        score = self._scorer(base, levels)
+        now = np.asarray([[int(np.searchsorted(lv, value)) for lv, value
+                           in zip(levels, current, strict=True)]])
+        coarse, exhaustive = _draw([np.arange(len(lv)) for lv in levels],
+                                   self.config.candidates, self._rng)
+        index = np.vstack([now, coarse])
+        predicted = score(index)
+        best = self._best(levels, index, predicted, current)
         if not exhaustive and self.config.refine_candidates:
             # Random settings lie about range / n^(1/k) apart: look twice that around the best.
             spacing = len(coarse) ** (1 / len(levels))
-            near = [lv[np.abs(lv - settings[best, i]) <= math.ceil(2 * len(lv) / spacing)
-                       * self._controls[i].step + 1e-9] for i, lv in enumerate(levels)]
-            fine, _ = _settings(near, self.config.refine_candidates, self._rng)
-            settings = np.vstack([settings, fine])
-            predicted = np.concatenate([predicted, self._score_batch(base, fine)])
-            best = self._best(settings, predicted, current)
-        score = self.objective.score(predicted[[0, best]])
+            near = [np.flatnonzero(np.abs(lv - lv[index[best, i]]) <= math.ceil(
+                2 * len(lv) / spacing) * self._controls[i].step + 1e-9)
+                for i, lv in enumerate(levels)]
+            fine, _ = _draw(near, self.config.refine_candidates, self._rng)
+            index = np.vstack([index, fine])
+            predicted = np.concatenate([predicted, score(fine)])
+            best = self._best(levels, index, predicted, current)
+        settings = _values(levels, index[[0, best]])
+        objective = self.objective.score(predicted[[0, best]])
         return Proposal(
             current=dict(zip(self.tags, current.tolist(), strict=True)),
-            proposed=dict(zip(self.tags, settings[best].tolist(), strict=True)),
+            proposed=dict(zip(self.tags, settings[1].tolist(), strict=True)),
             predicted_now=float(predicted[0]), predicted_after=float(predicted[best]),
-            improvement=float(score[0] - score[1]), scored=len(settings))
+            improvement=float(objective[0] - objective[1]), scored=len(index))
 
-    def _score_batch(self, base: np.ndarray, settings: np.ndarray) -> np.ndarray:
-        batch = np.repeat(base[None, :].astype(np.float32), len(settings), axis=0)
-        batch[:, self._columns] = settings
+    def _scorer(self, base: np.ndarray,
+                levels: list[np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+        """Scores settings given as level indices: from the model's tables when it has them
+        (checked against the model itself on a few settings each search), else by batches."""
+
+        def run_model(index: np.ndarray) -> np.ndarray:
+            batch = np.repeat(base[None, :].astype(np.float32), len(index), axis=0)
+            for k, (column, lv) in enumerate(zip(self._columns, levels, strict=True)):
+                batch[:, column] = lv[index[:, k]]
+            return self._score_batch(batch)
+
+        if self._grid is None:
+            return run_model
+        from_tables = self._grid.grid_scorer(base, self._columns, levels)
+        if from_tables is None:
+            return run_model
+        check = np.stack([self._rng.integers(0, len(lv), CHECKED_SETTINGS) for lv in levels],
+                         axis=1)
+        expected, got = run_model(check), np.asarray(from_tables(check), dtype=np.float64)
+        if not np.allclose(got, expected, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(expected).max())):
+            log.error("tree tables disagree with the model pipeline=%s largest_difference=%g; "
+                      "scoring with ONNX Runtime from now on", self._pipeline,
+                      float(np.abs(got - expected).max()))
+            self._grid = None
+            return run_model
+        return lambda index: np.asarray(from_tables(index), dtype=np.float64)
+
+    def _score_batch(self, batch: np.ndarray) -> np.ndarray:
         predicted = np.asarray(self._predict(batch), dtype=np.float64).reshape(-1)
-        if len(predicted) != len(settings):
+        if len(predicted) != len(batch):
             raise RecommenderError(f"the model gave {len(predicted)} values for "
-                                   f"{len(settings)} settings; it must predict one per row")
+                                   f"{len(batch)} settings; it must predict one per row")
         return predicted
 
-    def _best(self, settings: np.ndarray, predicted: np.ndarray, current: np.ndarray) -> int:
+    def _best(self, levels: list[np.ndarray], index: np.ndarray, predicted: np.ndarray,
+              current: np.ndarray) -> int:
         """The best score; among equal ones (trees are flat in places) the smallest move."""
         score = np.where(np.isfinite(predicted), self.objective.score(predicted), np.inf)
         lowest = score.min()
         tied = np.flatnonzero(score <= lowest + 1e-6 * max(1.0, abs(lowest)))
         max_change = np.asarray([c.max_change for c in self._controls])
-        moves = (np.abs(settings[tied] - current) / max_change).sum(axis=1)
+        moves = (np.abs(_values(levels, index[tied]) - current) / max_change).sum(axis=1)
         return int(tied[np.argmin(moves)])
 
 
@@ -197,15 +247,19 @@ def _levels(control: ControlConfig, current: float) -> np.ndarray:
     return np.unique(np.append(grid, current))
 
 
-def _settings(levels: list[np.ndarray], count: int,
-              rng: np.random.Generator) -> tuple[np.ndarray, bool]:
-    """Every combination when there are at most `count`, else `count` random ones."""
-    total = math.prod(len(lv) for lv in levels)
+def _draw(choices: list[np.ndarray], count: int,
+          rng: np.random.Generator) -> tuple[np.ndarray, bool]:
+    """Level indices: every combination of `choices` when there are at most `count`, else
+    `count` random ones."""
+    total = math.prod(len(c) for c in choices)
     if total <= count:
-        grids = np.meshgrid(*levels, indexing="ij")
+        grids = np.meshgrid(*choices, indexing="ij")
         return np.stack([g.reshape(-1) for g in grids], axis=1), True
-    picks = [lv[rng.integers(0, len(lv), size=count)] for lv in levels]
-    return np.stack(picks, axis=1), False
+    return np.stack([c[rng.integers(0, len(c), size=count)] for c in choices], axis=1), False
+
+
+def _values(levels: list[np.ndarray], index: np.ndarray) -> np.ndarray:
+    return np.stack([lv[index[:, k]] for k, lv in enumerate(levels)], axis=1)
 
 
 def offer_refusal(proposal: Proposal, config: RecommendConfig, objective: Objective,

@@ -76,6 +76,7 @@ class OnnxRunner:
                  providers: list[str] | None = None,
                  options: RuntimeOptions | None = None) -> None:
         self.manifest = manifest
+        self.path = path
         try:
             session_options = options.session_options() if options else ort.SessionOptions()
             session_options.log_severity_level = 3

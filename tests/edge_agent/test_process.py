@@ -250,6 +250,26 @@ def test_pipeline_offers_a_recommendation_once_with_its_predicted_effect(tmp_pat
     asyncio.run(scenario())
 
 
+def test_a_tree_model_recommends_from_its_tables(tmp_path: Path) -> None:
+    from sklearn.ensemble import GradientBoostingRegressor
+
+    async def scenario() -> None:
+        x, width = line_data()
+        path = export(GradientBoostingRegressor(n_estimators=50, max_depth=3).fit(x, width),
+                      tmp_path / "gbr.onnx", output="width_mm")
+        latest = line_tags(time.time(), [171.0, 185.0, 62.0])
+        pipeline = await pipeline_on(
+            tmp_path, path, {"spec": {"target": "width_mm", "low": 11.8, "high": 12.2}},
+            latest, {"recommend": {**RECOMMEND, "objective": {"type": "maximise"}}})
+        await pipeline.tick()
+        assert pipeline._loaded.recommender.scoring == "tree tables"  # type: ignore[union-attr]
+        offered = pipeline.board.open  # type: ignore[union-attr]
+        assert offered is not None, pipeline.status.recommendation
+        assert offered.predicted_after > offered.predicted_now
+
+    asyncio.run(scenario())
+
+
 def test_accepting_in_advise_mode_writes_nothing(tmp_path: Path) -> None:
     async def scenario() -> None:
         writes: list[tuple[str, float]] = []
