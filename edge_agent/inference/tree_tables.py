@@ -12,6 +12,7 @@ as usual (`TreeEnsemble.from_onnx` returns None).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import product
@@ -187,15 +188,16 @@ class _GroupTable:
         hi_bin = np.stack([np.searchsorted(c, hi[:, j]) for j, c in enumerate(cuts)], axis=1)
         shape = tuple(len(c) - 1 for c in cuts)
         # Each box adds its weight at its corners with alternating signs; prefix sums spread it.
-        diff = np.zeros(tuple(n + 1 for n in shape))
-        for corner in product((False, True), repeat=len(group)):
-            pick = np.asarray(corner)
-            np.add.at(diff, tuple(np.where(pick, hi_bin, lo_bin).T),
-                      -weight if pick.sum() % 2 else weight)
+        padded = tuple(n + 1 for n in shape)
+        corners = np.asarray(list(product((0, 1), repeat=len(group))), dtype=bool)
+        at = np.where(corners[None], hi_bin[:, None, :], lo_bin[:, None, :]) @ _strides(padded)
+        signs = np.where(corners.sum(axis=1) % 2, -1.0, 1.0)
+        diff = np.bincount(at.reshape(-1), (weight[:, None] * signs).reshape(-1),
+                           minlength=math.prod(padded)).reshape(padded)
         for axis in range(len(group)):
             np.cumsum(diff, axis=axis, out=diff)
         table = np.ascontiguousarray(diff[tuple(slice(0, n) for n in shape)]).reshape(-1)
-        strides = np.cumprod((*shape[1:], 1)[::-1])[::-1]
+        strides = _strides(shape)
         return cls(group, [b * stride for b, stride in zip(bin_of_level, strides, strict=True)],
                    table)
 
@@ -205,6 +207,11 @@ class _GroupTable:
         for offset, k in zip(self.offsets[1:], rest, strict=True):
             flat += offset[index[:, k]]
         return self.table[flat]
+
+
+def _strides(shape: tuple[int, ...]) -> np.ndarray:
+    """Flat-index strides of a C-order array of `shape`."""
+    return np.cumprod((*shape[1:], 1)[::-1])[::-1]
 
 
 def _table_homes(patterns: list[int]) -> dict[int, int]:
