@@ -159,7 +159,9 @@ class CameraSourceConfig(_Strict):
     url: str = Field(description="A video file or folder path (file:// optional), usb:0 or "
                      "/dev/video0, rtsp://..., or http(s)://... for MJPEG")
     loop: bool = Field(True, description="Files and folders: start again at the end")
-    native_rate: bool = Field(True, description="Video files: play at the file's frame rate")
+    native_rate: bool = Field(
+        True, description="Video files play at their frame rate, image folders at 10 frames/s; "
+        "false: as fast as the pipelines take frames (each decoded only when wanted)")
     max_fps: float | None = Field(None, gt=0, description="Grab at most this many frames/s")
     decode_width: int | None = Field(
         None, ge=16, description="Shrink frames to this width right after decoding (JPEG "

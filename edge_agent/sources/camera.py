@@ -247,12 +247,13 @@ class CaptureReader(FrameReader):
 class FolderReader(FrameReader):
     """The images of a folder in name order, decoded at a reduced size when that is enough."""
 
-    def __init__(self, folder: Path, decode_width: int | None) -> None:
+    def __init__(self, folder: Path, decode_width: int | None, paced: bool = True) -> None:
         self.files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.files:
             raise OSError(f"no images in {folder} ({', '.join(sorted(IMAGE_SUFFIXES))})")
         self.folder = folder
         self.decode_width = decode_width
+        self.paced = paced
         self.position = 0
         self.on_demand = True
 
@@ -286,7 +287,8 @@ class FolderReader(FrameReader):
         return True
 
     def interval_s(self, max_fps: float | None) -> float:
-        return 1.0 / (max_fps or FOLDER_DEFAULT_FPS)
+        rates = [r for r in (max_fps, FOLDER_DEFAULT_FPS if self.paced else None) if r]
+        return 1.0 / min(rates) if rates else 0.0
 
     def describe(self) -> str:
         return f"{self.folder}: {len(self.files)} images"
@@ -302,7 +304,7 @@ def open_reader(config: Any) -> FrameReader:
         return CaptureReader(url, False, False)
     path = Path(url.removeprefix("file://"))
     if path.is_dir():
-        return FolderReader(path, config.decode_width)
+        return FolderReader(path, config.decode_width, config.native_rate)
     if str(path).startswith("/dev/video"):
         return CaptureReader(str(path), False, False)
     if not path.exists():

@@ -217,7 +217,7 @@ def bench_agent(workdir: Path, path: Path, manifest: ModelManifest, options: Run
     store.install(manifest, path)
     store.activate(manifest.name, manifest.version)
     camera = CameraSource(CameraSourceConfig(type="camera", name="bench", url=str(folder),
-                                             max_fps=10_000, decode_width=decode_width))
+                                             native_rate=False, decode_width=decode_width))
     buffer = Buffer(workdir / "buffer.db", 10**9)
     config = VisionPipelineConfig.model_validate({
         "type": "vision", "name": "bench", "source": "bench", "model": manifest.name,

@@ -94,6 +94,28 @@ def test_folder_of_images_in_name_order_decoded_reduced(tmp_path: Path) -> None:
     assert source.latest().image.shape == (300, 400, 3)  # 1600 wide decoded at 1/4
 
 
+def test_unpaced_folder_is_decoded_only_as_frames_are_taken(tmp_path: Path) -> None:
+    for i in range(4):
+        cv2.imwrite(str(tmp_path / f"img{i}.jpg"), numbered_frame(i + 1))
+    source = camera(str(tmp_path), native_rate=False, loop=False)
+
+    async def scenario() -> list[int]:
+        task = asyncio.create_task(source.run())
+        values, after = [], -1
+        while len(values) < 4:
+            frame = await source.next_frame(after, 10)
+            assert frame is not None, source.state
+            values.append(round(frame.image.mean() / 20))
+            after = frame.index
+            await asyncio.sleep(0.15)  # a slow model: nothing is skipped, nothing decoded ahead
+            assert source.frames_grabbed <= len(values) + 1
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return values
+
+    assert asyncio.run(scenario()) == [1, 2, 3, 4]  # paced at 10 frames/s, some were skipped
+
+
 def test_slow_consumer_gets_the_newest_frame_not_a_backlog(tmp_path: Path) -> None:
     video = write_video(tmp_path / "line.avi", frames=50, fps=200)
     source = camera(str(video))
