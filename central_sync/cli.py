@@ -65,14 +65,12 @@ def _load(args: argparse.Namespace) -> CentralConfig:
 @contextlib.contextmanager
 def _database(config: CentralConfig) -> Iterator[CentralDB]:
     """Central's database for one command, closed afterwards."""
-    import sqlite3
-
-    from central_sync.db import CentralDB
+    from central_sync.db import CentralDB, DatabaseError
 
     try:
-        db = CentralDB(config.database_path)
-    except (sqlite3.Error, OSError) as exc:
-        raise UsageError(f"cannot open the database {config.database_path}: {exc}; "
+        db = CentralDB(config.database_url)
+    except (DatabaseError, OSError) as exc:
+        raise UsageError(f"cannot open the database {config.database_name}: {exc}; "
                          "check database_url in the configuration") from None
     try:
         yield db
@@ -149,7 +147,7 @@ def cmd_model_list(args: argparse.Namespace) -> int:
     config = _load(args)
     with _database(config) as db:
         models = db.list_models()
-    table = Table(title=f"Models in {config.database_path}")
+    table = Table(title=f"Models in {config.database_name}")
     for column in ("name", "version", "kind", "sha256", "size", "inputs", "outputs",
                    "published", "by"):
         table.add_column(column, no_wrap=column in ("name", "version", "sha256"))

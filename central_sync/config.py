@@ -7,6 +7,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from central_sync.db.connection import POSTGRES_PREFIXES, SQLITE_PREFIX, redact
 from edge_agent.configfile import load_yaml_model, resolve_path
 from edge_agent.contract import ID_PATTERN
 from edge_agent.signing import Signer
@@ -31,7 +32,9 @@ class CentralConfig(BaseModel):
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
     database_url: str = Field(
         "sqlite:///var/central/central.db", validate_default=True,
-        description="sqlite:///PATH (relative to this file) or an absolute sqlite:////PATH",
+        description="sqlite:///PATH (relative to this file) or an absolute sqlite:////PATH; "
+        "or postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE (the `postgres` extra), which "
+        "several central-sync processes can share",
     )
     artifact_dir: Path = Field(
         Path("var/central/artifacts"), validate_default=True,
@@ -58,19 +61,22 @@ class CentralConfig(BaseModel):
     @field_validator("database_url")
     @classmethod
     def _sqlite_relative_to_file(cls, value: str, info: ValidationInfo) -> str:
-        prefix = "sqlite:///"
-        if not value.startswith(prefix):
-            raise ValueError("only sqlite:///PATH is supported by this version")
-        path = resolve_path(Path(value[len(prefix):]), info.context)
-        return prefix + str(path)
+        if value.startswith(POSTGRES_PREFIXES):
+            return value
+        if not value.startswith(SQLITE_PREFIX):
+            raise ValueError("use sqlite:///PATH (one file, the default) or "
+                             "postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE")
+        path = resolve_path(Path(value[len(SQLITE_PREFIX):]), info.context)
+        return SQLITE_PREFIX + str(path)
 
     def signer(self) -> Signer:
         """The signing key; KeyFileError says how to create it when it is missing."""
         return Signer.from_file(self.signing_key_path)
 
     @property
-    def database_path(self) -> Path:
-        return Path(self.database_url[len("sqlite:///"):])
+    def database_name(self) -> str:
+        """The database for people: the SQLite file, or the URL without its password."""
+        return redact(self.database_url.removeprefix(SQLITE_PREFIX))
 
 
 def load_central_config(path: str | Path) -> CentralConfig:

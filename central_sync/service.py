@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from pydantic import BaseModel
 
 from central_sync.config import CentralConfig
-from central_sync.db import CentralDB
+from central_sync.db import CentralDB, DatabaseError
 from central_sync.registry import artifact_path
 from central_sync.rollouts import RolloutEngine
 from edge_agent.contract import (
@@ -108,12 +107,11 @@ class CentralService:
 
     async def start(self) -> None:
         self._db_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="central-db")
-        path = self.config.database_path
         try:
-            self.db = await self.db_call(CentralDB, path)
-        except (sqlite3.Error, OSError) as exc:
-            raise ServiceStartError(f"cannot open the database {path}: {exc}; check "
-                                    "database_url in the configuration") from None
+            self.db = await self.db_call(CentralDB, self.config.database_url)
+        except (DatabaseError, OSError) as exc:
+            raise ServiceStartError(f"cannot open the database {self.config.database_name}: "
+                                    f"{exc}; check database_url in the configuration") from None
         handlers = {
             "uplink": self._on_uplink,
             "status": self._on_status,
@@ -141,7 +139,7 @@ class CentralService:
                 raise ServiceStartError(str(exc)) from None
             self._web = web
         log.info("central started id=%s database=%s artifacts=%s web=%s", self.config.central_id,
-                 self.config.database_path, self.config.artifact_dir,
+                 self.config.database_name, self.config.artifact_dir,
                  self._web.url if self._web else "off")
         self._started = True
 
@@ -219,7 +217,7 @@ class CentralService:
         assert self.db is not None
         try:
             seqs = await self.db_call(self.db.store_record_chunk, chunk)
-        except sqlite3.Error as exc:
+        except DatabaseError as exc:
             self.stats.store_failures += 1
             log.error("record chunk not stored device=%s seq=%d error=%s", chunk.device_id,
                       chunk.seq, exc)
@@ -231,7 +229,7 @@ class CentralService:
         assert self.db is not None
         try:
             seqs = await self.db_call(self.db.store_batch, batch)
-        except sqlite3.Error as exc:
+        except DatabaseError as exc:
             # Not acked, so the device keeps the records and sends them again.
             self.stats.store_failures += 1
             log.error("batch not stored device=%s batch=%s error=%s", batch.device_id,
@@ -264,7 +262,7 @@ class CentralService:
         assert self.db is not None
         try:
             await self.db_call(self.db.update_status, status)
-        except sqlite3.Error as exc:
+        except DatabaseError as exc:
             # The next status (every few seconds, retained) brings the device up to date.
             self.stats.store_failures += 1
             log.warning("status not stored device=%s error=%s", status.device_id, exc)

@@ -3,7 +3,8 @@
 # Mosquitto (installed with apt-get when missing and running as root), a virtual
 # environment in .venv and this package with its development extras. With --test, also what
 # only the tests use: GStreamer's RTSP server (a real RTSP camera), Debian's Chromium and
-# Playwright (the operator page's browser test; Playwright never downloads a browser).
+# Playwright (the operator page's browser test; Playwright never downloads a browser), and a
+# PostgreSQL server for central's tests when none answers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -60,5 +61,22 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] \
     .venv/bin/python -m pip install --quiet --upgrade pip
     .venv/bin/python -m pip install --quiet -e ".[$extras]"
     touch "$stamp"
+fi
+# --test: central's tests also run against PostgreSQL. A server already answering (on
+# 127.0.0.1:5432 or the local socket) is used as it is; otherwise Debian's is installed and
+# started, with a role for this user and a database "test" (reached over the local socket).
+postgres_answers() {
+    python3 -c 'import socket; socket.create_connection(("127.0.0.1", 5432), 2)' 2>/dev/null \
+        || [ -S /var/run/postgresql/.s.PGSQL.5432 ]
+}
+if [ "${1:-}" = "--test" ] && ! postgres_answers; then
+    command -v pg_ctlcluster >/dev/null 2>&1 || apt_install postgresql
+    say "Starting PostgreSQL"
+    service postgresql start >/dev/null 2>&1 || pg_ctlcluster "$(ls /etc/postgresql | sort -V | tail -1)" main start
+    me="$(id -un)"
+    su postgres -c "psql -tAc \"SELECT 1 FROM pg_roles WHERE rolname = '$me'\"" | grep -q 1 \
+        || su postgres -c "createuser --superuser '$me'"
+    su postgres -c "psql -tAc \"SELECT 1 FROM pg_database WHERE datname = 'test'\"" | grep -q 1 \
+        || su postgres -c "createdb -O '$me' test"
 fi
 say "Set up: .venv ready, $(.venv/bin/python --version), mosquitto $(mosquitto -h 2>/dev/null | head -1 | awk '{print $3}')"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,3 +162,53 @@ def line_simulator() -> Iterator[LineSimulatorProcess]:
     simulator = start_line_simulator(free_port())
     yield simulator
     simulator.stop()
+
+
+# PostgreSQL for central's tests: each test gets a database of its own on this server
+# (EDGE_MLOPS_TEST_POSTGRES, else 127.0.0.1:5432 or the local socket, database "test", as
+# deploy/setup.sh --test leaves it); unreachable, the PostgreSQL cases are skipped, unless
+# EDGE_MLOPS_REQUIRE_POSTGRES=1 (set by the test command) fails them.
+POSTGRES_SERVERS = [os.environ["EDGE_MLOPS_TEST_POSTGRES"]] \
+    if os.environ.get("EDGE_MLOPS_TEST_POSTGRES") \
+    else ["postgresql://127.0.0.1:5432/test", "postgresql:///test"]
+
+
+@contextlib.contextmanager
+def postgres_database() -> Iterator[str]:
+    """The URL of a new, empty PostgreSQL database, dropped afterwards."""
+    try:
+        import psycopg
+    except ImportError:
+        _no_postgres("psycopg is not installed (pip install -e '.[dev]')")
+    name = f"edge_mlops_test_{uuid.uuid4().hex[:12]}"
+    admin, errors = None, []
+    for server in POSTGRES_SERVERS:
+        try:
+            admin = psycopg.connect(server, autocommit=True, connect_timeout=5)
+            break
+        except psycopg.OperationalError as exc:
+            errors.append(f"{server}: {str(exc).strip()}")
+    if admin is None:
+        _no_postgres("PostgreSQL is not reachable (" + "; ".join(errors) + ")")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield server.split("?")[0].rsplit("/", 1)[0] + f"/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _no_postgres(reason: str) -> None:
+    if os.environ.get("EDGE_MLOPS_REQUIRE_POSTGRES") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Central's database for one test, on each backend in turn."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'central.db'}"
+        return
+    with postgres_database() as url:
+        yield url

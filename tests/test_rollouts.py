@@ -212,7 +212,7 @@ def test_paused_rollout_survives_a_central_restart_then_resumes_and_rolls_back(
     async def scenario(fleet: Fleet) -> None:
         await fleet.publish("1.1.0", metadata())
         await fleet.stop_central()
-        db = CentralDB(fleet.config.database_path)
+        db = CentralDB(fleet.config.database_url)
         rollout = start_rollout(db, MODEL, "1.1.0", ["gw1", "gw2"], "devices gw1, gw2", "ann",
                                 canary=1)
         change_rollout(db, rollout.rollout_id, "pause", "ann")

@@ -1,5 +1,6 @@
 """Central's repository layer: all of central-sync's SQL lives in this package."""
 
+from central_sync.db.connection import DatabaseError, DatabaseUrlError
 from central_sync.db.repository import CentralDB
 from central_sync.db.rows import (
     DeviceSummary,
@@ -15,6 +16,8 @@ from central_sync.db.schema import MIGRATIONS
 __all__ = [
     "MIGRATIONS",
     "CentralDB",
+    "DatabaseError",
+    "DatabaseUrlError",
     "DeviceSummary",
     "ModelVersionExists",
     "PublishedModel",

@@ -1,6 +1,7 @@
-"""CentralDB: every query and write of central-sync, over SQLite in WAL mode via sqlite-utils.
+"""CentralDB: every query and write of central-sync, over SQLite (WAL mode) or PostgreSQL.
 
-The SQL is kept plain so that PostgreSQL can follow through this same class.
+The SQL is kept plain and shared; the few statements that differ (JSON functions) are chosen
+by the connection's dialect.
 """
 
 from __future__ import annotations
@@ -8,15 +9,13 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from sqlite_utils import Database
-
+from central_sync.db.connection import open_connection
 from central_sync.db.rows import (
     PREDICTION_INSERT,
     DeviceSummary,
@@ -64,20 +63,14 @@ class CentralDB:
     Callers on an asyncio loop run these methods in a worker thread, never on the loop.
     """
 
-    def __init__(self, path: str | Path, busy_timeout_ms: int = 5000) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(
-            self.path, timeout=busy_timeout_ms / 1000, check_same_thread=False,
-            isolation_level=None,
-        )
-        self._db = Database(conn)
+    def __init__(self, target: str | Path, busy_timeout_ms: int = 5000) -> None:
+        """`target`: a SQLite file path or sqlite:///PATH, or postgresql://USER@HOST/DB."""
+        self._db = open_connection(target, busy_timeout_ms)
+        self.name = self._db.name
+        self.dialect = self._db.dialect
         self._lock = threading.RLock()
-        self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        self._db.enable_wal()
-        self._db.execute("PRAGMA synchronous = NORMAL")
         with self._lock:
-            apply_migrations(self._db, str(self.path))
+            apply_migrations(self._db)
 
     def close(self) -> None:
         with self._lock:
@@ -107,12 +100,11 @@ class CentralDB:
         rows = rows_for_batch(batch, received_at)
         max_seq = max(record.seq for record in batch.records)
         with self._db.atomic():
-            inserted = self._db.conn.executemany(
+            inserted = self._db.executemany(
                 "INSERT OR IGNORE INTO records (device_id, seq, type, created_at, received_at, "
-                "payload) VALUES (?, ?, ?, ?, ?, ?)", rows.records).rowcount
-            self._db.conn.executemany(
-                PREDICTION_INSERT, rows.predictions)
-            self._db.conn.executemany(
+                "payload) VALUES (?, ?, ?, ?, ?, ?)", rows.records)
+            self._db.executemany(PREDICTION_INSERT[self.dialect], rows.predictions)
+            self._db.executemany(
                 "INSERT OR IGNORE INTO gaps (device_id, first_seq, last_seq, kind, reason, "
                 "reported_seq) VALUES (?, ?, ?, ?, ?, ?)", rows.gaps)
             # Steps that went through the buffer while the live topic was unavailable.
@@ -146,7 +138,10 @@ class CentralDB:
             if stored:
                 return [chunk.seq]
             self._db.execute(
-                "INSERT OR REPLACE INTO record_parts (device_id, seq, idx, count, chunk, "
+                "DELETE FROM record_parts WHERE device_id = ? AND seq = ? AND idx = ?",
+                (chunk.device_id, chunk.seq, chunk.index))
+            self._db.execute(
+                "INSERT INTO record_parts (device_id, seq, idx, count, chunk, "
                 "received_at) VALUES (?, ?, ?, ?, ?, ?)",
                 (chunk.device_id, chunk.seq, chunk.index, chunk.count,
                  chunk.model_dump_json(), time.time()))
@@ -281,7 +276,7 @@ class CentralDB:
             "INSERT OR IGNORE INTO deployment_events (command_id, device_id, step, detail, "
             "progress, at) VALUES (?, ?, ?, ?, ?, ?)",
             (event.command_id, event.device_id, event.step, event.detail, event.progress,
-             event.at)).rowcount
+             event.at))
         if not inserted:
             return False
         known = next(self._db.query(
@@ -326,8 +321,9 @@ class CentralDB:
     def list_devices(self) -> list[DeviceSummary]:
         rows = self._db.query(
             "SELECT d.*, (SELECT COUNT(*) FROM records r WHERE r.device_id = d.device_id) "
-            "AS records, (SELECT COALESCE(SUM(g.last_seq - g.first_seq + 1), 0) FROM gaps g "
-            "WHERE g.device_id = d.device_id) AS evicted FROM devices d ORDER BY d.device_id")
+            "AS records, (SELECT CAST(COALESCE(SUM(g.last_seq - g.first_seq + 1), 0) AS BIGINT) "
+            "FROM gaps g WHERE g.device_id = d.device_id) AS evicted FROM devices d "
+            "ORDER BY d.device_id")
         return [device_summary(row) for row in rows]
 
     @_locked
@@ -346,7 +342,7 @@ class CentralDB:
         stored = next(self._db.query(
             "SELECT COUNT(*) AS n FROM records WHERE device_id = ?", (device_id,)))["n"]
         evicted = next(self._db.query(
-            "SELECT COALESCE(SUM(last_seq - first_seq + 1), 0) AS n FROM gaps "
+            "SELECT CAST(COALESCE(SUM(last_seq - first_seq + 1), 0) AS BIGINT) AS n FROM gaps "
             "WHERE device_id = ?", (device_id,)))["n"]
         return {"last_seq": last_seq, "stored": stored, "evicted": evicted,
                 "outstanding": max(0, last_seq - stored - evicted)}
@@ -366,10 +362,9 @@ class CentralDB:
         """The newest records of one type, their payloads without embedded images."""
         where, params = _device_filter(device_id)
         where = f"{where} AND type = ?" if where else " WHERE type = ?"
+        columns = _RECORD_WITHOUT_IMAGES[self.dialect]
         rows = self._db.query(
-            "SELECT device_id, seq, type, created_at, received_at, "
-            "json_remove(payload, '$.images') AS payload, "
-            "(SELECT json_group_array(key) FROM json_each(payload, '$.images')) AS images "
+            f"SELECT device_id, seq, type, created_at, received_at, {columns} "
             f"FROM records{where} ORDER BY created_at DESC, seq DESC LIMIT ?",
             (*params, record_type, limit))
         return [{**row, "payload": json.loads(row["payload"]),
@@ -379,7 +374,7 @@ class CentralDB:
     def record_image(self, device_id: str, seq: int, name: str) -> str | None:
         """A record's embedded image (base64 JPEG), e.g. a defect's evidence."""
         row = next(self._db.query(
-            "SELECT json_extract(payload, '$.images.' || ? || '.jpeg_b64') AS jpeg FROM records "
+            f"SELECT {_IMAGE_OF_RECORD[self.dialect]} AS jpeg FROM records "
             "WHERE device_id = ? AND seq = ?", (name, device_id, seq)), None)
         return row["jpeg"] if row else None
 
@@ -404,7 +399,7 @@ class CentralDB:
                  rollout.state,
                  rollout.current_wave, rollout.wave_started_at, rollout.detail,
                  rollout.created_at, rollout.created_by, rollout.updated_at))
-            self._db.conn.executemany(
+            self._db.executemany(
                 "INSERT INTO rollout_devices (rollout_id, device_id, wave, state, updated_at) "
                 "VALUES (?, ?, ?, 'pending', ?)",
                 [(rollout.rollout_id, device, wave, rollout.created_at)
@@ -464,7 +459,7 @@ class CentralDB:
     @_locked
     def devices_labelled(self, label: str) -> list[str]:
         return [row["device_id"] for row in self._db.query(
-            "SELECT d.device_id FROM devices d, json_each(d.labels) l WHERE l.value = ? "
+            f"SELECT d.device_id FROM devices d WHERE {_HAS_LABEL[self.dialect]} "
             "ORDER BY d.device_id", (label,))]
 
     @_locked
@@ -481,6 +476,25 @@ class CentralDB:
         self._db.execute(
             "INSERT INTO audit_log (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
             (time.time(), actor or "unknown", action, subject, detail))
+
+
+# The statements that differ between SQLite and PostgreSQL: JSON functions.
+_RECORD_WITHOUT_IMAGES = {
+    "sqlite": "json_remove(payload, '$.images') AS payload, "
+              "(SELECT json_group_array(key) FROM json_each(payload, '$.images')) AS images",
+    "postgresql": "(CAST(payload AS jsonb) - 'images')::text AS payload, "
+                  "(SELECT COALESCE(json_agg(k), '[]')::text FROM jsonb_object_keys("
+                  "CASE WHEN jsonb_typeof(CAST(payload AS jsonb) -> 'images') = 'object' "
+                  "THEN CAST(payload AS jsonb) -> 'images' ELSE '{}' END) AS k) AS images",
+}
+_IMAGE_OF_RECORD = {
+    "sqlite": "json_extract(payload, '$.images.' || ? || '.jpeg_b64')",
+    "postgresql": "CAST(payload AS jsonb) -> 'images' -> CAST(? AS text) ->> 'jpeg_b64'",
+}
+_HAS_LABEL = {
+    "sqlite": "EXISTS (SELECT 1 FROM json_each(d.labels) l WHERE l.value = ?)",
+    "postgresql": "CAST(d.labels AS jsonb) @> jsonb_build_array(CAST(? AS text))",
+}
 
 
 def _device_filter(device_id: str | None) -> tuple[str, tuple[Any, ...]]:

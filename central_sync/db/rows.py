@@ -149,7 +149,7 @@ def prediction_row(device_id: str, record: UplinkRecord,
                    payload_json: str) -> tuple[Any, ...] | None:
     """The predictions-table row for a prediction record, or None if its payload is unusable.
 
-    Inputs and outputs are cut out of `payload_json` by SQLite (see PREDICTION_INSERT).
+    Inputs and outputs are cut out of `payload_json` by the database (see PREDICTION_INSERT).
     """
     try:
         payload = PredictionPayload.model_validate(record.payload)
@@ -160,11 +160,15 @@ def prediction_row(device_id: str, record: UplinkRecord,
             payload_json, payload_json, payload.latency_ms)
 
 
-PREDICTION_INSERT = (
+_PREDICTION_COLUMNS = (
     "INSERT OR IGNORE INTO predictions (device_id, seq, created_at, pipeline, model_name, "
-    "model_version, model_sha256, outputs, inputs, latency_ms) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, json_extract(?, '$.outputs'), json_extract(?, '$.inputs'), ?)"
-)
+    "model_version, model_sha256, outputs, inputs, latency_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ")
+PREDICTION_INSERT = {
+    "sqlite": _PREDICTION_COLUMNS
+    + "json_extract(?, '$.outputs'), json_extract(?, '$.inputs'), ?)",
+    "postgresql": _PREDICTION_COLUMNS
+    + "(CAST(? AS jsonb) -> 'outputs')::text, (CAST(? AS jsonb) -> 'inputs')::text, ?)",
+}
 
 
 def _json(value: Any) -> str:

@@ -1,11 +1,15 @@
-"""Central's database schema as numbered migrations, applied once each, in order."""
+"""Central's database schema as numbered migrations, applied once each, in order.
+
+SQLite and PostgreSQL each have their list; the numbers mean the same schema on both (the
+PostgreSQL list starts at version 5, when PostgreSQL support came, with that whole schema).
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 
-from sqlite_utils import Database
+from central_sync.db.connection import Connection
 
 log = logging.getLogger(__name__)
 
@@ -100,14 +104,86 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
 )
 
 
-def apply_migrations(db: Database, name: str) -> int:
+# Timestamps are DOUBLE PRECISION (PostgreSQL's REAL is 4 bytes); seqs BIGINT.
+POSTGRES_MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
+    (5, "schema of version 5 (devices, records, predictions, models, deployments, audit, gaps, "
+        "record parts, rollouts)", (
+        """CREATE TABLE devices (
+            device_id TEXT PRIMARY KEY, state TEXT NOT NULL, state_at DOUBLE PRECISION,
+            last_seen DOUBLE PRECISION, status TEXT, agent_version TEXT NOT NULL DEFAULT '',
+            active_models TEXT NOT NULL DEFAULT '[]', last_seq BIGINT NOT NULL DEFAULT 0,
+            labels TEXT NOT NULL DEFAULT '[]')""",
+        """CREATE TABLE records (
+            device_id TEXT NOT NULL, seq BIGINT NOT NULL, type TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL, received_at DOUBLE PRECISION NOT NULL,
+            payload TEXT NOT NULL, PRIMARY KEY (device_id, seq))""",
+        """CREATE TABLE predictions (
+            device_id TEXT NOT NULL, seq BIGINT NOT NULL, created_at DOUBLE PRECISION NOT NULL,
+            pipeline TEXT, model_name TEXT, model_version TEXT, model_sha256 TEXT,
+            outputs TEXT NOT NULL, inputs TEXT NOT NULL, latency_ms DOUBLE PRECISION,
+            PRIMARY KEY (device_id, seq))""",
+        "CREATE INDEX predictions_created_at ON predictions (created_at)",
+        """CREATE TABLE models (
+            name TEXT NOT NULL, version TEXT NOT NULL, kind TEXT NOT NULL,
+            sha256 TEXT NOT NULL, size_bytes BIGINT NOT NULL, manifest TEXT NOT NULL,
+            published_at DOUBLE PRECISION NOT NULL, published_by TEXT NOT NULL,
+            PRIMARY KEY (name, version))""",
+        "CREATE INDEX models_sha256 ON models (sha256)",
+        """CREATE FUNCTION models_are_immutable() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN RAISE EXCEPTION 'published model versions are immutable'; END $$""",
+        """CREATE TRIGGER models_are_immutable BEFORE UPDATE ON models
+            FOR EACH ROW EXECUTE FUNCTION models_are_immutable()""",
+        """CREATE TABLE deployments (
+            command_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, model_name TEXT NOT NULL,
+            version TEXT NOT NULL, issued_at DOUBLE PRECISION, issued_by TEXT NOT NULL DEFAULT '',
+            state TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '',
+            updated_at DOUBLE PRECISION NOT NULL)""",
+        "CREATE INDEX deployments_device ON deployments (device_id, updated_at)",
+        """CREATE TABLE deployment_events (
+            command_id TEXT NOT NULL, device_id TEXT NOT NULL, step TEXT NOT NULL,
+            detail TEXT NOT NULL DEFAULT '', progress DOUBLE PRECISION,
+            at DOUBLE PRECISION NOT NULL, UNIQUE (command_id, step, at))""",
+        """CREATE TABLE audit_log (
+            at DOUBLE PRECISION NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+            subject TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '')""",
+        "CREATE INDEX audit_log_at ON audit_log (at)",
+        """CREATE TABLE gaps (
+            device_id TEXT NOT NULL, first_seq BIGINT NOT NULL, last_seq BIGINT NOT NULL,
+            kind TEXT NOT NULL, reason TEXT NOT NULL, reported_seq BIGINT NOT NULL,
+            PRIMARY KEY (device_id, first_seq))""",
+        """CREATE TABLE record_parts (
+            device_id TEXT NOT NULL, seq BIGINT NOT NULL, idx INTEGER NOT NULL,
+            count INTEGER NOT NULL, chunk TEXT NOT NULL, received_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (device_id, seq, idx))""",
+        """CREATE TABLE rollouts (
+            rollout_id TEXT PRIMARY KEY, model_name TEXT NOT NULL, version TEXT NOT NULL,
+            target TEXT NOT NULL, canary INTEGER NOT NULL, waves INTEGER NOT NULL,
+            success_ratio DOUBLE PRECISION NOT NULL, wave_timeout_s DOUBLE PRECISION NOT NULL,
+            state TEXT NOT NULL, current_wave INTEGER NOT NULL,
+            wave_started_at DOUBLE PRECISION, detail TEXT NOT NULL DEFAULT '',
+            created_at DOUBLE PRECISION NOT NULL, created_by TEXT NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL)""",
+        """CREATE TABLE rollout_devices (
+            rollout_id TEXT NOT NULL, device_id TEXT NOT NULL, wave INTEGER NOT NULL,
+            command_id TEXT, state TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '',
+            updated_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (rollout_id, device_id))""",
+    )),
+)
+
+
+def migrations_for(db: Connection) -> tuple[tuple[int, str, tuple[str, ...]], ...]:
+    return POSTGRES_MIGRATIONS if db.dialect == "postgresql" else MIGRATIONS
+
+
+def apply_migrations(db: Connection) -> int:
     """Bring the schema up to date in one transaction; returns the schema version."""
+    migrations = migrations_for(db)
     with db.atomic():
         db.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations ("
-            "version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at REAL NOT NULL)")
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+            "description TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)")
         applied = {row["version"] for row in db.query("SELECT version FROM schema_migrations")}
-        for version, description, statements in MIGRATIONS:
+        for version, description, statements in migrations:
             if version in applied:
                 continue
             for sql in statements:
@@ -115,5 +191,5 @@ def apply_migrations(db: Database, name: str) -> int:
             db.execute(
                 "INSERT INTO schema_migrations (version, description, applied_at) "
                 "VALUES (?, ?, ?)", (version, description, time.time()))
-            log.info("schema migrated db=%s version=%d (%s)", name, version, description)
-    return max(version for version, _, _ in MIGRATIONS)
+            log.info("schema migrated db=%s version=%d (%s)", db.name, version, description)
+    return max(version for version, _, _ in migrations)

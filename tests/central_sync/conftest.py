@@ -1,4 +1,5 @@
-"""Fixtures for central's tests: a tiny real ONNX model, a temp database and config."""
+"""Fixtures for central's tests: a tiny real ONNX model, a database (SQLite, then PostgreSQL:
+`database_url` in tests/conftest.py) and config."""
 
 from __future__ import annotations
 
@@ -19,16 +20,16 @@ def onnx_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[CentralDB]:
-    database = CentralDB(tmp_path / "central.db")
+def db(database_url: str) -> Iterator[CentralDB]:
+    database = CentralDB(database_url)
     yield database
     database.close()
 
 
 @pytest.fixture
-def central_config(tmp_path: Path) -> CentralConfig:
+def central_config(tmp_path: Path, database_url: str) -> CentralConfig:
     return CentralConfig(
-        database_url=f"sqlite:///{tmp_path / 'central.db'}",
+        database_url=database_url,
         artifact_dir=tmp_path / "artifacts",
         chunk_size_bytes=1024,
         web={"port": 0},

@@ -30,12 +30,13 @@ SUBCOMMANDS = [[], ["serve"], ["model"], ["model", "publish"], ["model", "list"]
                ["devices"], ["contract"]]
 
 
-def write_config(folder: Path, broker_port: int = 1883, web_port: int = 0) -> Path:
+def write_config(folder: Path, broker_port: int = 1883, web_port: int = 0,
+                 database_url: str = "sqlite:///var/central.db") -> Path:
     path = folder / "central-sync.yaml"
     path.write_text(
         "central_id: central-test\n"
         f"broker:\n  port: {broker_port}\n"
-        "database_url: sqlite:///var/central.db\n"
+        f"database_url: {database_url}\n"
         "artifact_dir: var/artifacts\n"
         "chunk_size_bytes: 1024\n"
         f"web:\n  port: {web_port}\n"
@@ -45,8 +46,8 @@ def write_config(folder: Path, broker_port: int = 1883, web_port: int = 0) -> Pa
 
 
 @pytest.fixture
-def config_file(tmp_path: Path) -> Path:
-    return write_config(tmp_path)
+def config_file(tmp_path: Path, database_url: str) -> Path:
+    return write_config(tmp_path, database_url=database_url)
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS, ids=lambda c: " ".join(c) or "top")
@@ -209,7 +210,7 @@ def test_devices_lists_what_central_stored(config_file: Path, capsys, monkeypatc
     from central_sync.db import CentralDB
     from edge_agent.contract import DeviceStatus
 
-    db = CentralDB(load_central_config(config_file).database_path)
+    db = CentralDB(load_central_config(config_file).database_url)
     db.update_status(DeviceStatus(device_id="gw-1", state="online", labels=["line-3"], buffer={
         "depth": 42, "bytes_used": 1, "quota_bytes": 2, "oldest_age_s": 75.0},
         uplink={"connected": True, "records_per_s": 12.5, "round_trip_ms": 31.0}))

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
 from central_helpers import make_batch, prediction_payload
 
-from central_sync.db import MIGRATIONS, CentralDB, ModelVersionExists
+from central_sync.db import MIGRATIONS, CentralDB, DatabaseError, ModelVersionExists
+from central_sync.db.schema import migrations_for
 from edge_agent.contract import (
     DeployCommand,
     DeploymentEvent,
@@ -28,14 +28,16 @@ def manifest(version: str = "1.0.0", sha: str = "a") -> ModelManifest:
                          size_bytes=100, chunk_size_bytes=1024, inputs=[spec], outputs=[spec])
 
 
-def test_schema_is_versioned_and_reopening_does_not_migrate_again(tmp_path: Path) -> None:
-    first = CentralDB(tmp_path / "c.db")
-    assert first.schema_version() == MIGRATIONS[-1][0]
+def test_schema_is_versioned_and_reopening_does_not_migrate_again(database_url: str) -> None:
+    first = CentralDB(database_url)
+    migrations = migrations_for(first._db)
+    assert first.schema_version() == migrations[-1][0] == MIGRATIONS[-1][0]
     first.close()
-    again = CentralDB(tmp_path / "c.db")
-    rows = list(again._db.query("SELECT version FROM schema_migrations"))
-    assert [r["version"] for r in rows] == [m[0] for m in MIGRATIONS]
-    assert again._db.journal_mode == "wal"
+    again = CentralDB(database_url)
+    rows = list(again._db.query("SELECT version FROM schema_migrations ORDER BY version"))
+    assert [r["version"] for r in rows] == [m[0] for m in migrations]
+    if again.dialect == "sqlite":
+        assert next(again._db.query("PRAGMA journal_mode"))["journal_mode"] == "wal"
     again.close()
 
 
@@ -126,7 +128,7 @@ def test_model_versions_are_immutable(db: CentralDB) -> None:
     assert db.add_model(manifest(), "bob").sha256 == "a" * 64
     with pytest.raises(ModelVersionExists, match=r"1\.0\.0 already exists .* publish 1\.0\.1"):
         db.add_model(manifest(sha="b"), "bob")
-    with pytest.raises(sqlite3.DatabaseError, match="immutable"):
+    with pytest.raises(DatabaseError, match="immutable"):
         db._db.execute("UPDATE models SET sha256 = 'x'")
     [only] = db.list_models()
     assert only.published_by == "alice"
@@ -216,6 +218,7 @@ def test_unreadable_eviction_report_is_stored_without_gaps(db: CentralDB) -> Non
 def test_database_of_schema_1_is_migrated_keeping_its_rows(tmp_path: Path) -> None:
     from sqlite_utils import Database
 
+    from central_sync.db.connection import open_connection
     from central_sync.db.schema import apply_migrations
 
     path = tmp_path / "old.db"
@@ -229,7 +232,7 @@ def test_database_of_schema_1_is_migrated_keeping_its_rows(tmp_path: Path) -> No
         old.execute("INSERT INTO records VALUES ('gw-1', 7, 'prediction', 1.0, 2.0, '{}')")
         old.execute("INSERT INTO predictions VALUES ('gw-1', 7, 1.0, 'p', 'm', '1.0.0', 'a', "
                     "'{}', '{}', 0.5)")
-    assert apply_migrations(old, str(path)) == MIGRATIONS[-1][0]
+    assert apply_migrations(open_connection(path)) == MIGRATIONS[-1][0]
     assert "gaps" in old.table_names()
     assert [tuple(r) for r in old.execute("SELECT device_id, seq, type FROM records")] == [
         ("gw-1", 7, "prediction")]
@@ -253,3 +256,65 @@ def test_large_record_is_stored_once_all_its_chunks_arrived(db: CentralDB) -> No
     assert db.recent_predictions(5)[0]["pipeline"] == "p" * 3000
     assert db.store_record_chunk(pieces[1]) == [4], "a resend after the ack is acked again"
     assert list(db._db.query("SELECT * FROM record_parts")) == []
+
+
+def test_sqlite_style_sql_is_rewritten_for_postgresql() -> None:
+    from central_sync.db.connection import to_postgres
+
+    assert to_postgres("INSERT OR IGNORE INTO gaps (a, b) VALUES (?, ?)") == \
+        "INSERT INTO gaps (a, b) VALUES (%s, %s) ON CONFLICT DO NOTHING"
+    assert to_postgres("SELECT 1 WHERE x LIKE '10%' AND y = ?") == \
+        "SELECT 1 WHERE x LIKE '10%%' AND y = %s"
+
+
+def test_urls_name_the_database_and_hide_passwords() -> None:
+    from central_sync.db.connection import DatabaseUrlError, open_connection, redact
+
+    assert redact("postgresql://central:s3cret@db:5432/plant") == \
+        "postgresql://central:***@db:5432/plant"
+    with pytest.raises(DatabaseUrlError, match="neither sqlite:///PATH nor postgresql://"):
+        open_connection("mysql://root@db/plant")
+
+
+def test_postgresql_connection_lost_is_reopened_on_the_next_call() -> None:
+    import psycopg
+
+    from tests.conftest import postgres_database
+
+    with postgres_database() as url:
+        db = CentralDB(url)
+        db.store_batch(make_batch("gw-1", [1]))
+        with psycopg.connect(url, autocommit=True) as other:  # as a server restart would
+            other.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                          "datname = current_database() AND pid <> pg_backend_pid()")
+        with pytest.raises(DatabaseError):
+            db.store_batch(make_batch("gw-1", [2]))  # not acked: the device sends it again
+        assert db.store_batch(make_batch("gw-1", [2])) == [2]
+        assert db.count_records("gw-1") == 2
+        db.close()
+
+
+def test_devices_are_found_by_label(db: CentralDB) -> None:
+    db.update_status(DeviceStatus(device_id="gw-1", state="online", labels=["line-3", "oven"]))
+    db.update_status(DeviceStatus(device_id="gw-2", state="online", labels=["line-3"]))
+    db.update_status(DeviceStatus(device_id="gw-3", state="online", labels=["line-30"]))
+    assert db.devices_labelled("line-3") == ["gw-1", "gw-2"]
+    assert db.devices_labelled("oven") == ["gw-1"]
+    assert db.devices_labelled("line") == []
+
+
+def test_records_are_listed_without_their_images_which_are_served_apart(db: CentralDB) -> None:
+    defect = {"label": "scratch", "confidence": 0.97,
+              "images": {"frame": {"jpeg_b64": "AAAA", "width": 4, "height": 3},
+                         "annotated": {"jpeg_b64": "BBBB", "width": 4, "height": 3}}}
+    db.store_batch(UplinkBatch(device_id="gw-1", records=[
+        UplinkRecord(seq=1, type="defect", created_at=10.0, payload=defect),
+        UplinkRecord(seq=2, type="defect", created_at=20.0, payload={"label": "pit"}),
+        UplinkRecord(seq=3, type="sample", created_at=30.0, payload={"label": "ok"})]))
+    newest, first = db.recent_records("defect")
+    assert newest["payload"] == {"label": "pit"} and newest["images"] == []
+    assert first["payload"] == {"label": "scratch", "confidence": 0.97}
+    assert sorted(first["images"]) == ["annotated", "frame"]
+    assert db.record_image("gw-1", 1, "annotated") == "BBBB"
+    assert db.record_image("gw-1", 1, "thumbnail") is None
+    assert db.record_image("gw-1", 2, "frame") is None

@@ -20,7 +20,7 @@ TOPICS = Topics()
 
 def _publish(config: CentralConfig, tmp_path: Path) -> ModelManifest:
     model = make_onnx_model(tmp_path / "big.onnx", n_features=1500)
-    db = CentralDB(config.database_path)
+    db = CentralDB(config.database_url)
     try:
         return publish_model(db, config.artifact_dir, model, "scrap-model", "1.0.0",
                              chunk_size_bytes=config.chunk_size_bytes, signer=TEST_SIGNER)

@@ -47,7 +47,7 @@ class FakeDevice:
 
 @pytest.fixture
 def published(central_config: CentralConfig, tmp_path: Path) -> CentralConfig:
-    db = CentralDB(central_config.database_path)
+    db = CentralDB(central_config.database_url)
     publish_model(db, central_config.artifact_dir, make_onnx_model(tmp_path / "m.onnx"),
                   "scrap-model", "1.0.0", signer=TEST_SIGNER)
     db.close()
@@ -63,7 +63,7 @@ def test_deploy_sends_the_stored_manifest_and_records_deployment_and_audit(
         await device.start()
         central = MemoryTransport(broker)
         await central.start()
-        db = CentralDB(published.database_path)
+        db = CentralDB(published.database_url)
         command = await deploy(db, central, TEST_SIGNER, "scrap-model", "1.0.0", "gw-1",
                                "alice")
         [received] = device.commands
@@ -85,7 +85,7 @@ def test_deploy_of_unknown_version_is_refused_before_sending(published: CentralC
         await device.start()
         central = MemoryTransport(broker)
         await central.start()
-        db = CentralDB(published.database_path)
+        db = CentralDB(published.database_url)
         with pytest.raises(UnknownModel, match=r"scrap-model 9\.0\.0 is not in the registry"):
             await deploy(db, central, TEST_SIGNER, "scrap-model", "9.0.0", "gw-1", "alice")
         assert device.commands == []
@@ -123,7 +123,7 @@ def test_failed_deployment_is_reported_with_its_detail(published: CentralConfig)
         await FakeDevice(broker, "gw-1", ["received", "failed"]).start()
         cli = MemoryTransport(broker)
         await cli.start()
-        db = CentralDB(published.database_path)
+        db = CentralDB(published.database_url)
         _, final = await deploy_and_wait(db, cli, TEST_SIGNER, "scrap-model", "1.0.0", "gw-1",
                                          "alice", timeout_s=5)
         assert final is not None
@@ -139,7 +139,7 @@ def test_silent_device_times_out_without_final_event(published: CentralConfig) -
         await FakeDevice(broker, "gw-1", ["received"]).start()
         cli = MemoryTransport(broker)
         await cli.start()
-        db = CentralDB(published.database_path)
+        db = CentralDB(published.database_url)
         _, final = await deploy_and_wait(db, cli, TEST_SIGNER, "scrap-model", "1.0.0", "gw-1",
                                          "alice", timeout_s=0.2)
         assert final is None

@@ -94,3 +94,16 @@ def test_central_rejects_unsupported_database_url(tmp_path: Path) -> None:
     path.write_text("database_url: mysql://x\n")
     with pytest.raises(ConfigError, match=f"{path}:1: database_url"):
         load_central_config(path)
+
+
+def test_central_takes_a_postgresql_url_and_names_it_without_the_password(
+        tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("CENTRAL_DB_PASSWORD", "s3cret")
+    path = tmp_path / "central.yaml"
+    path.write_text("database_url: postgresql://central:${CENTRAL_DB_PASSWORD}@db:5432/plant\n")
+    config = load_central_config(path)
+    assert config.database_url == "postgresql://central:s3cret@db:5432/plant"
+    assert config.database_name == "postgresql://central:***@db:5432/plant"
+    sqlite = tmp_path / "sqlite.yaml"
+    sqlite.write_text("database_url: sqlite:///var/c.db\n")
+    assert load_central_config(sqlite).database_name == str(tmp_path / "var" / "c.db")
