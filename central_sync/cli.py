@@ -69,7 +69,7 @@ def _database(config: CentralConfig) -> Iterator[CentralDB]:
 
     try:
         db = CentralDB(config.database_url)
-    except (DatabaseError, OSError) as exc:
+    except (*DatabaseError, OSError) as exc:
         raise UsageError(f"cannot open the database {config.database_name}: {exc}; "
                          "check database_url in the configuration") from None
     try:
@@ -87,7 +87,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from edge_agent.transport import MqttTransport
 
     config = _load(args)
-    service = CentralService(config, MqttTransport(config.broker, client_id=config.central_id))
+    # In a shared ingest group a session that outlives its process would keep taking its
+    # share of the devices' messages while the process is down; devices resend whatever was
+    # not acked, so the group's members need no backlog of their own.
+    transport = MqttTransport(config.broker, client_id=config.central_id,
+                              persistent_session=config.ingest_group is None)
+    service = CentralService(config, transport)
     tune_for_service()
     try:
         asyncio.run(_serve_until_signal(service))

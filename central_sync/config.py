@@ -46,6 +46,10 @@ class CentralConfig(BaseModel):
     offline_after_s: float = Field(
         120.0, gt=0, description="A device silent this long shows as offline"
     )
+    ingest_group: Annotated[str, Field(pattern=ID_PATTERN)] | None = Field(
+        None, description="Scale-out: central-sync processes with the same group (each with its "
+        "own central_id, all on one PostgreSQL database) share the devices' messages through "
+        "an MQTT shared subscription ($share/GROUP/...), each message going to one of them")
     web: WebConfig = Field(default_factory=WebConfig)
     signing_key_path: Path = Field(
         Path("var/central/keys/signing.key"), validate_default=True,

@@ -122,21 +122,39 @@ def change_rollout(db: CentralDB, rollout_id: str, action: str, actor: str) -> R
     return updated
 
 
+ROLLOUT_LEASE = "rollouts"
+ROLLOUT_LEASE_S = 10.0  # a stopped leader's rollouts move on again at most this much later
+
+
 class RolloutEngine:
     """Carries out the rollouts recorded in the database; runs inside `central-sync serve`."""
 
     def __init__(self, db: CentralDB, transport: Transport, signer: Signer, topics: Topics,
-                 interval_s: float = 0.5) -> None:
+                 interval_s: float = 0.5, holder: str = "central",
+                 lease_s: float = ROLLOUT_LEASE_S) -> None:
         self.db = db
         self.transport = transport
         self.signer = signer
         self.topics = topics
         self.interval_s = interval_s
+        self.holder = holder
+        self.lease_s = lease_s
+        self.leading = False
 
     async def run(self) -> None:
+        """Drive the rollouts while this process holds the rollout lease: of several
+        central-sync processes on one database, one moves rollouts on; when it stops, another
+        takes over once its lease has run out."""
         while True:
             try:
-                await self.step_all()
+                leading = await asyncio.to_thread(self.db.hold_lease, ROLLOUT_LEASE,
+                                                  self.holder, self.lease_s)
+                if leading != self.leading:
+                    log.info("rollout lease %s holder=%s", "taken" if leading else "lost",
+                             self.holder)
+                    self.leading = leading
+                if leading:
+                    await self.step_all()
             except Exception:  # one bad rollout row must not stop the others
                 log.exception("rollout step failed")
             await asyncio.sleep(self.interval_s)

@@ -109,7 +109,7 @@ class CentralService:
         self._db_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="central-db")
         try:
             self.db = await self.db_call(CentralDB, self.config.database_url)
-        except (DatabaseError, OSError) as exc:
+        except (*DatabaseError, OSError) as exc:
             raise ServiceStartError(f"cannot open the database {self.config.database_name}: "
                                     f"{exc}; check database_url in the configuration") from None
         handlers = {
@@ -122,10 +122,15 @@ class CentralService:
             signer = self.config.signer()
         except KeyFileError as exc:
             raise ServiceStartError(str(exc)) from None
+        group = self.config.ingest_group
         for leaf, handler in handlers.items():
-            await self.transport.subscribe(self.topics.all_devices(leaf), handler, qos=1)
+            topic_filter = self.topics.all_devices(leaf)
+            if group:
+                topic_filter = self.topics.shared(topic_filter, group)
+            await self.transport.subscribe(topic_filter, handler, qos=1)
         await self.transport.start()
-        self.rollouts = RolloutEngine(self.db, self.transport, signer, self.topics)
+        self.rollouts = RolloutEngine(self.db, self.transport, signer, self.topics,
+                                      holder=self.config.central_id)
         self._spawn(self.rollouts.run())
         if self.config.web.port:
             from central_sync.web import create_app

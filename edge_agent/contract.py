@@ -576,6 +576,16 @@ ARTIFACT_TOPIC = TopicSpec("artifacts/{sha256}", "central → agents", 1, False,
                            "Chunks of a model artifact, shared by every device fetching it")
 
 
+SHARED_PREFIX = "$share/"
+
+
+def plain_filter(topic_filter: str) -> str:
+    """The topic filter a subscription matches: `$share/{group}/{filter}` matches `filter`."""
+    if topic_filter.startswith(SHARED_PREFIX):
+        return topic_filter.split("/", 2)[2]
+    return topic_filter
+
+
 class Topics:
     """The topic tree under one prefix: `{prefix}/devices/{device_id}/{leaf}`."""
 
@@ -615,6 +625,11 @@ class Topics:
     def all_devices(self, leaf: str) -> str:
         """Wildcard subscription for one leaf of every device (central side)."""
         return f"{self.prefix}/devices/+/{leaf}"
+
+    @staticmethod
+    def shared(topic_filter: str, group: str) -> str:
+        """An MQTT shared subscription: each message goes to one subscriber of `group`."""
+        return f"{SHARED_PREFIX}{group}/{topic_filter}"
 
     def parse_device_topic(self, topic: str) -> tuple[str, str] | None:
         """`(device_id, leaf)` for a device topic under this prefix, else None."""

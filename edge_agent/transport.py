@@ -18,6 +18,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ConfigDict, Field
 
+from edge_agent.contract import SHARED_PREFIX, plain_filter
+
 log = logging.getLogger(__name__)
 
 Handler = Callable[[str, bytes], Awaitable[None]]
@@ -80,13 +82,21 @@ class _Subscriptions:
 
     handlers: dict[str, tuple[Handler, int]] = field(default_factory=dict)
 
-    async def dispatch(self, topic: str, payload: bytes) -> None:
-        for topic_filter, (handler, _qos) in list(self.handlers.items()):
-            if paho.topic_matches_sub(topic_filter, topic):
-                try:
-                    await handler(topic, payload)
-                except Exception:
-                    log.exception("handler failed topic=%s filter=%s", topic, topic_filter)
+    def matching(self, topic: str) -> list[tuple[str, Handler]]:
+        """The subscriptions (shared ones by their plain filter) that `topic` matches."""
+        return [(topic_filter, handler)
+                for topic_filter, (handler, _qos) in list(self.handlers.items())
+                if paho.topic_matches_sub(plain_filter(topic_filter), topic)]
+
+    async def dispatch(self, topic: str, payload: bytes,
+                       only: Callable[[str], bool] = lambda _filter: True) -> None:
+        for topic_filter, handler in self.matching(topic):
+            if not only(topic_filter):
+                continue
+            try:
+                await handler(topic, payload)
+            except Exception:
+                log.exception("handler failed topic=%s filter=%s", topic, topic_filter)
 
 
 class MqttTransport:
@@ -319,13 +329,25 @@ class MemoryBroker:
     def __init__(self) -> None:
         self.clients: list[MemoryTransport] = []
         self.retained: dict[str, bytes] = {}
+        self._turns: dict[str, int] = {}  # shared subscription -> deliveries so far
 
     async def route(self, topic: str, payload: bytes, retain: bool) -> None:
+        """Deliver to every plain subscription, and to one member of each shared group
+        (in turn), as MQTT brokers do."""
         if retain:
             self.retained[topic] = payload
-        for client in list(self.clients):
-            if client.connected:
-                await client._subs.dispatch(topic, payload)
+        clients = [c for c in self.clients if c.connected]
+        chosen: dict[str, MemoryTransport] = {}
+        for group_filter in sorted({f for c in clients for f, _ in c._subs.matching(topic)
+                                    if f.startswith(SHARED_PREFIX)}):
+            members = [c for c in clients if group_filter in c._subs.handlers]
+            turn = self._turns.get(group_filter, 0)
+            chosen[group_filter] = members[turn % len(members)]
+            self._turns[group_filter] = turn + 1
+        for client in clients:
+            await client._subs.dispatch(
+                topic, payload,
+                only=lambda f, c=client: not f.startswith(SHARED_PREFIX) or chosen.get(f) is c)
 
 
 class MemoryTransport:
@@ -365,6 +387,8 @@ class MemoryTransport:
 
     async def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
         self._subs.handlers[topic_filter] = (handler, qos)
+        if topic_filter.startswith(SHARED_PREFIX):
+            return  # brokers send no retained messages to shared subscriptions
         for topic, payload in list(self._broker.retained.items()):
             if paho.topic_matches_sub(topic_filter, topic):
                 await handler(topic, payload)

@@ -463,6 +463,19 @@ class CentralDB:
             "ORDER BY d.device_id", (label,))]
 
     @_locked
+    def hold_lease(self, name: str, holder: str, ttl_s: float,
+                   now: float | None = None) -> bool:
+        """Take or renew the lease `name` for `ttl_s`: True while `holder` has it, False while
+        another holder's lease has not run out."""
+        now = time.time() if now is None else now
+        with self._db.atomic():
+            self._db.execute("INSERT OR IGNORE INTO leases (name, holder, expires_at) "
+                             "VALUES (?, ?, ?)", (name, holder, now + ttl_s))
+            return self._db.execute(
+                "UPDATE leases SET holder = ?, expires_at = ? WHERE name = ? AND "
+                "(holder = ? OR expires_at < ?)", (holder, now + ttl_s, name, holder, now)) == 1
+
+    @_locked
     def audit(self, actor: str, action: str, subject: str, detail: str = "") -> None:
         with self._db.atomic():
             self._audit(actor, action, subject, detail)

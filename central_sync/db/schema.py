@@ -101,6 +101,10 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             command_id TEXT, state TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '',
             updated_at REAL NOT NULL, PRIMARY KEY (rollout_id, device_id))""",
     )),
+    (6, "leases: which central-sync process runs a job that only one may run", (
+        """CREATE TABLE leases (
+            name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at REAL NOT NULL)""",
+    )),
 )
 
 
@@ -168,7 +172,14 @@ POSTGRES_MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             command_id TEXT, state TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '',
             updated_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (rollout_id, device_id))""",
     )),
+    (6, "leases: which central-sync process runs a job that only one may run", (
+        """CREATE TABLE leases (
+            name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at DOUBLE PRECISION NOT NULL)""",
+    )),
 )
+
+
+MIGRATION_LOCK_KEY = 0x65646765  # any constant: one migration at a time per database
 
 
 def migrations_for(db: Connection) -> tuple[tuple[int, str, tuple[str, ...]], ...]:
@@ -179,6 +190,8 @@ def apply_migrations(db: Connection) -> int:
     """Bring the schema up to date in one transaction; returns the schema version."""
     migrations = migrations_for(db)
     with db.atomic():
+        if db.dialect == "postgresql":  # central processes starting together migrate in turn
+            db.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK_KEY,))
         db.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
             "description TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)")

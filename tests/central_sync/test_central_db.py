@@ -318,3 +318,13 @@ def test_records_are_listed_without_their_images_which_are_served_apart(db: Cent
     assert db.record_image("gw-1", 1, "annotated") == "BBBB"
     assert db.record_image("gw-1", 1, "thumbnail") is None
     assert db.record_image("gw-1", 2, "frame") is None
+
+
+def test_a_lease_has_one_holder_until_it_runs_out(db: CentralDB) -> None:
+    assert db.hold_lease("rollouts", "central-a", 10, now=100.0)
+    assert not db.hold_lease("rollouts", "central-b", 10, now=105.0)
+    assert db.hold_lease("rollouts", "central-a", 10, now=108.0)  # renewed to 118
+    assert not db.hold_lease("rollouts", "central-b", 10, now=117.0)
+    assert db.hold_lease("rollouts", "central-b", 10, now=118.5)  # a stopped, b takes over
+    assert not db.hold_lease("rollouts", "central-a", 10, now=119.0)
+    assert db.hold_lease("other-job", "central-a", 10, now=119.0)

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import pytest
 
-from edge_agent.transport import BrokerConfig, MqttTransport, NotConnected, Will
+from edge_agent.contract import Topics
+from edge_agent.transport import (
+    BrokerConfig,
+    MemoryBroker,
+    MemoryTransport,
+    MqttTransport,
+    NotConnected,
+    Will,
+)
 from tests.conftest import Mosquitto
 
 
@@ -100,3 +109,50 @@ def test_last_will_is_published_when_a_client_vanishes(mosquitto: Mosquitto) -> 
         await watcher.stop()
 
     asyncio.run(scenario())
+
+
+def shared_scenario(make: Callable[[str], object]) -> Callable[[], Awaitable[None]]:
+    """Two members of one shared group and one plain subscriber, 20 messages."""
+
+    async def scenario() -> None:
+        members = [make("member-a"), make("member-b")]
+        watcher, sender = make("watcher"), make("sender")
+        got: dict[str, list[bytes]] = {"member-a": [], "member-b": [], "watcher": []}
+        for name, client in (("member-a", members[0]), ("member-b", members[1]),
+                             ("watcher", watcher)):
+            await client.start()
+            assert await client.wait_connected(10)
+
+            async def on_message(topic: str, payload: bytes, name: str = name) -> None:
+                got[name].append(payload)
+
+            topic_filter = "plant/devices/+/uplink"
+            if name != "watcher":
+                topic_filter = Topics.shared(topic_filter, "central")
+            await client.subscribe(topic_filter, on_message)
+        await sender.start()
+        assert await sender.wait_connected(10)
+        sent = [f"m{i}".encode() for i in range(20)]
+        for payload in sent:
+            await sender.publish("plant/devices/gw-1/uplink", payload)
+        await until(lambda: len(got["member-a"]) + len(got["member-b"]) == 20
+                    and len(got["watcher"]) == 20, 10, "every message")
+        assert sorted(got["member-a"] + got["member-b"]) == sorted(sent)  # each once
+        assert got["member-a"] and got["member-b"]  # shared between the two
+        for client in (*members, watcher, sender):
+            await client.stop()
+
+    return scenario
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_shared_subscription_gives_each_message_to_one_member(mosquitto: Mosquitto,
+                                                              protocol: str) -> None:
+    config = BrokerConfig(port=mosquitto.port, protocol=protocol)
+    asyncio.run(shared_scenario(
+        lambda name: MqttTransport(config, name, persistent_session=False))())
+
+
+def test_memory_broker_shares_like_mosquitto() -> None:
+    broker = MemoryBroker()
+    asyncio.run(shared_scenario(lambda _name: MemoryTransport(broker))())

@@ -1,0 +1,135 @@
+"""Scale-out: two central-sync processes share ingest through an MQTT shared subscription and
+one PostgreSQL database; killing one mid-stream loses nothing and doubles nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from central_helpers import free_port, prediction_payload
+
+from central_sync.db import CentralDB
+from edge_agent.buffer import Buffer, BufferPolicy
+from edge_agent.config import UplinkConfig
+from edge_agent.contract import Topics
+from edge_agent.transport import BrokerConfig, MqttTransport
+from edge_agent.uplink import Uplink
+from tests.conftest import Mosquitto, postgres_database
+from tests.helpers import REPO, write_test_keys
+
+DEVICES = ["gw-1", "gw-2", "gw-3"]
+RECORDS = 400
+
+
+def start_central(folder: Path, name: str, broker_port: int, database_url: str,
+                  web_port: int) -> subprocess.Popen:
+    folder.mkdir(parents=True)
+    write_test_keys(folder / "keys")
+    config = folder / "central-sync.yaml"
+    config.write_text(
+        f"central_id: {name}\n"
+        f"broker:\n  port: {broker_port}\n"
+        f"database_url: {database_url}\n"
+        "ingest_group: central\n"
+        "artifact_dir: artifacts\n"
+        "signing_key_path: keys/signing.key\n"
+        f"web:\n  port: {web_port}\n")
+    log = (folder / "central.log").open("w")
+    return subprocess.Popen([sys.executable, "-m", "central_sync.cli", "serve", "-c", str(config)],
+                            stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def ingest_stats(web_port: int) -> dict | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/healthz", timeout=1) as reply:
+            health = json.loads(reply.read())
+    except OSError:
+        return None
+    return health["ingest"] if health["status"] == "ok" and health["broker_connected"] else None
+
+
+def wait(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"timed out after {timeout_s}s waiting for {what}"
+        time.sleep(0.1)
+    return value
+
+
+async def stream(broker_port: int, folder: Path, centrals: list[subprocess.Popen],
+                 ports: list[int]) -> dict[str, int]:
+    """Every device drains its buffer; central A is killed once a quarter is acked."""
+    uplinks, buffers, transports = [], [], []
+    for device in DEVICES:
+        buffer = Buffer(folder / f"{device}.db", BufferPolicy(quota_bytes=10**8))
+        for _ in range(RECORDS):
+            await buffer.append("prediction", prediction_payload())
+        transport = MqttTransport(BrokerConfig(port=broker_port), client_id=device)
+        uplink = Uplink(device, Topics(), transport, buffer,
+                        UplinkConfig(batch_size=10, ack_timeout_s=2.0, max_in_flight=2))
+        uplinks.append(uplink)
+        buffers.append(buffer)
+        transports.append(transport)
+        await transport.start()
+    tasks = [asyncio.create_task(uplink.run()) for uplink in uplinks]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    killed_at: dict[str, int] = {}
+    try:
+        while True:
+            acked = sum(u.stats.acked_records for u in uplinks)
+            depths = [(await b.health()).depth for b in buffers]
+            if not killed_at and acked >= len(DEVICES) * RECORDS // 4:
+                stats = [ingest_stats(port) for port in ports]
+                assert all(s and s["batches"] > 0 for s in stats), stats  # both were working
+                centrals[0].kill()  # kill -9, mid-stream
+                killed_at = {"acked": acked, "b_batches": stats[1]["batches"]}
+            if killed_at and not any(depths):
+                break
+            assert loop.time() < deadline, f"buffers not drained: {depths}, acked {acked}"
+            await asyncio.sleep(0.05)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for transport, buffer in zip(transports, buffers, strict=True):
+            await transport.stop()
+            await buffer.close()
+    return killed_at
+
+
+@pytest.mark.slow
+def test_two_centrals_share_ingest_and_one_killed_mid_stream_loses_nothing(
+        mosquitto: Mosquitto, tmp_path: Path) -> None:
+    with postgres_database() as url:
+        ports = [free_port(), free_port()]
+        centrals = [start_central(tmp_path / name, name, mosquitto.port, url, port)
+                    for name, port in zip(("central-a", "central-b"), ports, strict=True)]
+        try:
+            for port in ports:
+                wait(lambda port=port: ingest_stats(port), 30, f"central on port {port}")
+            killed_at = asyncio.run(stream(mosquitto.port, tmp_path, centrals, ports))
+            after = wait(lambda: ingest_stats(ports[1]), 5, "central-b")
+        finally:
+            for process in centrals:
+                process.kill()
+                process.wait(10)
+        assert 0 < killed_at["acked"] < len(DEVICES) * RECORDS
+        assert after["batches"] > killed_at["b_batches"]  # b took over the rest
+        db = CentralDB(url)
+        try:
+            for device in DEVICES:
+                seqs = [r["seq"] for r in db._db.query(
+                    "SELECT seq FROM records WHERE device_id = ? ORDER BY seq", (device,))]
+                assert seqs == list(range(1, RECORDS + 1)), device  # all, each once
+            assert len(db.recent_predictions(10_000)) == len(DEVICES) * RECORDS
+        finally:
+            db.close()
