@@ -500,6 +500,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     rollout_cli.add_parser(commands, common, formatter)
 
+    from central_sync import users_cli
+
+    users_cli.add_parser(commands, common, formatter)
+
     keys = commands.add_parser(
         "keys", formatter_class=formatter, help="create or show central's signing key",
         description="The Ed25519 key pair that signs every manifest and command. Agents hold "

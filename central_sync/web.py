@@ -12,16 +12,19 @@ import re
 import time
 from collections.abc import Callable
 from html import escape
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Query, Response
 from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from central_sync import __version__
 from central_sync.db import CentralDB, DeviceSummary
 from central_sync.metrics import central_registry
 from central_sync.present import models_text, seconds_ago
+from central_sync.review_web import review_router
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,9 @@ def create_app(
     def models() -> list[dict[str, Any]]:
         return [{**m.manifest.model_dump(), "published_by": m.published_by}
                 for m in db.list_models()]
+
+    app.include_router(review_router(db))
+    app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> str:

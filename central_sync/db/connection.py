@@ -7,13 +7,14 @@ functions, upserts) the repository asks for by `dialect`. Rows come back as dict
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, ParamSpec, Protocol, TypeVar
 
 from sqlite_utils import Database
 
@@ -23,6 +24,21 @@ SQLITE_PREFIX = "sqlite:///"
 POSTGRES_PREFIXES = ("postgresql://", "postgres://")
 
 Dialect = Literal["sqlite", "postgresql"]
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def serialised(method: Callable[P, R]) -> Callable[P, R]:
+    """One call at a time on the repository's one connection (its `_lock`)."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        with args[0]._lock:  # type: ignore[attr-defined]
+            return method(*args, **kwargs)
+
+    return wrapper
 
 
 class DatabaseUrlError(ValueError):

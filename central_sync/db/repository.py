@@ -6,17 +6,18 @@ by the connection's dialect.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
-from central_sync.db.connection import open_connection
+from central_sync.db.accounts import AccountQueries
+from central_sync.db.connection import open_connection, serialised
+from central_sync.db.review import ReviewQueries
 from central_sync.db.rows import (
+    DEFECT_INSERT,
     PREDICTION_INSERT,
     DeviceSummary,
     ModelVersionExists,
@@ -42,22 +43,10 @@ from edge_agent.contract import (
 
 log = logging.getLogger(__name__)
 
-P = ParamSpec("P")
-R = TypeVar("R")
-
 DEPLOYMENT_ISSUED = "issued"
 
 
-def _locked(method: Callable[P, R]) -> Callable[P, R]:
-    @functools.wraps(method)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        with args[0]._lock:  # type: ignore[attr-defined]
-            return method(*args, **kwargs)
-
-    return wrapper
-
-
-class CentralDB:
+class CentralDB(ReviewQueries, AccountQueries):
     """Central's database. Thread-safe: calls are serialised on one connection.
 
     Callers on an asyncio loop run these methods in a worker thread, never on the loop.
@@ -78,14 +67,14 @@ class CentralDB:
 
     # --- schema ---------------------------------------------------------------------------
 
-    @_locked
+    @serialised
     def schema_version(self) -> int:
         row = next(self._db.query("SELECT MAX(version) AS v FROM schema_migrations"))
         return row["v"] or 0
 
     # --- ingest ---------------------------------------------------------------------------
 
-    @_locked
+    @serialised
     def store_batch(self, batch: UplinkBatch, received_at: float | None = None) -> list[int]:
         return self._store_batch_unlocked(batch, received_at)
 
@@ -104,6 +93,7 @@ class CentralDB:
                 "INSERT OR IGNORE INTO records (device_id, seq, type, created_at, received_at, "
                 "payload) VALUES (?, ?, ?, ?, ?, ?)", rows.records)
             self._db.executemany(PREDICTION_INSERT[self.dialect], rows.predictions)
+            self._db.executemany(DEFECT_INSERT, rows.defects)
             self._db.executemany(
                 "INSERT OR IGNORE INTO gaps (device_id, first_seq, last_seq, kind, reason, "
                 "reported_seq) VALUES (?, ?, ?, ?, ?, ?)", rows.gaps)
@@ -124,7 +114,7 @@ class CentralDB:
                   batch.batch_id, len(seqs), inserted)
         return seqs
 
-    @_locked
+    @serialised
     def store_record_chunk(self, chunk: RecordChunk) -> list[int] | None:
         """Keep one piece of a large record; once all are here, store the record.
 
@@ -161,7 +151,7 @@ class CentralDB:
                             records=[record])
         return self._store_batch_unlocked(batch)
 
-    @_locked
+    @serialised
     def update_status(self, status: DeviceStatus, received_at: float | None = None) -> None:
         """Apply a status message. The offline form (often the broker's last will) only
         changes the state: the last online status, models and last_seen are kept."""
@@ -190,7 +180,7 @@ class CentralDB:
 
     # --- models ---------------------------------------------------------------------------
 
-    @_locked
+    @serialised
     def add_model(self, manifest: ModelManifest, published_by: str) -> ModelManifest:
         """Record a new model version and its audit entry; returns the stored manifest.
 
@@ -213,7 +203,7 @@ class CentralDB:
                         f"sha256={manifest.sha256} size_bytes={manifest.size_bytes}")
         return manifest
 
-    @_locked
+    @serialised
     def get_model(self, name: str, version: str) -> ModelManifest | None:
         return self._model(name, version)
 
@@ -222,7 +212,7 @@ class CentralDB:
             "SELECT manifest FROM models WHERE name = ? AND version = ?", (name, version)), None)
         return ModelManifest.model_validate_json(row["manifest"]) if row else None
 
-    @_locked
+    @serialised
     def get_model_by_sha256(self, sha256: str) -> ModelManifest | None:
         """Any manifest of this artifact; every manifest of one artifact shares its chunking."""
         row = next(self._db.query(
@@ -230,7 +220,7 @@ class CentralDB:
             (sha256,)), None)
         return ModelManifest.model_validate_json(row["manifest"]) if row else None
 
-    @_locked
+    @serialised
     def list_models(self) -> list[PublishedModel]:
         return [
             PublishedModel(ModelManifest.model_validate_json(row["manifest"]),
@@ -241,7 +231,7 @@ class CentralDB:
 
     # --- deployments ----------------------------------------------------------------------
 
-    @_locked
+    @serialised
     def create_deployment(self, command: DeployCommand) -> None:
         manifest = command.manifest
         with self._db.atomic():
@@ -253,14 +243,14 @@ class CentralDB:
             self._audit(command.issued_by, "model.deploy", f"{manifest.name}@{manifest.version}",
                         f"device={command.device_id} command={command.command_id}")
 
-    @_locked
+    @serialised
     def mark_deployment(self, command_id: str, state: str, detail: str) -> None:
         """Set a deployment's state from central's side (e.g. the command could not be sent)."""
         self._db.execute(
             "UPDATE deployments SET state = ?, detail = ?, updated_at = ? WHERE command_id = ?",
             (state, detail, time.time(), command_id))
 
-    @_locked
+    @serialised
     def record_deployment_event(self, event: DeploymentEvent) -> bool:
         """Store a device's deployment step and move the deployment's state on.
 
@@ -298,26 +288,26 @@ class CentralDB:
                  event.at))
         return True
 
-    @_locked
+    @serialised
     def get_deployment(self, command_id: str) -> dict[str, Any] | None:
         return next(self._db.query(
             "SELECT * FROM deployments WHERE command_id = ?", (command_id,)), None)
 
-    @_locked
+    @serialised
     def list_deployments(self, device_id: str | None = None, limit: int = 50) -> list[dict]:
         where, params = _device_filter(device_id)
         return list(self._db.query(
             f"SELECT * FROM deployments{where} ORDER BY updated_at DESC LIMIT ?",
             (*params, limit)))
 
-    @_locked
+    @serialised
     def deployment_events(self, command_id: str) -> list[dict[str, Any]]:
         return list(self._db.query(
             "SELECT * FROM deployment_events WHERE command_id = ? ORDER BY at", (command_id,)))
 
     # --- queries --------------------------------------------------------------------------
 
-    @_locked
+    @serialised
     def list_devices(self) -> list[DeviceSummary]:
         rows = self._db.query(
             "SELECT d.*, (SELECT COUNT(*) FROM records r WHERE r.device_id = d.device_id) "
@@ -326,14 +316,14 @@ class CentralDB:
             "ORDER BY d.device_id")
         return [device_summary(row) for row in rows]
 
-    @_locked
+    @serialised
     def gaps(self, device_id: str) -> list[dict[str, Any]]:
         """Seq ranges the device evicted under its disk quota (recorded, not lost)."""
         return list(self._db.query(
             "SELECT first_seq, last_seq, kind, reason, reported_seq FROM gaps "
             "WHERE device_id = ? ORDER BY first_seq", (device_id,)))
 
-    @_locked
+    @serialised
     def seq_accounting(self, device_id: str) -> dict[str, int]:
         """Of the seqs 1..last_seq a device used: stored, evicted, and not (yet) received."""
         last_seq = next(self._db.query(
@@ -347,7 +337,7 @@ class CentralDB:
         return {"last_seq": last_seq, "stored": stored, "evicted": evicted,
                 "outstanding": max(0, last_seq - stored - evicted)}
 
-    @_locked
+    @serialised
     def recent_predictions(self, limit: int = 50, device_id: str | None = None) -> list[dict]:
         where, params = _device_filter(device_id)
         rows = self._db.query(
@@ -356,7 +346,7 @@ class CentralDB:
         return [{**row, "outputs": json.loads(row["outputs"]), "inputs": json.loads(row["inputs"])}
                 for row in rows]
 
-    @_locked
+    @serialised
     def recent_records(self, record_type: str, limit: int = 50,
                        device_id: str | None = None) -> list[dict[str, Any]]:
         """The newest records of one type, their payloads without embedded images."""
@@ -370,7 +360,7 @@ class CentralDB:
         return [{**row, "payload": json.loads(row["payload"]),
                  "images": json.loads(row["images"])} for row in rows]
 
-    @_locked
+    @serialised
     def record_image(self, device_id: str, seq: int, name: str) -> str | None:
         """A record's embedded image (base64 JPEG), e.g. a defect's evidence."""
         row = next(self._db.query(
@@ -378,14 +368,14 @@ class CentralDB:
             "WHERE device_id = ? AND seq = ?", (name, device_id, seq)), None)
         return row["jpeg"] if row else None
 
-    @_locked
+    @serialised
     def count_records(self, device_id: str | None = None) -> int:
         where, params = _device_filter(device_id)
         return next(self._db.query(f"SELECT COUNT(*) AS n FROM records{where}", params))["n"]
 
     # --- rollouts -------------------------------------------------------------------------
 
-    @_locked
+    @serialised
     def create_rollout(self, rollout: Rollout, plan: list[list[str]]) -> None:
         """Record a rollout and its devices, wave by wave, with its audit entry."""
         with self._db.atomic():
@@ -408,13 +398,13 @@ class CentralDB:
                         f"rollout={rollout.rollout_id} target={rollout.target} waves="
                         + " | ".join(",".join(w) for w in plan))
 
-    @_locked
+    @serialised
     def get_rollout(self, rollout_id: str) -> Rollout | None:
         row = next(self._db.query("SELECT * FROM rollouts WHERE rollout_id = ?",
                                   (rollout_id,)), None)
         return Rollout(**row) if row else None
 
-    @_locked
+    @serialised
     def list_rollouts(self, states: tuple[str, ...] | None = None,
                       limit: int = 50) -> list[Rollout]:
         where, params = "", ()
@@ -425,13 +415,13 @@ class CentralDB:
             f"SELECT * FROM rollouts{where} ORDER BY created_at DESC LIMIT ?",
             (*params, limit))]
 
-    @_locked
+    @serialised
     def rollout_devices(self, rollout_id: str) -> list[RolloutDevice]:
         return [RolloutDevice(**row) for row in self._db.query(
             "SELECT * FROM rollout_devices WHERE rollout_id = ? ORDER BY wave, device_id",
             (rollout_id,))]
 
-    @_locked
+    @serialised
     def update_rollout(self, rollout_id: str, actor: str, state: str, detail: str,
                        current_wave: int | None = None,
                        wave_started_at: float | None = None) -> None:
@@ -448,7 +438,7 @@ class CentralDB:
                                             and current_wave != before["current_wave"]):
                 self._audit(actor, f"rollout.{state}", rollout_id, detail)
 
-    @_locked
+    @serialised
     def update_rollout_device(self, rollout_id: str, device_id: str, state: str,
                               detail: str = "", command_id: str | None = None) -> None:
         self._db.execute(
@@ -456,13 +446,13 @@ class CentralDB:
             "command_id), updated_at = ? WHERE rollout_id = ? AND device_id = ?",
             (state, detail, command_id, time.time(), rollout_id, device_id))
 
-    @_locked
+    @serialised
     def devices_labelled(self, label: str) -> list[str]:
         return [row["device_id"] for row in self._db.query(
             f"SELECT d.device_id FROM devices d WHERE {_HAS_LABEL[self.dialect]} "
             "ORDER BY d.device_id", (label,))]
 
-    @_locked
+    @serialised
     def hold_lease(self, name: str, holder: str, ttl_s: float,
                    now: float | None = None) -> bool:
         """Take or renew the lease `name` for `ttl_s`: True while `holder` has it, False while
@@ -475,12 +465,12 @@ class CentralDB:
                 "UPDATE leases SET holder = ?, expires_at = ? WHERE name = ? AND "
                 "(holder = ? OR expires_at < ?)", (holder, now + ttl_s, name, holder, now)) == 1
 
-    @_locked
+    @serialised
     def audit(self, actor: str, action: str, subject: str, detail: str = "") -> None:
         with self._db.atomic():
             self._audit(actor, action, subject, detail)
 
-    @_locked
+    @serialised
     def list_audit(self, limit: int = 100) -> list[dict[str, Any]]:
         return list(self._db.query(
             "SELECT * FROM audit_log ORDER BY at DESC LIMIT ?", (limit,)))

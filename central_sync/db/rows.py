@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from pydantic_core import to_json
 
 from edge_agent.contract import (
+    RECORD_DEFECT,
     RECORD_DEPLOYMENT_EVENT,
     RECORD_EVICTION,
     RECORD_PREDICTION,
@@ -95,6 +96,7 @@ class BatchRows:
     predictions: list[tuple[Any, ...]] = field(default_factory=list)
     deployment_events: list[DeploymentEvent] = field(default_factory=list)
     gaps: list[tuple[Any, ...]] = field(default_factory=list)
+    defects: list[tuple[Any, ...]] = field(default_factory=list)
 
 
 def rows_for_batch(batch: UplinkBatch, received_at: float) -> BatchRows:
@@ -111,6 +113,8 @@ def rows_for_batch(batch: UplinkBatch, received_at: float) -> BatchRows:
                             "device=%s seq=%d", batch.device_id, record.seq)
             else:
                 rows.predictions.append(projected)
+        elif record.type == RECORD_DEFECT:
+            rows.defects.append(defect_row(batch.device_id, record))
         elif record.type == RECORD_EVICTION:
             rows.gaps += gap_rows(batch.device_id, record)
         elif record.type == RECORD_DEPLOYMENT_EVENT:
@@ -118,6 +122,23 @@ def rows_for_batch(batch: UplinkBatch, received_at: float) -> BatchRows:
             if event is not None:
                 rows.deployment_events.append(event)
     return rows
+
+
+DEFECT_INSERT = (
+    "INSERT OR IGNORE INTO defects (device_id, seq, created_at, pipeline, camera, roi, label, "
+    "confidence, model_name, model_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def defect_row(device_id: str, record: UplinkRecord) -> tuple[Any, ...]:
+    """The defects-table row of a defect record, for review; missing fields read as empty."""
+    payload = record.payload
+    model = payload.get("model") if isinstance(payload.get("model"), dict) else {}
+    confidence = payload.get("confidence")
+    return (device_id, record.seq, record.created_at, str(payload.get("pipeline") or ""),
+            str(payload.get("camera") or ""), str(payload.get("roi") or ""),
+            str(payload.get("label") or ""),
+            float(confidence) if isinstance(confidence, int | float) else 0.0,
+            str(model.get("name") or ""), str(model.get("version") or ""))
 
 
 def gap_rows(device_id: str, record: UplinkRecord) -> list[tuple[Any, ...]]:

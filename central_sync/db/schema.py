@@ -105,6 +105,33 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
         """CREATE TABLE leases (
             name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at REAL NOT NULL)""",
     )),
+    (7, "accounts, sessions, and the defects projection with labels for review", (
+        """CREATE TABLE users (
+            username TEXT PRIMARY KEY, password_hash TEXT NOT NULL, role TEXT NOT NULL,
+            created_at REAL NOT NULL, disabled INTEGER NOT NULL DEFAULT 0)""",
+        """CREATE TABLE sessions (
+            token_sha256 TEXT PRIMARY KEY, username TEXT NOT NULL, csrf TEXT NOT NULL,
+            created_at REAL NOT NULL, expires_at REAL NOT NULL)""",
+        """CREATE TABLE defects (
+            device_id TEXT NOT NULL, seq INTEGER NOT NULL, created_at REAL NOT NULL,
+            pipeline TEXT NOT NULL, camera TEXT NOT NULL, roi TEXT NOT NULL,
+            label TEXT NOT NULL, confidence REAL NOT NULL, model_name TEXT NOT NULL,
+            model_version TEXT NOT NULL, verdict TEXT, true_label TEXT, labelled_by TEXT,
+            labelled_at REAL, PRIMARY KEY (device_id, seq))""",
+        "CREATE INDEX defects_newest ON defects (created_at, device_id, seq)",
+        "CREATE INDEX defects_label ON defects (label, created_at)",
+        "CREATE INDEX defects_camera ON defects (camera, created_at)",
+        "INSERT INTO defects (device_id, seq, created_at, pipeline, camera, roi, label, "
+        "confidence, model_name, model_version) SELECT device_id, seq, created_at, "
+        "COALESCE(json_extract(payload, '$.pipeline'), ''), "
+        "COALESCE(json_extract(payload, '$.camera'), ''), "
+        "COALESCE(json_extract(payload, '$.roi'), ''), "
+        "COALESCE(json_extract(payload, '$.label'), ''), "
+        "COALESCE(json_extract(payload, '$.confidence'), 0), "
+        "COALESCE(json_extract(payload, '$.model.name'), ''), "
+        "COALESCE(json_extract(payload, '$.model.version'), '') "
+        "FROM records WHERE type = 'defect'",
+    )),
 )
 
 
@@ -175,6 +202,34 @@ POSTGRES_MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     (6, "leases: which central-sync process runs a job that only one may run", (
         """CREATE TABLE leases (
             name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at DOUBLE PRECISION NOT NULL)""",
+    )),
+    (7, "accounts, sessions, and the defects projection with labels for review", (
+        """CREATE TABLE users (
+            username TEXT PRIMARY KEY, password_hash TEXT NOT NULL, role TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL, disabled INTEGER NOT NULL DEFAULT 0)""",
+        """CREATE TABLE sessions (
+            token_sha256 TEXT PRIMARY KEY, username TEXT NOT NULL, csrf TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL, expires_at DOUBLE PRECISION NOT NULL)""",
+        """CREATE TABLE defects (
+            device_id TEXT NOT NULL, seq BIGINT NOT NULL, created_at DOUBLE PRECISION NOT NULL,
+            pipeline TEXT NOT NULL, camera TEXT NOT NULL, roi TEXT NOT NULL,
+            label TEXT NOT NULL, confidence DOUBLE PRECISION NOT NULL,
+            model_name TEXT NOT NULL, model_version TEXT NOT NULL, verdict TEXT,
+            true_label TEXT, labelled_by TEXT, labelled_at DOUBLE PRECISION,
+            PRIMARY KEY (device_id, seq))""",
+        "CREATE INDEX defects_newest ON defects (created_at, device_id, seq)",
+        "CREATE INDEX defects_label ON defects (label, created_at)",
+        "CREATE INDEX defects_camera ON defects (camera, created_at)",
+        "INSERT INTO defects (device_id, seq, created_at, pipeline, camera, roi, label, "
+        "confidence, model_name, model_version) SELECT device_id, seq, created_at, "
+        "COALESCE(CAST(payload AS jsonb) ->> 'pipeline', ''), "
+        "COALESCE(CAST(payload AS jsonb) ->> 'camera', ''), "
+        "COALESCE(CAST(payload AS jsonb) ->> 'roi', ''), "
+        "COALESCE(CAST(payload AS jsonb) ->> 'label', ''), "
+        "COALESCE(CAST(CAST(payload AS jsonb) ->> 'confidence' AS DOUBLE PRECISION), 0), "
+        "COALESCE(CAST(payload AS jsonb) -> 'model' ->> 'name', ''), "
+        "COALESCE(CAST(payload AS jsonb) -> 'model' ->> 'version', '') "
+        "FROM records WHERE type = 'defect'",
     )),
 )
 

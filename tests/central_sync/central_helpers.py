@@ -13,6 +13,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edge_agent.contract import UplinkBatch, UplinkRecord
+from tests.helpers import write_test_keys
 
 T = TypeVar("T")
 
@@ -86,3 +87,18 @@ class Inbox:
 
     async def __call__(self, topic: str, payload: bytes) -> None:
         self.messages.append((topic, payload))
+
+
+def write_config(folder: Path, broker_port: int = 1883, web_port: int = 0,
+                 database_url: str = "sqlite:///var/central.db") -> Path:
+    path = folder / "central-sync.yaml"
+    path.write_text(
+        "central_id: central-test\n"
+        f"broker:\n  port: {broker_port}\n"
+        f"database_url: {database_url}\n"
+        "artifact_dir: var/artifacts\n"
+        "chunk_size_bytes: 1024\n"
+        f"web:\n  port: {web_port}\n"
+    )
+    write_test_keys(folder / "var" / "central" / "keys")  # the default signing_key_path
+    return path

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from central_helpers import make_onnx_model
+from central_helpers import make_onnx_model, write_config
 
 from central_sync.config import CentralConfig
 from central_sync.db import CentralDB
@@ -35,3 +35,9 @@ def central_config(tmp_path: Path, database_url: str) -> CentralConfig:
         web={"port": 0},
         signing_key_path=write_test_keys(tmp_path / "keys")[0],
     )
+
+
+@pytest.fixture
+def config_file(tmp_path: Path, database_url: str) -> Path:
+    """central-sync.yaml in a temp folder, on the test's database."""
+    return write_config(tmp_path, database_url=database_url)

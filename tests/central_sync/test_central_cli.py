@@ -17,37 +17,17 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
-from central_helpers import free_port, make_onnx_model
+from central_helpers import free_port, make_onnx_model, write_config
 from paho.mqtt.enums import CallbackAPIVersion
 
 from central_sync.cli import build_parser, main
 from edge_agent.contract import DeployCommand, DeploymentEvent, Topics, decode, encode
-from tests.helpers import TEST_SIGNER, write_test_keys
+from tests.helpers import TEST_SIGNER
 
 REPO = Path(__file__).resolve().parents[2]
 TOPICS = Topics()
 SUBCOMMANDS = [[], ["serve"], ["model"], ["model", "publish"], ["model", "list"], ["deploy"],
                ["devices"], ["contract"]]
-
-
-def write_config(folder: Path, broker_port: int = 1883, web_port: int = 0,
-                 database_url: str = "sqlite:///var/central.db") -> Path:
-    path = folder / "central-sync.yaml"
-    path.write_text(
-        "central_id: central-test\n"
-        f"broker:\n  port: {broker_port}\n"
-        f"database_url: {database_url}\n"
-        "artifact_dir: var/artifacts\n"
-        "chunk_size_bytes: 1024\n"
-        f"web:\n  port: {web_port}\n"
-    )
-    write_test_keys(folder / "var" / "central" / "keys")  # the default signing_key_path
-    return path
-
-
-@pytest.fixture
-def config_file(tmp_path: Path, database_url: str) -> Path:
-    return write_config(tmp_path, database_url=database_url)
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS, ids=lambda c: " ".join(c) or "top")

@@ -1,0 +1,125 @@
+"""`central-sync users`: local accounts for central's web pages (viewer, quality, engineer,
+admin). Passwords come from a prompt or an environment variable, never the command line."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import re
+
+from rich.table import Table
+
+from central_sync.accounts import hash_password
+from central_sync.cli import EXIT_OK, UsageError, _console, _database, _epilog, _load, _user
+from central_sync.db.accounts import ROLES, UnknownUser, UserExists
+from central_sync.present import seconds_ago
+from edge_agent.contract import ID_PATTERN
+
+
+def _password(args: argparse.Namespace) -> str:
+    if args.password_env:
+        password = os.environ.get(args.password_env)
+        if not password:
+            raise UsageError(f"environment variable {args.password_env} is empty or unset")
+    else:
+        password = getpass.getpass(f"password for {args.username}: ")
+        if getpass.getpass("again: ") != password:
+            raise UsageError("the two passwords differ; nothing changed")
+    try:
+        return hash_password(password)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def cmd_users_add(args: argparse.Namespace) -> int:
+    if not re.match(ID_PATTERN, args.username):
+        raise UsageError(f"user name {args.username!r}: use letters, digits, . _ - (at most "
+                         "64 characters)")
+    config = _load(args)
+    password_hash = _password(args)
+    with _database(config) as db:
+        try:
+            db.add_user(args.username, password_hash, args.role, by=args.by)
+        except UserExists as exc:
+            raise UsageError(str(exc)) from None
+    _console().print(f"user {args.username} added with role {args.role}")
+    return EXIT_OK
+
+
+def cmd_users_change(args: argparse.Namespace) -> int:
+    config = _load(args)
+    changes: dict[str, object] = {}
+    if args.users_command == "passwd":
+        changes["password_hash"] = _password(args)
+    elif args.users_command == "role":
+        changes["role"] = args.role
+    else:
+        changes["disabled"] = args.users_command == "disable"
+    with _database(config) as db:
+        try:
+            db.update_user(args.username, args.by, **changes)  # type: ignore[arg-type]
+        except UnknownUser as exc:
+            raise UsageError(str(exc)) from None
+    _console().print(f"user {args.username}: {args.users_command} done")
+    return EXIT_OK
+
+
+def cmd_users_list(args: argparse.Namespace) -> int:
+    config = _load(args)
+    with _database(config) as db:
+        users = db.list_users()
+    table = Table(title="Users of central's web pages")
+    for column in ("user", "role", "since", "access"):
+        table.add_column(column)
+    for user in users:
+        table.add_row(user.username, user.role, seconds_ago(user.created_at),
+                      "disabled" if user.disabled else "yes")
+    _console().print(table)
+    return EXIT_OK
+
+
+def add_parser(commands: argparse._SubParsersAction, common: argparse.ArgumentParser,
+               formatter: type[argparse.HelpFormatter]) -> None:
+    users = commands.add_parser(
+        "users", formatter_class=formatter,
+        help="accounts for central's web pages: add, list, passwd, role, disable, enable",
+        description="Local users of central's web pages. Roles, each allowing what the ones "
+                    f"before it allow: {', '.join(ROLES)} (quality labels defects). Every "
+                    "change is in the audit log.",
+        epilog=_epilog("central-sync users add anna --role quality",
+                       "REVIEW_PASSWORD=... central-sync users add anna --role quality "
+                       "--password-env REVIEW_PASSWORD",
+                       "central-sync users list", "central-sync users disable anna"))
+    actions = users.add_subparsers(dest="users_command", required=True, metavar="ACTION")
+    add = actions.add_parser(
+        "add", parents=[common], formatter_class=formatter, help="add a user with a role",
+        description="Add a user; the password is asked twice (or read from --password-env) "
+                    "and stored as an Argon2id hash.",
+        epilog=_epilog("central-sync users add anna --role quality"))
+    add.add_argument("username", help="letters, digits, . _ -")
+    add.add_argument("--role", choices=ROLES, default="viewer", help="default: viewer")
+    add.set_defaults(func=cmd_users_add)
+    listing = actions.add_parser(
+        "list", parents=[common], formatter_class=formatter, help="list the users",
+        description="Every user with role and access.", epilog=_epilog("central-sync users list"))
+    listing.set_defaults(func=cmd_users_list)
+    helps = {"passwd": "set a new password (ends the user's sessions)",
+             "role": "change the user's role",
+             "disable": "refuse the user's logins and end their sessions",
+             "enable": "allow a disabled user again"}
+    for action, text in helps.items():
+        parser = actions.add_parser(
+            action, parents=[common], formatter_class=formatter, help=text,
+            description=f"{text[0].upper()}{text[1:]}. Recorded in the audit log.",
+            epilog=_epilog(f"central-sync users {action} anna"
+                           + (" engineer" if action == "role" else "")))
+        parser.add_argument("username", help="an existing user")
+        if action == "role":
+            parser.add_argument("role", choices=ROLES, help="the new role")
+        parser.set_defaults(func=cmd_users_change)
+    for parser in (add, *[actions.choices[a] for a in helps]):
+        if parser is add or parser.prog.endswith("passwd"):
+            parser.add_argument("--password-env", metavar="VAR",
+                                help="read the password from this environment variable")
+        parser.add_argument("--by", default=_user(), help="who does it, for the audit log")
