@@ -10,6 +10,7 @@ import base64
 import logging
 import re
 import time
+from collections import Counter
 from collections.abc import Callable
 from html import escape
 from pathlib import Path
@@ -22,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from central_sync import __version__
 from central_sync.db import CentralDB, DeviceSummary
+from central_sync.drift import drift_report, latency_percentiles
 from central_sync.metrics import central_registry
 from central_sync.present import models_text, seconds_ago
 from central_sync.review_web import review_router
@@ -83,6 +85,13 @@ def create_app(
         return [{**m.manifest.model_dump(), "published_by": m.published_by}
                 for m in db.list_models()]
 
+    @app.get("/api/models/{name}/drift")
+    def model_drift(name: str, version: str | None = None,
+                    hours: float = Query(24.0, gt=0, le=24 * 365)) -> dict[str, Any]:
+        """Per device: predictions, errors, latency and drift of each value against the
+        manifest's reference, over the last `hours` (the newest version reported if none)."""
+        return model_drift_report(db, name, version, time.time() - hours * 3600)
+
     app.include_router(review_router(db))
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
 
@@ -92,6 +101,32 @@ def create_app(
                             offline_after_s)
 
     return app
+
+
+def model_drift_report(db: CentralDB, name: str, version: str | None,
+                       since: float) -> dict[str, Any]:
+    stats = db.model_stats(name, version, since)
+    if not stats:
+        raise HTTPException(404, f"no model_stats from any device for {name}"
+                            + (f" {version}" if version else "") + " in this period")
+    version = version or stats[-1][1].model.version
+    stats = [(device, s) for device, s in stats if s.model.version == version]
+    manifest = db.get_model(name, version)
+    reference = manifest.metadata.get("reference") if manifest else None
+    devices = []
+    for device_id in sorted({device for device, _ in stats}):
+        windows = [s for device, s in stats if device == device_id]
+        report = drift_report(reference, windows) if isinstance(reference, dict) else []
+        devices.append({
+            "device_id": device_id, "intervals": len(windows),
+            "predictions": sum(w.predictions for w in windows),
+            "errors": sum(w.errors for w in windows),
+            "latency_ms": latency_percentiles(windows),
+            "labels": dict(sum((Counter(w.labels) for w in windows), Counter())),
+            "drift": [d.as_dict() for d in report],
+            "drifted": [d.name for d in report if d.drifted]})
+    return {"model": name, "version": version, "since": since,
+            "reference": isinstance(reference, dict), "devices": devices}
 
 
 def _device_json(device: DeviceSummary, now: float, offline_after_s: float) -> dict[str, Any]:

@@ -88,11 +88,13 @@ class Agent:
                 self.pipelines.append(ProcessPipeline(
                     p, source.latest, self.store, self.buffer, self.watch,
                     history=source.history, confirmed_at=lambda s=source: s.confirmed_at,
-                    writer=source.write, nodes=source.config.setpoints))
+                    writer=source.write, nodes=source.config.setpoints,
+                    stats_interval_s=config.monitoring_interval_s))
             else:
                 assert isinstance(source, CameraSource)
-                self.pipelines.append(VisionPipeline(p, source, self.store, self.buffer,
-                                                     self.watch))
+                self.pipelines.append(VisionPipeline(
+                    p, source, self.store, self.buffer, self.watch,
+                    stats_interval_s=config.monitoring_interval_s))
         self.uplink = Uplink(self.device_id, self.topics, self.transport, self.buffer,
                              config.uplink)
         self.deployer = Deployer(self.device_id, self.topics, self.transport, self.store,

@@ -35,6 +35,7 @@ DEFAULT_PRIORITIES: dict[str, int] = {
     "setpoint_write": 85,
     "source_gap": 65,
     "recommendation": 60,
+    "model_stats": 45,  # one record sums a whole interval of predictions
     "metric": 40,
     "sample": 30,
     "prediction": 20,

@@ -523,6 +523,9 @@ class AgentConfig(_Strict):
     ui: UiConfig = Field(default_factory=UiConfig)
     security: SecurityConfig = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
     status_interval_s: float = Field(10.0, gt=0, description="Seconds between status updates")
+    monitoring_interval_s: float = Field(
+        300.0, ge=1, description="Seconds each model_stats record sums up (latency, inputs, "
+        "outputs and classes per model version, binned for drift)")
 
     @field_validator("data_dir")
     @classmethod

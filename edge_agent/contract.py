@@ -252,6 +252,65 @@ class SourceGapPayload(BaseModel):
     reason: str
 
 
+RECORD_MODEL_STATS = "model_stats"  # one model's inputs, outputs and latency over an interval
+
+
+class Histogram(BaseModel):
+    """Counts between edges: counts[i] for edges[i] <= x < edges[i+1]; values below the first
+    edge count in the first bin, values from the last edge on in the last."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    edges: list[float] = Field(min_length=2)
+    counts: list[int]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Histogram:
+        if len(self.counts) != len(self.edges) - 1:
+            raise ValueError(f"{len(self.edges)} edges need {len(self.edges) - 1} counts, "
+                             f"got {len(self.counts)}")
+        if any(b <= a for a, b in zip(self.edges, self.edges[1:], strict=False)):
+            raise ValueError("edges must increase")
+        if any(c < 0 for c in self.counts):
+            raise ValueError("counts cannot be negative")
+        return self
+
+
+class ValueStats(BaseModel):
+    """One input or output over an interval; the histogram on the manifest's reference edges
+    when the manifest has them (what drift is computed from)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    count: int = Field(ge=0)
+    mean: float | None = None
+    std: float | None = None
+    min: float | None = None
+    max: float | None = None
+    histogram: Histogram | None = None
+
+
+class ModelStatsPayload(BaseModel):
+    """The payload of a `model_stats` record: what one model saw and did over an interval."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    pipeline: str
+    model: ModelRef
+    started_at: float
+    ended_at: float
+    predictions: int = Field(ge=0)
+    errors: int = Field(0, ge=0)
+    latency_ms: Histogram
+    inputs: dict[str, ValueStats] = Field(
+        default_factory=dict, description="Process models: each feature; vision: image "
+        "brightness and contrast")
+    outputs: dict[str, ValueStats] = Field(
+        default_factory=dict, description="Each output (vision: the confidence)")
+    labels: dict[str, int] = Field(default_factory=dict,
+                                   description="Predictions per class, for classifiers")
+
+
 class EvictionPayload(BaseModel):
     """The payload of an `eviction` record: seqs the agent dropped to respect its disk quota."""
 

@@ -68,6 +68,7 @@ class TrainResult:
     holdout_r2: float
     golden_input: list[float]
     golden_output: float
+    train_predictions: np.ndarray
 
 
 def _ou(rng: np.random.Generator, n: int, sigma: float, tau_samples: float) -> np.ndarray:
@@ -253,11 +254,25 @@ def train_and_export(data: np.ndarray, seed: int) -> TrainResult:
         holdout_r2=float(r2_score(y[split:], holdout_pred)),
         golden_input=[float(v) for v in x[split]],
         golden_output=float(pred[split]),
+        train_predictions=pred[:split].astype(np.float64),
     )
 
 
 def _r6(v: float) -> float:
     return round(float(v), 6) + 0.0
+
+
+REFERENCE_BINS = 10
+
+
+def reference_histogram(values: np.ndarray) -> dict[str, list[float] | list[int]]:
+    """Decile bins of the training values and their counts: the reference that agents bin
+    their inputs and outputs on, and central measures drift against. Values outside the
+    training range count in the end bins, as the agents count them."""
+    edges = np.unique(np.round(np.quantile(values, np.linspace(0, 1, REFERENCE_BINS + 1)), 6))
+    index = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, len(edges) - 2)
+    counts = np.bincount(index, minlength=len(edges) - 1)
+    return {"edges": [_r6(e) for e in edges], "counts": [int(c) for c in counts]}
 
 
 def build_metadata(data: np.ndarray, result: TrainResult, seed: int) -> dict[str, object]:
@@ -290,6 +305,10 @@ def build_metadata(data: np.ndarray, result: TrainResult, seed: int) -> dict[str
             "seed": seed,
         },
         "reference_stats": reference_stats,
+        "reference": {
+            "inputs": {name: reference_histogram(train[:, i]) for i, name in enumerate(FEATURES)},
+            "outputs": {ONNX_OUTPUT: reference_histogram(result.train_predictions)},
+        },
         "golden": {
             "input": [[_r6(v) for v in result.golden_input]],
             "output": [[_r6(result.golden_output)]],

@@ -18,6 +18,7 @@ from central_sync.db.connection import open_connection, serialised
 from central_sync.db.review import ReviewQueries
 from central_sync.db.rows import (
     DEFECT_INSERT,
+    MODEL_STATS_INSERT,
     PREDICTION_INSERT,
     DeviceSummary,
     ModelVersionExists,
@@ -34,6 +35,7 @@ from edge_agent.contract import (
     DeploymentEvent,
     DeviceStatus,
     ModelManifest,
+    ModelStatsPayload,
     RecordChunk,
     Rejection,
     UplinkBatch,
@@ -94,6 +96,7 @@ class CentralDB(ReviewQueries, AccountQueries):
                 "payload) VALUES (?, ?, ?, ?, ?, ?)", rows.records)
             self._db.executemany(PREDICTION_INSERT[self.dialect], rows.predictions)
             self._db.executemany(DEFECT_INSERT, rows.defects)
+            self._db.executemany(MODEL_STATS_INSERT, rows.model_stats)
             self._db.executemany(
                 "INSERT OR IGNORE INTO gaps (device_id, first_seq, last_seq, kind, reason, "
                 "reported_seq) VALUES (?, ?, ?, ?, ?, ?)", rows.gaps)
@@ -451,6 +454,20 @@ class CentralDB(ReviewQueries, AccountQueries):
         return [row["device_id"] for row in self._db.query(
             f"SELECT d.device_id FROM devices d WHERE {_HAS_LABEL[self.dialect]} "
             "ORDER BY d.device_id", (label,))]
+
+    @serialised
+    def model_stats(self, model_name: str, version: str | None = None,
+                    since: float | None = None) -> list[tuple[str, ModelStatsPayload]]:
+        """The intervals a model's devices reported, oldest first, as (device_id, stats)."""
+        where, params = " WHERE model_name = ?", [model_name]
+        if version:
+            where, params = where + " AND model_version = ?", [*params, version]
+        if since is not None:
+            where, params = where + " AND ended_at >= ?", [*params, since]
+        return [(row["device_id"], ModelStatsPayload.model_validate_json(row["payload"]))
+                for row in self._db.query(
+                    f"SELECT device_id, payload FROM model_stats{where} ORDER BY ended_at",
+                    params)]
 
     @serialised
     def hold_lease(self, name: str, holder: str, ttl_s: float,

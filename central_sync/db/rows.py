@@ -14,12 +14,14 @@ from edge_agent.contract import (
     RECORD_DEFECT,
     RECORD_DEPLOYMENT_EVENT,
     RECORD_EVICTION,
+    RECORD_MODEL_STATS,
     RECORD_PREDICTION,
     DeploymentEvent,
     DeviceStatus,
     EvictionPayload,
     ModelManifest,
     ModelRef,
+    ModelStatsPayload,
     PredictionPayload,
     UplinkBatch,
     UplinkRecord,
@@ -97,6 +99,7 @@ class BatchRows:
     deployment_events: list[DeploymentEvent] = field(default_factory=list)
     gaps: list[tuple[Any, ...]] = field(default_factory=list)
     defects: list[tuple[Any, ...]] = field(default_factory=list)
+    model_stats: list[tuple[Any, ...]] = field(default_factory=list)
 
 
 def rows_for_batch(batch: UplinkBatch, received_at: float) -> BatchRows:
@@ -115,6 +118,10 @@ def rows_for_batch(batch: UplinkBatch, received_at: float) -> BatchRows:
                 rows.predictions.append(projected)
         elif record.type == RECORD_DEFECT:
             rows.defects.append(defect_row(batch.device_id, record))
+        elif record.type == RECORD_MODEL_STATS:
+            stats = model_stats_row(batch.device_id, record, payload_json)
+            if stats is not None:
+                rows.model_stats.append(stats)
         elif record.type == RECORD_EVICTION:
             rows.gaps += gap_rows(batch.device_id, record)
         elif record.type == RECORD_DEPLOYMENT_EVENT:
@@ -139,6 +146,24 @@ def defect_row(device_id: str, record: UplinkRecord) -> tuple[Any, ...]:
             str(payload.get("label") or ""),
             float(confidence) if isinstance(confidence, int | float) else 0.0,
             str(model.get("name") or ""), str(model.get("version") or ""))
+
+
+MODEL_STATS_INSERT = (
+    "INSERT OR IGNORE INTO model_stats (device_id, seq, model_name, model_version, pipeline, "
+    "started_at, ended_at, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def model_stats_row(device_id: str, record: UplinkRecord,
+                    payload_json: str) -> tuple[Any, ...] | None:
+    """The model_stats-table row of a model_stats record (kept as a record if unreadable)."""
+    try:
+        stats = ModelStatsPayload.model_validate(record.payload)
+    except ValidationError:
+        log.warning("model_stats record kept but not projected device=%s seq=%d", device_id,
+                    record.seq)
+        return None
+    return (device_id, record.seq, stats.model.name, stats.model.version, stats.pipeline,
+            stats.started_at, stats.ended_at, payload_json)
 
 
 def gap_rows(device_id: str, record: UplinkRecord) -> list[tuple[Any, ...]]:

@@ -132,6 +132,13 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
         "COALESCE(json_extract(payload, '$.model.version'), '') "
         "FROM records WHERE type = 'defect'",
     )),
+    (8, "model_stats: per-interval statistics of each model on each device", (
+        """CREATE TABLE model_stats (
+            device_id TEXT NOT NULL, seq INTEGER NOT NULL, model_name TEXT NOT NULL,
+            model_version TEXT NOT NULL, pipeline TEXT NOT NULL, started_at REAL NOT NULL,
+            ended_at REAL NOT NULL, payload TEXT NOT NULL, PRIMARY KEY (device_id, seq))""",
+        "CREATE INDEX model_stats_model ON model_stats (model_name, model_version, ended_at)",
+    )),
 )
 
 
@@ -230,6 +237,14 @@ POSTGRES_MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
         "COALESCE(CAST(payload AS jsonb) -> 'model' ->> 'name', ''), "
         "COALESCE(CAST(payload AS jsonb) -> 'model' ->> 'version', '') "
         "FROM records WHERE type = 'defect'",
+    )),
+    (8, "model_stats: per-interval statistics of each model on each device", (
+        """CREATE TABLE model_stats (
+            device_id TEXT NOT NULL, seq BIGINT NOT NULL, model_name TEXT NOT NULL,
+            model_version TEXT NOT NULL, pipeline TEXT NOT NULL,
+            started_at DOUBLE PRECISION NOT NULL, ended_at DOUBLE PRECISION NOT NULL,
+            payload TEXT NOT NULL, PRIMARY KEY (device_id, seq))""",
+        "CREATE INDEX model_stats_model ON model_stats (model_name, model_version, ended_at)",
     )),
 )
 

@@ -40,6 +40,8 @@ from edge_agent.inference.runtime import ModelLoadError, OnnxRunner
 from edge_agent.inference.tree_tables import TreeEnsemble
 from edge_agent.lifecycle import ModelWatch
 from edge_agent.model_store import InstalledModel, ModelStore
+from edge_agent.monitoring import DEFAULT_INTERVAL_S as DEFAULT_STATS_INTERVAL_S
+from edge_agent.monitoring import ModelMonitor
 from edge_agent.recommendations import RecommendationBoard
 from edge_agent.sources.opcua import TagValue
 
@@ -173,9 +175,11 @@ class ProcessPipeline:
                  confirmed_at: Callable[[], float] | None = None,
                  writer: Writer | None = None, nodes: Mapping[str, str] | None = None,
                  board: RecommendationBoard | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 stats_interval_s: float = DEFAULT_STATS_INTERVAL_S) -> None:
         self.config = config
         self.name = config.name
+        self.monitor = ModelMonitor(config.name, buffer, stats_interval_s, clock)
         self._latest = latest
         self._history = history
         self._confirmed_at = confirmed_at or (lambda: 0.0)
@@ -308,6 +312,7 @@ class ProcessPipeline:
             latency_ms = (time.perf_counter() - started) * 1000
             self._watch.observe(runner.manifest.name, runner.manifest.sha256, None, latency_ms,
                                 error=str(exc))
+            await self.monitor.error(runner.manifest)
             self._set("error", f"inference failed: {exc}")
             return None, None
         latency_ms = (time.perf_counter() - started) * 1000
@@ -326,6 +331,7 @@ class ProcessPipeline:
             latency_ms=round(latency_ms, 3),
         ).model_dump(mode="json")
         await self._buffer.append(RECORD_PREDICTION, payload)
+        await self.monitor.observe(runner.manifest, payload["inputs"], predicted, latency_ms)
         self.status.predictions += 1
         self.status.last_prediction = payload
         self.trend.append(TrendPoint(self._clock(), payload["inputs"], payload["outputs"]))

@@ -35,6 +35,8 @@ from edge_agent.inference.runtime import ModelLoadError
 from edge_agent.inference.vision import Letterbox, VisionModel, VisionResult
 from edge_agent.lifecycle import ModelWatch
 from edge_agent.model_store import ModelStore
+from edge_agent.monitoring import DEFAULT_INTERVAL_S as DEFAULT_STATS_INTERVAL_S
+from edge_agent.monitoring import ModelMonitor
 from edge_agent.sources.camera import CameraSource, Frame
 
 log = logging.getLogger(__name__)
@@ -116,6 +118,7 @@ class _Prepared:
     model: VisionModel  # the version that judges this frame, even if another is activated
     regions: list[tuple[str, RoiConfig | None, np.ndarray, Letterbox]] = field(
         default_factory=list)
+    image_stats: dict[str, dict[str, float]] = field(default_factory=dict)  # by region
 
 
 class _ModelThread:
@@ -200,9 +203,11 @@ class _ModelThread:
 class VisionPipeline:
     def __init__(self, config: VisionPipelineConfig, camera: CameraSource, store: ModelStore,
                  buffer: Buffer, watch: ModelWatch | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 stats_interval_s: float = DEFAULT_STATS_INTERVAL_S) -> None:
         self.config = config
         self.name = config.name
+        self.monitor = ModelMonitor(config.name, buffer, stats_interval_s)
         self.camera = camera
         self._store = store
         self._buffer = buffer
@@ -293,7 +298,9 @@ class VisionPipeline:
                 if image.size == 0:
                     continue
             tensor, fit = model.preprocess(image)
-            prepared.regions.append((roi.name if roi else WHOLE_FRAME, roi, tensor, fit))
+            name = roi.name if roi else WHOLE_FRAME
+            prepared.regions.append((name, roi, tensor, fit))
+            prepared.image_stats[name] = _image_stats(image)
         return prepared
 
     @staticmethod
@@ -315,6 +322,9 @@ class VisionPipeline:
         for roi_name, result, latency_ms in results:
             self._watch.observe(model.manifest.name, model.manifest.sha256,
                                 {"confidence": np.asarray([result.confidence])}, latency_ms)
+            await self.monitor.observe(model.manifest, prepared.image_stats.get(roi_name, {}),
+                                       {"confidence": result.confidence}, latency_ms,
+                                       label=result.label)
             hits = self._defect_labels(result)
             for label in self._rule.observe(roi_name, set(hits), now):
                 records.append(self._record(RECORD_DEFECT, prepared, roi_name, result, label,
@@ -411,6 +421,13 @@ class VisionPipeline:
         if (state, detail) != (self.status.state, self.status.detail):
             log.info("pipeline state pipeline=%s state=%s detail=%s", self.name, state, detail)
         self.status.state, self.status.detail = state, detail
+
+
+def _image_stats(image: np.ndarray) -> dict[str, float]:
+    """Brightness (mean level) and contrast (standard deviation) of a region, 0..255: the
+    simple statistics whose drift says the lighting, the lens or the product changed."""
+    mean, std = cv2.meanStdDev(image)
+    return {"brightness": float(mean.mean()), "contrast": float(std.mean())}
 
 
 def _to_frame(box: tuple[int, int, int, int], roi: RoiConfig | None) -> list[int]:

@@ -86,6 +86,33 @@ def test_pipeline_waits_for_model_then_predicts_with_lineage(tmp_path: Path) -> 
     asyncio.run(scenario())
 
 
+def test_pipeline_sums_each_interval_into_a_model_stats_record(tmp_path: Path) -> None:
+    async def scenario() -> list[dict]:
+        store = ModelStore(tmp_path / "models")
+        buffer = Buffer(tmp_path / "buffer.db", 10**7)
+        manifest = manifest_for(SAMPLE_MODEL)
+        store.install(manifest, SAMPLE_MODEL)
+        store.activate(manifest.name, manifest.version)
+        now = [time.time()]
+        config = ProcessPipelineConfig(name="scrap", source="line1", model="extruder-scrap")
+        latest = tags(now[0])
+        pipeline = ProcessPipeline(config, latest, store, buffer, clock=lambda: now[0],
+                                   stats_interval_s=60)
+        for _ in range(4):
+            latest.update(tags(now[0]))  # the source keeps the values fresh
+            assert await pipeline.tick() is not None, pipeline.status.detail
+            now[0] += 20
+        records = await buffer.next_batch(100)
+        await buffer.close()
+        return [json.loads(r.payload_json) for r in records if r.type == "model_stats"]
+
+    [stats] = asyncio.run(scenario())  # ticks at 0, 20, 40, 60 s: one full interval
+    assert stats["predictions"] == 4 and stats["model"]["name"] == "extruder-scrap"
+    zone2 = stats["inputs"]["zone2_temp_c"]
+    assert zone2["mean"] == 185.0 and sum(zone2["histogram"]["counts"]) == 4  # reference bins
+    assert sum(stats["outputs"]["scrap_rate_pct"]["histogram"]["counts"]) == 4
+
+
 # --- scikit-learn models, classifiers, spec limits, recommendations ------------------------
 
 LINE = ["z1", "z2", "speed"]
