@@ -273,8 +273,8 @@ def main() -> int:
     args = parser.parse_args()
     table = Table(title=f"Central with {args.defects:,} defects and {args.predictions:,} "
                         f"predictions: page time in ms (p50 / p99)")
-    for column in ("backend", "page", "agent p50", "agent p99", "naive p50", "naive p99",
-                   "naive/agent"):
+    for column in ("backend", "page", "central p50", "central p99", "naive p50", "naive p99",
+                   "naive/central"):
         table.add_column(column, justify="left" if column in ("backend", "page") else "right")
     with tempfile.TemporaryDirectory(prefix="bench-central-") as tmp:
         for backend in args.backends.split(","):
