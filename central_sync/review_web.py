@@ -34,10 +34,10 @@ from central_sync.db.review import (
     UnknownDefect,
     parse_cursor,
 )
+from central_sync.web_auth import COOKIE, session_dependencies
 
 log = logging.getLogger(__name__)
 
-COOKIE = "central_session"
 PAGE_SIZE = 48
 EXPORT_PAGE = 500
 _templates = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
@@ -54,26 +54,7 @@ class LabelRequest(BaseModel):
 def review_router(db: CentralDB) -> APIRouter:
     router = APIRouter()
 
-    def session_of(request: Request) -> Session | None:
-        token = request.cookies.get(COOKIE)
-        return db.session(token_digest(token)) if token else None
-
-    def viewer(request: Request) -> Session:
-        session = session_of(request)
-        if session is None:
-            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-            raise HTTPException(303, headers={"Location": "/login?" + urlencode(
-                {"next": target})})
-        return session
-
-    def quality(request: Request) -> Session:
-        session = session_of(request)
-        if session is None:
-            raise HTTPException(401, "log in first (/login)")
-        if not session.user.may("quality"):
-            raise HTTPException(403, f"user {session.user.username} is a {session.user.role}; "
-                                "labelling needs the quality role (central-sync users role)")
-        return session
+    session_of, viewer, quality = session_dependencies(db)
 
     @router.get("/login", response_class=HTMLResponse)
     def login_page(next: str = "/review", error: str = "") -> str:

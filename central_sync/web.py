@@ -25,6 +25,7 @@ from central_sync import __version__
 from central_sync.db import CentralDB, DeviceSummary
 from central_sync.drift import drift_report, latency_percentiles
 from central_sync.metrics import central_registry
+from central_sync.pages import pages_router
 from central_sync.present import models_text, seconds_ago
 from central_sync.review_web import review_router
 
@@ -93,6 +94,7 @@ def create_app(
         return model_drift_report(db, name, version, time.time() - hours * 3600)
 
     app.include_router(review_router(db))
+    app.include_router(pages_router(db, model_drift_report))
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
 
     @app.get("/", response_class=HTMLResponse)

@@ -1,0 +1,111 @@
+"""Central's pages for engineers: models with history, lineage and drift charts, rollouts
+followed live (in Chromium), the audit log; all behind a login."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from central_helpers import free_port
+from fastapi.testclient import TestClient
+from test_drift import intervals, scrap_manifest, stats_batch
+
+from central_sync.accounts import hash_password
+from central_sync.db import CentralDB, Rollout
+from central_sync.web import create_app
+from edge_agent.httpserver import WebServer
+
+PASSWORD = "correct horse battery"
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def a_rollout(db: CentralDB) -> Rollout:
+    now = time.time()
+    rollout = Rollout("3f2a9c1d7e4b", "extruder-scrap", "1.0.0", "group line-3", 1, 2, 1.0,
+                      900.0, "running", 0, now, "canary wave", now, "otto", now)
+    db.create_rollout(rollout, [["line1-gw1"], ["line2-gw1"]])
+    return rollout
+
+
+@pytest.fixture
+def site(db: CentralDB) -> TestClient:
+    manifest = scrap_manifest()
+    db.add_model(manifest, "data-scientist")
+    db.store_batch(stats_batch("line1-gw1", intervals(manifest, 0.0)))
+    db.store_batch(stats_batch("line2-gw1", intervals(manifest, 2.0, seed=2)))
+    a_rollout(db)
+    db.add_user("otto", hash_password(PASSWORD), "viewer", by="admin")
+    return TestClient(create_app(db, offline_after_s=120))
+
+
+def test_pages_need_a_login(site: TestClient) -> None:
+    for url in ("/models", "/models/extruder-scrap", "/rollouts", "/audit"):
+        reply = site.get(url, follow_redirects=False)
+        assert reply.status_code == 303 and reply.headers["location"].startswith("/login")
+
+
+def test_model_page_shows_versions_lineage_and_drift_per_device(site: TestClient) -> None:
+    site.post("/login", data={"username": "otto", "password": PASSWORD})
+    listing = site.get("/models").text
+    assert 'href="/models/extruder-scrap"' in listing
+    page = site.get("/models/extruder-scrap").text
+    assert "GradientBoostingRegressor" in page and "data-scientist" in page
+    assert "line1-gw1 <span class=\"good\">no drift" in page
+    assert "drift: zone2_temp_c, scrap_rate_pct" in page
+    assert page.count('aria-label="PSI by value"') == 2 and "#dc2626" in page
+    assert 'aria-label="predictions and p99 latency"' in page
+    assert "rollout.start" in page  # lineage: the rollout of this model
+    assert site.get("/models/nothing").status_code == 404
+
+
+def test_rollouts_and_audit_pages(site: TestClient) -> None:
+    site.post("/login", data={"username": "otto", "password": PASSWORD})
+    assert "3f2a9c1d7e4b" in site.get("/rollouts").text
+    detail = site.get("/rollouts/3f2a9c1d7e4b").text
+    assert "line2-gw1" in detail and "canary wave" in detail
+    assert site.get("/api/rollouts/3f2a9c1d7e4b").json()["devices"][1]["wave"] == 1
+    audit = site.get("/audit").text
+    assert "model.publish" in audit and "user.login" in audit
+
+
+@pytest.mark.slow
+def test_rollout_page_follows_the_rollout_live_in_chromium(db: CentralDB,
+                                                           tmp_path: Path) -> None:
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's Chromium is not installed (/usr/bin/chromium): "
+                    "deploy/setup.sh --test installs it")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed: pip install -e '.[browser]'")
+    rollout = a_rollout(db)
+    db.add_user("otto", hash_password(PASSWORD), "viewer", by="admin")
+    port, loop = free_port(), asyncio.new_event_loop()
+    server = WebServer(create_app(db, 120), "127.0.0.1", port)
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
+    try:
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+            page = browser.new_page(viewport={"width": 1600, "height": 900})
+            page.goto(f"http://127.0.0.1:{port}/rollouts/{rollout.rollout_id}")
+            page.fill("input[name=username]", "otto")
+            page.fill("input[name=password]", PASSWORD)
+            page.click("button[type=submit]")
+            sync_api.expect(page.locator("#rollout-state")).to_contain_text("wave 1 of 2")
+            db.update_rollout_device(rollout.rollout_id, "line1-gw1", "succeeded")
+            db.update_rollout(rollout.rollout_id, "engine", "running", "wave 2 under way",
+                              current_wave=1)
+            state = page.locator("#rollout-state")
+            sync_api.expect(state).to_contain_text("wave 2 of 2", timeout=10_000)
+            sync_api.expect(page.locator("#rollout-devices")).to_contain_text("succeeded")
+            db.update_rollout(rollout.rollout_id, "engine", "completed", "every wave passed")
+            sync_api.expect(state).to_contain_text("completed", timeout=10_000)
+            page.screenshot(path=str(tmp_path / "rollout.png"))
+            shutil.copy(tmp_path / "rollout.png", "/tmp/central_rollout.png")
+            browser.close()
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
