@@ -81,6 +81,32 @@ def _database(config: CentralConfig) -> Iterator[CentralDB]:
 # --- serve -------------------------------------------------------------------------------------
 
 
+def _actor(db: CentralDB, args: argparse.Namespace, role: str) -> str:
+    """Who does this, for the audit log. Once central has accounts, changing commands log in
+    as a user with `role` or a higher one: the user is CENTRAL_SYNC_USER (else --by), the
+    password CENTRAL_SYNC_PASSWORD (else asked). Before the first account, --by is taken as
+    given, so a new central can be set up."""
+    from central_sync.accounts import password_matches
+
+    if not db.has_users():
+        return args.by
+    username = os.environ.get("CENTRAL_SYNC_USER") or args.by
+    password = os.environ.get("CENTRAL_SYNC_PASSWORD")
+    if password is None:
+        if not sys.stdin.isatty():
+            raise UsageError("central has accounts: set CENTRAL_SYNC_USER and "
+                             "CENTRAL_SYNC_PASSWORD to log in (or run this at a terminal)")
+        password = getpass.getpass(f"central password of {username}: ")
+    found = db.user_with_hash(username)
+    if found is None or found[0].disabled or not password_matches(found[1], password):
+        raise UsageError(f"{username} is not an active account of central with this password; "
+                         "an admin adds one with `central-sync users add NAME --role engineer`")
+    if not found[0].may(role):
+        raise UsageError(f"{username} is a {found[0].role}; this needs the {role} role "
+                         f"(`central-sync users role {username} {role}`, by an admin)")
+    return username
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from central_sync.service import CentralService, ServiceStartError
     from edge_agent.gctune import tune_for_service
@@ -132,7 +158,8 @@ def cmd_model_publish(args: argparse.Namespace) -> int:
             manifest = publish_model(
                 db, config.artifact_dir, args.file, signer=signer, name=args.name,
                 version=args.version, kind=args.kind, metadata=metadata,
-                chunk_size_bytes=config.chunk_size_bytes, published_by=args.by)
+                chunk_size_bytes=config.chunk_size_bytes,
+                published_by=_actor(db, args, "engineer"))
         except RegistryError as exc:
             raise UsageError(str(exc)) from None
     what = "published" if manifest.published_at >= started else "already published, unchanged:"
@@ -258,6 +285,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         # Checked before connecting to the broker, so a typo fails fast.
         if db.get_model(name, version) is None:
             raise UsageError(unknown_model_message(name, version))
+        args.by = _actor(db, args, "engineer")
         return asyncio.run(_deploy(config, db, name, version, args))
 
 

@@ -21,6 +21,7 @@ from central_sync.cli import (
     EXIT_FAILED,
     EXIT_OK,
     UsageError,
+    _actor,
     _console,
     _database,
     _epilog,
@@ -50,7 +51,8 @@ def cmd_rollout_start(args: argparse.Namespace) -> int:
     with _database(config) as db:
         devices, target = _targets(db, args)
         try:
-            rollout = start_rollout(db, name, version, devices, target, args.by,
+            rollout = start_rollout(db, name, version, devices, target,
+                                    _actor(db, args, "engineer"),
                                     canary=args.canary, waves=args.waves,
                                     success_ratio=args.success_ratio,
                                     wave_timeout_s=args.wave_timeout)
@@ -106,7 +108,8 @@ def cmd_rollout_change(args: argparse.Namespace) -> int:
     config = _load(args)
     with _database(config) as db:
         try:
-            rollout = change_rollout(db, args.rollout_id, args.rollout_command, args.by)
+            rollout = change_rollout(db, args.rollout_id, args.rollout_command,
+                                     _actor(db, args, "engineer"))
         except RolloutError as exc:
             raise UsageError(str(exc)) from None
     _console().print(f"rollout {rollout.rollout_id} of {rollout.ref} is now "

@@ -11,7 +11,16 @@ import re
 from rich.table import Table
 
 from central_sync.accounts import hash_password
-from central_sync.cli import EXIT_OK, UsageError, _console, _database, _epilog, _load, _user
+from central_sync.cli import (
+    EXIT_OK,
+    UsageError,
+    _actor,
+    _console,
+    _database,
+    _epilog,
+    _load,
+    _user,
+)
 from central_sync.db.accounts import ROLES, UnknownUser, UserExists
 from central_sync.present import seconds_ago
 from edge_agent.contract import ID_PATTERN
@@ -39,8 +48,12 @@ def cmd_users_add(args: argparse.Namespace) -> int:
     config = _load(args)
     password_hash = _password(args)
     with _database(config) as db:
+        if not db.has_users() and args.role != "admin":
+            raise UsageError("the first account must be an admin (it adds the others): "
+                             f"central-sync users add {args.username} --role admin")
+        by = _actor(db, args, "admin")
         try:
-            db.add_user(args.username, password_hash, args.role, by=args.by)
+            db.add_user(args.username, password_hash, args.role, by=by)
         except UserExists as exc:
             raise UsageError(str(exc)) from None
     _console().print(f"user {args.username} added with role {args.role}")
@@ -57,8 +70,9 @@ def cmd_users_change(args: argparse.Namespace) -> int:
     else:
         changes["disabled"] = args.users_command == "disable"
     with _database(config) as db:
+        by = _actor(db, args, "admin")
         try:
-            db.update_user(args.username, args.by, **changes)  # type: ignore[arg-type]
+            db.update_user(args.username, by, **changes)  # type: ignore[arg-type]
         except UnknownUser as exc:
             raise UsageError(str(exc)) from None
     _console().print(f"user {args.username}: {args.users_command} done")

@@ -60,6 +60,10 @@ class AccountQueries:
         return User(username, role, now, False)
 
     @serialised
+    def has_users(self) -> bool:
+        return next(self._db.query("SELECT 1 AS one FROM users LIMIT 1"), None) is not None
+
+    @serialised
     def user_with_hash(self, username: str) -> tuple[User, str] | None:
         """A user and their password hash, for logging in."""
         row = self._user_row(username)

@@ -14,6 +14,7 @@ from review_helpers import defect_batch
 
 from central_sync.accounts import hash_password, log_in, token_digest
 from central_sync.cli import main
+from central_sync.config import load_central_config
 from central_sync.db import CentralDB
 from central_sync.db.accounts import UserExists
 from central_sync.db.review import DefectFilter, UnknownDefect
@@ -147,19 +148,47 @@ def test_export_zips_the_labelled_defects_with_their_images_and_a_manifest(
     assert any(e["action"] == "defect.export" for e in db.list_audit())
 
 
-def test_users_cli_adds_lists_and_changes_accounts(config_file, capsys, monkeypatch) -> None:
+def test_users_cli_adds_lists_and_changes_accounts_as_an_admin(
+        config_file, onnx_file, capsys, monkeypatch) -> None:
     monkeypatch.setenv("REVIEW_PASSWORD", PASSWORD)
-    assert main(["users", "add", "anna", "--role", "quality", "--password-env",
-                 "REVIEW_PASSWORD", "-c", str(config_file)]) == 0
-    assert main(["users", "add", "anna", "--password-env", "REVIEW_PASSWORD",
-                 "-c", str(config_file)]) == 2
-    assert "exists" in capsys.readouterr().err
-    assert main(["users", "role", "anna", "engineer", "-c", str(config_file)]) == 0
-    assert main(["users", "disable", "anna", "-c", str(config_file)]) == 0
-    assert main(["users", "list", "-c", str(config_file)]) == 0
+    config = ["-c", str(config_file)]
+    add_anna = ["users", "add", "anna", "--role", "quality", "--password-env",
+                "REVIEW_PASSWORD", *config]
+    assert main(add_anna) == 2
+    assert "the first account must be an admin" in capsys.readouterr().err
+    assert main(["users", "add", "root", "--role", "admin", "--password-env",
+                 "REVIEW_PASSWORD", *config]) == 0
+    assert main(add_anna) == 2  # from now on the CLI logs in
+    assert "set CENTRAL_SYNC_USER and CENTRAL_SYNC_PASSWORD" in capsys.readouterr().err
+    monkeypatch.setenv("CENTRAL_SYNC_USER", "root")
+    monkeypatch.setenv("CENTRAL_SYNC_PASSWORD", "not the password")
+    assert main(add_anna) == 2
+    assert "not an active account of central" in capsys.readouterr().err
+    monkeypatch.setenv("CENTRAL_SYNC_PASSWORD", PASSWORD)
+    assert main(add_anna) == 0
+    assert main(add_anna) == 2 and "exists" in capsys.readouterr().err
+    assert main(["users", "disable", "anna", *config]) == 0
+    assert main(["users", "list", *config]) == 0
     out = capsys.readouterr().out
-    assert "anna" in out and "engineer" in out and "disabled" in out
+    assert "anna" in out and "quality" in out and "disabled" in out
     monkeypatch.setenv("SHORT", "short")
-    assert main(["users", "add", "ben", "--password-env", "SHORT", "-c",
-                 str(config_file)]) == 2
+    assert main(["users", "add", "ben", "--password-env", "SHORT", *config]) == 2
     assert "at least 10 characters" in capsys.readouterr().err
+
+    # changing commands need an engineer once there are accounts
+    assert main(["users", "add", "qa", "--role", "quality", "--password-env",
+                 "REVIEW_PASSWORD", *config]) == 0
+    publish = ["model", "publish", str(onnx_file), "--name", "scrap-model", "--version",
+               "1.0.0", *config]
+    monkeypatch.setenv("CENTRAL_SYNC_USER", "qa")
+    assert main(publish) == 2
+    assert "qa is a quality; this needs the engineer role" in capsys.readouterr().err
+    monkeypatch.setenv("CENTRAL_SYNC_USER", "root")
+    assert main(["users", "role", "qa", "engineer", *config]) == 0
+    monkeypatch.setenv("CENTRAL_SYNC_USER", "qa")
+    assert main(publish) == 0
+    db = CentralDB(load_central_config(config_file).database_url)
+    assert db.list_models()[0].published_by == "qa"
+    assert {("root", "user.role", "qa")} <= {(e["actor"], e["action"], e["subject"])
+                                             for e in db.list_audit()}
+    db.close()
