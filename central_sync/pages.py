@@ -76,12 +76,29 @@ def pages_router(db: CentralDB,
         return {**found.__dict__,
                 "devices": [d.__dict__ for d in db.rollout_devices(rollout_id)]}
 
+    @router.get("/recommendations", response_class=HTMLResponse)
+    def recommendations(session: page) -> str:
+        return _templates.get_template("recommendations.html").render(
+            session=session, rows=recommendation_rows(db))
+
     @router.get("/audit", response_class=HTMLResponse)
     def audit(session: page) -> str:
         return _templates.get_template("audit.html").render(session=session,
                                                             entries=db.list_audit(500))
 
     return router
+
+
+def recommendation_rows(db: CentralDB, limit: int = 200) -> list[dict[str, Any]]:
+    """The newest recommendations with the operator's answer and what the line did after."""
+    answers = {r["payload"]["id"]: r["payload"]
+               for r in db.recent_records("recommendation_answer", limit * 2)}
+    outcomes = {r["payload"]["id"]: r["payload"]
+                for r in db.recent_records("recommendation_outcome", limit * 2)}
+    return [{"device_id": r["device_id"], "offer": r["payload"],
+             "answer": answers.get(r["payload"].get("id")),
+             "outcome": outcomes.get(r["payload"].get("id"))}
+            for r in db.recent_records("recommendation", limit)]
 
 
 def psi_chart(drift: list[dict[str, Any]], width: int = 520) -> Markup:

@@ -109,3 +109,29 @@ def test_rollout_page_follows_the_rollout_live_in_chromium(db: CentralDB,
     finally:
         asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
+
+
+def test_recommendations_page_joins_answers_and_outcomes(db: CentralDB) -> None:
+    from edge_agent.contract import UplinkBatch, UplinkRecord
+
+    offer = {"id": "r-1", "pipeline": "scrap",
+             "model": {"name": "extruder-scrap", "version": "1.0.0", "sha256": "5" * 64},
+             "target": "scrap_rate_pct", "unit": "%", "objective": "minimise scrap_rate_pct",
+             "changes": [{"tag": "zone2_temp_c", "current": 182.0, "proposed": 188.0}],
+             "predicted_now": 4.1, "predicted_after": 1.7, "inputs": {}, "created_at": 100.0}
+    answer = {"id": "r-1", "pipeline": "scrap", "decision": "accepted", "by": "Anna", "at": 130}
+    outcome = {"id": "r-1", "pipeline": "scrap", "decision": "accepted", "after_s": 600,
+               "setpoints": {"zone2_temp_c": 188.0}, "applied": True, "predicted": 1.8,
+               "measured": 1.9}
+    db.store_batch(UplinkBatch(device_id="line1-gw1", records=[
+        UplinkRecord(seq=i + 1, type=kind, created_at=100.0 + i, payload=payload)
+        for i, (kind, payload) in enumerate([
+            ("recommendation", offer), ("recommendation_answer", answer),
+            ("recommendation_outcome", outcome)])]))
+    db.add_user("otto", hash_password(PASSWORD), "viewer", by="admin")
+    client = TestClient(create_app(db, offline_after_s=120))
+    client.post("/login", data={"username": "otto", "password": PASSWORD})
+    page = " ".join(client.get("/recommendations").text.split())
+    assert "zone2_temp_c 182.0 → 188.0" in page and "scrap_rate_pct 4.1 → 1.7 %" in page
+    assert "accepted</span> by Anna" in page
+    assert "applied, measured 1.9 (10 min later)" in page
