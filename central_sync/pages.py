@@ -13,6 +13,7 @@ from markupsafe import Markup
 
 from central_sync.db import CentralDB
 from central_sync.db.accounts import Session
+from central_sync.db.review import DefectFilter
 from central_sync.drift import PSI_DRIFT, latency_percentiles
 from central_sync.web_auth import session_dependencies
 
@@ -21,8 +22,7 @@ _templates = Environment(loader=FileSystemLoader(Path(__file__).parent / "templa
 DRIFT_WINDOW_H = 24 * 7
 
 
-def pages_router(db: CentralDB,
-                 drift_report: Any) -> APIRouter:
+def pages_router(db: CentralDB, drift_report: Any, offline_after_s: float) -> APIRouter:
     """`drift_report(db, name, version, since)` is the web app's drift view (raises 404)."""
     router = APIRouter()
     _, viewer, _ = session_dependencies(db)
@@ -75,6 +75,18 @@ def pages_router(db: CentralDB,
             raise HTTPException(404, f"no rollout {rollout_id}")
         return {**found.__dict__,
                 "devices": [d.__dict__ for d in db.rollout_devices(rollout_id)]}
+
+    @router.get("/devices/{device_id}", response_class=HTMLResponse)
+    def device(device_id: str, session: page) -> str:
+        found = next((d for d in db.list_devices() if d.device_id == device_id), None)
+        if found is None:
+            raise HTTPException(404, f"central has not heard from {device_id}")
+        now = time.time()
+        return _templates.get_template("device.html").render(
+            session=session, device=found, presence=found.presence(now, offline_after_s),
+            deployments=db.list_deployments(device_id, limit=20), gaps=db.gaps(device_id),
+            accounting=db.seq_accounting(device_id),
+            defects=db.defect_summary(DefectFilter(device_id=device_id)))
 
     @router.get("/recommendations", response_class=HTMLResponse)
     def recommendations(session: page) -> str:

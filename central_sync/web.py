@@ -94,7 +94,7 @@ def create_app(
         return model_drift_report(db, name, version, time.time() - hours * 3600)
 
     app.include_router(review_router(db))
-    app.include_router(pages_router(db, model_drift_report))
+    app.include_router(pages_router(db, model_drift_report, offline_after_s))
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
 
     @app.get("/", response_class=HTMLResponse)
@@ -180,7 +180,8 @@ th, td {{ border-bottom: 1px solid #ccc; padding: .3rem .8rem; text-align: left;
 def _device_row(device: DeviceSummary, now: float, offline_after_s: float) -> str:
     state = device.presence(now, offline_after_s)
     depth = "-" if device.buffer_depth is None else str(device.buffer_depth)
-    cells = [escape(device.device_id), state, seconds_ago(device.last_seen, now),
+    link = f'<a href="/devices/{escape(device.device_id)}">{escape(device.device_id)}</a>'
+    cells = [link, state, seconds_ago(device.last_seen, now),
              escape(models_text(device.active_models)), str(device.records), depth]
     return _row(cells, classes={1: state})
 

@@ -135,3 +135,25 @@ def test_recommendations_page_joins_answers_and_outcomes(db: CentralDB) -> None:
     assert "zone2_temp_c 182.0 → 188.0" in page and "scrap_rate_pct 4.1 → 1.7 %" in page
     assert "accepted</span> by Anna" in page
     assert "applied, measured 1.9 (10 min later)" in page
+
+
+def test_device_page_shows_models_sources_buffer_deployments_and_defects(
+        db: CentralDB) -> None:
+    from review_helpers import defect_batch
+
+    from edge_agent.contract import BufferHealth, DeviceStatus, ModelRef, SourceState
+
+    db.update_status(DeviceStatus(
+        device_id="line1-gw1", state="online", agent_version="0.1.0", labels=["line-1"],
+        active_models=[ModelRef(name="surface-defects", version="1.0.0", sha256="a" * 64)],
+        sources={"strip-camera": SourceState(state="reconnecting", detail="rtsp timeout")},
+        buffer=BufferHealth(depth=12, bytes_used=2**20, quota_bytes=2**30)))
+    db.store_batch(defect_batch("line1-gw1", range(1, 6)))
+    db.add_user("otto", hash_password(PASSWORD), "viewer", by="admin")
+    client = TestClient(create_app(db, offline_after_s=120))
+    assert 'href="/devices/line1-gw1"' in client.get("/").text
+    client.post("/login", data={"username": "otto", "password": PASSWORD})
+    page = " ".join(client.get("/devices/line1-gw1").text.split())
+    assert "online" in page and "surface-defects" in page and "rtsp timeout" in page
+    assert "12 records waiting" in page and "5 defects, 0 reviewed" in page
+    assert client.get("/devices/nobody").status_code == 404
