@@ -19,9 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +37,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "central_sync"))
 
 from review_helpers import jpeg_b64  # noqa: E402
+from test_scale_out import start_central  # noqa: E402
 
 from central_sync.accounts import hash_password  # noqa: E402
 from central_sync.db import CentralDB  # noqa: E402
@@ -50,7 +49,6 @@ from edge_agent.contract import Topics  # noqa: E402
 from edge_agent.transport import BrokerConfig, MqttTransport  # noqa: E402
 from edge_agent.uplink import Uplink  # noqa: E402
 from tests.conftest import Mosquitto, free_port, postgres_database  # noqa: E402
-from tests.helpers import write_test_keys  # noqa: E402
 
 console = Console(width=120)
 DEVICES = [f"line{i:02d}-gw1" for i in range(1, 21)]
@@ -236,8 +234,8 @@ def bench_ingest(folder: Path, devices: int, records: int) -> list[tuple[int, fl
         broker.start()
         with postgres_database() as url:
             CentralDB(url).close()  # migrated before the processes start
-            centrals = [_central(folder / f"c{processes}-{i}", f"central-{i}", broker.port, url)
-                        for i in range(processes)]
+            centrals = [start_central(folder / f"c{processes}-{i}", f"central-{i}",
+                                      broker.port, url, 0) for i in range(processes)]
             try:
                 time.sleep(3)
                 elapsed = asyncio.run(drain(broker.port, folder / f"d{processes}", devices,
@@ -249,18 +247,6 @@ def bench_ingest(folder: Path, devices: int, records: int) -> list[tuple[int, fl
                     process.wait(20)
                 broker.stop()
     return results
-
-
-def _central(folder: Path, name: str, port: int, url: str) -> subprocess.Popen:
-    folder.mkdir(parents=True)
-    write_test_keys(folder / "keys")
-    config = folder / "central-sync.yaml"
-    config.write_text(f"central_id: {name}\nbroker:\n  port: {port}\ndatabase_url: {url}\n"
-                      "ingest_group: bench\nartifact_dir: artifacts\n"
-                      "signing_key_path: keys/signing.key\nweb:\n  port: 0\n")
-    return subprocess.Popen([sys.executable, "-m", "central_sync.cli", "serve", "-c",
-                             str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
 def main() -> int:

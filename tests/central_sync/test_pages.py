@@ -3,24 +3,20 @@ followed live (in Chromium), the audit log; all behind a login."""
 
 from __future__ import annotations
 
-import asyncio
 import shutil
-import threading
 import time
 from pathlib import Path
 
 import pytest
-from central_helpers import free_port
+from browser_helpers import logged_in_page
 from fastapi.testclient import TestClient
 from test_drift import intervals, scrap_manifest, stats_batch
 
 from central_sync.accounts import hash_password
 from central_sync.db import CentralDB, Rollout
 from central_sync.web import create_app
-from edge_agent.httpserver import WebServer
 
 PASSWORD = "correct horse battery"
-CHROMIUM = Path("/usr/bin/chromium")
 
 
 def a_rollout(db: CentralDB) -> Rollout:
@@ -75,40 +71,21 @@ def test_rollouts_and_audit_pages(site: TestClient) -> None:
 @pytest.mark.slow
 def test_rollout_page_follows_the_rollout_live_in_chromium(db: CentralDB,
                                                            tmp_path: Path) -> None:
-    if not CHROMIUM.exists():
-        pytest.skip("Debian's Chromium is not installed (/usr/bin/chromium): "
-                    "deploy/setup.sh --test installs it")
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="playwright is not installed: pip install -e '.[browser]'")
     rollout = a_rollout(db)
     db.add_user("otto", hash_password(PASSWORD), "viewer", by="admin")
-    port, loop = free_port(), asyncio.new_event_loop()
-    server = WebServer(create_app(db, 120), "127.0.0.1", port)
-    threading.Thread(target=loop.run_forever, daemon=True).start()
-    asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
-    try:
-        with sync_api.sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
-            page = browser.new_page(viewport={"width": 1600, "height": 900})
-            page.goto(f"http://127.0.0.1:{port}/rollouts/{rollout.rollout_id}")
-            page.fill("input[name=username]", "otto")
-            page.fill("input[name=password]", PASSWORD)
-            page.click("button[type=submit]")
-            sync_api.expect(page.locator("#rollout-state")).to_contain_text("wave 1 of 2")
-            db.update_rollout_device(rollout.rollout_id, "line1-gw1", "succeeded")
-            db.update_rollout(rollout.rollout_id, "engine", "running", "wave 2 under way",
-                              current_wave=1)
-            state = page.locator("#rollout-state")
-            sync_api.expect(state).to_contain_text("wave 2 of 2", timeout=10_000)
-            sync_api.expect(page.locator("#rollout-devices")).to_contain_text("succeeded")
-            db.update_rollout(rollout.rollout_id, "engine", "completed", "every wave passed")
-            sync_api.expect(state).to_contain_text("completed", timeout=10_000)
-            page.screenshot(path=str(tmp_path / "rollout.png"))
-            shutil.copy(tmp_path / "rollout.png", "/tmp/central_rollout.png")
-            browser.close()
-    finally:
-        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
+    with logged_in_page(db, "otto", PASSWORD, f"/rollouts/{rollout.rollout_id}") as (
+            page, sync_api):
+        sync_api.expect(page.locator("#rollout-state")).to_contain_text("wave 1 of 2")
+        db.update_rollout_device(rollout.rollout_id, "line1-gw1", "succeeded")
+        db.update_rollout(rollout.rollout_id, "engine", "running", "wave 2 under way",
+                          current_wave=1)
+        state = page.locator("#rollout-state")
+        sync_api.expect(state).to_contain_text("wave 2 of 2", timeout=10_000)
+        sync_api.expect(page.locator("#rollout-devices")).to_contain_text("succeeded")
+        db.update_rollout(rollout.rollout_id, "engine", "completed", "every wave passed")
+        sync_api.expect(state).to_contain_text("completed", timeout=10_000)
+        page.screenshot(path=str(tmp_path / "rollout.png"))
+        shutil.copy(tmp_path / "rollout.png", "/tmp/central_rollout.png")
 
 
 def test_recommendations_page_joins_answers_and_outcomes(db: CentralDB) -> None:

@@ -6,74 +6,46 @@ import shutil
 from pathlib import Path
 
 import pytest
-from central_helpers import free_port
+from browser_helpers import logged_in_page
 from review_helpers import defect_batch
 
 from central_sync.accounts import hash_password
 from central_sync.db import CentralDB
-from central_sync.web import create_app
-from edge_agent.httpserver import WebServer
 from tests.conftest import wait_until
 
-CHROMIUM = Path("/usr/bin/chromium")
 PASSWORD = "correct horse battery"
 
 
 @pytest.mark.slow
 def test_quality_engineer_labels_defects_with_the_keyboard_in_chromium(
         db: CentralDB, tmp_path: Path) -> None:
-    if not CHROMIUM.exists():
-        pytest.skip("Debian's Chromium is not installed (/usr/bin/chromium): "
-                    "deploy/setup.sh --test installs it")
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="playwright is not installed: pip install -e '.[browser]'")
-    import asyncio
-    import threading
-
     db.store_batch(defect_batch("gw-1", range(1, 61)))
     db.add_user("anna", hash_password(PASSWORD), "quality", by="admin")
-    port = free_port()
-    loop = asyncio.new_event_loop()
-    server = WebServer(create_app(db, 120), "127.0.0.1", port)
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
     shots = tmp_path / "screenshots"
-    try:
-        with sync_api.sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
-            page = browser.new_page(viewport={"width": 1920, "height": 1080})
-            page.goto(f"http://127.0.0.1:{port}/review")
-            page.fill("input[name=username]", "anna")
-            page.fill("input[name=password]", PASSWORD)
-            page.click("button[type=submit]")
-            sync_api.expect(page.get_by_text("60 defects match")).to_be_visible()
-            cards = page.locator(".card")
-            sync_api.expect(cards).to_have_count(48)
-            sync_api.expect(cards.nth(0)).to_be_focused()  # the page's script is running
-            page.keyboard.press("c")  # the newest (seq 60): confirmed, focus moves on
-            sync_api.expect(cards.nth(0)).to_have_class("card confirmed")
-            page.keyboard.press("f")  # seq 59: false alarm
-            sync_api.expect(cards.nth(1)).to_have_class("card false_alarm")
-            page.keyboard.press("r")
-            page.keyboard.press("1")  # seq 58 relabelled as the first class in the menu
-            sync_api.expect(cards.nth(2)).to_have_class("card relabelled")
-            page.keyboard.press("ArrowLeft")
-            page.keyboard.press("c")  # changed its mind: seq 58 confirmed after all
-            sync_api.expect(cards.nth(2)).to_have_class("card confirmed")
-            shots.mkdir()
-            page.screenshot(path=str(shots / "review.png"))
-            shutil.copy(shots / "review.png", "/tmp/central_review.png")
-            page.select_option("select[name=verdict]", "unreviewed")
-            page.click("text=Filter")
-            sync_api.expect(page.get_by_text("57 defects match")).to_be_visible()
-            page.keyboard.press("n")  # the next page: the 9 oldest unreviewed
-            sync_api.expect(cards).to_have_count(9)
-            sync_api.expect(cards.nth(0)).to_be_focused()
-            browser.close()
-    finally:
-        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
+    with logged_in_page(db, "anna", PASSWORD, "/review", (1920, 1080)) as (page, sync_api):
+        sync_api.expect(page.get_by_text("60 defects match")).to_be_visible()
+        cards = page.locator(".card")
+        sync_api.expect(cards).to_have_count(48)
+        sync_api.expect(cards.nth(0)).to_be_focused()  # the page's script is running
+        page.keyboard.press("c")  # the newest (seq 60): confirmed, focus moves on
+        sync_api.expect(cards.nth(0)).to_have_class("card confirmed")
+        page.keyboard.press("f")  # seq 59: false alarm
+        sync_api.expect(cards.nth(1)).to_have_class("card false_alarm")
+        page.keyboard.press("r")
+        page.keyboard.press("1")  # seq 58 relabelled as the first class in the menu
+        sync_api.expect(cards.nth(2)).to_have_class("card relabelled")
+        page.keyboard.press("ArrowLeft")
+        page.keyboard.press("c")  # changed its mind: seq 58 confirmed after all
+        sync_api.expect(cards.nth(2)).to_have_class("card confirmed")
+        shots.mkdir()
+        page.screenshot(path=str(shots / "review.png"))
+        shutil.copy(shots / "review.png", "/tmp/central_review.png")
+        page.select_option("select[name=verdict]", "unreviewed")
+        page.click("text=Filter")
+        sync_api.expect(page.get_by_text("57 defects match")).to_be_visible()
+        page.keyboard.press("n")  # the next page: the 9 oldest unreviewed
+        sync_api.expect(cards).to_have_count(9)
+        sync_api.expect(cards.nth(0)).to_be_focused()
     verdicts = {seq: db.get_defect("gw-1", seq).verdict for seq in (60, 59, 58, 57)}  # type: ignore[union-attr]
     assert verdicts == {60: "confirmed", 59: "false_alarm", 58: "confirmed", 57: None}
     wait_until(lambda: len([e for e in db.list_audit() if e["action"] == "defect.label"]) == 4)

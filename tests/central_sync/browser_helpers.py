@@ -1,0 +1,48 @@
+"""Central's web app in real headless Chromium (Debian's, driven by Playwright), logged in."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from central_helpers import free_port
+
+from central_sync.db import CentralDB
+from central_sync.web import create_app
+from edge_agent.httpserver import WebServer
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@contextlib.contextmanager
+def logged_in_page(db: CentralDB, user: str, password: str, path: str,
+                   viewport: tuple[int, int] = (1600, 900)) -> Iterator[tuple[Any, Any]]:
+    """(page, playwright.sync_api): central serving `db` on a free port, the page opened at
+    `path` and logged in through the form. Skips when Chromium or Playwright is missing."""
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's Chromium is not installed (/usr/bin/chromium): "
+                    "deploy/setup.sh --test installs it")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed: pip install -e '.[browser]'")
+    port, loop = free_port(), asyncio.new_event_loop()
+    server = WebServer(create_app(db, 120), "127.0.0.1", port)
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
+    try:
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+            page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+            page.goto(f"http://127.0.0.1:{port}{path}")
+            page.fill("input[name=username]", user)
+            page.fill("input[name=password]", password)
+            page.click("button[type=submit]")
+            yield page, sync_api
+            browser.close()
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
