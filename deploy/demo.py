@@ -30,6 +30,8 @@ METADATA = REPO / "sample_data" / "scrap_model.json"
 VISION_FILE = REPO / "sample_data" / "surface_defects.onnx"
 VISION_METADATA = REPO / "sample_data" / "surface_defects.json"
 DEVICE = "line1-gw1"
+DEMO_USER, DEMO_PASSWORD = "demo", "edge-mlops-demo"  # loopback only; printed for the reader
+DEMO_ENV = {**os.environ, "CENTRAL_SYNC_USER": DEMO_USER, "CENTRAL_SYNC_PASSWORD": DEMO_PASSWORD}
 VISION_MODEL = "surface-defects"
 VIDEO = REPO / "sample_data" / "surface_line.mp4"
 console = Console(soft_wrap=True)
@@ -200,12 +202,16 @@ def run(workdir: Path, duration_s: float | None) -> int:
                                               str(central_cfg)])
         wait_http(f"{central_url}/healthz", 60, central, "central-sync")
         console.print(f"[green]✓[/] central-sync           {central_url}/")
+        _demo_account(central_cfg)
+        console.print(f"[green]✓[/] account {DEMO_USER!r} (admin)   central's pages: log in with "
+                      f"password {DEMO_PASSWORD!r}")
         for file, meta, name, kind in ((MODEL, METADATA, "extruder-scrap", "process"),
                                        (VISION_FILE, VISION_METADATA, VISION_MODEL, "vision")):
             publish = subprocess.run(
                 [str(BIN / "central-sync"), "model", "publish", str(file), "--name", name,
                  "--version", "1.0.0", "--kind", kind, "--metadata", str(meta),
-                 "-c", str(central_cfg)], capture_output=True, text=True, cwd=REPO)
+                 "-c", str(central_cfg)], capture_output=True, text=True, cwd=REPO,
+                env=DEMO_ENV)
             if publish.returncode != 0:
                 raise RuntimeError(f"model publish failed: {publish.stderr.strip()}")
             console.print(f"[green]✓[/] published model        {name} 1.0.0 ({kind})")
@@ -217,7 +223,7 @@ def run(workdir: Path, duration_s: float | None) -> int:
             deploy = subprocess.run(
                 [str(BIN / "central-sync"), "deploy", f"{name}@1.0.0", "--device", DEVICE,
                  "--wait", "120", "-c", str(central_cfg)], capture_output=True, text=True,
-                cwd=REPO)
+                cwd=REPO, env=DEMO_ENV)
             for line in (deploy.stdout + deploy.stderr).strip().splitlines():
                 console.print(f"    {line}")
             if deploy.returncode != 0:
@@ -233,6 +239,17 @@ def run(workdir: Path, duration_s: float | None) -> int:
         return 1
     demo.stop_all()
     return 0
+
+
+def _demo_account(central_cfg: Path) -> None:
+    """The demo's admin account: central's pages need a login, and so does its CLI once an
+    account exists (the demo's commands log in with it). Kept when the demo runs again."""
+    added = subprocess.run(
+        [str(BIN / "central-sync"), "users", "add", DEMO_USER, "--role", "admin",
+         "--password-env", "CENTRAL_SYNC_PASSWORD", "-c", str(central_cfg)],
+        capture_output=True, text=True, cwd=REPO, env=DEMO_ENV)
+    if added.returncode != 0 and "exists" not in added.stderr:
+        raise RuntimeError(f"demo account not created: {added.stderr.strip()}")
 
 
 def _wait_port(port: int, process: subprocess.Popen, timeout_s: float = 10) -> None:
@@ -252,6 +269,9 @@ def _print_where(workdir: Path, central_cfg: Path, agent_cfg: Path, central_url:
                  agent_url: str) -> None:
     table = Table(title="Look here", show_header=False)
     table.add_row("central web page", f"{central_url}/")
+    table.add_row("defect review, models, rollouts",
+                  f"{central_url}/review  {central_url}/models  {central_url}/rollouts  "
+                  f"(user {DEMO_USER}, password {DEMO_PASSWORD})")
     table.add_row("central API", f"{central_url}/api/predictions  {central_url}/api/devices")
     table.add_row("operator page (gateway)", f"{agent_url}/  (recommendations: Accept/Reject)")
     table.add_row("central database", str(workdir / "central" / "central.db"))
