@@ -1,25 +1,25 @@
-"""Central's pages for engineers: models with their version history, lineage and drift charts,
-rollouts (live), and the audit log. Server-rendered; charts are inline SVG made here."""
+"""Central's pages for engineers: the fleet, devices, models with their version history,
+lineage and drift charts, rollouts (live), recommendations, and the audit log.
+Server-rendered; charts are inline SVG made here."""
 
 import time
-from html import escape
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from markupsafe import Markup
 
+from central_sync.charts import latency_chart, psi_chart
 from central_sync.db import CentralDB
 from central_sync.db.accounts import Session
 from central_sync.db.review import DefectFilter
-from central_sync.drift import PSI_DRIFT, latency_percentiles
 from central_sync.web_auth import session_dependencies
 
 _templates = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
                          autoescape=select_autoescape(["html"]))
 DRIFT_WINDOW_H = 24 * 7
+FLEET_REFRESH_S = 5
 
 
 def pages_router(db: CentralDB, drift_report: Any, offline_after_s: float) -> APIRouter:
@@ -27,6 +27,14 @@ def pages_router(db: CentralDB, drift_report: Any, offline_after_s: float) -> AP
     router = APIRouter()
     _, viewer, _ = session_dependencies(db)
     page = Annotated[Session, Depends(viewer)]
+
+    @router.get("/", response_class=HTMLResponse)
+    def fleet(session: page) -> str:
+        now = time.time()
+        devices = [(d, d.presence(now, offline_after_s)) for d in db.list_devices()]
+        return _templates.get_template("fleet.html").render(
+            session=session, devices=devices, predictions=db.recent_predictions(20),
+            refresh_s=FLEET_REFRESH_S)
 
     @router.get("/models", response_class=HTMLResponse)
     def models(session: page) -> str:
@@ -111,63 +119,3 @@ def recommendation_rows(db: CentralDB, limit: int = 200) -> list[dict[str, Any]]
              "answer": answers.get(r["payload"].get("id")),
              "outcome": outcomes.get(r["payload"].get("id"))}
             for r in db.recent_records("recommendation", limit)]
-
-
-def psi_chart(drift: list[dict[str, Any]], width: int = 520) -> Markup:
-    """Horizontal bars of each value's PSI, the drift threshold as a line; red when drifted."""
-    rows = [d for d in drift if d["psi"] is not None]
-    if not rows:
-        return Markup("<p>No referenced values reported.</p>")
-    label_w, bar_h, top = 170, 22, 18
-    scale_max = max(PSI_DRIFT * 2, *(d["psi"] for d in rows))
-    plot_w = width - label_w - 60
-    height = top + bar_h * len(rows) + 10
-    parts = [f'<svg class="chart" viewBox="0 0 {width} {height}" width="{width}" '
-             f'height="{height}" role="img" aria-label="PSI by value">']
-    for i, d in enumerate(rows):
-        y = top + i * bar_h
-        w = max(1.0, plot_w * d["psi"] / scale_max)
-        colour = "#dc2626" if d["drifted"] else "#2563eb"
-        parts.append(f'<text x="{label_w - 6}" y="{y + 15}" text-anchor="end">'
-                     f'{escape(d["name"])}</text>'
-                     f'<rect x="{label_w}" y="{y + 3}" width="{w:.1f}" height="{bar_h - 7}" '
-                     f'fill="{colour}"/><text x="{label_w + w + 4:.1f}" y="{y + 15}">'
-                     f'{d["psi"]:.2f}</text>')
-    x = label_w + plot_w * PSI_DRIFT / scale_max
-    parts.append(f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{height - 6}" '
-                 f'stroke="#111" stroke-dasharray="4 3"/><text x="{x + 3:.1f}" y="12">'
-                 f'drift {PSI_DRIFT}</text></svg>')
-    return Markup("".join(parts))
-
-
-def latency_chart(stats: list[tuple[str, Any]], width: int = 640, height: int = 180) -> Markup:
-    """Predictions per interval (bars) and the interval's p99 latency bound (line), over time."""
-    if not stats:
-        return Markup("<p>No model_stats reported in this period.</p>")
-    points = sorted((s.ended_at, s.predictions, latency_percentiles([s])["p99"] or 0.0)
-                    for _, s in stats)
-    left, bottom, top = 50, 24, 10
-    span = max(1.0, points[-1][0] - points[0][0])
-    most = max(p[1] for p in points) or 1
-    slowest = max(p[2] for p in points) or 1.0
-    plot_w, plot_h = width - left - 50, height - bottom - top
-
-    def x_of(t: float) -> float:
-        return left + plot_w * (t - points[0][0]) / span
-
-    bar_w = max(2.0, plot_w / max(1, len(points)) * 0.6)
-    parts = [f'<svg class="chart" viewBox="0 0 {width} {height}" width="{width}" '
-             f'height="{height}" role="img" aria-label="predictions and p99 latency">']
-    for t, count, _ in points:
-        h = plot_h * count / most
-        parts.append(f'<rect x="{x_of(t) - bar_w / 2:.1f}" y="{top + plot_h - h:.1f}" '
-                     f'width="{bar_w:.1f}" height="{h:.1f}" fill="#93c5fd"/>')
-    line = " ".join(f"{x_of(t):.1f},{top + plot_h - plot_h * p99 / slowest:.1f}"
-                    for t, _, p99 in points)
-    first, last = (time.strftime("%m-%d %H:%M", time.localtime(points[i][0])) for i in (0, -1))
-    parts.append(f'<polyline points="{line}" fill="none" stroke="#dc2626" stroke-width="2"/>'
-                 f'<text x="4" y="{top + 10}">{most} pred.</text>'
-                 f'<text x="{width - 46}" y="{top + 10}" fill="#dc2626">{slowest:g} ms</text>'
-                 f'<text x="{left}" y="{height - 6}">{first}</text>'
-                 f'<text x="{width - 150}" y="{height - 6}">{last}</text></svg>')
-    return Markup("".join(parts))

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.background import BackgroundTask
 
 from central_sync.accounts import csrf_ok, log_in, token_digest
+from central_sync.charts import defect_rate_chart
 from central_sync.db import CentralDB
 from central_sync.db.accounts import Session
 from central_sync.db.review import (
@@ -39,6 +40,7 @@ from central_sync.web_auth import COOKIE, session_dependencies
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 48
+RATE_BUCKET_S, RATE_BUCKETS = 3600, 48  # the defect-rate chart: two days by the hour
 EXPORT_PAGE = 500
 _templates = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
                          autoescape=select_autoescape(["html"]))
@@ -93,10 +95,12 @@ def review_router(db: CentralDB) -> APIRouter:
         more = len(defects) > PAGE_SIZE
         defects = defects[:PAGE_SIZE]
         query = {k: v for k, v in request.query_params.items() if k != "after" and v}
+        since, rate = db.defect_rate(filters, RATE_BUCKET_S, RATE_BUCKETS)
         return _templates.get_template("review.html").render(
             session=session, defects=defects, summary=db.defect_summary(filters),
             choices=db.defect_choices(), query=query, verdicts=VERDICTS,
             unreviewed=UNREVIEWED, may_label=session.user.may("quality"),
+            rate_chart=defect_rate_chart(rate, since, RATE_BUCKET_S, RATE_BUCKETS),
             next_page="/review?" + urlencode({**query, "after": defects[-1].key})
             if more else None,
             first_page="/review?" + urlencode(query) if after else None,

@@ -1,4 +1,4 @@
-"""Central's small web app: a JSON API and one server-rendered fleet page.
+"""Central's web app: the JSON API, and the pages (fleet, review, models, rollouts, audit).
 
 Served by uvicorn inside the service's asyncio loop; handlers are sync, so FastAPI runs them
 (and their database calls) in its thread pool.
@@ -12,12 +12,10 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable
-from html import escape
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Query, Response
-from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -26,7 +24,6 @@ from central_sync.db import CentralDB, DeviceSummary
 from central_sync.drift import drift_report, latency_percentiles
 from central_sync.metrics import central_registry
 from central_sync.pages import pages_router
-from central_sync.present import models_text, seconds_ago
 from central_sync.review_web import review_router
 
 log = logging.getLogger(__name__)
@@ -97,10 +94,6 @@ def create_app(
     app.include_router(pages_router(db, model_drift_report, offline_after_s))
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
 
-    @app.get("/", response_class=HTMLResponse)
-    def index() -> str:
-        return render_index(db.list_devices(), db.recent_predictions(20), time.time(),
-                            offline_after_s)
 
     return app
 
@@ -144,65 +137,3 @@ def _device_json(device: DeviceSummary, now: float, offline_after_s: float) -> d
         "buffer_depth": device.buffer_depth,
         "status": device.status.model_dump() if device.status else None,
     }
-
-
-def render_index(
-    devices: list[DeviceSummary],
-    predictions: list[dict[str, Any]],
-    now: float,
-    offline_after_s: float,
-) -> str:
-    """The fleet page as HTML; every value from the database is escaped."""
-    device_rows = "".join(_device_row(d, now, offline_after_s) for d in devices) or (
-        "<tr><td colspan='6'>No device has reported yet.</td></tr>")
-    prediction_rows = "".join(_prediction_row(p, now) for p in predictions) or (
-        "<tr><td colspan='6'>No predictions yet.</td></tr>")
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="refresh" content="{REFRESH_S}">
-<title>central-sync: fleet</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 1.5rem; }}
-table {{ border-collapse: collapse; margin-bottom: 2rem; }}
-th, td {{ border-bottom: 1px solid #ccc; padding: .3rem .8rem; text-align: left; }}
-.online {{ color: #1a7f37; font-weight: bold; }} .offline {{ color: #b42318; font-weight: bold; }}
-</style></head><body>
-<h1>Fleet</h1>
-<table><tr><th>Device</th><th>State</th><th>Last seen</th><th>Active models</th>
-<th>Records stored</th><th>Buffer depth</th></tr>{device_rows}</table>
-<h2>Latest predictions</h2>
-<table><tr><th>When</th><th>Device</th><th>Pipeline</th><th>Model</th><th>Outputs</th>
-<th>Latency (ms)</th></tr>{prediction_rows}</table>
-</body></html>
-"""
-
-
-def _device_row(device: DeviceSummary, now: float, offline_after_s: float) -> str:
-    state = device.presence(now, offline_after_s)
-    depth = "-" if device.buffer_depth is None else str(device.buffer_depth)
-    link = f'<a href="/devices/{escape(device.device_id)}">{escape(device.device_id)}</a>'
-    cells = [link, state, seconds_ago(device.last_seen, now),
-             escape(models_text(device.active_models)), str(device.records), depth]
-    return _row(cells, classes={1: state})
-
-
-def _prediction_row(prediction: dict[str, Any], now: float) -> str:
-    model = f"{prediction['model_name'] or ''} {prediction['model_version'] or ''}"
-    latency = prediction["latency_ms"]
-    cells = [seconds_ago(prediction["created_at"], now), escape(prediction["device_id"]),
-             escape(str(prediction["pipeline"] or "")), escape(model),
-             escape(_numbers(prediction["outputs"])),
-             "" if latency is None else f"{latency:.1f}"]
-    return _row(cells)
-
-
-def _row(cells: list[str], classes: dict[int, str] | None = None) -> str:
-    classes = classes or {}
-    return "<tr>" + "".join(
-        f"<td class='{classes[i]}'>{cell}</td>" if i in classes else f"<td>{cell}</td>"
-        for i, cell in enumerate(cells)) + "</tr>"
-
-
-def _numbers(values: dict[str, Any]) -> str:
-    return ", ".join(
-        f"{k}={v:.4g}" if isinstance(v, int | float) else f"{k}={v}" for k, v in values.items())

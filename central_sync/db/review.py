@@ -164,6 +164,26 @@ class ReviewQueries:
                 "by_device": by_device, "precision": precision}
 
     @serialised
+    def defect_rate(self, filters: DefectFilter, bucket_s: float,
+                    buckets: int) -> tuple[float, list[dict[str, Any]]]:
+        """Defects per class in the `buckets` intervals of `bucket_s` up to the newest one
+        matching: (the first interval's start, rows of bucket, label, n)."""
+        where, params = filters.where()
+        newest = next(self._db.query(f"SELECT MAX(created_at) AS t FROM defects{where}",
+                                     params))["t"]
+        if newest is None:
+            return 0.0, []
+        since = (newest // bucket_s + 1) * bucket_s - buckets * bucket_s
+        where += (" AND " if where else " WHERE ") + "created_at >= ?"
+        # Whole intervals since `since` (never negative here, so truncation is the floor).
+        bucket = "FLOOR((created_at - ?) / ?)" if self._db.dialect == "postgresql" \
+            else "CAST((created_at - ?) / ? AS INTEGER)"
+        rows = [{**row, "bucket": int(row["bucket"])} for row in self._db.query(
+            f"SELECT {bucket} AS bucket, label, COUNT(*) AS n FROM defects{where} "
+            "GROUP BY 1, 2", (since, bucket_s, *params, since))]
+        return since, rows
+
+    @serialised
     def defect_choices(self) -> dict[str, list[str]]:
         """The values each filter can take, for the review page's menus."""
         return {column: [row[column] for row in self._db.query(

@@ -128,9 +128,57 @@ def test_device_page_shows_models_sources_buffer_deployments_and_defects(
     db.store_batch(defect_batch("line1-gw1", range(1, 6)))
     db.add_user("otto", hash_password(PASSWORD), "viewer", by="admin")
     client = TestClient(create_app(db, offline_after_s=120))
-    assert 'href="/devices/line1-gw1"' in client.get("/").text
     client.post("/login", data={"username": "otto", "password": PASSWORD})
+    fleet = client.get("/").text
+    assert 'href="/devices/line1-gw1"' in fleet and '<meta http-equiv="refresh"' in fleet
+    assert "strip-camera reconnecting" in fleet
     page = " ".join(client.get("/devices/line1-gw1").text.split())
     assert "online" in page and "surface-defects" in page and "rtsp timeout" in page
     assert "12 records waiting" in page and "5 defects, 0 reviewed" in page
     assert client.get("/devices/nobody").status_code == 404
+
+
+def test_fleet_page_escapes_what_devices_send(db: CentralDB) -> None:
+    from central_helpers import prediction_payload
+
+    from edge_agent.contract import UplinkBatch, UplinkRecord
+
+    payload = {**prediction_payload(), "pipeline": "<script>alert(1)</script>"}
+    db.store_batch(UplinkBatch(device_id="gw-1", records=[
+        UplinkRecord(seq=1, type="prediction", created_at=1.0, payload=payload)]))
+    db.add_user("otto", hash_password(PASSWORD), "viewer", by="admin")
+    client = TestClient(create_app(db, offline_after_s=120))
+    client.post("/login", data={"username": "otto", "password": PASSWORD})
+    page = client.get("/").text
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)" in page
+    assert "scrap_rate_pct=4.2" in page
+
+
+@pytest.mark.slow
+def test_every_page_fits_a_1080p_screen_in_chromium(db: CentralDB, tmp_path: Path) -> None:
+    from review_helpers import defect_batch
+
+    from edge_agent.contract import DeviceStatus, ModelRef, SourceState
+
+    manifest = scrap_manifest()
+    db.add_model(manifest, "data-scientist")
+    db.update_status(DeviceStatus(
+        device_id="line1-gw1", state="online", agent_version="0.1.0",
+        active_models=[ModelRef(name="extruder-scrap", version="1.0.0", sha256="c" * 64)],
+        sources={"line1": SourceState(state="connected", detail="opc.tcp://plc:4840")}))
+    db.store_batch(stats_batch("line1-gw1", intervals(manifest, 2.0, seed=2)))
+    db.store_batch(defect_batch("line1-gw1", range(1000, 1030)))
+    rollout = a_rollout(db)
+    db.add_user("otto", hash_password(PASSWORD), "viewer", by="admin")
+    pages = ["/", "/devices/line1-gw1", "/models", "/models/extruder-scrap", "/rollouts",
+             f"/rollouts/{rollout.rollout_id}", "/recommendations", "/audit", "/review"]
+    with logged_in_page(db, "otto", PASSWORD, "/", (1920, 1080)) as (page, sync_api):
+        for path in pages:
+            page.goto(page.url.split("/", 3)[0] + "//" + page.url.split("/", 3)[2] + path)
+            sync_api.expect(page.locator("h1")).to_be_visible()
+            width = page.evaluate("() => document.documentElement.scrollWidth")
+            assert width <= 1920, f"{path} is {width} px wide"
+            name = path.strip("/").replace("/", "_") or "fleet"
+            page.screenshot(path=str(tmp_path / f"{name}.png"))
+            shutil.copy(tmp_path / f"{name}.png", f"/tmp/central_{name}.png")
+

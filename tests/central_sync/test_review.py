@@ -192,3 +192,14 @@ def test_users_cli_adds_lists_and_changes_accounts_as_an_admin(
     assert {("root", "user.role", "qa")} <= {(e["actor"], e["action"], e["subject"])
                                              for e in db.list_audit()}
     db.close()
+
+
+def test_defect_rate_counts_each_class_per_hour_up_to_the_newest(db: CentralDB) -> None:
+    db.store_batch(defect_batch("gw-1", range(1, 13)))  # 12 defects, one a second
+    since, rows = db.defect_rate(DefectFilter(), bucket_s=3600, buckets=48)
+    assert since + 47 * 3600 <= 1_800_000_012.0 < since + 48 * 3600
+    assert {(r["bucket"], r["label"]): r["n"] for r in rows} == {
+        (47, "scratch"): 4, (47, "pit"): 4, (47, "stain"): 4}
+    assert db.defect_rate(DefectFilter(label="pit"), 3600, 48)[1] == [
+        {"bucket": 47, "label": "pit", "n": 4}]
+    assert db.defect_rate(DefectFilter(device_id="nobody"), 3600, 48) == (0.0, [])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -40,8 +41,14 @@ def test_quality_engineer_labels_defects_with_the_keyboard_in_chromium(
         shots.mkdir()
         page.screenshot(path=str(shots / "review.png"))
         shutil.copy(shots / "review.png", "/tmp/central_review.png")
+        with page.expect_download() as download:
+            page.click("text=Export labelled (zip)")
+        archive = zipfile.ZipFile(download.value.path())
+        assert sorted(archive.namelist()) == [
+            "images/gw-1-58.jpg", "images/gw-1-59.jpg", "images/gw-1-60.jpg",
+            "manifest.csv", "manifest.json"]
         page.select_option("select[name=verdict]", "unreviewed")
-        page.click("text=Filter")
+        page.get_by_role("button", name="Filter").click()
         sync_api.expect(page.get_by_text("57 defects match")).to_be_visible()
         page.keyboard.press("n")  # the next page: the 9 oldest unreviewed
         sync_api.expect(cards).to_have_count(9)
