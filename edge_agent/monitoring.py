@@ -8,13 +8,12 @@ central can compare them with what the model was trained on and flag drift.
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
-
-import numpy as np
 
 from edge_agent.buffer import Buffer
 from edge_agent.contract import (
@@ -50,8 +49,8 @@ class _Values:
     """Count, moments, extremes and (with edges) a histogram of one stream of numbers."""
 
     def __init__(self, edges: list[float] | None) -> None:
-        self.edges = np.asarray(edges, dtype=np.float64) if edges else None
-        self.counts = np.zeros(len(edges) - 1, dtype=np.int64) if edges else None
+        self.edges = [float(e) for e in edges] if edges else None
+        self.counts = [0] * (len(edges) - 1) if edges else None
         self.count, self.total, self.squares = 0, 0.0, 0.0
         self.low, self.high = math.inf, -math.inf
 
@@ -62,8 +61,8 @@ class _Values:
         self.total += value
         self.squares += value * value
         self.low, self.high = min(self.low, value), max(self.high, value)
-        if self.edges is not None and self.counts is not None:
-            index = int(np.searchsorted(self.edges, value, side="right")) - 1
+        if self.edges is not None and self.counts is not None:  # per prediction: plain Python
+            index = bisect.bisect_right(self.edges, value) - 1
             self.counts[min(max(index, 0), len(self.counts) - 1)] += 1
 
     def stats(self) -> ValueStats:
@@ -72,7 +71,7 @@ class _Values:
         mean = self.total / self.count
         histogram = None
         if self.edges is not None and self.counts is not None:
-            histogram = Histogram(edges=self.edges.tolist(), counts=self.counts.tolist())
+            histogram = Histogram(edges=self.edges, counts=self.counts)
         return ValueStats(count=self.count, mean=mean,
                           std=math.sqrt(max(0.0, self.squares / self.count - mean * mean)),
                           min=self.low, max=self.high, histogram=histogram)
