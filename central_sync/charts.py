@@ -38,12 +38,12 @@ def psi_chart(drift: list[dict[str, Any]], width: int = 520) -> Markup:
     return Markup("".join(parts))
 
 
-def latency_chart(stats: list[tuple[str, Any]], width: int = 640, height: int = 180) -> Markup:
+def latency_chart(stats: list[Any], width: int = 640, height: int = 180) -> Markup:
     """Predictions per interval (bars) and the interval's p99 latency bound (line), over time."""
     if not stats:
         return Markup("<p>No model_stats reported in this period.</p>")
     points = sorted((s.ended_at, s.predictions, latency_percentiles([s])["p99"] or 0.0)
-                    for _, s in stats)
+                    for s in stats)
     left, bottom, top = 50, 24, 10
     span = max(1.0, points[-1][0] - points[0][0])
     most = max(p[1] for p in points) or 1

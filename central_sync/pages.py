@@ -3,27 +3,25 @@ lineage and drift charts, rollouts (live), recommendations, and the audit log.
 Server-rendered; charts are inline SVG made here."""
 
 import time
-from pathlib import Path
+from collections import Counter
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import HTMLResponse
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from central_sync.charts import latency_chart, psi_chart
 from central_sync.db import CentralDB
 from central_sync.db.accounts import Session
 from central_sync.db.review import DefectFilter
+from central_sync.drift import drift_report, latency_percentiles
+from central_sync.rendering import templates
 from central_sync.web_auth import session_dependencies
 
-_templates = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
-                         autoescape=select_autoescape(["html"]))
 DRIFT_WINDOW_H = 24 * 7
 FLEET_REFRESH_S = 5
 
 
-def pages_router(db: CentralDB, drift_report: Any, offline_after_s: float) -> APIRouter:
-    """`drift_report(db, name, version, since)` is the web app's drift view (raises 404)."""
+def pages_router(db: CentralDB, offline_after_s: float) -> APIRouter:
     router = APIRouter()
     _, viewer, _ = session_dependencies(db)
     page = Annotated[Session, Depends(viewer)]
@@ -32,7 +30,7 @@ def pages_router(db: CentralDB, drift_report: Any, offline_after_s: float) -> AP
     def fleet(session: page) -> str:
         now = time.time()
         devices = [(d, d.presence(now, offline_after_s)) for d in db.list_devices()]
-        return _templates.get_template("fleet.html").render(
+        return templates.get_template("fleet.html").render(
             session=session, devices=devices, predictions=db.recent_predictions(20),
             refresh_s=FLEET_REFRESH_S)
 
@@ -41,31 +39,26 @@ def pages_router(db: CentralDB, drift_report: Any, offline_after_s: float) -> AP
         by_name: dict[str, list[Any]] = {}
         for published in db.list_models():
             by_name.setdefault(published.manifest.name, []).append(published)
-        return _templates.get_template("models.html").render(session=session, models=by_name)
+        return templates.get_template("models.html").render(session=session, models=by_name)
 
     @router.get("/models/{name}", response_class=HTMLResponse)
     def model(name: str, session: page) -> str:
         versions = [m for m in db.list_models() if m.manifest.name == name]
         if not versions:
             raise HTTPException(404, f"no model {name}; `central-sync model list` shows them")
-        try:
-            drift = drift_report(db, name, None, time.time() - DRIFT_WINDOW_H * 3600)
-        except HTTPException:
-            drift = None
-        charts = {}
-        if drift:
-            for device in drift["devices"]:
-                charts[device["device_id"]] = psi_chart(device["drift"])
-        latency = latency_chart(db.model_stats(name, drift["version"] if drift else None,
-                                               time.time() - DRIFT_WINDOW_H * 3600))
+        health = model_health(db, name, None, time.time() - DRIFT_WINDOW_H * 3600)
+        drift, intervals = health if health else (None, [])
+        charts = {d["device_id"]: psi_chart(d["drift"]) for d in drift["devices"]} \
+            if drift else {}
+        latency = latency_chart(intervals)
         audit = [e for e in db.list_audit(500) if e["subject"].startswith(f"{name}@")]
-        return _templates.get_template("model.html").render(
+        return templates.get_template("model.html").render(
             session=session, name=name, versions=list(reversed(versions)), drift=drift,
             charts=charts, latency=latency, audit=audit, window_h=DRIFT_WINDOW_H)
 
     @router.get("/rollouts", response_class=HTMLResponse)
     def rollouts(session: page) -> str:
-        return _templates.get_template("rollouts.html").render(
+        return templates.get_template("rollouts.html").render(
             session=session, rollouts=db.list_rollouts(limit=100))
 
     @router.get("/rollouts/{rollout_id}", response_class=HTMLResponse)
@@ -73,7 +66,7 @@ def pages_router(db: CentralDB, drift_report: Any, offline_after_s: float) -> AP
         found = db.get_rollout(rollout_id)
         if found is None:
             raise HTTPException(404, f"no rollout {rollout_id}")
-        return _templates.get_template("rollout.html").render(
+        return templates.get_template("rollout.html").render(
             session=session, rollout=found, devices=db.rollout_devices(rollout_id))
 
     @router.get("/api/rollouts/{rollout_id}")
@@ -90,7 +83,7 @@ def pages_router(db: CentralDB, drift_report: Any, offline_after_s: float) -> AP
         if found is None:
             raise HTTPException(404, f"central has not heard from {device_id}")
         now = time.time()
-        return _templates.get_template("device.html").render(
+        return templates.get_template("device.html").render(
             session=session, device=found, presence=found.presence(now, offline_after_s),
             deployments=db.list_deployments(device_id, limit=20), gaps=db.gaps(device_id),
             accounting=db.seq_accounting(device_id),
@@ -98,12 +91,12 @@ def pages_router(db: CentralDB, drift_report: Any, offline_after_s: float) -> AP
 
     @router.get("/recommendations", response_class=HTMLResponse)
     def recommendations(session: page) -> str:
-        return _templates.get_template("recommendations.html").render(
+        return templates.get_template("recommendations.html").render(
             session=session, rows=recommendation_rows(db))
 
     @router.get("/audit", response_class=HTMLResponse)
     def audit(session: page) -> str:
-        return _templates.get_template("audit.html").render(session=session,
+        return templates.get_template("audit.html").render(session=session,
                                                             entries=db.list_audit(500))
 
     return router
@@ -119,3 +112,32 @@ def recommendation_rows(db: CentralDB, limit: int = 200) -> list[dict[str, Any]]
              "answer": answers.get(r["payload"].get("id")),
              "outcome": outcomes.get(r["payload"].get("id"))}
             for r in db.recent_records("recommendation", limit)]
+
+
+def model_health(db: CentralDB, name: str, version: str | None,
+                 since: float) -> tuple[dict[str, Any], list[Any]] | None:
+    """Per device since `since`: predictions, errors, latency, classes and the drift of every
+    referenced value (the newest version reported when `version` is None); with the
+    intervals it was computed from. None when no device reported this model."""
+    stats = db.model_stats(name, version, since)
+    if not stats:
+        return None
+    version = version or stats[-1][1].model.version
+    stats = [(device, s) for device, s in stats if s.model.version == version]
+    manifest = db.get_model(name, version)
+    reference = manifest.metadata.get("reference") if manifest else None
+    devices = []
+    for device_id in sorted({device for device, _ in stats}):
+        windows = [s for device, s in stats if device == device_id]
+        report = drift_report(reference, windows) if isinstance(reference, dict) else []
+        devices.append({
+            "device_id": device_id, "intervals": len(windows),
+            "predictions": sum(w.predictions for w in windows),
+            "errors": sum(w.errors for w in windows),
+            "latency_ms": latency_percentiles(windows),
+            "labels": dict(sum((Counter(w.labels) for w in windows), Counter())),
+            "drift": [d.as_dict() for d in report],
+            "drifted": [d.name for d in report if d.drifted]})
+    return ({"model": name, "version": version, "since": since,
+             "reference": isinstance(reference, dict), "devices": devices},
+            [s for _, s in stats])

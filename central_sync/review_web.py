@@ -19,7 +19,6 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import BaseModel, ConfigDict
 from starlette.background import BackgroundTask
 
@@ -35,6 +34,7 @@ from central_sync.db.review import (
     UnknownDefect,
     parse_cursor,
 )
+from central_sync.rendering import templates
 from central_sync.web_auth import COOKIE, session_dependencies
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,6 @@ log = logging.getLogger(__name__)
 PAGE_SIZE = 48
 RATE_BUCKET_S, RATE_BUCKETS = 3600, 48  # the defect-rate chart: two days by the hour
 EXPORT_PAGE = 500
-_templates = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
-                         autoescape=select_autoescape(["html"]))
 
 
 class LabelRequest(BaseModel):
@@ -60,7 +58,7 @@ def review_router(db: CentralDB) -> APIRouter:
 
     @router.get("/login", response_class=HTMLResponse)
     def login_page(next: str = "/review", error: str = "") -> str:
-        return _templates.get_template("login.html").render(next=_local(next), error=error)
+        return templates.get_template("login.html").render(next=_local(next), error=error)
 
     @router.post("/login")
     def login(request: Request, username: str = Form(...), password: str = Form(...),
@@ -96,7 +94,7 @@ def review_router(db: CentralDB) -> APIRouter:
         defects = defects[:PAGE_SIZE]
         query = {k: v for k, v in request.query_params.items() if k != "after" and v}
         since, rate = db.defect_rate(filters, RATE_BUCKET_S, RATE_BUCKETS)
-        return _templates.get_template("review.html").render(
+        return templates.get_template("review.html").render(
             session=session, defects=defects, summary=db.defect_summary(filters),
             choices=db.defect_choices(), query=query, verdicts=VERDICTS,
             unreviewed=UNREVIEWED, may_label=session.user.may("quality"),

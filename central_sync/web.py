@@ -10,7 +10,6 @@ import base64
 import logging
 import re
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from central_sync import __version__
 from central_sync.db import CentralDB, DeviceSummary
-from central_sync.drift import drift_report, latency_percentiles
 from central_sync.metrics import central_registry
-from central_sync.pages import pages_router
+from central_sync.pages import model_health, pages_router
 from central_sync.review_web import review_router
 
 log = logging.getLogger(__name__)
@@ -88,40 +86,18 @@ def create_app(
                     hours: float = Query(24.0, gt=0, le=24 * 365)) -> dict[str, Any]:
         """Per device: predictions, errors, latency and drift of each value against the
         manifest's reference, over the last `hours` (the newest version reported if none)."""
-        return model_drift_report(db, name, version, time.time() - hours * 3600)
+        found = model_health(db, name, version, time.time() - hours * 3600)
+        if found is None:
+            raise HTTPException(404, f"no model_stats from any device for {name}"
+                                + (f" {version}" if version else "") + " in this period")
+        return found[0]
 
     app.include_router(review_router(db))
-    app.include_router(pages_router(db, model_drift_report, offline_after_s))
+    app.include_router(pages_router(db, offline_after_s))
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
 
 
     return app
-
-
-def model_drift_report(db: CentralDB, name: str, version: str | None,
-                       since: float) -> dict[str, Any]:
-    stats = db.model_stats(name, version, since)
-    if not stats:
-        raise HTTPException(404, f"no model_stats from any device for {name}"
-                            + (f" {version}" if version else "") + " in this period")
-    version = version or stats[-1][1].model.version
-    stats = [(device, s) for device, s in stats if s.model.version == version]
-    manifest = db.get_model(name, version)
-    reference = manifest.metadata.get("reference") if manifest else None
-    devices = []
-    for device_id in sorted({device for device, _ in stats}):
-        windows = [s for device, s in stats if device == device_id]
-        report = drift_report(reference, windows) if isinstance(reference, dict) else []
-        devices.append({
-            "device_id": device_id, "intervals": len(windows),
-            "predictions": sum(w.predictions for w in windows),
-            "errors": sum(w.errors for w in windows),
-            "latency_ms": latency_percentiles(windows),
-            "labels": dict(sum((Counter(w.labels) for w in windows), Counter())),
-            "drift": [d.as_dict() for d in report],
-            "drifted": [d.name for d in report if d.drifted]})
-    return {"model": name, "version": version, "since": since,
-            "reference": isinstance(reference, dict), "devices": devices}
 
 
 def _device_json(device: DeviceSummary, now: float, offline_after_s: float) -> dict[str, Any]:
