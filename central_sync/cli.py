@@ -532,6 +532,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     users_cli.add_parser(commands, common, formatter)
 
+    from central_sync import device_cli
+
+    device_cli.add_parser(commands, common, formatter)
+
     keys = commands.add_parser(
         "keys", formatter_class=formatter, help="create or show central's signing key",
         description="The Ed25519 key pair that signs every manifest and command. Agents hold "

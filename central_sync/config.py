@@ -23,6 +23,43 @@ class WebConfig(BaseModel):
     port: int = Field(8000, ge=0, le=65535, description="0 turns the web server off")
 
 
+class ProvisioningConfig(BaseModel):
+    """Where `central-sync device add|remove|rotate` keeps Mosquitto's accounts, and what the
+    bundle for a new gateway says."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    password_file: Path = Field(
+        Path("/etc/mosquitto/edge-mlops/passwd"),
+        description="Mosquitto's password_file, written by central-sync")
+    acl_file: Path = Field(
+        Path("/etc/mosquitto/edge-mlops/acl"), description="Mosquitto's acl_file, written by "
+        "central-sync")
+    reload_command: str | None = Field(
+        None, description="Shell command that makes Mosquitto reread both files (SIGHUP), run "
+        "after each change; unset where something else does it (mosquitto-accounts.path "
+        "under systemd, the compose file's watcher)")
+    bundle_dir: Path = Field(
+        Path("var/central/bundles"), validate_default=True,
+        description="Where device bundles (DEVICE.tar.gz) are written")
+    gateway_broker_host: str = Field(
+        "mqtt.plant.example", description="Broker host name the gateways use; it must be "
+        "in the server certificate (deploy/make-certs.sh server NAME)")
+    gateway_broker_port: int = Field(8883, ge=1, le=65535, description="TLS port for gateways")
+    ca_file: Path | None = Field(
+        Path("/etc/mosquitto/edge-mlops/tls/ca.crt"),
+        description="CA certificate the gateways trust, copied into each bundle; unset for a "
+        "broker whose certificate a public CA signed")
+    client_ca_key: Path | None = Field(
+        None, description="The CA's private key: when set, each bundle also holds a client "
+        "certificate for the mutual-TLS listener (8884)")
+
+    @field_validator("password_file", "acl_file", "bundle_dir", "ca_file", "client_ca_key")
+    @classmethod
+    def _relative_to_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else resolve_path(value, info.context)
+
+
 class CentralConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -51,6 +88,8 @@ class CentralConfig(BaseModel):
         "own central_id, all on one PostgreSQL database) share the devices' messages through "
         "an MQTT shared subscription ($share/GROUP/...), each message going to one of them")
     web: WebConfig = Field(default_factory=WebConfig)
+    provisioning: ProvisioningConfig = Field(
+        default_factory=dict, validate_default=True)  # type: ignore[arg-type]
     signing_key_path: Path = Field(
         Path("var/central/keys/signing.key"), validate_default=True,
         description="Ed25519 key that signs manifests and commands (`central-sync keys init`); "

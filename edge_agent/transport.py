@@ -10,14 +10,16 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from edge_agent.configfile import resolve_path
 from edge_agent.contract import SHARED_PREFIX, plain_filter
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,9 @@ class NotConnected(RuntimeError):
     """Raised when publishing while the broker connection is down."""
 
 
+DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # matches max_packet_size in deploy/mosquitto
+
+
 class BrokerConfig(BaseModel):
     """How to reach the MQTT broker (Mosquitto in production)."""
 
@@ -39,12 +44,55 @@ class BrokerConfig(BaseModel):
     port: int = Field(1883, ge=1, le=65535, description="1883 plain, 8883 TLS")
     username: str | None = Field(None, description="Broker user; ${ENV_VAR} allowed")
     password: str | None = Field(None, description="Broker password; use ${ENV_VAR}")
+    password_file: Path | None = Field(
+        None, description="File holding the broker password (mode 600), instead of password; "
+        "relative paths are relative to this file")
     tls: bool = Field(False, description="Connect with TLS")
-    ca_file: str | None = Field(None, description="CA certificate for TLS (PEM)")
+    ca_file: Path | None = Field(
+        None, description="CA certificate for TLS (PEM); the system's CAs when unset")
+    cert_file: Path | None = Field(
+        None, description="Client certificate (PEM), for a listener that requires one")
+    key_file: Path | None = Field(None, description="Private key of cert_file (PEM)")
     protocol: Literal["3.1.1", "5"] = Field("5", description="MQTT protocol version")
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive")
     topic_prefix: str = Field("edge-mlops", description="Root of the topic tree")
     client_id: str | None = Field(None, description="Defaults to the device id / central id")
+    max_message_bytes: int = Field(
+        DEFAULT_MAX_MESSAGE_BYTES, ge=64 * 1024,
+        description="Received messages larger than this are dropped unread")
+
+    @field_validator("password_file", "ca_file", "cert_file", "key_file")
+    @classmethod
+    def _existing_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None or str(value) == "":
+            return None
+        path = resolve_path(value, info.context)
+        # The password file may come later (`central-sync broker init` writes central's).
+        if info.field_name != "password_file" and not path.is_file():
+            raise ValueError(f"file {path} does not exist; give the path of the {info.field_name}")
+        return path
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BrokerConfig:
+        if self.password and self.password_file:
+            raise ValueError("set password or password_file, not both")
+        if (self.password or self.password_file) and not self.username:
+            raise ValueError("a password needs a username: set broker.username")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: set both or neither")
+        if (self.cert_file or self.ca_file) and not self.tls:
+            raise ValueError("ca_file and cert_file are for TLS: set tls: true (port 8883)")
+        return self
+
+    def secret(self) -> str | None:
+        """The password, read from password_file when it is given there."""
+        if self.password_file is None:
+            return self.password or None
+        try:
+            return self.password_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read broker.password_file {self.password_file}: "
+                             f"{exc.strerror}") from None
 
 
 @dataclass
@@ -135,9 +183,10 @@ class MqttTransport:
             protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
         )
         if self.config.username:
-            client.username_pw_set(self.config.username, self.config.password)
+            client.username_pw_set(self.config.username, self.config.secret())
         if self.config.tls:
-            client.tls_set(ca_certs=self.config.ca_file, cert_reqs=ssl.CERT_REQUIRED)
+            client.tls_set(ca_certs=_str(self.config.ca_file), certfile=_str(self.config.cert_file),
+                           keyfile=_str(self.config.key_file), cert_reqs=ssl.CERT_REQUIRED)
         if self._will:
             client.will_set(self._will.topic, self._will.payload, self._will.qos, self._will.retain)
         client.reconnect_delay_set(min_delay=1, max_delay=2)
@@ -246,6 +295,10 @@ class MqttTransport:
         self._call_soon(self._set_disconnected)
 
     def _on_message(self, client, userdata, message) -> None:
+        if len(message.payload) > self.config.max_message_bytes:
+            log.warning("message dropped unread topic=%s bytes=%d limit=%d (max_message_bytes)",
+                        message.topic, len(message.payload), self.config.max_message_bytes)
+            return
         self._call_soon(self._inbox.put_nowait, (message.topic, bytes(message.payload)))
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
@@ -283,6 +336,10 @@ class MqttTransport:
         while True:
             topic, payload = await self._inbox.get()
             await self._subs.dispatch(topic, payload)
+
+
+def _str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
 
 
 class _AckWaiter:
@@ -345,6 +402,9 @@ class MemoryBroker:
             chosen[group_filter] = members[turn % len(members)]
             self._turns[group_filter] = turn + 1
         for client in clients:
+            if len(payload) > client.max_message_bytes:
+                log.warning("message dropped unread topic=%s bytes=%d", topic, len(payload))
+                continue
             await client._subs.dispatch(
                 topic, payload,
                 only=lambda f, c=client: not f.startswith(SHARED_PREFIX) or chosen.get(f) is c)
@@ -354,8 +414,10 @@ class MemoryTransport:
     """A Transport whose messages go through a MemoryBroker in the same process."""
 
     def __init__(self, broker: MemoryBroker, will: Will | None = None,
-                 on_connected: Callable[[], Awaitable[None]] | None = None) -> None:
+                 on_connected: Callable[[], Awaitable[None]] | None = None,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         self._broker = broker
+        self.max_message_bytes = max_message_bytes
         self._will = will
         self._on_connected = on_connected
         self._subs = _Subscriptions()

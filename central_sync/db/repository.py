@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from central_sync.db.accounts import AccountQueries
+from central_sync.db.broker_accounts import BrokerAccountQueries
 from central_sync.db.connection import open_connection, serialised
 from central_sync.db.review import ReviewQueries
 from central_sync.db.rows import (
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 DEPLOYMENT_ISSUED = "issued"
 
 
-class CentralDB(ReviewQueries, AccountQueries):
+class CentralDB(ReviewQueries, AccountQueries, BrokerAccountQueries):
     """Central's database. Thread-safe: calls are serialised on one connection.
 
     Callers on an asyncio loop run these methods in a worker thread, never on the loop.

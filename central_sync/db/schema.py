@@ -139,6 +139,12 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             ended_at REAL NOT NULL, payload TEXT NOT NULL, PRIMARY KEY (device_id, seq))""",
         "CREATE INDEX model_stats_model ON model_stats (model_name, model_version, ended_at)",
     )),
+    (9, "broker_accounts: central's and each provisioned device's Mosquitto login", (
+        """CREATE TABLE broker_accounts (
+            username TEXT PRIMARY KEY, kind TEXT NOT NULL, labels TEXT NOT NULL DEFAULT '[]',
+            password_hash TEXT NOT NULL, created_at REAL NOT NULL, rotated_at REAL NOT NULL,
+            revoked_at REAL)""",
+    )),
 )
 
 
@@ -245,6 +251,12 @@ POSTGRES_MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             started_at DOUBLE PRECISION NOT NULL, ended_at DOUBLE PRECISION NOT NULL,
             payload TEXT NOT NULL, PRIMARY KEY (device_id, seq))""",
         "CREATE INDEX model_stats_model ON model_stats (model_name, model_version, ended_at)",
+    )),
+    (9, "broker_accounts: central's and each provisioned device's Mosquitto login", (
+        """CREATE TABLE broker_accounts (
+            username TEXT PRIMARY KEY, kind TEXT NOT NULL, labels TEXT NOT NULL DEFAULT '[]',
+            password_hash TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL,
+            rotated_at DOUBLE PRECISION NOT NULL, revoked_at DOUBLE PRECISION)""",
     )),
 )
 
