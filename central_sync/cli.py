@@ -35,6 +35,7 @@ from edge_agent.contract import (
     topic_table_markdown,
 )
 from edge_agent.signing import KeyFileError
+from edge_agent.transport import BrokerCredentialsError
 
 if TYPE_CHECKING:
     from central_sync.db import CentralDB
@@ -599,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (UsageError, KeyFileError) as exc:
+    except (UsageError, KeyFileError, BrokerCredentialsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -63,8 +63,8 @@ def _bundle(config: CentralConfig, db: CentralDB, device: str, password: str) ->
     except ProvisioningError as exc:
         raise UsageError(str(exc)) from None
     client = " and a client certificate" if bundle.has_client_certificate else ""
-    return (f"bundle {bundle.path} (mode 600: it holds the password{client}); copy it to the "
-            f"gateway and run: sudo deploy/install-agent.sh {bundle.path.name}")
+    return (f"bundle: {bundle.path} (mode 600: it holds the password{client})\n"
+            f"copy it to the gateway and run: sudo deploy/install-agent.sh {bundle.path.name}")
 
 
 def cmd_device_add(args: argparse.Namespace) -> int:
@@ -79,11 +79,11 @@ def cmd_device_add(args: argparse.Namespace) -> int:
                                   mosquitto_hash(password), by=by)
         except AccountExists as exc:
             raise UsageError(str(exc)) from None
-        done = _apply(config, db)
         bundle = _bundle(config, db, device, password)
+        print(bundle)  # before the reload, which may fail: the password lives only in it
+        done = _apply(config, db)
     console = _console()
     console.print(f"device {device} provisioned: {done}")
-    console.print(bundle)
     return EXIT_OK
 
 
@@ -98,12 +98,12 @@ def cmd_device_rotate(args: argparse.Namespace) -> int:
             db.rotate_broker_account(device, mosquitto_hash(password), by=by)
         except UnknownAccount as exc:
             raise UsageError(str(exc)) from None
-        done = _apply(config, db)
         bundle = _bundle(config, db, device, password)
+        print(bundle)  # before the reload, which may fail: the password lives only in it
+        done = _apply(config, db)
     console = _console()
     console.print(f"device {device}: new credentials; {done}. Its old password no longer "
                   "works: until the gateway has the new one it buffers its data, losing none.")
-    console.print(bundle)
     return EXIT_OK
 
 

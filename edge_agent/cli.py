@@ -19,6 +19,7 @@ from edge_agent.config import (
 )
 from edge_agent.configfile import ConfigError
 from edge_agent.signing import KeyFileError
+from edge_agent.transport import BrokerCredentialsError
 
 DEFAULT_CONFIG = "edge-agent.yaml"
 
@@ -103,6 +104,9 @@ def _run(config: AgentConfig, log_level: str) -> int:
     except KeyFileError as exc:
         print(f"edge-agent: security.central_public_key: {exc}", file=sys.stderr)
         return 2
+    except BrokerCredentialsError as exc:
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
         return 1
@@ -115,10 +119,19 @@ def _check_config(config: AgentConfig, path: Path) -> int:
     except KeyFileError as exc:
         print(f"edge-agent: {path}: security.central_public_key: {exc}", file=sys.stderr)
         return 2
+    broker = config.broker
+    try:
+        broker.secret()
+    except BrokerCredentialsError as exc:
+        print(f"edge-agent: {path}: {exc}", file=sys.stderr)
+        return 2
+    login = f"user {broker.username}" if broker.username else "anonymous"
+    link = "TLS" + (" with client certificate" if broker.cert_file else "") if broker.tls else (
+        "plain")
     print(f"{path}: OK")
     print(f"  device:    {config.device_id}")
-    print(f"  broker:    {config.broker.host}:{config.broker.port} "
-          f"(MQTT {config.broker.protocol}, prefix {config.broker.topic_prefix})")
+    print(f"  broker:    {broker.host}:{broker.port} (MQTT {broker.protocol}, {link}, {login}, "
+          f"prefix {broker.topic_prefix})")
     print(f"  data dir:  {config.data_dir}")
     for source in config.sources:
         if isinstance(source, OpcUaSourceConfig):

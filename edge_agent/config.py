@@ -533,6 +533,17 @@ class AgentConfig(_Strict):
         return resolve_path(value, info.context)
 
     @model_validator(mode="after")
+    def _no_password_in_clear(self) -> AgentConfig:
+        broker = self.broker
+        if (broker.password or broker.password_file) and not broker.tls and not is_loopback(
+                broker.host):
+            raise ValueError(
+                f"broker.tls is off but the broker {broker.host} is another machine: the "
+                "password would cross the network in clear; set broker.tls: true and "
+                "broker.port: 8883 (with ca_file), or run the broker on this machine")
+        return self
+
+    @model_validator(mode="after")
     def _references_resolve(self) -> AgentConfig:
         source_names = [s.name for s in self.sources]
         _unique(source_names, "source")

@@ -32,6 +32,10 @@ class NotConnected(RuntimeError):
     """Raised when publishing while the broker connection is down."""
 
 
+class BrokerCredentialsError(Exception):
+    """The broker password cannot be read; the message says which file and why."""
+
+
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # matches max_packet_size in deploy/mosquitto
 
 
@@ -91,8 +95,11 @@ class BrokerConfig(BaseModel):
         try:
             return self.password_file.read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise ValueError(f"cannot read broker.password_file {self.password_file}: "
-                             f"{exc.strerror}") from None
+            raise BrokerCredentialsError(
+                f"cannot read broker.password_file {self.password_file}: {exc.strerror}; on a "
+                "gateway, copy mqtt-password from the device's bundle (`central-sync device "
+                "add`); for central, run `central-sync broker init`"
+            ) from None
 
 
 @dataclass

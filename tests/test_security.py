@@ -330,7 +330,7 @@ def test_mutual_tls_needs_the_device_certificate(plant: SecurePlant, tmp_path: P
     key.write_bytes(bundle["client.key"])
     password = password_of(bundle)
     without = plant.probe("line3-gw1", password, port=plant.mtls_port)
-    assert not without.connect(timeout_s=3), "the mutual-TLS listener let in a client without a certificate"
+    assert not without.connect(timeout_s=3), "mutual TLS let in a client without a certificate"
     with_cert = plant.probe("line3-gw1", password, port=plant.mtls_port, cert=cert, key=key)
     assert with_cert.connect(), with_cert.connack
     with_cert.close()
