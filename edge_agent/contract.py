@@ -741,6 +741,8 @@ def decode(
 def _explain_rejection(payload: bytes | str) -> Rejection:
     try:
         data = json.loads(payload)
+    except RecursionError:
+        return Rejection("payload nests arrays or objects too deeply")
     except (ValueError, UnicodeDecodeError) as exc:
         return Rejection(f"payload is not JSON: {exc}")
     if not isinstance(data, dict):
