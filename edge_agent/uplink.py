@@ -76,6 +76,7 @@ class Uplink:
         self._ack_timeout_s = config.ack_timeout_s
         self._wake = asyncio.Event()
         self._next_eviction_report = 0.0
+        self._highest_sent = 0  # no ack may delete a seq above it: it was never sent
         self.stats = UplinkStats()
 
     def health(self) -> UplinkHealth:
@@ -141,6 +142,7 @@ class Uplink:
         )
         seqs = [r.seq for r in records]
         self._in_flight[batch_id] = _InFlight(seqs, time.monotonic())
+        self._highest_sent = max(self._highest_sent, *seqs)
         try:
             await self._transport.publish(self._topics.uplink(self.device_id), payload, qos=1)
         except NotConnected as exc:
@@ -159,6 +161,7 @@ class Uplink:
                               record.payload_json, self._config.batch_max_bytes * 3 // 4)
         batch_id = chunked_batch_id(record.seq)
         self._in_flight[batch_id] = _InFlight([record.seq], time.monotonic())
+        self._highest_sent = max(self._highest_sent, record.seq)
         try:
             for piece in pieces:
                 await self._transport.publish(self._topics.uplink(self.device_id),
@@ -179,7 +182,9 @@ class Uplink:
             log.warning("ack rejected device=%s reason=%s", self.device_id, message.reason)
             return
         assert isinstance(message, BatchAck)
-        await self._buffer.ack(message.acked_seqs)
+        # Acks are not authenticated: a forged or corrupted one may name seqs this uplink has
+        # not sent yet, or that no database holds; those records stay.
+        await self._buffer.ack([s for s in message.acked_seqs if 0 < s <= self._highest_sent])
         flight = self._in_flight.pop(message.batch_id, None)
         if flight is not None:
             self.stats.record_ack(len(message.acked_seqs), time.monotonic() - flight.sent_at)
