@@ -7,10 +7,12 @@ import argparse
 import getpass
 import os
 import re
+import secrets
 
+from rich.console import Console
 from rich.table import Table
 
-from central_sync.accounts import hash_password
+from central_sync.accounts import hash_password, token_digest
 from central_sync.cli import (
     EXIT_OK,
     UsageError,
@@ -79,6 +81,25 @@ def cmd_users_change(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_users_token(args: argparse.Namespace) -> int:
+    config = _load(args)
+    with _database(config) as db:
+        by = _actor(db, args, "admin")
+        found = db.user_with_hash(args.username)
+        if found is None or found[0].disabled:
+            raise UsageError(f"{args.username} is not an active user; see `central-sync users "
+                             "list`")
+        token = secrets.token_urlsafe(32)
+        db.create_session(args.username, token_digest(token), secrets.token_urlsafe(24),
+                          args.days * 86400, action="user.token", by=by)
+    print(token)
+    Console(stderr=True).print(
+        f"an API token for {args.username} ({found[0].role}), valid {args.days:g} days: send "
+        "it as Authorization: Bearer TOKEN (to /api/... and /metrics). "
+        f"`central-sync users disable {args.username}` or a new password ends it.", style="dim")
+    return EXIT_OK
+
+
 def cmd_users_list(args: argparse.Namespace) -> int:
     config = _load(args)
     with _database(config) as db:
@@ -114,6 +135,16 @@ def add_parser(commands: argparse._SubParsersAction, common: argparse.ArgumentPa
     add.add_argument("username", help="letters, digits, . _ -")
     add.add_argument("--role", choices=ROLES, default="viewer", help="default: viewer")
     add.set_defaults(func=cmd_users_add)
+    token = actions.add_parser(
+        "token", parents=[common], formatter_class=formatter,
+        help="an API token for scripts and Prometheus (Authorization: Bearer)",
+        description="Print a new token that reads the JSON API and /metrics as this user, "
+                    "until it expires or the user is disabled or gets a new password.",
+        epilog=_epilog("central-sync users token grafana --days 365 > central.token"))
+    token.add_argument("username", help="an existing user (a viewer is enough to read)")
+    token.add_argument("--days", type=float, default=90.0, help="validity (default: 90)")
+    token.add_argument("--by", default=_user(), help="who does it, for the audit log")
+    token.set_defaults(func=cmd_users_token)
     listing = actions.add_parser(
         "list", parents=[common], formatter_class=formatter, help="list the users",
         description="Every user with role and access.", epilog=_epilog("central-sync users list"))

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Query, Response
+from fastapi import Depends, FastAPI, HTTPException, Query, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -23,6 +23,7 @@ from central_sync.db import CentralDB, DeviceSummary
 from central_sync.metrics import central_registry
 from central_sync.pages import model_health, pages_router
 from central_sync.review_web import review_router
+from central_sync.web_auth import api_reader
 
 log = logging.getLogger(__name__)
 
@@ -38,28 +39,29 @@ def create_app(
     /metrics."""
     app = FastAPI(title="central-sync", version=__version__)
     registry = central_registry(db, offline_after_s, health)
+    signed_in = [Depends(api_reader(db))]
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
         live = health() if health else {}
         return {"status": "ok", "schema_version": db.schema_version(), **live}
 
-    @app.get("/metrics")
+    @app.get("/metrics", dependencies=signed_in)
     def prometheus_metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/api/devices")
+    @app.get("/api/devices", dependencies=signed_in)
     def devices() -> list[dict[str, Any]]:
         now = time.time()
         return [_device_json(d, now, offline_after_s) for d in db.list_devices()]
 
-    @app.get("/api/predictions")
+    @app.get("/api/predictions", dependencies=signed_in)
     def predictions(
         limit: int = Query(50, ge=1, le=1000), device_id: str | None = None
     ) -> list[dict[str, Any]]:
         return db.recent_predictions(limit, device_id=device_id or None)
 
-    @app.get("/api/records")
+    @app.get("/api/records", dependencies=signed_in)
     def records(
         type: str = Query(..., pattern=r"^[a-z][a-z0-9_]{0,31}$", description="e.g. defect"),
         limit: int = Query(50, ge=1, le=1000), device_id: str | None = None,
@@ -67,7 +69,7 @@ def create_app(
         """Newest records of a type; evidence images are listed by name, served below."""
         return db.recent_records(type, limit, device_id=device_id or None)
 
-    @app.get("/api/records/{device_id}/{seq}/images/{name}")
+    @app.get("/api/records/{device_id}/{seq}/images/{name}", dependencies=signed_in)
     def record_image(device_id: str, seq: int, name: str) -> Response:
         if not re.match(r"^[a-z][a-z0-9_]{0,31}$", name):
             raise HTTPException(404, "no such image")
@@ -76,12 +78,12 @@ def create_app(
             raise HTTPException(404, f"record {device_id}/{seq} has no image {name!r}")
         return Response(base64.b64decode(encoded), media_type="image/jpeg")
 
-    @app.get("/api/models")
+    @app.get("/api/models", dependencies=signed_in)
     def models() -> list[dict[str, Any]]:
         return [{**m.manifest.model_dump(), "published_by": m.published_by}
                 for m in db.list_models()]
 
-    @app.get("/api/models/{name}/drift")
+    @app.get("/api/models/{name}/drift", dependencies=signed_in)
     def model_drift(name: str, version: str | None = None,
                     hours: float = Query(24.0, gt=0, le=24 * 365)) -> dict[str, Any]:
         """Per device: predictions, errors, latency and drift of each value against the

@@ -40,3 +40,25 @@ def session_dependencies(db: CentralDB) -> tuple[Callable[[Request], Session | N
         return session
 
     return session_of, viewer, quality
+
+
+def api_reader(db: CentralDB) -> Callable[[Request], Session | None]:
+    """Who may read the JSON API and /metrics: once central has accounts, a logged-in browser
+    (the session cookie) or a script with `Authorization: Bearer TOKEN` (`central-sync users
+    token NAME`). Before the first account everything is open, as the CLI is, so a new central
+    can be set up; it listens on 127.0.0.1 by default."""
+
+    def reader(request: Request) -> Session | None:
+        token = request.cookies.get(COOKIE)
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and credentials:
+            token = credentials.strip()
+        session = db.session(token_digest(token)) if token else None
+        if session is None and db.has_users():
+            raise HTTPException(
+                401, "log in at /login, or send Authorization: Bearer TOKEN (an admin makes "
+                "one with `central-sync users token NAME`)",
+                headers={"WWW-Authenticate": 'Bearer realm="central-sync"'})
+        return session
+
+    return reader

@@ -105,8 +105,12 @@ def wait_http(url: str, timeout_s: float, process: subprocess.Popen, name: str) 
     raise RuntimeError(f"{name} did not answer on {url} within {timeout_s:.0f} s")
 
 
+API_HEADERS: dict[str, str] = {}  # central's API token, once the demo account exists
+
+
 def get_json(url: str) -> object:
-    with urllib.request.urlopen(url, timeout=5) as response:
+    request = urllib.request.Request(url, headers=API_HEADERS)
+    with urllib.request.urlopen(request, timeout=5) as response:
         return json.loads(response.read())
 
 
@@ -250,6 +254,13 @@ def _demo_account(central_cfg: Path) -> None:
         capture_output=True, text=True, cwd=REPO, env=DEMO_ENV)
     if added.returncode != 0 and "exists" not in added.stderr:
         raise RuntimeError(f"demo account not created: {added.stderr.strip()}")
+    # Central's JSON API needs a login once accounts exist: the demo reads it with a token.
+    token = subprocess.run(
+        [str(BIN / "central-sync"), "users", "token", DEMO_USER, "--days", "1",
+         "-c", str(central_cfg)], capture_output=True, text=True, cwd=REPO, env=DEMO_ENV)
+    if token.returncode != 0:
+        raise RuntimeError(f"demo API token not made: {token.stderr.strip()}")
+    API_HEADERS["Authorization"] = f"Bearer {token.stdout.strip()}"
 
 
 def _wait_port(port: int, process: subprocess.Popen, timeout_s: float = 10) -> None:

@@ -99,14 +99,15 @@ class AccountQueries:
                 self._db.execute("DELETE FROM sessions WHERE username = ?", (username,))
 
     @serialised
-    def create_session(self, username: str, token_sha256: str, csrf: str, ttl_s: float) -> None:
+    def create_session(self, username: str, token_sha256: str, csrf: str, ttl_s: float,
+                       action: str = "user.login", by: str | None = None) -> None:
         now = time.time()
         with self._db.atomic():
             self._db.execute("DELETE FROM sessions WHERE expires_at < ?", (now,))
             self._db.execute("INSERT INTO sessions (token_sha256, username, csrf, created_at, "
                              "expires_at) VALUES (?, ?, ?, ?, ?)",
                              (token_sha256, username, csrf, now, now + ttl_s))
-            self._audit(username, "user.login", username, "")
+            self._audit(by or username, action, username, "")
 
     @serialised
     def session(self, token_sha256: str, now: float | None = None) -> Session | None:
