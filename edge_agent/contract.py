@@ -24,6 +24,7 @@ DEFAULT_TOPIC_PREFIX = "edge-mlops"
 MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
 MAX_RECORDS_PER_BATCH = 5000
 MAX_CHUNKS_PER_REQUEST = 1024
+MAX_SEQ = 2**63 - 1  # the largest integer SQLite and PostgreSQL's BIGINT hold
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 SEMVER_PATTERN = r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$"
@@ -47,6 +48,7 @@ DeviceId = Annotated[str, Field(pattern=ID_PATTERN, description="Device id: lett
 ModelName = Annotated[str, Field(pattern=ID_PATTERN, description="Model name")]
 Version = Annotated[str, Field(pattern=SEMVER_PATTERN, description="Semantic version, e.g. 1.4.0")]
 Sha256 = Annotated[str, Field(pattern=SHA256_PATTERN, description="Lower-case hex SHA-256")]
+Seq = Annotated[int, Field(ge=1, le=MAX_SEQ, description="A record's per-device sequence number")]
 
 
 def now() -> float:
@@ -131,7 +133,7 @@ class UplinkRecord(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    seq: int = Field(ge=1, description="Per-device sequence number, strictly increasing")
+    seq: Seq = Field(description="Per-device sequence number, strictly increasing")
     type: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")] = Field(
         description="Record type: prediction, deployment_event, ..."
     )
@@ -316,7 +318,7 @@ class EvictionPayload(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    ranges: list[tuple[int, int, str]] = Field(
+    ranges: list[tuple[Seq, Seq, str]] = Field(
         description="[first_seq, last_seq, record type], inclusive"
     )
     by_kind: dict[str, int]
@@ -348,7 +350,7 @@ class RecordChunk(_Message):
 
     kind: Literal["record_chunk"] = "record_chunk"
     device_id: DeviceId
-    seq: int = Field(ge=1)
+    seq: Seq
     type: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
     created_at: float
     index: int = Field(ge=0)
