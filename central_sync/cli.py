@@ -361,10 +361,58 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_show(args: argparse.Namespace) -> int:
-    signer = _load(args).signer()
-    print(f"central signing key {signer.key_id} ({args.config}):", file=sys.stderr)
-    print(signer.public_pem(), end="")
+    config = _load(args)
+    signer, upcoming = config.signer(), config.next_signer()
+    also = f", and the next key {upcoming.key_id}" if upcoming else ""
+    print(f"central signing key {signer.key_id}{also} ({args.config}):", file=sys.stderr)
+    print(config.trusted_public_pem(), end="")
     return EXIT_OK
+
+
+def cmd_keys_next(args: argparse.Namespace) -> int:
+    from edge_agent.signing import Signer
+
+    config = _load(args)
+    current = config.signer()
+    path, existing = config.next_signing_key_path, config.next_signer()
+    if existing is not None and not args.force:
+        raise UsageError(f"{path} exists already (key {existing.key_id}); give agents "
+                         "signing.pub, then `central-sync keys promote`")
+    upcoming = Signer.generate()
+    upcoming.save(path)
+    public = config.signing_key_path.with_suffix(".pub")
+    _write_public(public, config.trusted_public_pem())
+    console = _console()
+    console.print(f"next signing key [bold]{upcoming.key_id}[/] written to {path}; "
+                  f"{current.key_id} still signs.", highlight=False)
+    console.print(f"  {public} now holds both keys: give it to every agent (as its "
+                  "security.central_public_key), then run `central-sync keys promote`.",
+                  highlight=False)
+    return EXIT_OK
+
+
+def cmd_keys_promote(args: argparse.Namespace) -> int:
+    config = _load(args)
+    upcoming, current = config.next_signer(), config.signer()
+    if upcoming is None:
+        raise UsageError("there is no next key: `central-sync keys next` makes one")
+    next_path = config.next_signing_key_path
+    os.replace(next_path, config.signing_key_path)
+    next_path.with_suffix(".pub").unlink(missing_ok=True)
+    _write_public(config.signing_key_path.with_suffix(".pub"), upcoming.public_pem())
+    with _database(config) as db:
+        db.audit(_actor(db, args, "admin"), "keys.promote", upcoming.key_id,
+                 f"replaces {current.key_id}")
+    _console().print(f"key {upcoming.key_id} signs from now on (restart central-sync); "
+                     f"{current.key_id} is gone. Agents that trust only the old key refuse "
+                     "new manifests until they get signing.pub.", highlight=False)
+    return EXIT_OK
+
+
+def _write_public(path: Path, pem: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(pem, encoding="ascii")
+    os.replace(temporary, path)
 
 
 # --- devices and contract ----------------------------------------------------------------------
@@ -560,6 +608,24 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print the public key and its id, to copy into agents' configuration.",
         epilog=_epilog("central-sync keys show -c central-sync.yaml > central-signing.pub"))
     show.set_defaults(func=cmd_keys_show)
+    upcoming = key_commands.add_parser(
+        "next", parents=[common], formatter_class=formatter,
+        help="start a key change: a next key, trusted by agents before it signs",
+        description="Create the next signing key beside the current one (which still signs) "
+                    "and put both public keys in signing.pub. Give agents that signing.pub, "
+                    "then `keys promote`: no agent refuses a manifest on the way.",
+        epilog=_epilog("central-sync keys next -c central-sync.yaml",
+                       "central-sync keys show -c central-sync.yaml > central-signing.pub"))
+    upcoming.add_argument("--force", action="store_true", help="replace a next key")
+    upcoming.set_defaults(func=cmd_keys_next)
+    promote = key_commands.add_parser(
+        "promote", parents=[common], formatter_class=formatter,
+        help="finish a key change: the next key signs, the old one is deleted",
+        description="Make the next key (from `keys next`) the signing key; manifests signed "
+                    "by the old key are re-signed when they are deployed.",
+        epilog=_epilog("central-sync keys promote -c central-sync.yaml"))
+    promote.add_argument("--by", default=_user(), help="who does it, for the audit log")
+    promote.set_defaults(func=cmd_keys_promote)
 
     devices = commands.add_parser(
         "devices", parents=[common], formatter_class=formatter,

@@ -117,6 +117,20 @@ class CentralConfig(BaseModel):
         return Signer.from_file(self.signing_key_path)
 
     @property
+    def next_signing_key_path(self) -> Path:
+        """Where `central-sync keys next` keeps the key that replaces the current one."""
+        return self.signing_key_path.with_name(f"{self.signing_key_path.stem}.next.key")
+
+    def next_signer(self) -> Signer | None:
+        path = self.next_signing_key_path
+        return Signer.from_file(path) if path.exists() else None
+
+    def trusted_public_pem(self) -> str:
+        """What agents must trust: the current key, and during a key change the next one."""
+        upcoming = self.next_signer()
+        return self.signer().public_pem() + (upcoming.public_pem() if upcoming else "")
+
+    @property
     def database_name(self) -> str:
         """The database for people: the SQLite file, or the URL without its password."""
         return redact(self.database_url.removeprefix(SQLITE_PREFIX))

@@ -59,7 +59,7 @@ def _bundle(config: CentralConfig, db: CentralDB, device: str, password: str) ->
     account = db.broker_account(device)
     assert account is not None
     try:
-        bundle = write_bundle(config, account, password, config.signer().public_pem().encode())
+        bundle = write_bundle(config, account, password, config.trusted_public_pem().encode())
     except ProvisioningError as exc:
         raise UsageError(str(exc)) from None
     client = " and a client certificate" if bundle.has_client_certificate else ""

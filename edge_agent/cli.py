@@ -155,7 +155,7 @@ def _check_config(config: AgentConfig, path: Path) -> int:
                   f"{pipeline.model}, defects: {', '.join(pipeline.defects.classes)}")
     ui = f"http://{config.ui.host}:{config.ui.port}/" if config.ui.port else "off"
     print(f"  web page:  {ui}")
-    trust = (f"signed by key {verifier.key_id} only" if verifier
+    trust = (f"signed by {verifier.description} only" if verifier
              else "UNSIGNED accepted (verify_signatures: false)")
     print(f"  models:    {trust}")
     return 0

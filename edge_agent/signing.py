@@ -12,6 +12,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -107,21 +108,35 @@ class Signer:
 
 
 class Verifier:
-    """The public key an agent trusts."""
+    """The public keys an agent trusts: central's key, and during a key change also the next
+    one (`central-sync keys next`), in one PEM file."""
 
-    def __init__(self, public_key: Ed25519PublicKey) -> None:
+    def __init__(self, public_key: Ed25519PublicKey, *more: Ed25519PublicKey) -> None:
         self.public_key = public_key
         self.key_id = key_id(public_key)
+        self.keys = {key_id(k): k for k in (public_key, *more)}
+
+    @property
+    def description(self) -> str:
+        """'key ID', or 'keys ID1 or ID2' while two are trusted."""
+        ids = list(self.keys)
+        return f"key {ids[0]}" if len(ids) == 1 else f"keys {' or '.join(ids)}"
 
     @classmethod
     def from_pem(cls, text: str, origin: str = "public key") -> Verifier:
-        try:
-            key = serialization.load_pem_public_key(text.encode("ascii"))
-        except (ValueError, UnicodeEncodeError) as exc:
-            raise KeyFileError(f"{origin} is not a PEM public key: {exc}") from None
-        if not isinstance(key, Ed25519PublicKey):
-            raise KeyFileError(f"{origin} is not an Ed25519 public key")
-        return cls(key)
+        blocks = _PEM_BLOCK.findall(text)
+        if not blocks:
+            raise KeyFileError(f"{origin} is not a PEM public key (no BEGIN PUBLIC KEY block)")
+        keys = []
+        for block in blocks:
+            try:
+                key = serialization.load_pem_public_key(block.encode("ascii"))
+            except (ValueError, UnicodeEncodeError) as exc:
+                raise KeyFileError(f"{origin} is not a PEM public key: {exc}") from None
+            if not isinstance(key, Ed25519PublicKey):
+                raise KeyFileError(f"{origin} is not an Ed25519 public key")
+            keys.append(key)
+        return cls(*keys)
 
     @classmethod
     def from_file(cls, path: str | Path) -> Verifier:
@@ -138,24 +153,35 @@ class Verifier:
         return cls.from_pem(text, origin=str(path))
 
     def verify(self, message: Any, what: str) -> None:
-        """Raise SignatureError unless `message.signature` is this key's over its content."""
+        """Raise SignatureError unless `message.signature` is a trusted key's over its
+        content."""
         signature = getattr(message, "signature", "")
         signer = getattr(message, "key_id", "")
         if not signature:
             raise SignatureError(f"{what} is unsigned; only signed {what}s are accepted")
-        if signer and signer != self.key_id:
+        if signer and signer not in self.keys:
             raise SignatureError(
-                f"{what} is signed by key {signer}, this agent trusts key {self.key_id}; "
+                f"{what} is signed by key {signer}, this agent trusts {self.description}; "
                 "check the public key in the agent's configuration"
             )
+        candidates = [self.keys[signer]] if signer else list(self.keys.values())
         try:
             raw = base64.b64decode(signature, validate=True)
-            self.public_key.verify(raw, canonical_bytes(message))
-        except (InvalidSignature, ValueError):
-            raise SignatureError(
-                f"{what} signature does not match its content (altered after signing, or "
-                f"signed by another key than {self.key_id})"
-            ) from None
+        except ValueError:
+            raw = b""
+        for key in candidates:
+            try:
+                key.verify(raw, canonical_bytes(message))
+                return
+            except InvalidSignature:
+                continue
+        raise SignatureError(
+            f"{what} signature does not match its content (altered after signing, or "
+            f"signed by another key than {self.description})"
+        )
+
+
+_PEM_BLOCK = re.compile(r"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.DOTALL)
 
 
 def public_key_pem(public_key: Ed25519PublicKey) -> str:
