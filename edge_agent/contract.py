@@ -61,8 +61,13 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+# Messages and what central stores of them as they come: JSON has no NaN or Infinity (a
+# number like 1e400 parses as one), and SQLite would keep NaN as NULL.
+_FINITE = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
 class _Message(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = _FINITE
 
     schema_version: Literal[1] = Field(SCHEMA_VERSION, description="Wire schema version")
 
@@ -88,7 +93,7 @@ class SourceState(BaseModel):
 
 
 class BufferHealth(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = _FINITE
 
     depth: int = Field(ge=0, description="Records waiting for central's ack")
     oldest_age_s: float | None = Field(None, description="Age of the oldest unsent record")
@@ -101,7 +106,7 @@ class BufferHealth(BaseModel):
 
 
 class UplinkHealth(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = _FINITE
 
     connected: bool
     acked_records: int = Field(0, ge=0)
@@ -131,7 +136,7 @@ class DeviceStatus(_Message):
 class UplinkRecord(BaseModel):
     """One record leaving the gateway; `(device_id, seq)` identifies it for ever."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = _FINITE
 
     seq: Seq = Field(description="Per-device sequence number, strictly increasing")
     type: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")] = Field(
