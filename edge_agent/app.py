@@ -7,7 +7,7 @@ import contextlib
 import logging
 from typing import Any, Literal
 
-from edge_agent import __version__, web
+from edge_agent import __version__, systemd, web
 from edge_agent.buffer import Buffer
 from edge_agent.config import AgentConfig, OpcUaSourceConfig, ProcessPipelineConfig
 from edge_agent.contract import (
@@ -145,10 +145,21 @@ class Agent:
         except NotConnected:
             log.debug("status not published: broker not connected")
 
+    async def service_status(self) -> str:
+        """One line for `systemctl status`: broker, sources and what waits in the buffer."""
+        broker = "connected" if self.transport.connected else "not connected"
+        sources = ", ".join(f"{name} {source.state.state}"
+                            for name, source in self.sources.items()) or "none"
+        depth = (await self.buffer.health()).depth
+        return (f"broker {self.config.broker.host}:{self.config.broker.port} {broker}; "
+                f"sources: {sources}; {depth} records waiting for central")
+
     async def _status_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.status_interval_s)
             await self.publish_status()
+            if systemd.enabled():
+                systemd.notify_status(await self.service_status())
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then shut down cleanly."""
@@ -167,9 +178,16 @@ class Agent:
         tasks += [asyncio.create_task(p.run(), name=f"pipeline-{p.name}") for p in self.pipelines]
         tasks.append(asyncio.create_task(self.uplink.run(), name="uplink"))
         tasks.append(asyncio.create_task(self._status_loop(), name="status"))
+        # Until READY, systemd's TimeoutStartSec covers a stalled startup; then the watchdog.
+        watchdog = systemd.start_watchdog()
+        if watchdog is not None:
+            tasks.append(watchdog)
+        systemd.notify_ready(f"started: {len(self.sources)} sources, "
+                             f"{len(self.pipelines)} pipelines; broker connecting")
         stopped = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({stopped, *tasks}, return_when=asyncio.FIRST_COMPLETED)
         failure = next((t for t in done if t is not stopped and t.exception()), None)
+        systemd.notify_stopping(f"stopping: {failure.exception()}" if failure else "stopping")
         if server is not None:
             await server.stop()
         await self._shutdown([*tasks, stopped])
