@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,12 +141,21 @@ def defect_row(device_id: str, record: UplinkRecord) -> tuple[Any, ...]:
     """The defects-table row of a defect record, for review; missing fields read as empty."""
     payload = record.payload
     model = payload.get("model") if isinstance(payload.get("model"), dict) else {}
-    confidence = payload.get("confidence")
     return (device_id, record.seq, record.created_at, str(payload.get("pipeline") or ""),
             str(payload.get("camera") or ""), str(payload.get("roi") or ""),
-            str(payload.get("label") or ""),
-            float(confidence) if isinstance(confidence, int | float) else 0.0,
+            str(payload.get("label") or ""), _finite(payload.get("confidence")),
             str(model.get("name") or ""), str(model.get("version") or ""))
+
+
+def _finite(value: Any) -> float:
+    """A payload's number as a finite float; 0.0 for anything else (text, NaN, 10**400)."""
+    if not isinstance(value, int | float):
+        return 0.0
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond the largest double
+        return 0.0
+    return number if math.isfinite(number) else 0.0
 
 
 MODEL_STATS_INSERT = (
@@ -218,8 +228,11 @@ PREDICTION_INSERT = {
 
 
 def _json(value: Any) -> str:
-    """JSON text for a stored column; pydantic-core's encoder is several times json.dumps."""
-    return to_json(value).decode("utf-8")
+    """JSON text for a stored column; pydantic-core's encoder is several times json.dumps.
+
+    NaN and infinities in a payload, which JSON lacks, are written as null, as `encode` does.
+    """
+    return to_json(value, inf_nan_mode="null").decode("utf-8")
 
 
 def version_exists_message(existing: ModelManifest) -> str:
