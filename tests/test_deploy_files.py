@@ -25,6 +25,7 @@ DEPLOY = REPO / "deploy"
 UNITS = DEPLOY / "systemd"
 MOSQUITTO_CONF = DEPLOY / "mosquitto" / "edge-mlops.conf"
 MOSQUITTO_CONF_TARGET = "/etc/mosquitto/conf.d/edge-mlops.conf"
+MOSQUITTO_MAIN_TARGET = "/etc/mosquitto/mosquitto.conf"
 CENTRAL_CONFIG_TARGET = "/etc/central-sync/central-sync.yaml"
 
 
@@ -154,7 +155,9 @@ def test_dockerfile_builds_in_a_builder_stage_and_runs_unprivileged() -> None:
     (healthcheck,) = instructions(runtime, "HEALTHCHECK")
     assert "http://127.0.0.1:8000/healthz" in healthcheck
     (entrypoint,) = instructions(runtime, "ENTRYPOINT")
-    assert json.loads(entrypoint) == ["central-sync", "serve", "-c", CENTRAL_CONFIG_TARGET]
+    assert json.loads(entrypoint) == ["central-sync"]  # `run --rm central keys init` works
+    (command,) = instructions(runtime, "CMD")
+    assert json.loads(command) == ["serve", "-c", CENTRAL_CONFIG_TARGET]
 
 
 def test_dockerfile_copies_every_package_and_what_the_build_needs() -> None:
@@ -209,7 +212,13 @@ def test_compose_mosquitto_runs_the_shipped_config_and_rereads_accounts_on_chang
     source, read_only = mounts(mosquitto)[MOSQUITTO_CONF_TARGET]
     assert (DEPLOY / source).resolve() == MOSQUITTO_CONF and read_only
     script = mosquitto["command"][-1]
-    assert f"mosquitto -c {MOSQUITTO_CONF_TARGET}" in script
+    main_source, main_read_only = mounts(mosquitto)[MOSQUITTO_MAIN_TARGET]
+    assert main_read_only and f"mosquitto -c {MOSQUITTO_MAIN_TARGET}" in script
+    main = (DEPLOY / main_source).read_text()
+    assert f"include_dir {PurePosixPath(MOSQUITTO_CONF_TARGET).parent}" in main
+    location = re.search(r"^persistence_location (\S+)", main, re.MULTILINE)
+    assert "persistence true" in main and location
+    assert mounts(mosquitto)[location.group(1).rstrip("/")][0] in compose()["volumes"]
     assert "kill -HUP" in script and "sleep 2" in script
     settings = mosquitto_conf()["settings"]
     accounts = "/etc/mosquitto/edge-mlops"
@@ -332,7 +341,7 @@ def test_compose_mosquitto_watcher_sends_sighup_when_central_replaces_the_accoun
                     f"log_dest file {tmp_path}/mosquitto.log\nlog_type all\n"
                     f"{'user root' if os.geteuid() == 0 else ''}\n")
     script = compose()["services"]["mosquitto"]["command"][-1].replace("$$", "$")
-    script = script.replace(MOSQUITTO_CONF_TARGET, str(conf))
+    script = script.replace(MOSQUITTO_MAIN_TARGET, str(conf))
     script = script.replace("/etc/mosquitto/edge-mlops", str(accounts))
     script = script.replace("mosquitto -c", f"{_mosquitto_binary()} -c")
 

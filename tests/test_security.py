@@ -375,3 +375,28 @@ def test_central_and_a_provisioned_agent_do_their_jobs_over_tls(plant: SecurePla
                what="the revoked agent refused by the broker")
     agent.send_signal(signal.SIGTERM)
     assert agent.wait(timeout=20) == 0
+
+
+def test_central_can_share_ingest_through_shared_subscriptions(plant: SecurePlant) -> None:
+    """Scale-out members subscribe with $share/GROUP/...: the ACL lets central do that. A
+    device that joins the group reads nothing through it (Mosquitto checks read access on
+    delivery, not at SUBSCRIBE: README, Security)."""
+    device = plant.probe("gw-a", password_of(plant.add_device("gw-a")))
+    members = [plant.probe("central", central_password(plant), port=plant.plain_port,
+                           use_tls=False) for _ in range(2)]
+    for client in (device, *members):
+        assert client.connect(), client.connack
+    for member in members:
+        member.subscribe("$share/ingest/edge-mlops/devices/+/uplink")
+    for n in range(10):
+        device.publish("edge-mlops/devices/gw-a/uplink", f"record-{n}".encode())
+    wait_until(lambda: sum(len(m.messages) for m in members) == 10, 10,
+               what="every uplink delivered to one member of the group")
+    assert all(m.messages for m in members), "the group did not share the messages"
+
+    device.subscribe("$share/ingest/edge-mlops/devices/+/uplink")
+    for n in range(10):
+        device.publish("edge-mlops/devices/gw-a/uplink", f"late-{n}".encode())
+    wait_until(lambda: sum(len(m.messages) for m in members) >= 13, 10,
+               what="uplinks still reaching central")
+    assert device.messages == []
