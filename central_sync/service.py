@@ -20,6 +20,7 @@ from central_sync.config import CentralConfig
 from central_sync.db import CentralDB, DatabaseError
 from central_sync.registry import artifact_path
 from central_sync.rollouts import RolloutEngine
+from edge_agent import systemd
 from edge_agent.contract import (
     ArtifactChunk,
     BatchAck,
@@ -165,11 +166,18 @@ class CentralService:
         log.info("central stopped id=%s", self.config.central_id)
 
     async def run(self) -> None:
-        """Start, serve until cancelled, then stop cleanly."""
+        """Start, serve until cancelled, then stop cleanly. Under systemd (Type=notify) it
+        says when it is ready and feeds the watchdog from this loop."""
         try:
             await self.start()
+            watchdog = systemd.start_watchdog()
+            if watchdog is not None:
+                self._tasks.add(watchdog)
+            broker = f"{self.config.broker.host}:{self.config.broker.port}"
+            systemd.notify_ready(f"serving: broker {broker}, web {self.web_url or 'off'}")
             await asyncio.Event().wait()
         finally:
+            systemd.notify_stopping("stopping")
             await self.stop()
 
     def health(self) -> dict[str, Any]:

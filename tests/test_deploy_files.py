@@ -443,7 +443,8 @@ def test_central_unit_runs_serve_and_may_write_the_broker_accounts() -> None:
     from central_sync.cli import build_parser
 
     sections = unit("central-sync.service")
-    assert value(sections, "Service", "Type") == "simple"  # serve does not talk sd_notify
+    assert value(sections, "Service", "Type") == "notify"  # test_central_systemd.py
+    assert value(sections, "Service", "WatchdogSec")
     assert value(sections, "Service", "User") == "central-sync"
     command = shlex.split(value(sections, "Service", "ExecStart") or "")
     assert command == ["/opt/central-sync/bin/central-sync", "serve", "-c",
