@@ -24,8 +24,11 @@ apt_install() {
 
 missing=()
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
-    missing+=(mosquitto mosquitto-clients)
+    missing+=(mosquitto)
 fi
+command -v mosquitto_sub >/dev/null 2>&1 || missing+=(mosquitto-clients)
+# deploy/make-certs.sh makes the broker's certificates (the security tests too).
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if ! command -v python3 >/dev/null 2>&1; then
     missing+=(python3 python3-venv)
 elif ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
@@ -39,6 +42,8 @@ extras=dev
 if [ "${1:-}" = "--test" ]; then
     extras=dev,browser
     [ -x /usr/bin/chromium ] || missing+=(chromium)
+    # systemd-analyze verify checks the shipped units (nothing is started).
+    command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
     apt_install "${missing[@]}"

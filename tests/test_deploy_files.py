@@ -329,7 +329,7 @@ def test_compose_mosquitto_watcher_sends_sighup_when_central_replaces_the_accoun
         tmp_path: Path) -> None:
     """The compose command's shell loop, run here against this machine's Mosquitto."""
     if shutil.which("mosquitto_passwd") is None:
-        pytest.skip("mosquitto_passwd is not installed (apt-get install mosquitto)")
+        pytest.fail("mosquitto_passwd is not installed: bash deploy/setup.sh --test")
     from tests.conftest import _mosquitto_binary
 
     accounts = tmp_path / "accounts"
@@ -500,7 +500,7 @@ def test_install_scripts_put_the_programs_and_configs_where_the_units_look() -> 
 
 def test_systemd_analyze_verify_finds_nothing_but_the_missing_programs() -> None:
     if shutil.which("systemd-analyze") is None:
-        pytest.skip("systemd-analyze is not installed")
+        pytest.fail("systemd-analyze is not installed: bash deploy/setup.sh --test")
     names = sorted(p.name for p in UNITS.iterdir())
     assert names == ["central-sync.service", "edge-agent.service", "mosquitto-accounts.path",
                      "mosquitto-accounts.service"]
