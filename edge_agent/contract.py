@@ -34,7 +34,7 @@ SHA256_PATTERN = r"^[0-9a-f]{64}$"
 
 def version_key(version: str) -> tuple[Any, ...]:
     """Sort key giving semantic-version precedence: 1.10.0 > 1.9.0 > 1.9.0-rc.2 > 1.9.0-rc.1."""
-    match = re.match(SEMVER_PATTERN, version)
+    match = re.fullmatch(SEMVER_PATTERN, version)
     if match is None:
         raise ValueError(f"{version!r} is not a semantic version such as 1.4.0")
     major, minor, patch, pre = int(match[1]), int(match[2]), int(match[3]), match[4]
@@ -661,7 +661,7 @@ class Topics:
         self.prefix = prefix.rstrip("/")
 
     def device(self, device_id: str, leaf: str) -> str:
-        if not re.match(ID_PATTERN, device_id):
+        if not re.fullmatch(ID_PATTERN, device_id):
             raise ValueError(f"device id {device_id!r} is not valid: use letters, digits, . _ -")
         return f"{self.prefix}/devices/{device_id}/{leaf}"
 
@@ -684,7 +684,7 @@ class Topics:
         return self.device(device_id, "deployment")
 
     def artifact(self, sha256: str) -> str:
-        if not re.match(SHA256_PATTERN, sha256):
+        if not re.fullmatch(SHA256_PATTERN, sha256):
             raise ValueError(f"{sha256!r} is not a lower-case hex SHA-256")
         return f"{self.prefix}/artifacts/{sha256}"
 
@@ -703,7 +703,7 @@ class Topics:
         if not topic.startswith(head):
             return None
         parts = topic[len(head):].split("/")
-        if len(parts) != 2 or not re.match(ID_PATTERN, parts[0]):
+        if len(parts) != 2 or not re.fullmatch(ID_PATTERN, parts[0]):
             return None
         return parts[0], parts[1]
 
