@@ -18,6 +18,7 @@ from pathlib import Path
 from edge_agent.contract import (
     ID_PATTERN,
     SEMVER_PATTERN,
+    SHA256_PATTERN,
     ModelManifest,
     ModelRef,
     version_key,
@@ -76,22 +77,32 @@ class ModelStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._real_root = self.root.resolve()
         self.downloads = self.root / ".downloads"
         self.downloads.mkdir(exist_ok=True)
         self._installed: dict[tuple[str, str], tuple[int, InstalledModel]] = {}
 
     def _model_dir(self, name: str) -> Path:
-        if not re.match(ID_PATTERN, name):
+        if not re.fullmatch(ID_PATTERN, name):
             raise ModelStoreError(f"model name {name!r} is not valid")
-        return self.root / name
+        return self._inside(self.root / name)
 
     def _version_dir(self, name: str, version: str) -> Path:
-        if not re.match(SEMVER_PATTERN, version):
+        if not re.fullmatch(SEMVER_PATTERN, version):
             raise ModelStoreError(f"version {version!r} of {name} is not a semantic version")
-        return self._model_dir(name) / version
+        return self._inside(self._model_dir(name) / version)
 
     def download_path(self, sha256: str) -> Path:
-        return self.downloads / f"{sha256}.part"
+        if not re.fullmatch(SHA256_PATTERN, sha256):
+            raise ModelStoreError(f"{sha256!r} is not a lower-case hex SHA-256")
+        return self._inside(self.downloads / f"{sha256}.part")
+
+    def _inside(self, path: Path) -> Path:
+        """`path`, if it resolves to somewhere under the store's root. The patterns above
+        already keep out separators and leading dots; this also catches a symlink."""
+        if not path.resolve().is_relative_to(self._real_root):
+            raise ModelStoreError(f"{path} is outside the model store {self.root}")
+        return path
 
     def is_installed(self, manifest: ModelManifest) -> bool:
         installed = self.get(manifest.name, manifest.version)
