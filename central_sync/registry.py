@@ -18,7 +18,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from central_sync.db import CentralDB, ModelVersionExists, version_exists_message
-from edge_agent.contract import ID_PATTERN, SEMVER_PATTERN, ModelManifest, TensorSpec
+from edge_agent.contract import (
+    ID_PATTERN,
+    SEMVER_PATTERN,
+    SHA256_PATTERN,
+    ModelManifest,
+    TensorSpec,
+)
 from edge_agent.inference.specs import spec_differences, tensor_specs
 from edge_agent.lifecycle import ProbationPolicy, ShadowPolicy
 from edge_agent.model_store import fsync_dir
@@ -145,7 +151,10 @@ def flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
 
 
 def artifact_path(artifact_dir: str | Path, sha256: str) -> Path:
-    """Where the artifact with this sha256 is stored."""
+    """Where the artifact with this sha256 is stored: a file directly in `artifact_dir`."""
+    if not re.fullmatch(SHA256_PATTERN, sha256):
+        raise ValueError(f"{sha256!r} is not a lower-case hex SHA-256; artifacts are stored "
+                         "under their hash")
     return Path(artifact_dir) / f"{sha256}.onnx"
 
 

@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import logging
+import re
 import tempfile
 import time
 import zipfile
@@ -36,6 +37,7 @@ from central_sync.db.review import (
 )
 from central_sync.rendering import templates
 from central_sync.web_auth import COOKIE, session_dependencies
+from edge_agent.contract import ID_PATTERN
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +148,8 @@ def _write_export(db: CentralDB, filters: DefectFilter, labelled_only: bool,
                 if labelled_only and defect.verdict is None:
                     continue
                 image = db.record_image(defect.device_id, defect.seq, "frame")
-                name = f"images/{defect.device_id}-{defect.seq}.jpg" if image else ""
-                if image:
+                name = _image_name(defect) if image else ""
+                if name:
                     archive.writestr(name, base64.b64decode(image))
                 rows.append({**_defect_json(defect), "image": name})
         table = io.StringIO()
@@ -158,6 +160,16 @@ def _write_export(db: CentralDB, filters: DefectFilter, labelled_only: bool,
         archive.writestr("manifest.csv", table.getvalue())
         archive.writestr("manifest.json", json.dumps(rows, indent=1))
     return len(rows)
+
+
+def _image_name(defect: Defect) -> str:
+    """The evidence image's name in the export, "" if the stored device id could make it a
+    path outside images/ (ingest admits only valid ids; this is checked again here)."""
+    if not re.fullmatch(ID_PATTERN, defect.device_id):
+        log.warning("defect image left out of the export: device id %r is not valid seq=%d",
+                    defect.device_id, defect.seq)
+        return ""
+    return f"images/{defect.device_id}-{int(defect.seq)}.jpg"
 
 
 def _defect_json(defect: Defect) -> dict[str, Any]:
