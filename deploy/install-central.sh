@@ -71,6 +71,18 @@ state="$root/var/lib/central-sync"
 accounts="$root/etc/mosquitto/edge-mlops"
 units="$root/etc/systemd/system"
 
+# Debian's mosquitto.conf sets only pid, persistence and logging and includes conf.d, where
+# edge-mlops.conf sets listeners and accounts. One that sets them itself would clash.
+main="$root/etc/mosquitto/mosquitto.conf"
+if [ -f "$main" ]; then
+    grep -Eq '^[[:space:]]*include_dir[[:space:]]+/etc/mosquitto/conf\.d/?[[:space:]]*$' "$main" \
+        || die "$main does not include conf.d, so edge-mlops.conf would be ignored: add the" \
+               "line 'include_dir /etc/mosquitto/conf.d' to it (as Debian's has) and run this again"
+    clashing="$(grep -En '^[[:space:]]*(listener|port|allow_anonymous|password_file|acl_file|per_listener_settings)[[:space:]]' "$main" || true)"
+    [ -z "$clashing" ] || die "$main sets what edge-mlops.conf sets (listeners and accounts):" \
+        "$(echo "$clashing" | tr '\n' ';') remove those lines (Debian's mosquitto.conf has none) and run this again"
+fi
+
 # --- packages and user -----------------------------------------------------------------------
 if owned; then
     missing=()

@@ -117,3 +117,18 @@ def _free_ports(count: int) -> list[int]:
     while len(ports) < count:
         ports.add(free_port())
     return sorted(ports)
+
+
+def test_a_mosquitto_conf_that_would_clash_is_refused_before_anything_changes(
+        tmp_path: Path) -> None:
+    main = tmp_path / "etc" / "mosquitto" / "mosquitto.conf"
+    main.parent.mkdir(parents=True)
+    main.write_text("pid_file /run/mosquitto/mosquitto.pid\n")
+    refused = install_central(tmp_path)
+    assert refused.returncode == 1 and "include_dir /etc/mosquitto/conf.d" in refused.stderr
+    main.write_text("include_dir /etc/mosquitto/conf.d\nlistener 1883\nallow_anonymous true\n")
+    refused = install_central(tmp_path)
+    assert refused.returncode == 1
+    assert "2:listener 1883;3:allow_anonymous true; remove those lines" in refused.stderr
+    assert not (tmp_path / "etc" / "mosquitto" / "conf.d").exists()
+    assert not (tmp_path / "etc" / "central-sync").exists()
