@@ -41,6 +41,10 @@ die() { echo "install-agent: error: $*" >&2; exit 1; }
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
 checkout="$(cd "$(dirname "$0")/.." && pwd)"
+# The service's user runs the environment's Python: the system's (not one under /root or
+# /home, which that user cannot read) unless PYTHON names another.
+python=${PYTHON:-python3}
+if [ -z "${PYTHON:-}" ] && [ -x /usr/bin/python3 ]; then python=/usr/bin/python3; fi
 bundle="" root="" venv="" start=yes
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -126,17 +130,22 @@ if [ -n "$venv" ]; then
         "service cannot see $venv (ProtectHome=yes); use /opt/edge-agent" >&2 ;; esac
 else
     venv="$root/opt/edge-agent"
-    python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+    "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
         || die "Python 3.11 or newer is needed (apt-get install -y python3 python3-venv)"
-    python3 -c 'import ensurepip, venv' 2>/dev/null || die "python3-venv is missing: apt-get install -y python3-venv"
+    "$python" -c 'import ensurepip, venv' 2>/dev/null || die "python3-venv is missing: apt-get install -y python3-venv"
     if [ ! -x "$venv/bin/python" ]; then
         say "Creating the virtual environment $venv"
-        python3 -m venv "$venv"
+        "$python" -m venv "$venv"
     fi
     say "Installing edge-agent from $checkout into $venv"
     "$venv/bin/python" -m pip install --quiet --upgrade "$checkout"
 fi
 agent="$venv/bin/edge-agent"
+if owned && ! runuser -u edge-agent -- "$agent" --help >/dev/null 2>&1; then
+    die "the user edge-agent cannot run $agent (its Python is $(readlink -f "$venv/bin/python"));" \
+        "use the system's Python: apt-get install -y python3 python3-venv, remove $venv and" \
+        "run this again (or name one with PYTHON=/usr/bin/python3.11)"
+fi
 
 # --- configuration and credentials -----------------------------------------------------------
 install -d -m 0750 "$etc"

@@ -45,6 +45,10 @@ die() { echo "install-central: error: $*" >&2; exit 1; }
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
 checkout="$(cd "$(dirname "$0")/.." && pwd)"
+# The service's user runs the environment's Python: the system's (not one under /root or
+# /home, which that user cannot read) unless PYTHON names another.
+python=${PYTHON:-python3}
+if [ -z "${PYTHON:-}" ] && [ -x /usr/bin/python3 ]; then python=/usr/bin/python3; fi
 hosts=() root="" venv="" start=yes
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -89,7 +93,7 @@ if owned; then
     command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
     command -v mosquitto_pub >/dev/null || missing+=(mosquitto-clients)
     command -v openssl >/dev/null || missing+=(openssl)
-    python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+    "$python" -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
     if [ ${#missing[@]} -gt 0 ]; then
         say "Installing ${missing[*]}"
         DEBIAN_FRONTEND=noninteractive apt-get update -qq
@@ -109,13 +113,18 @@ if [ -n "$venv" ]; then
     venv="$(cd "$venv" && pwd)"
 else
     venv="$root/opt/central-sync"
-    python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
-        || die "Python 3.11 or newer is needed; this is $(python3 --version)"
-    [ -x "$venv/bin/python" ] || { say "Creating the virtual environment $venv"; python3 -m venv "$venv"; }
+    "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+        || die "Python 3.11 or newer is needed; this is $("$python" --version)"
+    [ -x "$venv/bin/python" ] || { say "Creating the virtual environment $venv"; "$python" -m venv "$venv"; }
     say "Installing central-sync from $checkout into $venv"
     "$venv/bin/python" -m pip install --quiet --upgrade "$checkout[postgres]"
 fi
 central="$venv/bin/central-sync"
+if owned && ! runuser -u central-sync -- "$central" --help >/dev/null 2>&1; then
+    die "the user central-sync cannot run $central (its Python is $(readlink -f "$venv/bin/python"));" \
+        "use the system's Python: apt-get install -y python3 python3-venv, remove $venv and" \
+        "run this again (or name one with PYTHON=/usr/bin/python3.11)"
+fi
 
 # --- Mosquitto: configuration, accounts folder, certificates ---------------------------------
 install -d -m 0755 "$root/etc/mosquitto/conf.d"
