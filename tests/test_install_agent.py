@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -210,12 +211,19 @@ def test_missing_or_malformed_bundles_are_refused_before_anything_is_installed(
 
 def test_without_root_or_dash_dash_root_it_asks_for_sudo(tmp_path: Path) -> None:
     bundle = make_bundle(tmp_path)
-    command = ["bash", str(SCRIPT), str(bundle), "--no-start"]
-    if os.geteuid() == 0:
-        if shutil.which("setpriv") is None:
-            pytest.skip("running as root without setpriv to drop to another user")
-        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    # A copy another user can read: a fresh clone or pytest's folders may be owner-only.
+    with tempfile.TemporaryDirectory() as folder:
+        os.chmod(folder, 0o755)
+        (Path(folder) / "deploy").mkdir(mode=0o755)
+        script = Path(folder) / "deploy" / SCRIPT.name
+        shutil.copy(SCRIPT, script)
+        script.chmod(0o644)
+        command = ["bash", str(script), str(bundle), "--no-start"]
+        if os.geteuid() == 0:
+            if shutil.which("setpriv") is None:
+                pytest.fail("running as root without setpriv (util-linux) to drop to nobody")
+            command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert "run as root, e.g. sudo" in done.stderr and "--root DIR" in done.stderr
 
