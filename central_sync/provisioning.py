@@ -22,7 +22,7 @@ from pathlib import Path
 
 from central_sync.config import CentralConfig
 from central_sync.db.broker_accounts import BrokerAccount
-from edge_agent.contract import ARTIFACT_TOPIC, DEVICE_TOPICS, Topics
+from edge_agent.contract import DEVICE_TOPICS, Topics
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def acl_text(accounts: list[BrokerAccount], topics: Topics) -> str:
             access = "write" if spec.direction.startswith("agent") else "read"
             lines.append(f"topic {access} {topics.device(account.username, spec.leaf)}")
         # Artifacts are shared by every device fetching them; they are signed, not secret.
-        lines += [f"topic read {topics.prefix}/{ARTIFACT_TOPIC.leaf.split('/')[0]}/+", ""]
+        lines += [f"topic read {topics.all_artifacts()}", ""]
     return "\n".join(lines)
 
 

@@ -692,6 +692,10 @@ class Topics:
         """Wildcard subscription for one leaf of every device (central side)."""
         return f"{self.prefix}/devices/+/{leaf}"
 
+    def all_artifacts(self) -> str:
+        """Wildcard filter for the chunks of every artifact (the brokers' ACL)."""
+        return f"{self.prefix}/artifacts/+"
+
     @staticmethod
     def shared(topic_filter: str, group: str) -> str:
         """An MQTT shared subscription: each message goes to one subscriber of `group`."""
