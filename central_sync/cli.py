@@ -23,8 +23,9 @@ from rich.table import Table
 from central_sync import __version__
 from central_sync.config import CentralConfig, load_central_config
 from central_sync.present import models_text, seconds_ago
-from edge_agent.configfile import ConfigError
-from edge_agent.contract import (
+from edge_agent.kernel.atomic_files import write_atomically
+from edge_agent.kernel.configfile import ConfigError
+from edge_agent.kernel.contract import (
     DEFAULT_TOPIC_PREFIX,
     ID_PATTERN,
     SEMVER_PATTERN,
@@ -34,8 +35,8 @@ from edge_agent.contract import (
     contract_markdown,
     topic_table_markdown,
 )
-from edge_agent.signing import KeyFileError
-from edge_agent.transport import BrokerCredentialsError
+from edge_agent.kernel.signing import KeyFileError
+from edge_agent.kernel.transport import BrokerCredentialsError
 
 if TYPE_CHECKING:
     from central_sync.db import CentralDB
@@ -110,8 +111,8 @@ def _actor(db: CentralDB, args: argparse.Namespace, role: str) -> str:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from central_sync.service import CentralService, ServiceStartError
-    from edge_agent.gctune import tune_for_service
-    from edge_agent.transport import MqttTransport
+    from edge_agent.kernel.gctune import tune_for_service
+    from edge_agent.kernel.transport.mqtt import MqttTransport
 
     config = _load(args)
     # In a shared ingest group a session that outlives its process would keep taking its
@@ -293,7 +294,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 async def _deploy(config: CentralConfig, db: CentralDB, name: str, version: str,
                   args: argparse.Namespace) -> int:
     from central_sync.deployments import TamperedManifest, deploy, deploy_and_wait
-    from edge_agent.transport import MqttTransport, NotConnected
+    from edge_agent.kernel.transport import NotConnected
+    from edge_agent.kernel.transport.mqtt import MqttTransport
 
     console = _console()
     signer = config.signer()
@@ -348,7 +350,7 @@ def _event_printer(console: Console) -> Callable[[DeploymentEvent], None]:
 
 
 def cmd_keys_init(args: argparse.Namespace) -> int:
-    from edge_agent.signing import write_key_pair
+    from edge_agent.kernel.signing import write_key_pair
 
     config = _load(args)
     private, public, signer = write_key_pair(config.signing_key_path, force=args.force)
@@ -370,7 +372,7 @@ def cmd_keys_show(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_next(args: argparse.Namespace) -> int:
-    from edge_agent.signing import Signer
+    from edge_agent.kernel.signing import Signer
 
     config = _load(args)
     current = config.signer()
@@ -410,9 +412,7 @@ def cmd_keys_promote(args: argparse.Namespace) -> int:
 
 
 def _write_public(path: Path, pem: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(pem, encoding="ascii")
-    os.replace(temporary, path)
+    write_atomically(path, pem)
 
 
 # --- devices and contract ----------------------------------------------------------------------

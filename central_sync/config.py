@@ -8,10 +8,10 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from central_sync.db.connection import POSTGRES_PREFIXES, SQLITE_PREFIX, redact
-from edge_agent.configfile import load_yaml_model, resolve_path
-from edge_agent.contract import ID_PATTERN
-from edge_agent.signing import Signer
-from edge_agent.transport import BrokerConfig
+from edge_agent.kernel.configfile import load_yaml_model, resolve_path
+from edge_agent.kernel.contract import ID_PATTERN
+from edge_agent.kernel.signing import Signer
+from edge_agent.kernel.transport import BrokerConfig
 
 EXAMPLE = "deploy/central-sync.example.yaml"
 

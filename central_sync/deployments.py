@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 
 from central_sync.db import CentralDB
-from edge_agent.contract import (
+from edge_agent.kernel.contract import (
     DeployCommand,
     DeploymentEvent,
     ModelManifest,
@@ -16,8 +16,8 @@ from edge_agent.contract import (
     decode,
     encode,
 )
-from edge_agent.signing import SignatureError, Signer, Verifier
-from edge_agent.transport import NotConnected, Transport
+from edge_agent.kernel.signing import SignatureError, Signer, Verifier
+from edge_agent.kernel.transport import NotConnected, Transport
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from central_sync.provisioning import (
     new_password,
     write_bundle,
 )
-from edge_agent.contract import ID_PATTERN
+from edge_agent.kernel.contract import ID_PATTERN
 
 
 def _device_id(value: str) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.contract import Histogram, ModelStatsPayload
+from edge_agent.kernel.contract import Histogram, ModelStatsPayload
 
 PSI_DRIFT = 0.25
 P_VALUE_DRIFT = 0.01

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from edge_agent.contract import ModelRef
+from edge_agent.kernel.contract import ModelRef
 
 
 def seconds_ago(at: float | None, now: float | None = None) -> str:

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from central_sync.config import CentralConfig
 from central_sync.db.broker_accounts import BrokerAccount
-from edge_agent.contract import DEVICE_TOPICS, Topics
+from edge_agent.kernel.atomic_files import write_atomically
+from edge_agent.kernel.contract import DEVICE_TOPICS, Topics
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +100,7 @@ def _write_atomically(path: Path, text: str) -> None:
     """Replace `path` in one step, readable by Mosquitto's group (never by others)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temporary, 0o640)
-        os.replace(temporary, path)
+        write_atomically(path, text, mode=0o640)
     except OSError as exc:
         raise ProvisioningError(
             f"cannot write {path}: {exc.strerror}; central-sync needs write access to "

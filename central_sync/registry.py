@@ -18,17 +18,17 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from central_sync.db import CentralDB, ModelVersionExists, version_exists_message
-from edge_agent.contract import (
+from edge_agent.inference.specs import spec_differences, tensor_specs
+from edge_agent.kernel.atomic_files import fsync_dir
+from edge_agent.kernel.contract import (
     ID_PATTERN,
     SEMVER_PATTERN,
     SHA256_PATTERN,
     ModelManifest,
     TensorSpec,
 )
-from edge_agent.inference.specs import spec_differences, tensor_specs
+from edge_agent.kernel.signing import Signer
 from edge_agent.lifecycle import ProbationPolicy, ShadowPolicy
-from edge_agent.model_store import fsync_dir
-from edge_agent.signing import Signer
 
 log = logging.getLogger(__name__)
 

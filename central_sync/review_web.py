@@ -37,7 +37,7 @@ from central_sync.db.review import (
 )
 from central_sync.rendering import templates
 from central_sync.web_auth import COOKIE, session_dependencies
-from edge_agent.contract import ID_PATTERN
+from edge_agent.kernel.contract import ID_PATTERN
 
 log = logging.getLogger(__name__)
 

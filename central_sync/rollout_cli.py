@@ -37,7 +37,7 @@ from central_sync.rollouts import (
     start_rollout,
     wave_name,
 )
-from edge_agent.contract import ID_PATTERN
+from edge_agent.kernel.contract import ID_PATTERN
 
 STATE_COLOURS = {"succeeded": "green", "failed": "red", "rolled_back": "yellow",
                  "sent": "cyan", "pending": "dim"}

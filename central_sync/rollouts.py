@@ -25,9 +25,9 @@ from central_sync.deployments import (
     deploy,
     unknown_model_message,
 )
-from edge_agent.contract import RollbackCommand, Topics, encode
-from edge_agent.signing import Signer
-from edge_agent.transport import NotConnected, Transport
+from edge_agent.kernel.contract import RollbackCommand, Topics, encode
+from edge_agent.kernel.signing import Signer
+from edge_agent.kernel.transport import NotConnected, Transport
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from central_sync.config import CentralConfig
 from central_sync.db import CentralDB, DatabaseError
 from central_sync.registry import artifact_path
 from central_sync.rollouts import RolloutEngine
-from edge_agent import systemd
-from edge_agent.contract import (
+from edge_agent.kernel import systemd
+from edge_agent.kernel.contract import (
     ArtifactChunk,
     BatchAck,
     ChunkRequest,
@@ -38,11 +38,11 @@ from edge_agent.contract import (
     encode,
     expand_uplink,
 )
-from edge_agent.signing import KeyFileError
-from edge_agent.transport import NotConnected, Transport
+from edge_agent.kernel.signing import KeyFileError
+from edge_agent.kernel.transport import NotConnected, Transport
 
 if TYPE_CHECKING:
-    from edge_agent.httpserver import WebServer
+    from edge_agent.kernel.httpserver import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class CentralService:
         self._spawn(self.rollouts.run())
         if self.config.web.port:
             from central_sync.web import create_app
-            from edge_agent.httpserver import WebServer
+            from edge_agent.kernel.httpserver import WebServer
 
             app = create_app(self.db, self.config.offline_after_s, health=self.health)
             web = WebServer(app, self.config.web.host, self.config.web.port)

@@ -25,7 +25,7 @@ from central_sync.cli import (
 )
 from central_sync.db.accounts import ROLES, UnknownUser, UserExists
 from central_sync.present import seconds_ago
-from edge_agent.contract import ID_PATTERN
+from edge_agent.kernel.contract import ID_PATTERN
 
 
 def _password(args: argparse.Namespace) -> str:

@@ -7,10 +7,14 @@ import contextlib
 import logging
 from typing import Any, Literal
 
-from edge_agent import __version__, systemd, web
+from edge_agent import __version__, web
 from edge_agent.buffer import Buffer
 from edge_agent.config import AgentConfig, OpcUaSourceConfig, ProcessPipelineConfig
-from edge_agent.contract import (
+from edge_agent.deployer import Deployer
+from edge_agent.inference.process import ProcessPipeline
+from edge_agent.inference.vision_pipeline import VisionPipeline
+from edge_agent.kernel import systemd
+from edge_agent.kernel.contract import (
     RECORD_SOURCE_GAP,
     DeviceStatus,
     RecommendationAnswerPayload,
@@ -18,17 +22,15 @@ from edge_agent.contract import (
     Topics,
     encode,
 )
-from edge_agent.deployer import Deployer
-from edge_agent.httpserver import WebServer
-from edge_agent.inference.process import ProcessPipeline
-from edge_agent.inference.vision_pipeline import VisionPipeline
+from edge_agent.kernel.httpserver import WebServer
+from edge_agent.kernel.transport import NotConnected, Transport, Will
+from edge_agent.kernel.transport.mqtt import MqttTransport
 from edge_agent.lifecycle import ModelWatch
 from edge_agent.metrics import AgentMetrics
 from edge_agent.model_store import ModelStore
 from edge_agent.recommendations import AnswerError
 from edge_agent.sources.camera import CameraSource
 from edge_agent.sources.opcua import OpcUaSource
-from edge_agent.transport import MqttTransport, NotConnected, Transport, Will
 from edge_agent.uplink import Uplink
 
 log = logging.getLogger(__name__)

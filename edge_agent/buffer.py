@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from edge_agent.contract import RECORD_EVICTION, BufferHealth
+from edge_agent.kernel.contract import RECORD_EVICTION, BufferHealth
 
 log = logging.getLogger(__name__)
 

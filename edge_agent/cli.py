@@ -17,9 +17,9 @@ from edge_agent.config import (
     ProcessPipelineConfig,
     load_agent_config,
 )
-from edge_agent.configfile import ConfigError
-from edge_agent.signing import KeyFileError
-from edge_agent.transport import BrokerCredentialsError
+from edge_agent.kernel.configfile import ConfigError
+from edge_agent.kernel.signing import KeyFileError
+from edge_agent.kernel.transport import BrokerCredentialsError
 
 DEFAULT_CONFIG = "edge-agent.yaml"
 
@@ -88,7 +88,7 @@ def _run(config: AgentConfig, log_level: str) -> int:
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from edge_agent.app import Agent
-    from edge_agent.gctune import tune_for_service
+    from edge_agent.kernel.gctune import tune_for_service
 
     tune_for_service()
 

@@ -20,11 +20,11 @@ from pydantic import (
 )
 
 from edge_agent.buffer import DEFAULT_KEEP, DEFAULT_PRIORITIES, BufferPolicy
-from edge_agent.configfile import load_yaml_model, resolve_path
-from edge_agent.contract import ID_PATTERN
 from edge_agent.inference.runtime import RuntimeOptions
-from edge_agent.signing import Verifier
-from edge_agent.transport import BrokerConfig
+from edge_agent.kernel.configfile import load_yaml_model, resolve_path
+from edge_agent.kernel.contract import ID_PATTERN
+from edge_agent.kernel.signing import Verifier
+from edge_agent.kernel.transport import BrokerConfig
 
 EXAMPLE = "deploy/edge-agent.example.yaml"
 Name = Annotated[str, Field(pattern=ID_PATTERN)]

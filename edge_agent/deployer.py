@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.buffer import Buffer
-from edge_agent.contract import (
+from edge_agent.inference.runtime import ModelLoadError, OnnxRunner
+from edge_agent.kernel.atomic_files import write_atomically
+from edge_agent.kernel.contract import (
     MAX_CHUNKS_PER_REQUEST,
     RECORD_DEPLOYMENT_EVENT,
     ArtifactChunk,
@@ -35,7 +37,8 @@ from edge_agent.contract import (
     encode,
     version_key,
 )
-from edge_agent.inference.runtime import ModelLoadError, OnnxRunner
+from edge_agent.kernel.signing import SignatureError, Verifier
+from edge_agent.kernel.transport import NotConnected, Transport
 from edge_agent.lifecycle import (
     ModelWatch,
     ProbationPolicy,
@@ -43,15 +46,7 @@ from edge_agent.lifecycle import (
     all_finite,
     policy_of,
 )
-from edge_agent.model_store import (
-    InstalledModel,
-    ModelStore,
-    ModelStoreError,
-    sha256_of_file,
-    write_atomically,
-)
-from edge_agent.signing import SignatureError, Verifier
-from edge_agent.transport import NotConnected, Transport
+from edge_agent.model_store import InstalledModel, ModelStore, ModelStoreError, sha256_of_file
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
-from edge_agent.contract import BufferHealth, DeviceStatus, SourceState
+from edge_agent.kernel.contract import BufferHealth, DeviceStatus, SourceState
 
 if TYPE_CHECKING:
     from edge_agent.app import Agent

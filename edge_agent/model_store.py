@@ -15,7 +15,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_agent.contract import (
+from edge_agent.kernel.atomic_files import fsync_dir, write_atomically
+from edge_agent.kernel.contract import (
     ID_PATTERN,
     SEMVER_PATTERN,
     SHA256_PATTERN,
@@ -53,24 +54,6 @@ def sha256_of_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new file in `path` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write a file so that readers see either the old or the new content, never a mix."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 class ModelStore:

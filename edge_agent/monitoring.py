@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from edge_agent.buffer import Buffer
-from edge_agent.contract import (
+from edge_agent.kernel.contract import (
     RECORD_MODEL_STATS,
     Histogram,
     ModelManifest,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from edge_agent.buffer import Buffer
-from edge_agent.contract import (
+from edge_agent.kernel.contract import (
     RECORD_RECOMMENDATION,
     RECORD_RECOMMENDATION_ANSWER,
     RECORD_RECOMMENDATION_OUTCOME,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from edge_agent.buffer import Buffer, StoredRecord
 from edge_agent.config import UplinkConfig
-from edge_agent.contract import (
+from edge_agent.kernel.contract import (
     BatchAck,
     Rejection,
     Topics,
@@ -25,7 +25,7 @@ from edge_agent.contract import (
     encode_uplink_batch,
     split_record,
 )
-from edge_agent.transport import NotConnected, Transport
+from edge_agent.kernel.transport import NotConnected, Transport
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
 from edge_agent.config import UiConfig
-from edge_agent.contract import RecommendationAnswerPayload, RecommendationPayload
 from edge_agent.inference.process import ProcessPipeline
 from edge_agent.inference.vision_pipeline import RECENT_DEFECTS, VisionPipeline
+from edge_agent.kernel.contract import RecommendationAnswerPayload, RecommendationPayload
 from edge_agent.recommendations import AnswerError
 
 StatusProvider = Callable[[], Awaitable[dict[str, Any]]]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from edge_agent.contract import ModelManifest, TensorSpec
-from edge_agent.signing import Signer, Verifier
+from edge_agent.kernel.contract import ModelManifest, TensorSpec
+from edge_agent.kernel.signing import Signer, Verifier
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_MODEL = REPO / "sample_data" / "scrap_model.onnx"

@@ -26,7 +26,9 @@ from central_sync.registry import artifact_path, publish_model
 from central_sync.service import CentralService
 from edge_agent.buffer import Buffer
 from edge_agent.config import ProcessPipelineConfig
-from edge_agent.contract import (
+from edge_agent.deployer import ChunkFile, Deployer
+from edge_agent.inference.process import ProcessPipeline
+from edge_agent.kernel.contract import (
     ArtifactChunk,
     ChunkRequest,
     DeployCommand,
@@ -37,13 +39,12 @@ from edge_agent.contract import (
     decode,
     encode,
 )
-from edge_agent.deployer import ChunkFile, Deployer
-from edge_agent.inference.process import ProcessPipeline
+from edge_agent.kernel.signing import Signer
+from edge_agent.kernel.transport import BrokerConfig
+from edge_agent.kernel.transport.mqtt import MqttTransport
 from edge_agent.lifecycle import ModelWatch
 from edge_agent.model_store import ModelStore
-from edge_agent.signing import Signer
 from edge_agent.sources.opcua import TagValue
-from edge_agent.transport import BrokerConfig, MqttTransport
 from tests.conftest import Mosquitto
 from tests.helpers import (
     SAMPLE_METADATA,

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from edge_agent import contract
-from edge_agent.contract import (
+from edge_agent.kernel import contract
+from edge_agent.kernel.contract import (
     ArtifactChunk,
     BatchAck,
     ChunkRequest,
@@ -128,7 +128,7 @@ def test_markdown_documents_every_topic_and_message() -> None:
 
 def test_contract_imports_without_onnxruntime_or_opencv() -> None:
     code = (
-        "import sys, edge_agent.contract\n"
+        "import sys, edge_agent.kernel.contract\n"
         "heavy = [m for m in ('onnxruntime', 'cv2', 'numpy', 'asyncua') if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )

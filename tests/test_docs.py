@@ -10,7 +10,7 @@ import pytest
 
 from central_sync.cli import build_parser as central_parser
 from edge_agent.cli import _parser as agent_parser
-from edge_agent.contract import topic_table_markdown
+from edge_agent.kernel.contract import topic_table_markdown
 from tests.helpers import REPO
 
 README = (REPO / "README.md").read_text()

@@ -33,7 +33,8 @@ from central_sync.registry import publish_model
 from central_sync.service import CentralService
 from edge_agent.buffer import Buffer
 from edge_agent.config import UplinkConfig
-from edge_agent.contract import (
+from edge_agent.deployer import Deployer
+from edge_agent.kernel.contract import (
     ID_PATTERN,
     MAX_SEQ,
     ArtifactChunk,
@@ -60,9 +61,8 @@ from edge_agent.contract import (
     expand_uplink,
     split_record,
 )
-from edge_agent.deployer import Deployer
+from edge_agent.kernel.transport.memory import MemoryBroker, MemoryTransport
 from edge_agent.model_store import ModelStore
-from edge_agent.transport import MemoryBroker, MemoryTransport
 from edge_agent.uplink import Uplink
 from tests.helpers import (
     SAMPLE_METADATA,

@@ -19,7 +19,8 @@ from central_sync.registry import publish_model
 from central_sync.service import CentralService
 from edge_agent.buffer import Buffer
 from edge_agent.config import UplinkConfig
-from edge_agent.contract import (
+from edge_agent.deployer import Deployer
+from edge_agent.kernel.contract import (
     MAX_CHUNKS_PER_REQUEST,
     MAX_PAYLOAD_BYTES,
     MAX_RECORDS_PER_BATCH,
@@ -35,9 +36,10 @@ from edge_agent.contract import (
     decode,
     encode,
 )
-from edge_agent.deployer import Deployer
+from edge_agent.kernel.transport import BrokerConfig
+from edge_agent.kernel.transport.memory import MemoryBroker, MemoryTransport
+from edge_agent.kernel.transport.mqtt import MqttTransport
 from edge_agent.model_store import ModelStore
-from edge_agent.transport import BrokerConfig, MemoryBroker, MemoryTransport, MqttTransport
 from edge_agent.uplink import Uplink
 from tests.conftest import Mosquitto
 from tests.helpers import (
@@ -93,7 +95,7 @@ def test_mosquitto_message_over_the_limit_never_reaches_the_handler(
         await sender.stop()
         await receiver.stop()
 
-    with caplog.at_level(logging.WARNING, logger="edge_agent.transport"):
+    with caplog.at_level(logging.WARNING, logger="edge_agent.kernel.transport.mqtt"):
         asyncio.run(scenario())
     assert any("dropped unread" in r.getMessage() and str(len(BIG)) in r.getMessage()
                for r in caplog.records)

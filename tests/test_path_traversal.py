@@ -21,7 +21,8 @@ from central_sync.registry import artifact_path
 from central_sync.review_web import _write_export
 from central_sync.service import CentralService
 from edge_agent.buffer import Buffer
-from edge_agent.contract import (
+from edge_agent.deployer import Deployer
+from edge_agent.kernel.contract import (
     ArtifactChunk,
     ChunkRequest,
     DeployCommand,
@@ -35,9 +36,8 @@ from edge_agent.contract import (
     decode,
     encode,
 )
-from edge_agent.deployer import Deployer
+from edge_agent.kernel.transport.memory import MemoryBroker, MemoryTransport
 from edge_agent.model_store import ModelStore, ModelStoreError
-from edge_agent.transport import MemoryBroker, MemoryTransport
 from tests.helpers import SAMPLE_MODEL, TEST_SIGNER, TEST_VERIFIER, manifest_for, write_test_keys
 
 TOPICS = Topics()

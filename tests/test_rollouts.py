@@ -29,7 +29,8 @@ from central_sync.rollouts import (
 from central_sync.service import CentralService
 from edge_agent.app import Agent
 from edge_agent.config import AgentConfig
-from edge_agent.transport import BrokerConfig, MqttTransport
+from edge_agent.kernel.transport import BrokerConfig
+from edge_agent.kernel.transport.mqtt import MqttTransport
 from tests.conftest import Mosquitto
 from tests.helpers import SAMPLE_METADATA, SAMPLE_MODEL, TEST_SIGNER, write_test_keys
 

@@ -10,8 +10,8 @@ from central_sync.config import CentralConfig
 from central_sync.service import CentralService
 from edge_agent.buffer import Buffer, BufferPolicy
 from edge_agent.config import UplinkConfig
-from edge_agent.contract import Topics
-from edge_agent.transport import MemoryBroker, MemoryTransport
+from edge_agent.kernel.contract import Topics
+from edge_agent.kernel.transport.memory import MemoryBroker, MemoryTransport
 from edge_agent.uplink import Uplink
 from tests.helpers import write_test_keys
 

@@ -31,7 +31,7 @@ from central_sync.db.rows import (
     version_exists_message,
 )
 from central_sync.db.schema import apply_migrations
-from edge_agent.contract import (
+from edge_agent.kernel.contract import (
     DeployCommand,
     DeploymentEvent,
     DeviceStatus,

@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import to_json
 
-from edge_agent.contract import (
+from edge_agent.kernel.contract import (
     RECORD_DEFECT,
     RECORD_DEPLOYMENT_EVENT,
     RECORD_EVICTION,

@@ -19,12 +19,6 @@ import numpy as np
 
 from edge_agent.buffer import Buffer
 from edge_agent.config import FeatureConfig, ProcessPipelineConfig
-from edge_agent.contract import (
-    RECORD_PREDICTION,
-    PredictionPayload,
-    RecommendationPayload,
-    SetpointChange,
-)
 from edge_agent.inference.features import FeatureError, build_features, feature_values
 from edge_agent.inference.recommender import (
     Objective,
@@ -38,6 +32,12 @@ from edge_agent.inference.recommender import (
 )
 from edge_agent.inference.runtime import ModelLoadError, OnnxRunner
 from edge_agent.inference.tree_tables import TreeEnsemble
+from edge_agent.kernel.contract import (
+    RECORD_PREDICTION,
+    PredictionPayload,
+    RecommendationPayload,
+    SetpointChange,
+)
 from edge_agent.lifecycle import ModelWatch
 from edge_agent.model_store import InstalledModel, ModelStore
 from edge_agent.monitoring import DEFAULT_INTERVAL_S as DEFAULT_STATS_INTERVAL_S

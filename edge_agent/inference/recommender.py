@@ -26,7 +26,7 @@ from edge_agent.config import (
     ObjectiveConfig,
     RecommendConfig,
 )
-from edge_agent.contract import (
+from edge_agent.kernel.contract import (
     RECORD_SETPOINT_WRITE,
     ModelManifest,
     RecommendationPayload,

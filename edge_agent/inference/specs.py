@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edge_agent.contract import TensorSpec
+from edge_agent.kernel.contract import TensorSpec
 
 # ONNX Runtime names element types "tensor(float)"; manifests use numpy-style names.
 _ORT_DTYPES = {

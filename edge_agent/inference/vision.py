@@ -25,9 +25,9 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from edge_agent.contract import ModelManifest
 from edge_agent.imaging import resize
 from edge_agent.inference.runtime import ModelLoadError, OnnxRunner, RuntimeOptions
+from edge_agent.kernel.contract import ModelManifest
 
 
 class Preprocessing(BaseModel):

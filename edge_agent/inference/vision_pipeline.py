@@ -29,10 +29,10 @@ import numpy as np
 
 from edge_agent.buffer import Buffer
 from edge_agent.config import RoiConfig, VisionPipelineConfig
-from edge_agent.contract import RECORD_DEFECT, RECORD_SAMPLE
 from edge_agent.imaging import resize
 from edge_agent.inference.runtime import ModelLoadError
 from edge_agent.inference.vision import Letterbox, VisionModel, VisionResult
+from edge_agent.kernel.contract import RECORD_DEFECT, RECORD_SAMPLE
 from edge_agent.lifecycle import ModelWatch
 from edge_agent.model_store import ModelStore
 from edge_agent.monitoring import DEFAULT_INTERVAL_S as DEFAULT_STATS_INTERVAL_S

@@ -21,8 +21,8 @@ import cv2
 import numpy as np
 import simplejpeg
 
-from edge_agent.contract import SourceState
 from edge_agent.imaging import resize
+from edge_agent.kernel.contract import SourceState
 
 log = logging.getLogger(__name__)
 

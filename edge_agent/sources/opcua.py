@@ -23,7 +23,7 @@ from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from cryptography import x509
 
 from edge_agent.config import OpcUaSourceConfig
-from edge_agent.contract import SourceGapPayload, SourceState
+from edge_agent.kernel.contract import SourceGapPayload, SourceState
 
 log = logging.getLogger(__name__)
 

@@ -45,8 +45,9 @@ from central_sync.db.review import DefectFilter  # noqa: E402
 from central_sync.web import create_app  # noqa: E402
 from edge_agent.buffer import Buffer, BufferPolicy, NewRecord  # noqa: E402
 from edge_agent.config import UplinkConfig  # noqa: E402
-from edge_agent.contract import Topics  # noqa: E402
-from edge_agent.transport import BrokerConfig, MqttTransport  # noqa: E402
+from edge_agent.kernel.contract import Topics  # noqa: E402
+from edge_agent.kernel.transport import BrokerConfig  # noqa: E402
+from edge_agent.kernel.transport.mqtt import MqttTransport  # noqa: E402
 from edge_agent.uplink import Uplink  # noqa: E402
 from tests.conftest import Mosquitto, free_port, postgres_database  # noqa: E402
 

@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from central_sync.db import CentralDB  # noqa: E402
-from edge_agent.contract import ArtifactChunk, Topics, encode  # noqa: E402
+from edge_agent.kernel.contract import ArtifactChunk, Topics, encode  # noqa: E402
 from tests.benchmarks.procstats import proc_cpu_s, proc_peak_rss_mb  # noqa: E402
 from tests.conftest import free_port, wait_for_port  # noqa: E402
 

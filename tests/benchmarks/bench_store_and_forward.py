@@ -36,10 +36,11 @@ sys.path.insert(0, str(REPO))
 
 from edge_agent.buffer import Buffer, BufferPolicy, NewRecord  # noqa: E402
 from edge_agent.config import UplinkConfig  # noqa: E402
-from edge_agent.contract import Topics  # noqa: E402
-from edge_agent.gctune import tune_for_service  # noqa: E402
-from edge_agent.signing import Signer  # noqa: E402
-from edge_agent.transport import BrokerConfig, MqttTransport  # noqa: E402
+from edge_agent.kernel.contract import Topics  # noqa: E402
+from edge_agent.kernel.gctune import tune_for_service  # noqa: E402
+from edge_agent.kernel.signing import Signer  # noqa: E402
+from edge_agent.kernel.transport import BrokerConfig  # noqa: E402
+from edge_agent.kernel.transport.mqtt import MqttTransport  # noqa: E402
 from edge_agent.uplink import Uplink  # noqa: E402
 from tests.benchmarks.procstats import proc_cpu_s, proc_peak_rss_mb, self_cpu_s  # noqa: E402
 from tests.conftest import free_port, wait_for_port  # noqa: E402

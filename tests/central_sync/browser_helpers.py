@@ -14,7 +14,7 @@ from central_helpers import free_port
 
 from central_sync.db import CentralDB
 from central_sync.web import create_app
-from edge_agent.httpserver import WebServer
+from edge_agent.kernel.httpserver import WebServer
 
 CHROMIUM = Path("/usr/bin/chromium")
 

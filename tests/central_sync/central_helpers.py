@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edge_agent.contract import UplinkBatch, UplinkRecord
+from edge_agent.kernel.contract import UplinkBatch, UplinkRecord
 from tests.helpers import write_test_keys
 
 T = TypeVar("T")

@@ -7,7 +7,7 @@ import base64
 import cv2
 import numpy as np
 
-from edge_agent.contract import UplinkBatch, UplinkRecord
+from edge_agent.kernel.contract import UplinkBatch, UplinkRecord
 
 LABELS = ("scratch", "pit", "stain")
 

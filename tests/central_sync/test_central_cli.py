@@ -21,7 +21,7 @@ from central_helpers import free_port, make_onnx_model, write_config
 from paho.mqtt.enums import CallbackAPIVersion
 
 from central_sync.cli import build_parser, main
-from edge_agent.contract import DeployCommand, DeploymentEvent, Topics, decode, encode
+from edge_agent.kernel.contract import DeployCommand, DeploymentEvent, Topics, decode, encode
 from tests.helpers import TEST_SIGNER
 
 REPO = Path(__file__).resolve().parents[2]
@@ -188,7 +188,7 @@ def test_devices_lists_what_central_stored(config_file: Path, capsys, monkeypatc
 
     from central_sync.config import load_central_config
     from central_sync.db import CentralDB
-    from edge_agent.contract import DeviceStatus
+    from edge_agent.kernel.contract import DeviceStatus
 
     db = CentralDB(load_central_config(config_file).database_url)
     db.update_status(DeviceStatus(device_id="gw-1", state="online", labels=["line-3"], buffer={

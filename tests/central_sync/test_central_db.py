@@ -10,7 +10,7 @@ from central_helpers import make_batch, prediction_payload
 
 from central_sync.db import MIGRATIONS, CentralDB, DatabaseError, ModelVersionExists
 from central_sync.db.schema import migrations_for
-from edge_agent.contract import (
+from edge_agent.kernel.contract import (
     DeployCommand,
     DeploymentEvent,
     DeviceStatus,
@@ -241,7 +241,7 @@ def test_database_of_schema_1_is_migrated_keeping_its_rows(tmp_path: Path) -> No
 
 
 def test_large_record_is_stored_once_all_its_chunks_arrived(db: CentralDB) -> None:
-    from edge_agent.contract import split_record
+    from edge_agent.kernel.contract import split_record
 
     payload = prediction_payload()
     text = json.dumps({**payload, "pipeline": "p" * 3000})

@@ -13,8 +13,8 @@ from central_sync.config import CentralConfig
 from central_sync.db import CentralDB
 from central_sync.metrics import central_registry
 from central_sync.service import CentralService
-from edge_agent.contract import DeviceStatus, Topics, encode
-from edge_agent.transport import MemoryBroker, MemoryTransport
+from edge_agent.kernel.contract import DeviceStatus, Topics, encode
+from edge_agent.kernel.transport.memory import MemoryBroker, MemoryTransport
 from tests.helpers import Scrape
 
 TOPICS = Topics()

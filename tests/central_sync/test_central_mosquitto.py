@@ -13,8 +13,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from central_sync.config import CentralConfig
 from central_sync.service import CentralService
-from edge_agent.contract import BatchAck, DeviceStatus, Topics, decode, encode
-from edge_agent.transport import BrokerConfig, MqttTransport
+from edge_agent.kernel.contract import BatchAck, DeviceStatus, Topics, decode, encode
+from edge_agent.kernel.transport import BrokerConfig
+from edge_agent.kernel.transport.mqtt import MqttTransport
 
 TOPICS = Topics()
 

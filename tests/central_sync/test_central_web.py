@@ -13,8 +13,8 @@ from central_helpers import free_port, make_batch, prediction_payload, run, wait
 
 from central_sync.config import CentralConfig
 from central_sync.service import CentralService, ServiceStartError
-from edge_agent.contract import DeviceStatus, Topics, UplinkBatch, UplinkRecord, encode
-from edge_agent.transport import MemoryBroker, MemoryTransport
+from edge_agent.kernel.contract import DeviceStatus, Topics, UplinkBatch, UplinkRecord, encode
+from edge_agent.kernel.transport.memory import MemoryBroker, MemoryTransport
 
 TOPICS = Topics()
 

@@ -11,8 +11,15 @@ from central_sync.config import CentralConfig
 from central_sync.db import CentralDB
 from central_sync.registry import publish_model
 from central_sync.service import CentralService
-from edge_agent.contract import ArtifactChunk, ChunkRequest, ModelManifest, Topics, decode, encode
-from edge_agent.transport import MemoryBroker, MemoryTransport
+from edge_agent.kernel.contract import (
+    ArtifactChunk,
+    ChunkRequest,
+    ModelManifest,
+    Topics,
+    decode,
+    encode,
+)
+from edge_agent.kernel.transport.memory import MemoryBroker, MemoryTransport
 from tests.helpers import TEST_SIGNER
 
 TOPICS = Topics()

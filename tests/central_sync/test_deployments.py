@@ -13,8 +13,8 @@ from central_sync.db import CentralDB
 from central_sync.deployments import UnknownModel, deploy, deploy_and_wait
 from central_sync.registry import publish_model
 from central_sync.service import CentralService
-from edge_agent.contract import DeployCommand, DeploymentEvent, Topics, decode, encode
-from edge_agent.transport import MemoryBroker, MemoryTransport
+from edge_agent.kernel.contract import DeployCommand, DeploymentEvent, Topics, decode, encode
+from edge_agent.kernel.transport.memory import MemoryBroker, MemoryTransport
 from tests.helpers import TEST_SIGNER, TEST_VERIFIER
 
 TOPICS = Topics()

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from central_sync.db import CentralDB
 from central_sync.drift import drift_report, ks_binned, latency_percentiles, psi
 from central_sync.web import create_app
-from edge_agent.contract import (
+from edge_agent.kernel.contract import (
     ModelManifest,
     ModelStatsPayload,
     TensorSpec,

@@ -8,14 +8,9 @@ from central_helpers import Inbox, make_batch, run, wait_for
 
 from central_sync.config import CentralConfig
 from central_sync.service import CentralService
-from edge_agent.contract import (
-    BatchAck,
-    DeviceStatus,
-    Topics,
-    decode,
-    encode,
-)
-from edge_agent.transport import MemoryBroker, MemoryTransport, Will
+from edge_agent.kernel.contract import BatchAck, DeviceStatus, Topics, decode, encode
+from edge_agent.kernel.transport import Will
+from edge_agent.kernel.transport.memory import MemoryBroker, MemoryTransport
 
 TOPICS = Topics()
 

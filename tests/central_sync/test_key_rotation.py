@@ -10,8 +10,8 @@ from central_helpers import write_config
 
 from central_sync.cli import main
 from central_sync.config import load_central_config
-from edge_agent.contract import ModelManifest
-from edge_agent.signing import SignatureError, Verifier
+from edge_agent.kernel.contract import ModelManifest
+from edge_agent.kernel.signing import SignatureError, Verifier
 from tests.helpers import SAMPLE_MODEL, TEST_SIGNER, manifest_for
 
 
@@ -50,7 +50,7 @@ def test_a_key_change_in_two_steps(tmp_path: Path, capsys) -> None:
 
 
 def test_a_tampered_manifest_fails_against_every_trusted_key() -> None:
-    from edge_agent.signing import Signer
+    from edge_agent.kernel.signing import Signer
 
     other = Signer.generate()
     both = Verifier(TEST_SIGNER.public_key, other.public_key)

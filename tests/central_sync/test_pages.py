@@ -89,7 +89,7 @@ def test_rollout_page_follows_the_rollout_live_in_chromium(db: CentralDB,
 
 
 def test_recommendations_page_joins_answers_and_outcomes(db: CentralDB) -> None:
-    from edge_agent.contract import UplinkBatch, UplinkRecord
+    from edge_agent.kernel.contract import UplinkBatch, UplinkRecord
 
     offer = {"id": "r-1", "pipeline": "scrap",
              "model": {"name": "extruder-scrap", "version": "1.0.0", "sha256": "5" * 64},
@@ -118,7 +118,7 @@ def test_device_page_shows_models_sources_buffer_deployments_and_defects(
         db: CentralDB) -> None:
     from review_helpers import defect_batch
 
-    from edge_agent.contract import BufferHealth, DeviceStatus, ModelRef, SourceState
+    from edge_agent.kernel.contract import BufferHealth, DeviceStatus, ModelRef, SourceState
 
     db.update_status(DeviceStatus(
         device_id="line1-gw1", state="online", agent_version="0.1.0", labels=["line-1"],
@@ -141,7 +141,7 @@ def test_device_page_shows_models_sources_buffer_deployments_and_defects(
 def test_fleet_page_escapes_what_devices_send(db: CentralDB) -> None:
     from central_helpers import prediction_payload
 
-    from edge_agent.contract import UplinkBatch, UplinkRecord
+    from edge_agent.kernel.contract import UplinkBatch, UplinkRecord
 
     payload = {**prediction_payload(), "pipeline": "<script>alert(1)</script>"}
     db.store_batch(UplinkBatch(device_id="gw-1", records=[
@@ -158,7 +158,7 @@ def test_fleet_page_escapes_what_devices_send(db: CentralDB) -> None:
 def test_every_page_fits_a_1080p_screen_in_chromium(db: CentralDB, tmp_path: Path) -> None:
     from review_helpers import defect_batch
 
-    from edge_agent.contract import DeviceStatus, ModelRef, SourceState
+    from edge_agent.kernel.contract import DeviceStatus, ModelRef, SourceState
 
     manifest = scrap_manifest()
     db.add_model(manifest, "data-scientist")

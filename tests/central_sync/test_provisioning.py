@@ -17,7 +17,7 @@ from central_sync.cli import main
 from central_sync.db import CentralDB
 from central_sync.provisioning import acl_text, mosquitto_hash
 from edge_agent.config import AgentConfig
-from edge_agent.contract import DEVICE_TOPICS, Topics
+from edge_agent.kernel.contract import DEVICE_TOPICS, Topics
 from tests.helpers import TEST_SIGNER
 
 

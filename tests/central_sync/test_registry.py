@@ -11,7 +11,7 @@ from central_helpers import make_onnx_model
 
 from central_sync.db import CentralDB
 from central_sync.registry import RegistryError, artifact_path, publish_model
-from edge_agent.contract import ModelManifest
+from edge_agent.kernel.contract import ModelManifest
 from tests.helpers import TEST_SIGNER, TEST_VERIFIER
 
 

@@ -18,8 +18,9 @@ from central_helpers import free_port, prediction_payload
 from central_sync.db import CentralDB
 from edge_agent.buffer import Buffer, BufferPolicy
 from edge_agent.config import UplinkConfig
-from edge_agent.contract import Topics
-from edge_agent.transport import BrokerConfig, MqttTransport
+from edge_agent.kernel.contract import Topics
+from edge_agent.kernel.transport import BrokerConfig
+from edge_agent.kernel.transport.mqtt import MqttTransport
 from edge_agent.uplink import Uplink
 from tests.conftest import Mosquitto, postgres_database
 from tests.helpers import REPO, write_test_keys

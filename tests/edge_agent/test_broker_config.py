@@ -8,7 +8,7 @@ import pytest
 
 from edge_agent.cli import main
 from edge_agent.config import load_agent_config
-from edge_agent.configfile import ConfigError
+from edge_agent.kernel.configfile import ConfigError
 from tests.helpers import write_test_keys
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.buffer import Buffer, BufferPolicy, NewRecord
-from edge_agent.contract import EvictionPayload
+from edge_agent.kernel.contract import EvictionPayload
 
 
 def records(n: int, type_: str = "prediction", pad: int = 0) -> list[NewRecord]:

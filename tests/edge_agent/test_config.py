@@ -8,7 +8,7 @@ import pytest
 
 from central_sync.config import load_central_config
 from edge_agent.config import load_agent_config
-from edge_agent.configfile import ConfigError
+from edge_agent.kernel.configfile import ConfigError
 from tests.helpers import REPO
 
 GOOD = """\

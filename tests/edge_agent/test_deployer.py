@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent.buffer import Buffer
-from edge_agent.contract import (
+from edge_agent.deployer import ChunkFile, Deployer
+from edge_agent.kernel.contract import (
     ArtifactChunk,
     ChunkRequest,
     DeployCommand,
@@ -19,9 +20,8 @@ from edge_agent.contract import (
     decode,
     encode,
 )
-from edge_agent.deployer import ChunkFile, Deployer
+from edge_agent.kernel.transport.memory import MemoryBroker, MemoryTransport
 from edge_agent.model_store import ModelStore
-from edge_agent.transport import MemoryBroker, MemoryTransport
 from tests.helpers import SAMPLE_MODEL, TEST_SIGNER, TEST_VERIFIER, manifest_for
 
 TOPICS = Topics()

@@ -16,9 +16,9 @@ from edge_agent import __version__, web
 from edge_agent.app import Agent
 from edge_agent.buffer import Buffer
 from edge_agent.config import AgentConfig
-from edge_agent.httpserver import WebServer
+from edge_agent.kernel.httpserver import WebServer
+from edge_agent.kernel.transport.memory import MemoryBroker, MemoryTransport
 from edge_agent.metrics import buffer_metric_families
-from edge_agent.transport import MemoryBroker, MemoryTransport
 from tests.conftest import free_port
 from tests.helpers import Scrape, write_test_keys
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.buffer import Buffer, BufferPolicy
-from edge_agent.contract import ModelManifest, ModelStatsPayload, TensorSpec
+from edge_agent.kernel.contract import ModelManifest, ModelStatsPayload, TensorSpec
 from edge_agent.monitoring import ModelMonitor, StatsWindow, reference_edges
 
 REFERENCE = {"inputs": {"zone2_temp_c": {"edges": [170, 180, 190, 200], "counts": [5, 10, 5]}},

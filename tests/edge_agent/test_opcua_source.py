@@ -16,7 +16,7 @@ from asyncua import Client, ua
 from pydantic import ValidationError
 
 from edge_agent.config import OpcUaSourceConfig
-from edge_agent.contract import SourceGapPayload
+from edge_agent.kernel.contract import SourceGapPayload
 from edge_agent.sources.opcua import OpcUaSource, SetpointWriteError
 from tests.conftest import LineSimulatorProcess, free_port, start_line_simulator
 from tests.edge_agent.opcua_certs import write_app_certificate

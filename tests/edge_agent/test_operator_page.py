@@ -23,7 +23,9 @@ from pydantic import ValidationError
 from edge_agent import web
 from edge_agent.app import Agent
 from edge_agent.config import AgentConfig, UiConfig
-from edge_agent.contract import (
+from edge_agent.inference.process import ProcessPipeline, TrendPoint
+from edge_agent.inference.vision_pipeline import RecentDefect, VisionPipeline
+from edge_agent.kernel.contract import (
     RECORD_RECOMMENDATION_ANSWER,
     BatchAck,
     ModelRef,
@@ -35,10 +37,8 @@ from edge_agent.contract import (
     encode,
     expand_uplink,
 )
-from edge_agent.inference.process import ProcessPipeline, TrendPoint
-from edge_agent.inference.vision_pipeline import RecentDefect, VisionPipeline
+from edge_agent.kernel.transport.memory import MemoryBroker, MemoryTransport
 from edge_agent.recommendations import RecommendationBoard
-from edge_agent.transport import MemoryBroker, MemoryTransport
 from tests.conftest import SAMPLE_DATA, Mosquitto, free_port, wait_for_port, wait_until
 from tests.edge_agent.test_vision_pipeline import GREY, RED, frames, run_frames
 from tests.edge_agent.test_vision_pipeline import setup as vision_setup

@@ -11,7 +11,6 @@ import pytest
 
 from edge_agent.buffer import Buffer
 from edge_agent.config import FeatureConfig, RecommendConfig
-from edge_agent.contract import ModelRef, RecommendationPayload, SetpointChange, TensorSpec
 from edge_agent.inference.recommender import (
     Objective,
     Proposal,
@@ -22,6 +21,7 @@ from edge_agent.inference.recommender import (
     require_dynamic_batch,
     resolve_objective,
 )
+from edge_agent.kernel.contract import ModelRef, RecommendationPayload, SetpointChange, TensorSpec
 from tests.helpers import SAMPLE_MODEL, manifest_for
 
 FEATURES = [FeatureConfig(tag=t) for t in ("z1", "z2", "speed", "humidity")]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_agent.contract import TensorSpec
 from edge_agent.inference.runtime import ModelLoadError, OnnxRunner
 from edge_agent.inference.specs import spec_differences
+from edge_agent.kernel.contract import TensorSpec
 from tests.helpers import SAMPLE_MODEL, manifest_for
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent import systemd
+from edge_agent.kernel import systemd
 from tests.conftest import Mosquitto
 
 BIN = Path(sys.executable).parent

@@ -7,15 +7,10 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from edge_agent.contract import Topics
-from edge_agent.transport import (
-    BrokerConfig,
-    MemoryBroker,
-    MemoryTransport,
-    MqttTransport,
-    NotConnected,
-    Will,
-)
+from edge_agent.kernel.contract import Topics
+from edge_agent.kernel.transport import BrokerConfig, NotConnected, Will
+from edge_agent.kernel.transport.memory import MemoryBroker, MemoryTransport
+from edge_agent.kernel.transport.mqtt import MqttTransport
 from tests.conftest import Mosquitto
 
 

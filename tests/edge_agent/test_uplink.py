@@ -7,8 +7,8 @@ from pathlib import Path
 
 from edge_agent.buffer import Buffer
 from edge_agent.config import UplinkConfig
-from edge_agent.contract import BatchAck, Topics, UplinkBatch, decode, encode
-from edge_agent.transport import MemoryBroker, MemoryTransport
+from edge_agent.kernel.contract import BatchAck, Topics, UplinkBatch, decode, encode
+from edge_agent.kernel.transport.memory import MemoryBroker, MemoryTransport
 from edge_agent.uplink import Uplink
 
 TOPICS = Topics()

@@ -154,7 +154,7 @@ def test_pipeline_waits_for_its_model_and_says_so(tmp_path: Path) -> None:
 def test_agent_runs_a_camera_pipeline_and_reports_it(tmp_path: Path) -> None:
     from edge_agent.app import Agent
     from edge_agent.config import AgentConfig
-    from edge_agent.transport import MemoryBroker, MemoryTransport
+    from edge_agent.kernel.transport.memory import MemoryBroker, MemoryTransport
     from tests.helpers import Scrape, write_test_keys
 
     video = tmp_path / "line.avi"

@@ -23,7 +23,8 @@ FROZEN_AFTER_S = 3.0
 
 STORM = """
 import asyncio, faulthandler, os, sys, threading, time
-from edge_agent.transport import BrokerConfig, MqttTransport
+from edge_agent.kernel.transport import BrokerConfig
+from edge_agent.kernel.transport.mqtt import MqttTransport
 
 PORT, TOTAL, FROZEN_AFTER_S = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
 

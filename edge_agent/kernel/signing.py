@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,6 +19,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel
+
+from edge_agent.kernel.atomic_files import write_atomically
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -92,13 +93,7 @@ class Signer:
         pem = self._key.private_bytes(serialization.Encoding.PEM,
                                       serialization.PrivateFormat.PKCS8,
                                       serialization.NoEncryption())
-        temp = private_path.with_name(f".{private_path.name}.tmp")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(pem)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, private_path)
+        write_atomically(private_path, pem, mode=0o600)
         public_path = private_path.with_suffix(".pub")
         public_path.write_text(self.public_pem(), encoding="ascii")
         return public_path

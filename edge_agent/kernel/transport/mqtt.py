@@ -1,7 +1,4 @@
-"""Publish/subscribe transports: MQTT over paho for real, and an in-memory one for logic tests.
-
-paho-mqtt runs its network loop in a thread; its callbacks only hand work to the asyncio loop.
-"""
+"""The real transport: a paho-mqtt client driven from asyncio, and topic dispatch."""
 
 from __future__ import annotations
 
@@ -11,128 +8,24 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from edge_agent.configfile import resolve_path
-from edge_agent.contract import SHARED_PREFIX, plain_filter
+from edge_agent.kernel.contract import plain_filter
+from edge_agent.kernel.transport.base import Handler, NotConnected, Will
+from edge_agent.kernel.transport.config import BrokerConfig
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[str, bytes], Awaitable[None]]
 SUBACK_TIMEOUT_S = 10.0
 
 
-class NotConnected(RuntimeError):
-    """Raised when publishing while the broker connection is down."""
-
-
-class BrokerCredentialsError(Exception):
-    """The broker password cannot be read; the message says which file and why."""
-
-
-DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # matches max_packet_size in deploy/mosquitto
-
-
-class BrokerConfig(BaseModel):
-    """How to reach the MQTT broker (Mosquitto in production)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    host: str = Field("127.0.0.1", description="Broker host name or address")
-    port: int = Field(1883, ge=1, le=65535, description="1883 plain, 8883 TLS")
-    username: str | None = Field(None, description="Broker user; ${ENV_VAR} allowed")
-    password: str | None = Field(None, description="Broker password; use ${ENV_VAR}")
-    password_file: Path | None = Field(
-        None, description="File holding the broker password (mode 600), instead of password; "
-        "relative paths are relative to this file")
-    tls: bool = Field(False, description="Connect with TLS")
-    ca_file: Path | None = Field(
-        None, description="CA certificate for TLS (PEM); the system's CAs when unset")
-    cert_file: Path | None = Field(
-        None, description="Client certificate (PEM), for a listener that requires one")
-    key_file: Path | None = Field(None, description="Private key of cert_file (PEM)")
-    protocol: Literal["3.1.1", "5"] = Field("5", description="MQTT protocol version")
-    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive")
-    topic_prefix: str = Field("edge-mlops", description="Root of the topic tree")
-    client_id: str | None = Field(None, description="Defaults to the device id / central id")
-    max_message_bytes: int = Field(
-        DEFAULT_MAX_MESSAGE_BYTES, ge=64 * 1024,
-        description="Received messages larger than this are dropped unread")
-
-    @field_validator("password_file", "ca_file", "cert_file", "key_file")
-    @classmethod
-    def _existing_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        if value is None or str(value) == "":
-            return None
-        path = resolve_path(value, info.context)
-        # The password file may come later (`central-sync broker init` writes central's).
-        if info.field_name != "password_file" and not path.is_file():
-            raise ValueError(f"file {path} does not exist; give the path of the {info.field_name}")
-        return path
-
-    @model_validator(mode="after")
-    def _consistent(self) -> BrokerConfig:
-        if self.password and self.password_file:
-            raise ValueError("set password or password_file, not both")
-        if (self.password or self.password_file) and not self.username:
-            raise ValueError("a password needs a username: set broker.username")
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file go together: set both or neither")
-        if (self.cert_file or self.ca_file) and not self.tls:
-            raise ValueError("ca_file and cert_file are for TLS: set tls: true (port 8883)")
-        return self
-
-    def secret(self) -> str | None:
-        """The password, read from password_file when it is given there."""
-        if self.password_file is None:
-            return self.password or None
-        try:
-            return self.password_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise BrokerCredentialsError(
-                f"cannot read broker.password_file {self.password_file}: {exc.strerror}; on a "
-                "gateway, copy mqtt-password from the device's bundle (`central-sync device "
-                "add`); for central, run `central-sync broker init`"
-            ) from None
-
-
 @dataclass
-class Will:
-    topic: str
-    payload: bytes
-    qos: int = 1
-    retain: bool = True
-
-
-class Transport(Protocol):
-    """What the agent and central need from a message bus."""
-
-    @property
-    def connected(self) -> bool: ...
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-    async def wait_connected(self, timeout_s: float | None = None) -> bool: ...
-
-    async def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None: ...
-
-    async def unsubscribe(self, topic_filter: str) -> None: ...
-
-    async def publish(
-        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False
-    ) -> None: ...
-
-
-@dataclass
-class _Subscriptions:
+class Subscriptions:
     """Topic filters and their handlers; dispatch runs on the asyncio loop, one at a time."""
 
     handlers: dict[str, tuple[Handler, int]] = field(default_factory=dict)
@@ -170,7 +63,7 @@ class MqttTransport:
         self._will = will
         self._on_connected = on_connected
         self._persistent = persistent_session
-        self._subs = _Subscriptions()
+        self._subs = Subscriptions()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connected = asyncio.Event()
         self._inbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
@@ -386,86 +279,3 @@ class _AckWaiter:
             if not future.done():
                 future.set_exception(exc)
 
-
-class MemoryBroker:
-    """An in-process broker with retained messages and last wills, for tests of logic."""
-
-    def __init__(self) -> None:
-        self.clients: list[MemoryTransport] = []
-        self.retained: dict[str, bytes] = {}
-        self._turns: dict[str, int] = {}  # shared subscription -> deliveries so far
-
-    async def route(self, topic: str, payload: bytes, retain: bool) -> None:
-        """Deliver to every plain subscription, and to one member of each shared group
-        (in turn), as MQTT brokers do."""
-        if retain:
-            self.retained[topic] = payload
-        clients = [c for c in self.clients if c.connected]
-        chosen: dict[str, MemoryTransport] = {}
-        for group_filter in sorted({f for c in clients for f, _ in c._subs.matching(topic)
-                                    if f.startswith(SHARED_PREFIX)}):
-            members = [c for c in clients if group_filter in c._subs.handlers]
-            turn = self._turns.get(group_filter, 0)
-            chosen[group_filter] = members[turn % len(members)]
-            self._turns[group_filter] = turn + 1
-        for client in clients:
-            if len(payload) > client.max_message_bytes:
-                log.warning("message dropped unread topic=%s bytes=%d", topic, len(payload))
-                continue
-            await client._subs.dispatch(
-                topic, payload,
-                only=lambda f, c=client: not f.startswith(SHARED_PREFIX) or chosen.get(f) is c)
-
-
-class MemoryTransport:
-    """A Transport whose messages go through a MemoryBroker in the same process."""
-
-    def __init__(self, broker: MemoryBroker, will: Will | None = None,
-                 on_connected: Callable[[], Awaitable[None]] | None = None,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
-        self._broker = broker
-        self.max_message_bytes = max_message_bytes
-        self._will = will
-        self._on_connected = on_connected
-        self._subs = _Subscriptions()
-        self._connected = asyncio.Event()
-
-    @property
-    def connected(self) -> bool:
-        return self._connected.is_set()
-
-    async def start(self) -> None:
-        self._broker.clients.append(self)
-        self._connected.set()
-        if self._on_connected:
-            await self._on_connected()
-
-    async def stop(self) -> None:
-        self._connected.clear()
-        if self in self._broker.clients:
-            self._broker.clients.remove(self)
-
-    async def crash(self) -> None:
-        """Vanish without a clean disconnect, so the broker publishes the last will."""
-        await self.stop()
-        if self._will:
-            await self._broker.route(self._will.topic, self._will.payload, self._will.retain)
-
-    async def wait_connected(self, timeout_s: float | None = None) -> bool:
-        return self.connected
-
-    async def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
-        self._subs.handlers[topic_filter] = (handler, qos)
-        if topic_filter.startswith(SHARED_PREFIX):
-            return  # brokers send no retained messages to shared subscriptions
-        for topic, payload in list(self._broker.retained.items()):
-            if paho.topic_matches_sub(topic_filter, topic):
-                await handler(topic, payload)
-
-    async def unsubscribe(self, topic_filter: str) -> None:
-        self._subs.handlers.pop(topic_filter, None)
-
-    async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
-        if not self.connected:
-            raise NotConnected("memory transport is stopped")
-        await self._broker.route(topic, payload, retain)

@@ -1,0 +1,52 @@
+"""The contract for people and other tools: the topic table and every JSON Schema."""
+
+from __future__ import annotations
+
+import json
+
+from edge_agent.kernel.contract.codec import (
+    _MESSAGE_ADAPTER,
+)
+from edge_agent.kernel.contract.fields import (
+    DEFAULT_TOPIC_PREFIX,
+    SCHEMA_VERSION,
+)
+from edge_agent.kernel.contract.topics import (
+    ARTIFACT_TOPIC,
+    DEVICE_TOPICS,
+)
+
+
+def topic_table_markdown(prefix: str = DEFAULT_TOPIC_PREFIX) -> str:
+    rows = [
+        "| Topic | Direction | QoS | Retained | Message | Purpose |",
+        "|---|---|---|---|---|---|",
+    ]
+    specs = [(f"{prefix}/devices/{{device_id}}/{s.leaf}", s) for s in DEVICE_TOPICS]
+    specs.append((f"{prefix}/{ARTIFACT_TOPIC.leaf}", ARTIFACT_TOPIC))
+    for topic, s in specs:
+        retained = "yes" if s.retained else "no"
+        rows.append(
+            f"| `{topic}` | {s.direction} | {s.qos} | {retained} | `{s.message}` | {s.purpose} |"
+        )
+    return "\n".join(rows)
+
+
+def contract_markdown(prefix: str = DEFAULT_TOPIC_PREFIX) -> str:
+    """The topic table and the JSON Schema of every message, for people and other tools."""
+    schema = _MESSAGE_ADAPTER.json_schema()
+    return "\n".join(
+        [
+            f"# MQTT contract (schema version {SCHEMA_VERSION})",
+            "",
+            "Every payload is a UTF-8 JSON object with `schema_version` and a `kind` field.",
+            "",
+            topic_table_markdown(prefix),
+            "",
+            "## JSON Schema",
+            "",
+            "```json",
+            json.dumps(schema, indent=2),
+            "```",
+        ]
+    )
