@@ -1,10 +1,16 @@
-"""Test helpers shared by several test modules: manifests of the sample model, async running."""
+"""Test helpers shared by several test modules: waiting for a state with a deadline, manifests
+of the sample model, parsing a metrics scrape."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import inspect
 import json
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -15,9 +21,56 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLE_MODEL = REPO / "sample_data" / "scrap_model.onnx"
 SAMPLE_METADATA = REPO / "sample_data" / "scrap_model.json"
 
+T = TypeVar("T")
+
 # Central's signing key in tests; agents in tests trust it.
 TEST_SIGNER = Signer.generate()
 TEST_VERIFIER = Verifier(TEST_SIGNER.public_key)
+
+
+def wait_until(condition: Callable[[], T], timeout_s: float = 20.0, *, what: str = "",
+               interval_s: float = 0.05) -> T:
+    """Poll `condition` until it returns something truthy and return that; after `timeout_s`
+    fail, naming `what` was awaited and the last value seen."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(_timed_out(condition, timeout_s, what, value))
+        time.sleep(interval_s)
+
+
+async def wait_until_async(condition: Callable[[], T | Awaitable[T]], timeout_s: float = 20.0,
+                           *, what: str = "", interval_s: float = 0.02) -> T:
+    """`wait_until` on the running event loop, which keeps running meanwhile; `condition` may
+    be a coroutine function."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value  # type: ignore[return-value]
+        if loop.time() > deadline:
+            raise AssertionError(_timed_out(condition, timeout_s, what, value))
+        await asyncio.sleep(interval_s)
+
+
+def _timed_out(condition: Callable[[], object], timeout_s: float, what: str,
+               last: object) -> str:
+    return f"timed out after {timeout_s}s waiting for {what or _described(condition)}; " \
+        f"last value seen: {last!r}"
+
+
+def _described(condition: Callable[[], object]) -> str:
+    """The condition's source line (a lambda's own words), when no `what` was given."""
+    try:
+        return inspect.getsource(condition).strip()
+    except (OSError, TypeError):
+        return repr(condition)
 
 
 def write_test_keys(folder: Path) -> tuple[Path, Path]:

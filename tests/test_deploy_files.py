@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from central_sync.config import load_central_config
-from tests.conftest import free_port, wait_for_port, wait_until
-from tests.helpers import REPO
+from tests.conftest import free_port, wait_for_port
+from tests.helpers import REPO, wait_until
 
 DEPLOY = REPO / "deploy"
 UNITS = DEPLOY / "systemd"

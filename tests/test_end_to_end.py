@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from central_sync.db import CentralDB
-from tests.conftest import LineSimulatorProcess, Mosquitto, free_port, wait_until
-from tests.helpers import REPO, SAMPLE_METADATA, SAMPLE_MODEL
+from tests.conftest import LineSimulatorProcess, Mosquitto, free_port
+from tests.helpers import REPO, SAMPLE_METADATA, SAMPLE_MODEL, wait_until
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent

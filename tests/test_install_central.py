@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from central_sync.db import CentralDB
-from tests.conftest import _mosquitto_binary, wait_for_port, wait_until
-from tests.helpers import REPO
+from tests.conftest import _mosquitto_binary, wait_for_port
+from tests.helpers import REPO, wait_until
 
 pytestmark = pytest.mark.slow
 VENV = Path(sys.executable).parent.parent

@@ -24,8 +24,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from central_sync.db import CentralDB
-from tests.conftest import _mosquitto_binary, free_port, wait_for_port, wait_until
-from tests.helpers import REPO, SAMPLE_METADATA, SAMPLE_MODEL
+from tests.conftest import _mosquitto_binary, free_port, wait_for_port
+from tests.helpers import REPO, SAMPLE_METADATA, SAMPLE_MODEL, wait_until
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent

@@ -12,7 +12,7 @@ from review_helpers import defect_batch
 
 from central_sync.accounts import hash_password
 from central_sync.db import CentralDB
-from tests.conftest import wait_until
+from tests.helpers import wait_until
 
 PASSWORD = "correct horse battery"
 

@@ -39,10 +39,10 @@ from edge_agent.kernel.contract import (
 )
 from edge_agent.kernel.transport.memory import MemoryBroker, MemoryTransport
 from edge_agent.recommendations import RecommendationBoard
-from tests.conftest import SAMPLE_DATA, Mosquitto, free_port, wait_for_port, wait_until
+from tests.conftest import SAMPLE_DATA, Mosquitto, free_port, wait_for_port
 from tests.edge_agent.test_vision_pipeline import GREY, RED, frames, run_frames
 from tests.edge_agent.test_vision_pipeline import setup as vision_setup
-from tests.helpers import write_test_keys
+from tests.helpers import wait_until, write_test_keys
 
 FEATURES = ["zone1_temp_c", "zone2_temp_c", "zone3_temp_c", "melt_pressure_bar",
             "screw_speed_rpm", "line_speed_m_min"]

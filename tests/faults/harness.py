@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from tests.conftest import LineSimulatorProcess, Mosquitto, wait_until
-from tests.helpers import REPO, SAMPLE_METADATA, SAMPLE_MODEL
+from tests.conftest import LineSimulatorProcess, Mosquitto
+from tests.helpers import REPO, SAMPLE_METADATA, SAMPLE_MODEL, wait_until
 
 BIN = Path(sys.executable).parent
 DEVICE = "line1-gw1"

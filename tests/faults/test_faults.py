@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from tests.conftest import wait_until
 from tests.faults.harness import AGENT, CENTRAL, Plant
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.slow
 

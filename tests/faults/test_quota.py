@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LineSimulatorProcess, Mosquitto, wait_until
+from tests.conftest import LineSimulatorProcess, Mosquitto
 from tests.faults.conftest import _running
 from tests.faults.harness import AGENT, CENTRAL, Plant
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.slow
 
