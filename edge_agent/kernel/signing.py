@@ -11,7 +11,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,7 +25,6 @@ from pydantic import BaseModel
 from edge_agent.kernel.atomic_files import write_atomically
 
 M = TypeVar("M", bound=BaseModel)
-
 
 
 class SignatureError(Exception):
@@ -197,3 +198,61 @@ def write_key_pair(private_path: str | Path, force: bool = False) -> tuple[Path,
     signer = Signer.generate()
     public_path = signer.save(private_path)
     return private_path, public_path, signer
+
+
+class NextKeyExists(KeyFileError):
+    """A key change is under way already: its next key must be promoted first (or replaced)."""
+
+    def __init__(self, path: Path, key_id: str) -> None:
+        super().__init__(f"{path} exists already (key {key_id}): finish that key change first")
+        self.path, self.key_id = path, key_id
+
+
+class NoNextKey(KeyFileError):
+    """There is no next key to promote: a key change starts by making one."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"there is no next key at {path}")
+        self.path = path
+
+
+@dataclass(frozen=True)
+class KeyChange:
+    """One step of a key change: the key that signed before it, the one that matters after it,
+    and the public key file agents are given."""
+
+    old: Signer
+    new: Signer
+    public_path: Path
+
+
+def start_key_change(private_path: str | Path, next_path: str | Path,
+                     force: bool = False) -> KeyChange:
+    """Create the next key at `next_path` while the current key keeps signing, and put both
+    public keys in the current key's `.pub`: agents given that file trust the next key before
+    it signs anything. Refuses a second next key (NextKeyExists) unless `force`."""
+    private_path, next_path = Path(private_path), Path(next_path)
+    current = Signer.from_file(private_path)
+    if next_path.exists() and not force:
+        raise NextKeyExists(next_path, Signer.from_file(next_path).key_id)
+    upcoming = Signer.generate()
+    upcoming.save(next_path)
+    public_path = private_path.with_suffix(".pub")
+    write_atomically(public_path, current.public_pem() + upcoming.public_pem())
+    return KeyChange(old=current, new=upcoming, public_path=public_path)
+
+
+def promote_next_key(private_path: str | Path, next_path: str | Path) -> KeyChange:
+    """Finish a key change: the next key replaces the current one, its own files go, and the
+    `.pub` holds only it. Raises NoNextKey when no change was started."""
+    private_path, next_path = Path(private_path), Path(next_path)
+    if not next_path.exists():
+        raise NoNextKey(next_path)
+    upcoming, current = Signer.from_file(next_path), Signer.from_file(private_path)
+    # Until the .pub is rewritten it still lists both keys, so a crash in between leaves
+    # agents trusting the key that now signs.
+    os.replace(next_path, private_path)
+    next_path.with_suffix(".pub").unlink(missing_ok=True)
+    public_path = private_path.with_suffix(".pub")
+    write_atomically(public_path, upcoming.public_pem())
+    return KeyChange(old=current, new=upcoming, public_path=public_path)
