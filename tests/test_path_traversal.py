@@ -18,8 +18,8 @@ from central_sync.config import CentralConfig
 from central_sync.db import CentralDB
 from central_sync.db.review import DefectFilter
 from central_sync.registry import artifact_path
-from central_sync.review_web import _write_export
 from central_sync.service import CentralService
+from central_sync.web.review import _write_export
 from edge_agent.buffer import Buffer
 from edge_agent.deployer import Deployer
 from edge_agent.kernel.contract import (

@@ -9,13 +9,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import HTMLResponse
 
-from central_sync.charts import latency_chart, psi_chart
 from central_sync.db import CentralDB
 from central_sync.db.accounts import Session
 from central_sync.db.review import DefectFilter
 from central_sync.drift import drift_report, latency_percentiles
-from central_sync.rendering import templates
-from central_sync.web_auth import session_dependencies
+from central_sync.web.auth import session_dependencies
+from central_sync.web.charts import latency_chart, psi_chart
+from central_sync.web.rendering import templates
 
 DRIFT_WINDOW_H = 24 * 7
 FLEET_REFRESH_S = 5

@@ -21,9 +21,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from central_sync import __version__
 from central_sync.db import CentralDB, DeviceSummary
 from central_sync.metrics import central_registry
-from central_sync.pages import model_health, pages_router
-from central_sync.review_web import review_router
-from central_sync.web_auth import api_reader
+from central_sync.web.auth import api_reader
+from central_sync.web.pages import model_health, pages_router
+from central_sync.web.review import review_router
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +97,6 @@ def create_app(
     app.include_router(review_router(db))
     app.include_router(pages_router(db, offline_after_s))
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
-
-
     return app
 
 

@@ -24,7 +24,6 @@ from pydantic import BaseModel, ConfigDict
 from starlette.background import BackgroundTask
 
 from central_sync.accounts import csrf_ok, log_in, token_digest
-from central_sync.charts import defect_rate_chart
 from central_sync.db import CentralDB
 from central_sync.db.accounts import Session
 from central_sync.db.review import (
@@ -35,8 +34,9 @@ from central_sync.db.review import (
     UnknownDefect,
     parse_cursor,
 )
-from central_sync.rendering import templates
-from central_sync.web_auth import COOKIE, session_dependencies
+from central_sync.web.auth import COOKIE, session_dependencies
+from central_sync.web.charts import defect_rate_chart
+from central_sync.web.rendering import templates
 from edge_agent.kernel.contract import ID_PATTERN
 
 log = logging.getLogger(__name__)

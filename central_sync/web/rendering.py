@@ -1,4 +1,4 @@
-"""The Jinja2 environment of central's pages (templates in central_sync/templates/)."""
+"""The Jinja2 environment of central's pages (templates in central_sync/web/templates/)."""
 
 from pathlib import Path
 
