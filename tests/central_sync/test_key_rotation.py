@@ -8,11 +8,15 @@ from pathlib import Path
 import pytest
 from central_helpers import write_config
 
+from central_sync.accounts import hash_password
 from central_sync.cli import main
 from central_sync.config import load_central_config
+from central_sync.db import CentralDB
 from edge_agent.kernel.contract import ModelManifest
 from edge_agent.kernel.signing import SignatureError, Verifier
 from tests.helpers import SAMPLE_MODEL, TEST_SIGNER, manifest_for
+
+PASSWORD = "correct horse battery"
 
 
 def test_a_key_change_in_two_steps(tmp_path: Path, capsys) -> None:
@@ -62,3 +66,33 @@ def test_a_tampered_manifest_fails_against_every_trusted_key() -> None:
     with pytest.raises(SignatureError, match="does not match"):
         both.verify(anonymous, "manifest")
     both.verify(signed, "manifest")
+
+
+def test_only_an_admin_promotes_the_next_key_and_a_refusal_changes_no_file(
+        tmp_path: Path, capsys, monkeypatch) -> None:
+    path = write_config(tmp_path)
+    c = ["-c", str(path)]
+    config = load_central_config(path)
+    assert main(["keys", "next", *c]) == 0
+    db = CentralDB(config.database_url)
+    db.add_user("root", hash_password(PASSWORD), "admin", by="setup")
+    db.add_user("eve", hash_password(PASSWORD), "engineer", by="root")
+    def key_files() -> dict[Path, bytes]:
+        return {file: file.read_bytes() for file in config.signing_key_path.parent.iterdir()}
+
+    before = key_files()
+
+    monkeypatch.setenv("CENTRAL_SYNC_USER", "eve")
+    monkeypatch.setenv("CENTRAL_SYNC_PASSWORD", PASSWORD)
+    assert main(["keys", "promote", *c]) == 2
+    assert "eve is a engineer; this needs the admin role" in capsys.readouterr().err
+    assert key_files() == before
+
+    monkeypatch.setenv("CENTRAL_SYNC_USER", "root")
+    upcoming = config.next_signer()
+    assert upcoming is not None
+    assert main(["keys", "promote", *c]) == 0
+    assert config.signer().key_id == upcoming.key_id
+    assert ("root", "keys.promote", upcoming.key_id) in [
+        (e["actor"], e["action"], e["subject"]) for e in db.list_audit()]
+    db.close()

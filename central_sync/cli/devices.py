@@ -1,5 +1,6 @@
-"""`central-sync device` and `central-sync broker`: per-device broker credentials, the bundle
-a new gateway is installed from, rotation and revocation, and central's own broker login."""
+"""`central-sync devices` (the fleet as central sees it), `central-sync device` (each
+gateway's broker credentials, the bundle it is installed from, rotation and revocation) and
+`central-sync broker` (central's own broker login)."""
 
 from __future__ import annotations
 
@@ -7,23 +8,27 @@ import argparse
 import os
 import re
 import time
+from collections.abc import Callable
 
 from rich.table import Table
 
-from central_sync.cli import (
+from central_sync.cli.common import (
     EXIT_OK,
+    Subcommands,
     UsageError,
-    _actor,
-    _console,
-    _database,
-    _epilog,
-    _load,
-    _user,
+    acting_user,
+    add_by_option,
+    add_command,
+    add_group,
+    load_config,
+    make_console,
+    models_text,
+    open_database,
+    seconds_ago,
 )
 from central_sync.config import CentralConfig
 from central_sync.db import CentralDB
 from central_sync.db.broker_accounts import AccountExists, UnknownAccount
-from central_sync.present import seconds_ago
 from central_sync.provisioning import (
     ProvisioningError,
     apply,
@@ -32,6 +37,38 @@ from central_sync.provisioning import (
     write_bundle,
 )
 from edge_agent.kernel.contract import ID_PATTERN
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    with open_database(config) as db:
+        devices = db.list_devices()
+    now = time.time()
+    table = Table(title="Devices")
+    for column in ("device", "labels", "state", "last seen", "active models", "records stored",
+                   "evicted", "buffer depth", "oldest unsent", "uplink"):
+        table.add_column(column)
+    for d in devices:
+        state = d.presence(now, config.offline_after_s)
+        colour = "green" if state == "online" else "red"
+        depth = "-" if d.buffer_depth is None else str(d.buffer_depth)
+        buffer = d.status.buffer if d.status else None
+        oldest = "-" if buffer is None or buffer.oldest_age_s is None else (
+            f"{buffer.oldest_age_s:.0f} s")
+        uplink = d.status.uplink if d.status else None
+        rate = "-" if uplink is None else (
+            f"{uplink.records_per_s:g}/s"
+            + ("" if uplink.round_trip_ms is None else f", rtt {uplink.round_trip_ms:.0f} ms"))
+        table.add_row(d.device_id, ", ".join(d.labels) or "-", f"[{colour}]{state}[/]",
+                      seconds_ago(d.last_seen, now),
+                      models_text(d.active_models), f"{d.records:,}", f"{d.evicted:,}", depth,
+                      oldest, rate)
+    console = make_console()
+    if not devices:
+        console.print("No device has reported yet; is `central-sync serve` running?")
+    else:
+        console.print(table)
+    return EXIT_OK
 
 
 def _device_id(value: str) -> str:
@@ -67,51 +104,48 @@ def _bundle(config: CentralConfig, db: CentralDB, device: str, password: str) ->
             f"copy it to the gateway and run: sudo deploy/install-agent.sh {bundle.path.name}")
 
 
-def cmd_device_add(args: argparse.Namespace) -> int:
+def _issue_credentials(args: argparse.Namespace,
+                       store: Callable[[CentralDB, str, str], None]) -> tuple[str, str]:
+    """Give the device named in `args` a new password: `store(db, password_hash, by)` records
+    it, its bundle is printed and Mosquitto's files rewritten. Returns the device id and what
+    the reload did."""
     device = _device_id(args.device_id)
-    config = _load(args)
+    config = load_config(args)
     config.signer()  # the bundle carries its public key: fail before anything changes
     password = new_password()
-    with _database(config) as db:
-        by = _actor(db, args, "engineer")
+    with open_database(config) as db:
+        by = acting_user(db, args, "engineer")
         try:
-            db.add_broker_account(device, "device", _labels(args.labels),
-                                  mosquitto_hash(password), by=by)
-        except AccountExists as exc:
+            store(db, mosquitto_hash(password), by)
+        except (AccountExists, UnknownAccount) as exc:
             raise UsageError(str(exc)) from None
         bundle = _bundle(config, db, device, password)
         print(bundle)  # before the reload, which may fail: the password lives only in it
-        done = _apply(config, db)
-    console = _console()
-    console.print(f"device {device} provisioned: {done}")
+        return device, _apply(config, db)
+
+
+def cmd_device_add(args: argparse.Namespace) -> int:
+    labels = _labels(args.labels)
+    device, done = _issue_credentials(args, lambda db, password_hash, by: db.add_broker_account(
+        args.device_id, "device", labels, password_hash, by=by))
+    make_console().print(f"device {device} provisioned: {done}")
     return EXIT_OK
 
 
 def cmd_device_rotate(args: argparse.Namespace) -> int:
-    device = _device_id(args.device_id)
-    config = _load(args)
-    config.signer()
-    password = new_password()
-    with _database(config) as db:
-        by = _actor(db, args, "engineer")
-        try:
-            db.rotate_broker_account(device, mosquitto_hash(password), by=by)
-        except UnknownAccount as exc:
-            raise UsageError(str(exc)) from None
-        bundle = _bundle(config, db, device, password)
-        print(bundle)  # before the reload, which may fail: the password lives only in it
-        done = _apply(config, db)
-    console = _console()
-    console.print(f"device {device}: new credentials; {done}. Its old password no longer "
-                  "works: until the gateway has the new one it buffers its data, losing none.")
+    device, done = _issue_credentials(args, lambda db, password_hash, by: (
+        db.rotate_broker_account(args.device_id, password_hash, by=by)))
+    make_console().print(f"device {device}: new credentials; {done}. Its old password no "
+                         "longer works: until the gateway has the new one it buffers its data, "
+                         "losing none.")
     return EXIT_OK
 
 
 def cmd_device_remove(args: argparse.Namespace) -> int:
     device = _device_id(args.device_id)
-    config = _load(args)
-    with _database(config) as db:
-        by = _actor(db, args, "engineer")
+    config = load_config(args)
+    with open_database(config) as db:
+        by = acting_user(db, args, "engineer")
         try:
             db.revoke_broker_account(device, by=by)
         except UnknownAccount as exc:
@@ -119,14 +153,14 @@ def cmd_device_remove(args: argparse.Namespace) -> int:
         done = _apply(config, db)
     bundle = config.provisioning.bundle_dir / f"{device}.tar.gz"
     bundle.unlink(missing_ok=True)
-    _console().print(f"device {device} revoked: {done}. Mosquitto refuses its login and ends "
-                     "its connection; its stored data stays in central.")
+    make_console().print(f"device {device} revoked: {done}. Mosquitto refuses its login and "
+                         "ends its connection; its stored data stays in central.")
     return EXIT_OK
 
 
 def cmd_device_list(args: argparse.Namespace) -> int:
-    config = _load(args)
-    with _database(config) as db:
+    config = load_config(args)
+    with open_database(config) as db:
         accounts = [a for a in db.broker_accounts(include_revoked=True) if a.kind == "device"]
         fleet = {d.device_id: d for d in db.list_devices()}
     now = time.time()
@@ -142,7 +176,7 @@ def cmd_device_list(args: argparse.Namespace) -> int:
         table.add_row(account.username, ", ".join(account.labels) or "-", access,
                       seconds_ago(account.created_at, now), seconds_ago(account.rotated_at, now),
                       state, seconds_ago(seen.last_seen, now) if seen else "-")
-    console = _console()
+    console = make_console()
     if accounts:
         console.print(table)
     else:
@@ -151,7 +185,7 @@ def cmd_device_list(args: argparse.Namespace) -> int:
 
 
 def cmd_broker_init(args: argparse.Namespace) -> int:
-    config = _load(args)
+    config = load_config(args)
     username, target = config.broker.username, config.broker.password_file
     if not username or target is None:
         raise UsageError("set broker.username (e.g. central) and broker.password_file (e.g. "
@@ -161,8 +195,8 @@ def cmd_broker_init(args: argparse.Namespace) -> int:
         raise UsageError(f"{target} exists; --force makes a new password (central must then "
                          "be restarted)")
     password = new_password()
-    with _database(config) as db:
-        by = _actor(db, args, "admin")
+    with open_database(config) as db:
+        by = acting_user(db, args, "admin")
         account = db.broker_account(username)
         if account is not None and account.active:
             if account.kind != "central":
@@ -176,74 +210,79 @@ def cmd_broker_init(args: argparse.Namespace) -> int:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(password + "\n")
         done = _apply(config, db)
-    _console().print(f"broker account {username} for central: password in {target}; {done}")
+    make_console().print(f"broker account {username} for central: password in {target}; {done}")
     return EXIT_OK
 
 
-def add_parser(commands: argparse._SubParsersAction, common: argparse.ArgumentParser,
-               formatter: type[argparse.HelpFormatter]) -> None:
-    device = commands.add_parser(
-        "device", formatter_class=formatter,
+def add_fleet_command(commands: Subcommands) -> None:
+    devices = add_command(
+        commands, "devices",
+        help="show the fleet: state, last seen, active models, records, buffer depth",
+        description="Show every device central has heard from.",
+        examples=["central-sync devices -c central-sync.yaml"])
+    devices.set_defaults(func=cmd_devices)
+
+
+def add_provisioning_commands(commands: Subcommands) -> None:
+    """`device` (add, rotate, remove, list) and `broker init`."""
+    actions = add_group(
+        commands, "device",
         help="provision gateways: add, list, rotate, remove (broker credentials and bundle)",
         description="Each gateway has its own broker login, and an ACL that lets it publish "
                     "only under its own topics and read only what is addressed to it. `add` "
                     "writes a bundle (agent configuration, credentials, CA certificate, "
                     "central's signing key) for deploy/install-agent.sh on the gateway.",
-        epilog=_epilog("central-sync device add line3-gw1 --labels line-3",
-                       "central-sync device list",
-                       "central-sync device rotate line3-gw1",
-                       "central-sync device remove line3-gw1"))
-    actions = device.add_subparsers(dest="device_command", required=True, metavar="ACTION")
-    add = actions.add_parser(
-        "add", parents=[common], formatter_class=formatter,
-        help="create the device's broker login and ACL, and write its bundle",
+        examples=["central-sync device add line3-gw1 --labels line-3",
+                  "central-sync device list",
+                  "central-sync device rotate line3-gw1",
+                  "central-sync device remove line3-gw1"],
+        dest="device_command")
+    add = add_command(
+        actions, "add", help="create the device's broker login and ACL, and write its bundle",
         description="Create a random password for the device (its user name is its id), "
                     "update Mosquitto's password file and ACL, and write "
                     "bundle_dir/DEVICE_ID.tar.gz. A removed device can be added again.",
-        epilog=_epilog("central-sync device add line3-gw1 --labels line-3,extruders"))
+        examples=["central-sync device add line3-gw1 --labels line-3,extruders"])
     add.add_argument("device_id", help="the gateway's id: letters, digits, . _ -")
     add.add_argument("--labels", default="", help="groups for rollouts, comma-separated")
     add.set_defaults(func=cmd_device_add)
-    rotate = actions.add_parser(
-        "rotate", parents=[common], formatter_class=formatter,
+    rotate = add_command(
+        actions, "rotate",
         help="give the device a new password (and a new bundle); the old one stops working",
         description="Replace the device's password and write a new bundle. Copy the new "
                     "mqtt-password to the gateway (or run deploy/install-agent.sh with the "
                     "bundle again); meanwhile the gateway buffers its data.",
-        epilog=_epilog("central-sync device rotate line3-gw1"))
+        examples=["central-sync device rotate line3-gw1"])
     rotate.add_argument("device_id", help="a provisioned device")
     rotate.set_defaults(func=cmd_device_rotate)
-    remove = actions.add_parser(
-        "remove", parents=[common], formatter_class=formatter,
-        help="revoke the device: Mosquitto refuses it and drops its connection",
+    remove = add_command(
+        actions, "remove", help="revoke the device: Mosquitto refuses it and drops its connection",
         description="Revoke the device's broker login and ACL and delete its bundle. Its "
                     "data stays in central; `device add` gives it new credentials.",
-        epilog=_epilog("central-sync device remove line3-gw1"))
+        examples=["central-sync device remove line3-gw1"])
     remove.add_argument("device_id", help="a provisioned device")
     remove.set_defaults(func=cmd_device_remove)
-    listing = actions.add_parser(
-        "list", parents=[common], formatter_class=formatter,
-        help="provisioned devices: labels, access, credentials' age, state",
+    listing = add_command(
+        actions, "list", help="provisioned devices: labels, access, credentials' age, state",
         description="Every provisioned device, revoked ones included.",
-        epilog=_epilog("central-sync device list"))
+        examples=["central-sync device list"])
     listing.set_defaults(func=cmd_device_list)
     for parser in (add, rotate, remove):
-        parser.add_argument("--by", default=_user(), help="who does it, for the audit log")
+        add_by_option(parser)
 
-    broker = commands.add_parser(
-        "broker", formatter_class=formatter, help="central's own broker login",
+    broker_actions = add_group(
+        commands, "broker", help="central's own broker login",
         description="Central logs in to Mosquitto as broker.username with the password in "
                     "broker.password_file; its ACL covers the whole topic tree.",
-        epilog=_epilog("central-sync broker init -c /etc/central-sync/central-sync.yaml"))
-    broker_actions = broker.add_subparsers(dest="broker_command", required=True,
-                                           metavar="ACTION")
-    init = broker_actions.add_parser(
-        "init", parents=[common], formatter_class=formatter,
+        examples=["central-sync broker init -c /etc/central-sync/central-sync.yaml"],
+        dest="broker_command")
+    init = add_command(
+        broker_actions, "init",
         help="create central's broker password and write Mosquitto's account files",
         description="Write a random password to broker.password_file (mode 600), add "
                     "central's account to Mosquitto's password file and ACL, and reload.",
-        epilog=_epilog("central-sync broker init -c central-sync.yaml",
-                       "central-sync broker init -c central-sync.yaml --force   # rotate"))
+        examples=["central-sync broker init -c central-sync.yaml",
+                  "central-sync broker init -c central-sync.yaml --force   # rotate"])
     init.add_argument("--force", action="store_true", help="replace an existing password")
-    init.add_argument("--by", default=_user(), help="who does it, for the audit log")
+    add_by_option(init)
     init.set_defaults(func=cmd_broker_init)

@@ -17,16 +17,18 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from central_sync.cli import (
+from central_sync.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
+    Subcommands,
     UsageError,
-    _actor,
-    _console,
-    _database,
-    _epilog,
-    _load,
-    _user,
+    acting_user,
+    add_by_option,
+    add_command,
+    add_group,
+    load_config,
+    make_console,
+    open_database,
     parse_model_ref,
 )
 from central_sync.db import CentralDB, Rollout
@@ -47,18 +49,18 @@ ROLLOUT_COLOURS = {"completed": "green", "halted": "red", "aborted": "yellow",
 
 def cmd_rollout_start(args: argparse.Namespace) -> int:
     name, version = parse_model_ref(args.model)
-    config = _load(args)
-    with _database(config) as db:
+    config = load_config(args)
+    with open_database(config) as db:
         devices, target = _targets(db, args)
         try:
             rollout = start_rollout(db, name, version, devices, target,
-                                    _actor(db, args, "engineer"),
+                                    acting_user(db, args, "engineer"),
                                     canary=args.canary, waves=args.waves,
                                     success_ratio=args.success_ratio,
                                     wave_timeout_s=args.wave_timeout)
         except RolloutError as exc:
             raise UsageError(str(exc)) from None
-        console = _console()
+        console = make_console()
         plan = db.rollout_devices(rollout.rollout_id)
         console.print(f"rollout [bold]{rollout.rollout_id}[/] of {rollout.ref} to {target}: "
                       f"{len(plan)} device(s) in {rollout.waves} wave(s)", highlight=False)
@@ -91,8 +93,8 @@ def _targets(db: CentralDB, args: argparse.Namespace) -> tuple[list[str], str]:
 
 
 def cmd_rollout_status(args: argparse.Namespace) -> int:
-    config = _load(args)
-    with _database(config) as db:
+    config = load_config(args)
+    with open_database(config) as db:
         if args.rollout_id is None:
             _print_rollouts(db)
             return EXIT_OK
@@ -100,26 +102,26 @@ def cmd_rollout_status(args: argparse.Namespace) -> int:
             raise UsageError(f"no rollout {args.rollout_id}; see `central-sync rollout status`")
         if args.follow:
             return _follow(db, args.rollout_id, args.timeout)
-        _console().print(_rollout_view(db, args.rollout_id))
+        make_console().print(_rollout_view(db, args.rollout_id))
     return EXIT_OK
 
 
 def cmd_rollout_change(args: argparse.Namespace) -> int:
-    config = _load(args)
-    with _database(config) as db:
+    config = load_config(args)
+    with open_database(config) as db:
         try:
             rollout = change_rollout(db, args.rollout_id, args.rollout_command,
-                                     _actor(db, args, "engineer"))
+                                     acting_user(db, args, "engineer"))
         except RolloutError as exc:
             raise UsageError(str(exc)) from None
-    _console().print(f"rollout {rollout.rollout_id} of {rollout.ref} is now "
-                     f"[bold]{rollout.state}[/]", highlight=False)
+    make_console().print(f"rollout {rollout.rollout_id} of {rollout.ref} is now "
+                         f"[bold]{rollout.state}[/]", highlight=False)
     return EXIT_OK
 
 
 def _print_rollouts(db: CentralDB) -> None:
     rollouts = db.list_rollouts()
-    console = _console()
+    console = make_console()
     if not rollouts:
         console.print("No rollouts yet; start one with `central-sync rollout start NAME@VERSION "
                       "--group LABEL`.")
@@ -170,7 +172,7 @@ def _transfer_progress(db: CentralDB, command_id: str | None) -> float:
 
 def _follow(db: CentralDB, rollout_id: str, timeout_s: float) -> int:
     """Show the rollout live until it ends; exit 0 when completed."""
-    console = _console()
+    console = make_console()
     deadline = time.monotonic() + timeout_s
     started = time.monotonic()
     rollout: Rollout | None = db.get_rollout(rollout_id)
@@ -201,33 +203,59 @@ def _follow(db: CentralDB, rollout_id: str, timeout_s: float) -> int:
     return EXIT_FAILED
 
 
-def add_parser(commands: argparse._SubParsersAction, common: argparse.ArgumentParser,
-               formatter: type[argparse.HelpFormatter]) -> None:
-    rollout = commands.add_parser(
-        "rollout", formatter_class=formatter,
+def add_commands(commands: Subcommands) -> None:
+    actions = add_group(
+        commands, "rollout",
         help="roll a model version out in waves: canary first, halt on failure",
         description="Staged rollouts. `serve` carries them out: a canary wave, then waves "
                     "reaching the given shares of the devices; a wave passes when enough of "
                     "its devices confirmed the version (after their probation), fails when "
                     "too many failed or rolled back, and a failed wave halts the rollout and "
                     "rolls that wave back.",
-        epilog=_epilog(
-            "central-sync rollout start surface-defects@1.4.0 --group line-3 --canary 1 "
-            "--waves 25%,100%",
-            "central-sync rollout status",
-            "central-sync rollout pause 3f2a9c1d7e4b"))
-    actions = rollout.add_subparsers(dest="rollout_command", required=True, metavar="ACTION")
-    start = actions.add_parser(
-        "start", parents=[common], formatter_class=formatter,
-        help="start a rollout and follow it live",
+        examples=["central-sync rollout start surface-defects@1.4.0 --group line-3 --canary 1 "
+                  "--waves 25%,100%",
+                  "central-sync rollout status",
+                  "central-sync rollout pause 3f2a9c1d7e4b"],
+        dest="rollout_command")
+    _add_start(actions)
+    status = add_command(
+        actions, "status", help="list rollouts, or show one device by device",
+        description="Without an id: every rollout. With one: its devices, waves, transfer "
+                    "progress and last steps; --follow keeps it live until it ends.",
+        examples=["central-sync rollout status",
+                  "central-sync rollout status 3f2a9c1d7e4b --follow"])
+    status.add_argument("rollout_id", nargs="?", help="a rollout id from the list")
+    status.add_argument("--follow", action="store_true", help="live until the rollout ends")
+    status.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS",
+                        help="stop following after this long (default 3600)")
+    status.set_defaults(func=cmd_rollout_status)
+
+    helps = {
+        "pause": "stop starting new waves (deployments under way go on)",
+        "resume": "continue a paused rollout (its wave timeout starts again)",
+        "abort": "end the rollout where it is (devices keep what they run)",
+        "rollback": "send every device that took the version back to its previous one",
+    }
+    for action, text in helps.items():
+        parser = add_command(
+            actions, action, help=text,
+            description=f"{text[0].upper()}{text[1:]}. Recorded in the audit log.",
+            examples=[f"central-sync rollout {action} 3f2a9c1d7e4b"])
+        parser.add_argument("rollout_id", help="a rollout id (`central-sync rollout status`)")
+        add_by_option(parser, "who decides")
+        parser.set_defaults(func=cmd_rollout_change)
+
+
+def _add_start(actions: Subcommands) -> None:
+    start = add_command(
+        actions, "start", help="start a rollout and follow it live",
         description="Record a rollout of NAME@VERSION to the devices given by --group (their "
                     "labels) or --devices, and follow it live until it completes (exit 0), "
                     "halts or times out (exit 1).",
-        epilog=_epilog(
-            "central-sync rollout start surface-defects@1.4.0 --group line-3 --canary 1 "
-            "--waves 25%,100%",
-            "central-sync rollout start extruder-scrap@1.1.0 --devices gw1,gw2 --canary 0 "
-            "--no-follow"))
+        examples=["central-sync rollout start surface-defects@1.4.0 --group line-3 --canary 1 "
+                  "--waves 25%,100%",
+                  "central-sync rollout start extruder-scrap@1.1.0 --devices gw1,gw2 "
+                  "--canary 0 --no-follow"])
     start.add_argument("model", metavar="NAME@VERSION", help="e.g. surface-defects@1.4.0")
     start.add_argument("--group", action="append", default=[], metavar="LABEL",
                        help="devices with this label (repeat for several)")
@@ -243,33 +271,5 @@ def add_parser(commands: argparse._SubParsersAction, common: argparse.ArgumentPa
     start.add_argument("--no-follow", action="store_true", help="record it and return")
     start.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS",
                        help="stop following after this long (default 3600)")
-    start.add_argument("--by", default=_user(), help="who starts it, for the audit log")
+    add_by_option(start, "who starts it")
     start.set_defaults(func=cmd_rollout_start)
-
-    status = actions.add_parser(
-        "status", parents=[common], formatter_class=formatter,
-        help="list rollouts, or show one device by device",
-        description="Without an id: every rollout. With one: its devices, waves, transfer "
-                    "progress and last steps; --follow keeps it live until it ends.",
-        epilog=_epilog("central-sync rollout status",
-                       "central-sync rollout status 3f2a9c1d7e4b --follow"))
-    status.add_argument("rollout_id", nargs="?", help="a rollout id from the list")
-    status.add_argument("--follow", action="store_true", help="live until the rollout ends")
-    status.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS",
-                        help="stop following after this long (default 3600)")
-    status.set_defaults(func=cmd_rollout_status)
-
-    helps = {
-        "pause": "stop starting new waves (deployments under way go on)",
-        "resume": "continue a paused rollout (its wave timeout starts again)",
-        "abort": "end the rollout where it is (devices keep what they run)",
-        "rollback": "send every device that took the version back to its previous one",
-    }
-    for action, text in helps.items():
-        parser = actions.add_parser(
-            action, parents=[common], formatter_class=formatter, help=text,
-            description=f"{text[0].upper()}{text[1:]}. Recorded in the audit log.",
-            epilog=_epilog(f"central-sync rollout {action} 3f2a9c1d7e4b"))
-        parser.add_argument("rollout_id", help="a rollout id (`central-sync rollout status`)")
-        parser.add_argument("--by", default=_user(), help="who decides, for the audit log")
-        parser.set_defaults(func=cmd_rollout_change)

@@ -13,18 +13,20 @@ from rich.console import Console
 from rich.table import Table
 
 from central_sync.accounts import hash_password, token_digest
-from central_sync.cli import (
+from central_sync.cli.common import (
     EXIT_OK,
+    Subcommands,
     UsageError,
-    _actor,
-    _console,
-    _database,
-    _epilog,
-    _load,
-    _user,
+    acting_user,
+    add_by_option,
+    add_command,
+    add_group,
+    load_config,
+    make_console,
+    open_database,
+    seconds_ago,
 )
 from central_sync.db.accounts import ROLES, UnknownUser, UserExists
-from central_sync.present import seconds_ago
 from edge_agent.kernel.contract import ID_PATTERN
 
 
@@ -47,23 +49,23 @@ def cmd_users_add(args: argparse.Namespace) -> int:
     if not re.match(ID_PATTERN, args.username):
         raise UsageError(f"user name {args.username!r}: use letters, digits, . _ - (at most "
                          "64 characters)")
-    config = _load(args)
+    config = load_config(args)
     password_hash = _password(args)
-    with _database(config) as db:
+    with open_database(config) as db:
         if not db.has_users() and args.role != "admin":
             raise UsageError("the first account must be an admin (it adds the others): "
                              f"central-sync users add {args.username} --role admin")
-        by = _actor(db, args, "admin")
+        by = acting_user(db, args, "admin")
         try:
             db.add_user(args.username, password_hash, args.role, by=by)
         except UserExists as exc:
             raise UsageError(str(exc)) from None
-    _console().print(f"user {args.username} added with role {args.role}")
+    make_console().print(f"user {args.username} added with role {args.role}")
     return EXIT_OK
 
 
 def cmd_users_change(args: argparse.Namespace) -> int:
-    config = _load(args)
+    config = load_config(args)
     changes: dict[str, object] = {}
     if args.users_command == "passwd":
         changes["password_hash"] = _password(args)
@@ -71,20 +73,20 @@ def cmd_users_change(args: argparse.Namespace) -> int:
         changes["role"] = args.role
     else:
         changes["disabled"] = args.users_command == "disable"
-    with _database(config) as db:
-        by = _actor(db, args, "admin")
+    with open_database(config) as db:
+        by = acting_user(db, args, "admin")
         try:
             db.update_user(args.username, by, **changes)  # type: ignore[arg-type]
         except UnknownUser as exc:
             raise UsageError(str(exc)) from None
-    _console().print(f"user {args.username}: {args.users_command} done")
+    make_console().print(f"user {args.username}: {args.users_command} done")
     return EXIT_OK
 
 
 def cmd_users_token(args: argparse.Namespace) -> int:
-    config = _load(args)
-    with _database(config) as db:
-        by = _actor(db, args, "admin")
+    config = load_config(args)
+    with open_database(config) as db:
+        by = acting_user(db, args, "admin")
         found = db.user_with_hash(args.username)
         if found is None or found[0].disabled:
             raise UsageError(f"{args.username} is not an active user; see `central-sync users "
@@ -101,8 +103,8 @@ def cmd_users_token(args: argparse.Namespace) -> int:
 
 
 def cmd_users_list(args: argparse.Namespace) -> int:
-    config = _load(args)
-    with _database(config) as db:
+    config = load_config(args)
+    with open_database(config) as db:
         users = db.list_users()
     table = Table(title="Users of central's web pages")
     for column in ("user", "role", "since", "access"):
@@ -110,61 +112,67 @@ def cmd_users_list(args: argparse.Namespace) -> int:
     for user in users:
         table.add_row(user.username, user.role, seconds_ago(user.created_at),
                       "disabled" if user.disabled else "yes")
-    _console().print(table)
+    make_console().print(table)
     return EXIT_OK
 
 
-def add_parser(commands: argparse._SubParsersAction, common: argparse.ArgumentParser,
-               formatter: type[argparse.HelpFormatter]) -> None:
-    users = commands.add_parser(
-        "users", formatter_class=formatter,
+def add_commands(commands: Subcommands) -> None:
+    actions = add_group(
+        commands, "users",
         help="accounts for central's web pages: add, list, passwd, role, disable, enable",
         description="Local users of central's web pages. Roles, each allowing what the ones "
                     f"before it allow: {', '.join(ROLES)} (quality labels defects). Every "
                     "change is in the audit log.",
-        epilog=_epilog("central-sync users add anna --role quality",
-                       "REVIEW_PASSWORD=... central-sync users add anna --role quality "
-                       "--password-env REVIEW_PASSWORD",
-                       "central-sync users list", "central-sync users disable anna"))
-    actions = users.add_subparsers(dest="users_command", required=True, metavar="ACTION")
-    add = actions.add_parser(
-        "add", parents=[common], formatter_class=formatter, help="add a user with a role",
+        examples=["central-sync users add anna --role quality",
+                  "REVIEW_PASSWORD=... central-sync users add anna --role quality "
+                  "--password-env REVIEW_PASSWORD",
+                  "central-sync users list", "central-sync users disable anna"],
+        dest="users_command")
+    add = add_command(
+        actions, "add", help="add a user with a role",
         description="Add a user; the password is asked twice (or read from --password-env) "
                     "and stored as an Argon2id hash.",
-        epilog=_epilog("central-sync users add anna --role quality"))
+        examples=["central-sync users add anna --role quality"])
     add.add_argument("username", help="letters, digits, . _ -")
     add.add_argument("--role", choices=ROLES, default="viewer", help="default: viewer")
     add.set_defaults(func=cmd_users_add)
-    token = actions.add_parser(
-        "token", parents=[common], formatter_class=formatter,
+    token = add_command(
+        actions, "token",
         help="an API token for scripts and Prometheus (Authorization: Bearer)",
         description="Print a new token that reads the JSON API and /metrics as this user, "
                     "until it expires or the user is disabled or gets a new password.",
-        epilog=_epilog("central-sync users token grafana --days 365 > central.token"))
+        examples=["central-sync users token grafana --days 365 > central.token"])
     token.add_argument("username", help="an existing user (a viewer is enough to read)")
     token.add_argument("--days", type=float, default=90.0, help="validity (default: 90)")
-    token.add_argument("--by", default=_user(), help="who does it, for the audit log")
+    add_by_option(token)
     token.set_defaults(func=cmd_users_token)
-    listing = actions.add_parser(
-        "list", parents=[common], formatter_class=formatter, help="list the users",
-        description="Every user with role and access.", epilog=_epilog("central-sync users list"))
+    listing = add_command(
+        actions, "list", help="list the users", description="Every user with role and access.",
+        examples=["central-sync users list"])
     listing.set_defaults(func=cmd_users_list)
+    changes = _add_changes(actions)
+    for parser in (add, *changes):
+        if parser is add or parser.prog.endswith("passwd"):
+            parser.add_argument("--password-env", metavar="VAR",
+                                help="read the password from this environment variable")
+        add_by_option(parser)
+
+
+def _add_changes(actions: Subcommands) -> list[argparse.ArgumentParser]:
     helps = {"passwd": "set a new password (ends the user's sessions)",
              "role": "change the user's role",
              "disable": "refuse the user's logins and end their sessions",
              "enable": "allow a disabled user again"}
+    parsers = []
     for action, text in helps.items():
-        parser = actions.add_parser(
-            action, parents=[common], formatter_class=formatter, help=text,
+        parser = add_command(
+            actions, action, help=text,
             description=f"{text[0].upper()}{text[1:]}. Recorded in the audit log.",
-            epilog=_epilog(f"central-sync users {action} anna"
-                           + (" engineer" if action == "role" else "")))
+            examples=[f"central-sync users {action} anna"
+                      + (" engineer" if action == "role" else "")])
         parser.add_argument("username", help="an existing user")
         if action == "role":
             parser.add_argument("role", choices=ROLES, help="the new role")
         parser.set_defaults(func=cmd_users_change)
-    for parser in (add, *[actions.choices[a] for a in helps]):
-        if parser is add or parser.prog.endswith("passwd"):
-            parser.add_argument("--password-env", metavar="VAR",
-                                help="read the password from this environment variable")
-        parser.add_argument("--by", default=_user(), help="who does it, for the audit log")
+        parsers.append(parser)
+    return parsers
