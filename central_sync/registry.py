@@ -15,20 +15,23 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from central_sync.db import CentralDB, ModelVersionExists, version_exists_message
-from edge_agent.inference.specs import spec_differences, tensor_specs
+from edge_agent.inference.model_check import ModelCheckFailed, check_model, inspect_model
 from edge_agent.kernel.atomic_files import fsync_dir
 from edge_agent.kernel.contract import (
     ID_PATTERN,
     SEMVER_PATTERN,
     SHA256_PATTERN,
+    MetadataError,
     ModelManifest,
+    ModelMetadata,
     TensorSpec,
+    spec_differences,
+    typed_metadata,
 )
 from edge_agent.kernel.signing import Signer
-from edge_agent.lifecycle import ProbationPolicy, ShadowPolicy
 
 log = logging.getLogger(__name__)
 
@@ -40,91 +43,12 @@ class RegistryError(Exception):
     """A model cannot be published; the message says why and what to do."""
 
 
-class Golden(BaseModel):
-    """An input with its expected output: every device checks it before activating."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    input: list[Any]
-    output: list[Any]
-    tolerance: float = Field(1e-4, ge=0)
-
-
-class Lineage(BaseModel):
-    """Where a version comes from, for the people who review and audit it."""
-
-    model_config = ConfigDict(extra="allow")
-
-    training_data: str = ""
-    metrics: dict[str, float] = Field(default_factory=dict)
-    code_revision: str = ""
-    author: str = ""
-    notes: str = ""
-
-
-class ModelMetadata(BaseModel):
-    """The keys of a manifest's metadata that central and the agents act on. Other keys
-    (features, units, decoder settings of later pipelines, ...) are kept as given."""
-
-    model_config = ConfigDict(extra="allow")
-
-    labels: list[str] | None = None
-    thresholds: dict[str, float] | None = None
-    preprocessing: dict[str, Any] | None = None
-    decoder: dict[str, Any] | None = None
-    golden: Golden | None = None
-    latency_budget_ms: float | None = Field(None, gt=0)
-    health_check_timeout_s: float | None = Field(None, gt=0)
-    reference_stats: dict[str, Any] | None = None
-    lineage: Lineage | None = None
-    shadow: ShadowPolicy | None = None
-    probation: ProbationPolicy | None = None
-
-
-def check_metadata(metadata: Mapping[str, Any]) -> ModelMetadata:
-    """The metadata's known keys validated; RegistryError names each bad field."""
+def check_metadata(metadata: dict[str, Any]) -> ModelMetadata:
+    """The metadata typed, as every gateway will read it; RegistryError names each bad field."""
     try:
-        return ModelMetadata.model_validate(dict(metadata))
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors())
-        raise RegistryError(f"metadata is invalid: {problems}") from None
-
-
-def check_golden(file: str | Path, golden: Golden, inputs: list[TensorSpec],
-                 outputs: list[TensorSpec]) -> None:
-    """Run the golden input here first: a wrong expectation is caught before any device."""
-    import numpy as np
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(file), sess_options=options,
-                                   providers=["CPUExecutionProvider"])
-    try:
-        feed = {inputs[0].name: np.asarray(golden.input, dtype=inputs[0].dtype)}
-        actual = np.asarray(session.run([outputs[0].name], feed)[0], dtype=np.float64)
-        expected = np.asarray(golden.output, dtype=np.float64)
-    except Exception as exc:  # ORT and numpy raise several unrelated types
-        raise RegistryError(f"golden input does not run through the model: "
-                            f"{_first_line(exc)}") from None
-    if actual.shape != expected.shape or not np.allclose(actual, expected,
-                                                         atol=golden.tolerance):
-        raise RegistryError(
-            f"golden output {expected.reshape(-1)[:4].tolist()} is not what the model gives "
-            f"({actual.reshape(-1)[:4].tolist()}) within {golden.tolerance}; fix the "
-            "metadata's golden.output")
-
-
-def check_vision(file: str | Path, manifest: ModelManifest) -> None:
-    """Load a vision model as a gateway will: its preprocessing and decoder must fit it."""
-    from edge_agent.inference.runtime import ModelLoadError
-    from edge_agent.inference.vision import VisionModel
-
-    try:
-        VisionModel(Path(file), manifest)
-    except ModelLoadError as exc:
-        raise RegistryError(f"{exc}; fix the metadata") from None
+        return typed_metadata(metadata)
+    except MetadataError as exc:
+        raise RegistryError(str(exc)) from None
 
 
 def manifest_diff(old: ModelManifest, new: ModelManifest) -> list[tuple[str, Any, Any]]:
@@ -201,21 +125,6 @@ def resolve_identity(
     if kind not in KINDS:
         raise RegistryError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
     return name, version, kind
-
-
-def inspect_onnx(file: str | Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """Load the file with ONNX Runtime (CPU) and read its input and output specs."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(
-            str(file), sess_options=options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise RegistryError(
-            f"{file} is not a model ONNX Runtime can load: {_first_line(exc)}") from None
-    return tensor_specs(session.get_inputs()), tensor_specs(session.get_outputs())
 
 
 def check_metadata_specs(
@@ -308,11 +217,19 @@ def publish_model(
     existing = db.get_model(name, version)
     if existing is not None and existing.sha256 != sha256:
         raise RegistryError(version_exists_message(existing))
-    known = check_metadata(metadata)
-    inputs, outputs = inspect_onnx(file)
+    check_metadata(metadata)
+    try:
+        inputs, outputs = inspect_model(file)
+    except ModelCheckFailed as exc:
+        raise RegistryError(str(exc)) from None
     check_metadata_specs(metadata, inputs, outputs)
-    if known.golden is not None:
-        check_golden(file, known.golden, inputs, outputs)
+    unsigned = ModelManifest(
+        name=name, version=version, kind=kind, sha256=sha256, size_bytes=size,
+        chunk_size_bytes=chunk_size_bytes, inputs=inputs, outputs=outputs, metadata=metadata)
+    try:  # the check every gateway runs before it activates this version
+        check_model(file, unsigned)
+    except ModelCheckFailed as exc:
+        raise RegistryError(str(exc)) from None
     stored = store_artifact(file, artifact_dir, sha256)
     if existing is not None:
         log.info("model already published name=%s version=%s sha256=%s", name, version, sha256)
@@ -322,11 +239,7 @@ def publish_model(
     same_bytes = db.get_model_by_sha256(sha256)
     if same_bytes is not None:
         chunk_size_bytes = same_bytes.chunk_size_bytes
-    manifest = signer.signed(ModelManifest(
-        name=name, version=version, kind=kind, sha256=sha256, size_bytes=size,
-        chunk_size_bytes=chunk_size_bytes, inputs=inputs, outputs=outputs, metadata=metadata))
-    if kind == "vision":
-        check_vision(stored, manifest)
+    manifest = signer.signed(unsigned.model_copy(update={"chunk_size_bytes": chunk_size_bytes}))
     try:
         recorded = db.add_model(manifest, published_by)
     except ModelVersionExists as exc:  # published by someone else meanwhile

@@ -17,10 +17,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from edge_agent.buffer import Buffer
-from edge_agent.inference.runtime import ModelLoadError, OnnxRunner
+from edge_agent.inference.model_check import ModelCheckFailed, check_model
 from edge_agent.kernel.atomic_files import write_atomically
 from edge_agent.kernel.contract import (
     MAX_CHUNKS_PER_REQUEST,
@@ -41,10 +39,6 @@ from edge_agent.kernel.signing import SignatureError, Verifier
 from edge_agent.kernel.transport import NotConnected, Transport
 from edge_agent.lifecycle import (
     ModelWatch,
-    ProbationPolicy,
-    ShadowPolicy,
-    all_finite,
-    policy_of,
 )
 from edge_agent.model_store import InstalledModel, ModelStore, ModelStoreError, sha256_of_file
 
@@ -53,7 +47,6 @@ log = logging.getLogger(__name__)
 REQUEST_WINDOW = 32  # chunks asked for at once; bounds what is in flight per device
 STALL_TIMEOUT_S = 60.0
 HEALTH_CHECK_TIMEOUT_S = 60.0
-LATENCY_RUNS = 20
 COMMAND_LEDGER_FILE = ".commands.json"
 MAX_CHUNK_REFUSALS = 3
 
@@ -139,65 +132,14 @@ class ChunkFile:
 
 
 def health_check(path: Path, manifest: ModelManifest) -> str:
-    """Load the model, run the golden input (or a neutral one) and time it against the budget.
-
-    Returns a one-line summary; raises DeploymentFailed with the reason.
-    """
+    """The model check central ran at publish, here with this gateway's timing: load the
+    version as its pipeline will, run the golden (or a neutral) input through the same pre-
+    and post-processing, time it against the budget. A one-line summary, or DeploymentFailed
+    with the reason."""
     try:
-        runner = OnnxRunner(path, manifest)
-    except ModelLoadError as exc:
-        raise DeploymentFailed(str(exc)) from exc
-    golden = manifest.metadata.get("golden")
-    feed = golden_feed(manifest) if golden else neutral_feed(manifest)
-    try:
-        outputs = runner.run(feed)
-    except Exception as exc:  # ORT raises several unrelated types for a bad input
-        raise DeploymentFailed(f"health-check inference failed: {exc}") from exc
-    if not all_finite(outputs):
-        raise DeploymentFailed("health-check input gives NaN or infinite outputs")
-    summary = "loads, specs match"
-    if golden:
-        actual = np.asarray(outputs[manifest.outputs[0].name], dtype=np.float64)
-        expected = np.asarray(golden["output"], dtype=np.float64)
-        tolerance = float(golden.get("tolerance", 1e-4))
-        if actual.shape != expected.shape or not np.allclose(actual, expected, atol=tolerance):
-            raise DeploymentFailed(
-                f"golden input gives {actual.reshape(-1)[:4].tolist()}, expected "
-                f"{expected.reshape(-1)[:4].tolist()} within {tolerance}"
-            )
-        summary += ", golden output within tolerance"
-    budget = manifest.metadata.get("latency_budget_ms")
-    if budget:
-        timings = []
-        for _ in range(LATENCY_RUNS):
-            started = time.perf_counter()
-            runner.run(feed)
-            timings.append((time.perf_counter() - started) * 1000)
-        p95 = float(np.percentile(timings, 95))
-        if p95 > float(budget):
-            raise DeploymentFailed(
-                f"latency p95 {p95:.1f} ms over the budget of {float(budget):g} ms")
-        summary += f", latency p95 {p95:.2f} ms (budget {float(budget):g} ms)"
-    return summary
-
-
-def golden_feed(manifest: ModelManifest) -> dict[str, np.ndarray]:
-    spec = manifest.inputs[0]
-    return {spec.name: np.asarray(manifest.metadata["golden"]["input"], dtype=spec.dtype)}
-
-
-def neutral_feed(manifest: ModelManifest) -> dict[str, np.ndarray]:
-    """Zeros of each input's shape (dynamic dimensions as 1)."""
-    feed = {}
-    for spec in manifest.inputs:
-        shape = [d if isinstance(d, int) and d > 0 else 1 for d in spec.shape]
-        try:
-            feed[spec.name] = np.zeros(shape, dtype=spec.dtype)
-        except TypeError:
-            raise DeploymentFailed(
-                f"input {spec.name!r} has type {spec.dtype}: give the manifest a golden input"
-            ) from None
-    return feed
+        return check_model(path, manifest, measure_latency=True)
+    except ModelCheckFailed as exc:
+        raise DeploymentFailed(str(exc)) from None
 
 
 class CommandLedger:
@@ -321,7 +263,7 @@ class Deployer:
             summary = await self._health_check(installed)
             await self._report(command, "verifying", f"health check passed: {summary}")
             active = self._store.active(manifest.name)
-            if "shadow" in manifest.metadata and active is not None \
+            if manifest.meta.shadow is not None and active is not None \
                     and active.manifest.sha256 != manifest.sha256:
                 await self._shadow(command, installed)
             self._store.activate(manifest.name, manifest.version)
@@ -335,7 +277,7 @@ class Deployer:
 
     async def _health_check(self, installed: InstalledModel) -> str:
         manifest = installed.manifest
-        timeout_s = float(manifest.metadata.get("health_check_timeout_s", HEALTH_CHECK_TIMEOUT_S))
+        timeout_s = manifest.meta.health_check_timeout_s or HEALTH_CHECK_TIMEOUT_S
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout_s):
@@ -345,10 +287,7 @@ class Deployer:
 
     async def _shadow(self, command: DeployCommand, installed: InstalledModel) -> None:
         """Run the candidate beside the active version; refuse it if they disagree."""
-        try:
-            policy = policy_of(installed.manifest.metadata, "shadow", ShadowPolicy)
-        except ValueError as exc:
-            raise DeploymentFailed(f"manifest's shadow settings are invalid: {exc}") from None
+        policy = installed.manifest.meta.shadow_policy  # validated with the manifest
         run = self.watch.start_shadow(installed, policy)
         await self._report(command, "shadow", f"running beside the active version for "
                            f"{policy.predictions} inputs or {policy.duration_s:g} s")
@@ -368,11 +307,7 @@ class Deployer:
         manifest = command.manifest
         current = self._store.get(manifest.name, manifest.version)
         assert current is not None
-        try:
-            policy = policy_of(manifest.metadata, "probation", ProbationPolicy)
-        except ValueError as exc:
-            log.warning("manifest's probation settings are invalid, defaults used: %s", exc)
-            policy = ProbationPolicy()
+        policy = manifest.meta.probation_policy  # validated with the manifest
         same = previous is not None and previous.manifest.sha256 == manifest.sha256
         if policy.duration_s == 0 or same:
             await self._report(command, "confirmed", "no probation")

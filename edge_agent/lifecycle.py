@@ -2,8 +2,8 @@
 
 Pipelines report every inference here (`observe`, `observe_shadow`); the deployer opens a
 shadow session before activating a version and a probation window after, and waits on them.
-Thresholds come from the manifest's `metadata.shadow` and `metadata.probation`, with the
-defaults of `ShadowPolicy` and `ProbationPolicy`.
+Thresholds come from the manifest's typed metadata (`shadow`, `probation`), with the
+defaults of the contract's `ShadowPolicy` and `ProbationPolicy`.
 """
 
 from __future__ import annotations
@@ -14,45 +14,14 @@ import statistics
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
+from edge_agent.inference.model_check import all_finite
+from edge_agent.kernel.contract import ProbationPolicy, ShadowPolicy
 from edge_agent.model_store import InstalledModel
 
 _REFERENCE_OUTPUTS = 200  # outputs of the active version kept to compare a successor with
-
-
-class ShadowPolicy(BaseModel):
-    """`metadata.shadow`: run the new version beside the active one before switching."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    predictions: int = Field(20, ge=1, description="Inputs both versions must see")
-    duration_s: float = Field(600.0, gt=0, description="Longest wait for those inputs")
-    tolerance: float = Field(0.5, ge=0, description="Outputs this close count as agreeing")
-    min_agreement: float = Field(0.9, ge=0, le=1, description="Share that must agree")
-
-
-class ProbationPolicy(BaseModel):
-    """`metadata.probation`: watch a newly active version; roll back when it misbehaves."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    duration_s: float = Field(60.0, ge=0, description="How long the version is watched")
-    min_observations: int = Field(10, ge=1, description="Before rates and shifts are judged")
-    max_error_rate: float = Field(0.1, ge=0, le=1, description="Failed inferences, share")
-    max_nonfinite: int = Field(0, ge=0, description="NaN or infinite outputs tolerated")
-    latency_p99_factor: float = Field(
-        2.0, gt=0, description="p99 latency may reach this multiple of latency_budget_ms")
-    max_output_shift: float | None = Field(
-        3.0, gt=0, description="Mean output shift vs the previous version, in its spreads")
-
-
-def policy_of(metadata: dict[str, Any], key: str, model: type[BaseModel]) -> Any:
-    """The manifest's policy under `key`, defaults filled in; a bad one raises ValueError."""
-    return model.model_validate(metadata.get(key) or {})
 
 
 def first_value(outputs: dict[str, np.ndarray]) -> float:
@@ -62,14 +31,6 @@ def first_value(outputs: dict[str, np.ndarray]) -> float:
         if flat.size:
             return float(flat[0])
     return math.nan
-
-
-def all_finite(outputs: dict[str, np.ndarray]) -> bool:
-    for value in outputs.values():
-        array = np.asarray(value)
-        if array.dtype.kind in "fc" and not np.all(np.isfinite(array)):
-            return False
-    return True
 
 
 @dataclass
@@ -215,9 +176,8 @@ class ModelWatch:
                         policy: ProbationPolicy) -> Probation:
         manifest = candidate.manifest
         reference = list(self._recent.get(previous_sha256 or "", ()))
-        budget = manifest.metadata.get("latency_budget_ms")
         probation = Probation(manifest.name, manifest.sha256, policy,
-                              float(budget) if budget else None, reference)
+                              manifest.meta.latency_budget_ms, reference)
         self._probations[manifest.name] = probation
         return probation
 

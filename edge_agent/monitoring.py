@@ -29,20 +29,13 @@ LATENCY_EDGES_MS = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500
 
 
 def reference_edges(manifest: ModelManifest) -> dict[str, dict[str, list[float]]]:
-    """The bin edges of the manifest's reference statistics, by side and name:
-    metadata {"reference": {"inputs": {name: {"edges": [...], "counts": [...]}}, "outputs": ...}}.
-    Entries that are not a valid histogram are ignored (no drift for them)."""
-    reference = manifest.metadata.get("reference")
-    edges: dict[str, dict[str, list[float]]] = {"inputs": {}, "outputs": {}}
-    if not isinstance(reference, Mapping):
-        return edges
-    for side in edges:
-        for name, spec in (reference.get(side) or {}).items():
-            try:
-                edges[side][name] = Histogram.model_validate(spec).edges
-            except ValueError:
-                continue
-    return edges
+    """The bin edges of the manifest's reference histograms (`metadata.reference`), by side
+    ("inputs", "outputs") and name."""
+    reference = manifest.meta.reference
+    if reference is None:
+        return {"inputs": {}, "outputs": {}}
+    return {"inputs": {name: h.edges for name, h in reference.inputs.items()},
+            "outputs": {name: h.edges for name, h in reference.outputs.items()}}
 
 
 class _Values:

@@ -64,12 +64,14 @@ from edge_agent.kernel.contract import (
 from edge_agent.kernel.transport.memory import MemoryBroker, MemoryTransport
 from edge_agent.model_store import ModelStore
 from edge_agent.uplink import Uplink
+from tests.central_sync.review_helpers import defect_payload
 from tests.helpers import (
     SAMPLE_METADATA,
     SAMPLE_MODEL,
     TEST_SIGNER,
     TEST_VERIFIER,
     manifest_for,
+    wait_until_async,
     write_test_keys,
 )
 
@@ -241,13 +243,6 @@ class _Loop:
         self.loop.close()
 
 
-async def _wait_for(predicate: Any, what: str, timeout_s: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
-
-
 def _errors(caplog: pytest.LogCaptureFixture) -> list[str]:
     """Every ERROR logged: a handler that raised ("handler failed ...") or a failed store."""
     return [f"{r.name}: {r.getMessage()} {r.exc_info[1]!r}" if r.exc_info else
@@ -310,10 +305,11 @@ class AgentWorld:
         self.uplink = Uplink(AGENT, TOPICS, self.device, self.buffer,
                              UplinkConfig(batch_size=BATCH, ack_timeout_s=3600, max_in_flight=1))
         self.uplink_task = asyncio.create_task(self.uplink.run())
-        await _wait_for(lambda: self.sent_seqs, "the first batch")
+        await wait_until_async(lambda: self.sent_seqs, what="the first batch")
         command = TEST_SIGNER.signed(DeployCommand(device_id=AGENT, manifest=_target_manifest()))
         await self.central.publish(TOPICS.commands(AGENT), encode(command))
-        await _wait_for(lambda: self.chunk_requests, "a chunk request for the open transfer")
+        await wait_until_async(lambda: self.chunk_requests,
+                               what="a chunk request for the open transfer")
 
     async def _on_uplink(self, topic: str, payload: bytes) -> None:
         message = decode(payload, expect=(UplinkBatch, RecordChunk))
@@ -474,9 +470,8 @@ def _central_messages(leaf: str, ref: ModelRef, command_id: str) -> list[BaseMod
     records = [
         UplinkRecord(seq=1, type="prediction", created_at=1.7e9, payload=prediction),
         UplinkRecord(seq=2, type="defect", created_at=1.7e9, payload={
-            "pipeline": "surface", "camera": "cam1", "roi": "belt", "label": "scratch",
-            "confidence": 0.9, "model": ref.model_dump(),
-            "images": {"frame": {"jpeg_b64": "AAAA"}}}),
+            **defect_payload(2, camera="cam1"), "model": ref.model_dump(),
+            "images": {"frame": {"jpeg_b64": "AAAA", "width": 4, "height": 3}}}),
         UplinkRecord(seq=3, type="eviction", created_at=1.7e9,
                      payload={"ranges": [[10, 12, "sample"]], "by_kind": {"sample": 3}}),
         UplinkRecord(seq=4, type="deployment_event", created_at=1.7e9, payload=DeploymentEvent(
@@ -582,7 +577,7 @@ class CentralWorld:
         self.follower = asyncio.create_task(deploy_and_wait(
             self.service.db, cli, TEST_SIGNER, self.manifest.name, self.manifest.version,
             DEVICE, "fuzz", timeout_s=3600))
-        await _wait_for(lambda: self.commands, "the followed deployment's command")
+        await wait_until_async(lambda: self.commands, what="the followed deployment's command")
 
     @staticmethod
     def _collect(kind: type[BaseModel], into: list[Any]) -> Any:
@@ -599,8 +594,8 @@ class CentralWorld:
     def settle(self) -> None:
         """Wait until every store and chunk send central started has finished."""
         async def idle() -> None:
-            await _wait_for(lambda: all(_is_rollouts(t) for t in self.service._tasks),
-                            "central's stores and chunk sends")
+            await wait_until_async(lambda: all(_is_rollouts(t) for t in self.service._tasks),
+                                   what="central's stores and chunk sends")
         self.loop.run(idle())
 
     def rows(self, sql: str) -> list[dict[str, Any]]:

@@ -38,7 +38,15 @@ from edge_agent.kernel.contract import (
 )
 from edge_agent.kernel.transport.memory import MemoryBroker, MemoryTransport
 from edge_agent.model_store import ModelStore, ModelStoreError
-from tests.helpers import SAMPLE_MODEL, TEST_SIGNER, TEST_VERIFIER, manifest_for, write_test_keys
+from tests.central_sync.review_helpers import defect_payload
+from tests.helpers import (
+    SAMPLE_MODEL,
+    TEST_SIGNER,
+    TEST_VERIFIER,
+    manifest_for,
+    wait_until_async,
+    write_test_keys,
+)
 
 TOPICS = Topics()
 SHA = "a" * 64
@@ -206,8 +214,8 @@ def test_signed_deploy_naming_a_path_is_refused_on_the_commands_topic(
         gateway = await Gateway(tmp_path).start()
         command = forged(manifest_for(SAMPLE_MODEL), **{field: value})
         await gateway.central.publish(TOPICS.commands("gw1"), encode(command))
-        await asyncio.sleep(0.05)
-        assert gateway.deployer.rejected_messages == 1
+        await wait_until_async(lambda: gateway.deployer.rejected_messages == 1, 10,
+                               what="the command rejected")
         assert gateway.requests == [] and gateway.events == []
         assert gateway.written_outside_the_store() == set()
         await gateway.stop()
@@ -250,11 +258,7 @@ def test_chunk_for_a_sha256_path_is_refused_during_a_transfer(tmp_path: Path) ->
         manifest = manifest_for(SAMPLE_MODEL)
         await gateway.central.publish(TOPICS.commands("gw1"), encode(
             TEST_SIGNER.signed(DeployCommand(device_id="gw1", manifest=manifest))))
-        for _ in range(100):
-            if gateway.requests:
-                break
-            await asyncio.sleep(0.01)
-        assert gateway.requests, "the transfer did not start"
+        await wait_until_async(lambda: gateway.requests, 10, what="the transfer's first request")
         chunk = ArtifactChunk.build(manifest.sha256, 0, manifest.chunk_count, b"x" * 10)
         for sha256 in ("../x", "../../outside", manifest.sha256 + "/.."):
             bad = chunk.model_construct(**{**dict(chunk), "sha256": sha256})
@@ -322,8 +326,8 @@ def test_defects_export_names_no_file_outside_its_images_folder(tmp_path: Path) 
     become a zip entry like images/../../evil-1.jpg."""
     db = CentralDB(f"sqlite:///{tmp_path}/central.db")
     jpeg = base64.b64encode(hashlib.sha256(b"frame").digest()).decode()
-    defect = {"pipeline": "surface", "camera": "cam1", "label": "scratch", "confidence": 0.9,
-              "images": {"frame": {"jpeg_b64": jpeg}}}
+    defect = {**defect_payload(1, camera="cam1"),
+              "images": {"frame": {"jpeg_b64": jpeg, "width": 8, "height": 8}}}
     for device_id in ("gw-1", "../../evil", "gw/../../x"):
         db.store_batch(UplinkBatch.model_construct(
             device_id=device_id, batch_id="b", records=[

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel
 from pydantic_core import to_json
 
 from edge_agent.kernel.contract import (
@@ -17,6 +16,7 @@ from edge_agent.kernel.contract import (
     RECORD_EVICTION,
     RECORD_MODEL_STATS,
     RECORD_PREDICTION,
+    DefectPayload,
     DeploymentEvent,
     DeviceStatus,
     EvictionPayload,
@@ -24,8 +24,10 @@ from edge_agent.kernel.contract import (
     ModelRef,
     ModelStatsPayload,
     PredictionPayload,
+    Rejection,
     UplinkBatch,
     UplinkRecord,
+    parse_payload,
 )
 
 log = logging.getLogger(__name__)
@@ -104,32 +106,49 @@ class BatchRows:
 
 
 def rows_for_batch(batch: UplinkBatch, received_at: float) -> BatchRows:
-    """The records rows of a batch, and the predictions rows projected from them."""
+    """The records rows of a batch, and what is projected from them into other tables.
+
+    Every record is stored as it came; a payload that does not fit its kind's model is kept
+    there but not projected (and logged), so nothing accepted is lost.
+    """
     rows = BatchRows()
     for record in batch.records:
         payload_json = _json(record.payload)
         rows.records.append((batch.device_id, record.seq, record.type, record.created_at,
                              received_at, payload_json))
-        if record.type == RECORD_PREDICTION:
-            projected = prediction_row(batch.device_id, record, payload_json)
-            if projected is None:
-                log.warning("prediction record kept but not projected: payload lacks its shape "
-                            "device=%s seq=%d", batch.device_id, record.seq)
-            else:
-                rows.predictions.append(projected)
-        elif record.type == RECORD_DEFECT:
-            rows.defects.append(defect_row(batch.device_id, record))
-        elif record.type == RECORD_MODEL_STATS:
-            stats = model_stats_row(batch.device_id, record, payload_json)
-            if stats is not None:
-                rows.model_stats.append(stats)
-        elif record.type == RECORD_EVICTION:
-            rows.gaps += gap_rows(batch.device_id, record)
-        elif record.type == RECORD_DEPLOYMENT_EVENT:
-            event = deployment_event_of(batch.device_id, record)
-            if event is not None:
-                rows.deployment_events.append(event)
+        if record.type not in PROJECTED:
+            continue
+        payload = parse_payload(record)
+        if isinstance(payload, Rejection):
+            log.warning("%s record kept but not projected device=%s seq=%d reason=%s",
+                        record.type, batch.device_id, record.seq, payload.reason)
+        else:
+            _project(rows, batch.device_id, record, payload, payload_json)
     return rows
+
+
+PROJECTED = frozenset({RECORD_PREDICTION, RECORD_DEFECT, RECORD_MODEL_STATS, RECORD_EVICTION,
+                       RECORD_DEPLOYMENT_EVENT})
+"""Record kinds that central copies into tables of their own, beside the records table."""
+
+
+def _project(rows: BatchRows, device_id: str, record: UplinkRecord, payload: BaseModel,
+             payload_json: str) -> None:
+    match payload:
+        case PredictionPayload():
+            rows.predictions.append(prediction_row(device_id, record, payload, payload_json))
+        case DefectPayload() if record.type == RECORD_DEFECT:
+            rows.defects.append(defect_row(device_id, record, payload))
+        case ModelStatsPayload():
+            rows.model_stats.append(model_stats_row(device_id, record, payload, payload_json))
+        case EvictionPayload():
+            rows.gaps += gap_rows(device_id, record, payload)
+        case DeploymentEvent():
+            if payload.device_id == device_id:
+                rows.deployment_events.append(payload)
+            else:
+                log.warning("deployment event record names device=%s, sent by device=%s "
+                            "seq=%d", payload.device_id, device_id, record.seq)
 
 
 DEFECT_INSERT = (
@@ -137,25 +156,11 @@ DEFECT_INSERT = (
     "confidence, model_name, model_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
-def defect_row(device_id: str, record: UplinkRecord) -> tuple[Any, ...]:
-    """The defects-table row of a defect record, for review; missing fields read as empty."""
-    payload = record.payload
-    model = payload.get("model") if isinstance(payload.get("model"), dict) else {}
-    return (device_id, record.seq, record.created_at, str(payload.get("pipeline") or ""),
-            str(payload.get("camera") or ""), str(payload.get("roi") or ""),
-            str(payload.get("label") or ""), _finite(payload.get("confidence")),
-            str(model.get("name") or ""), str(model.get("version") or ""))
-
-
-def _finite(value: Any) -> float:
-    """A payload's number as a finite float; 0.0 for anything else (text, NaN, 10**400)."""
-    if not isinstance(value, int | float):
-        return 0.0
-    try:
-        number = float(value)
-    except OverflowError:  # an integer beyond the largest double
-        return 0.0
-    return number if math.isfinite(number) else 0.0
+def defect_row(device_id: str, record: UplinkRecord, defect: DefectPayload) -> tuple[Any, ...]:
+    """The defects-table row of a defect record, for review."""
+    return (device_id, record.seq, record.created_at, defect.pipeline, defect.camera,
+            defect.roi, defect.label, defect.confidence, defect.model.name,
+            defect.model.version)
 
 
 MODEL_STATS_INSERT = (
@@ -163,57 +168,29 @@ MODEL_STATS_INSERT = (
     "started_at, ended_at, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
 
 
-def model_stats_row(device_id: str, record: UplinkRecord,
-                    payload_json: str) -> tuple[Any, ...] | None:
-    """The model_stats-table row of a model_stats record (kept as a record if unreadable)."""
-    try:
-        stats = ModelStatsPayload.model_validate(record.payload)
-    except ValidationError:
-        log.warning("model_stats record kept but not projected device=%s seq=%d", device_id,
-                    record.seq)
-        return None
+def model_stats_row(device_id: str, record: UplinkRecord, stats: ModelStatsPayload,
+                    payload_json: str) -> tuple[Any, ...]:
+    """The model_stats-table row of a model_stats record."""
     return (device_id, record.seq, stats.model.name, stats.model.version, stats.pipeline,
             stats.started_at, stats.ended_at, payload_json)
 
 
-def gap_rows(device_id: str, record: UplinkRecord) -> list[tuple[Any, ...]]:
+def gap_rows(device_id: str, record: UplinkRecord,
+             report: EvictionPayload) -> list[tuple[Any, ...]]:
     """The gaps-table rows of an eviction record: seq ranges the device dropped, not lost."""
-    try:
-        report = EvictionPayload.model_validate(record.payload)
-    except ValidationError:
-        log.warning("eviction record unreadable device=%s seq=%d", device_id, record.seq)
-        return []
     return [(device_id, first, last, kind, "evicted", record.seq)
             for first, last, kind in report.ranges if first <= last]
 
 
-def deployment_event_of(device_id: str, record: UplinkRecord) -> DeploymentEvent | None:
-    """The DeploymentEvent a deployment_event record carries, if it is valid and its device's."""
-    try:
-        event = DeploymentEvent.model_validate(record.payload)
-    except ValidationError:
-        log.warning("deployment event record unreadable device=%s seq=%d", device_id, record.seq)
-        return None
-    if event.device_id != device_id:
-        log.warning("deployment event record names device=%s, sent by device=%s seq=%d",
-                    event.device_id, device_id, record.seq)
-        return None
-    return event
-
-
-def prediction_row(device_id: str, record: UplinkRecord,
-                   payload_json: str) -> tuple[Any, ...] | None:
-    """The predictions-table row for a prediction record, or None if its payload is unusable.
+def prediction_row(device_id: str, record: UplinkRecord, prediction: PredictionPayload,
+                   payload_json: str) -> tuple[Any, ...]:
+    """The predictions-table row for a prediction record.
 
     Inputs and outputs are cut out of `payload_json` by the database (see PREDICTION_INSERT).
     """
-    try:
-        payload = PredictionPayload.model_validate(record.payload)
-    except ValidationError:
-        return None
-    return (device_id, record.seq, record.created_at, payload.pipeline,
-            payload.model.name, payload.model.version, payload.model.sha256,
-            payload_json, payload_json, payload.latency_ms)
+    return (device_id, record.seq, record.created_at, prediction.pipeline,
+            prediction.model.name, prediction.model.version, prediction.model.sha256,
+            payload_json, payload_json, prediction.latency_ms)
 
 
 _PREDICTION_COLUMNS = (

@@ -20,6 +20,7 @@ import numpy as np
 from edge_agent.buffer import Buffer
 from edge_agent.config import FeatureConfig, ProcessPipelineConfig
 from edge_agent.inference.features import FeatureError, build_features, feature_values
+from edge_agent.inference.outputs import OutputDecoder, OutputError, in_spec
 from edge_agent.inference.recommender import (
     Objective,
     Recommender,
@@ -34,6 +35,7 @@ from edge_agent.inference.runtime import ModelLoadError, OnnxRunner
 from edge_agent.inference.tree_tables import TreeEnsemble
 from edge_agent.kernel.contract import (
     RECORD_PREDICTION,
+    OutputSpec,
     PredictionPayload,
     RecommendationPayload,
     SetpointChange,
@@ -51,82 +53,19 @@ __all__ = ["FeatureError", "OutputDecoder", "OutputError", "ProcessPipeline", "b
 log = logging.getLogger(__name__)
 
 
-class OutputError(Exception):
-    """A model output cannot be read as numbers; the message says how to export it."""
-
-
 def features_of(config: ProcessPipelineConfig, installed: InstalledModel) -> list[FeatureConfig]:
     """The pipeline's features, or the last values of the manifest's 'features' tags."""
     configured = config.feature_configs
     if configured:
         return configured
-    from_manifest = installed.manifest.metadata.get("features")
-    if not isinstance(from_manifest, list) or not from_manifest:
+    from_manifest = installed.manifest.meta.features
+    if not from_manifest:
         raise ModelLoadError(
             f"pipeline {config.name}: model {installed.manifest.name} "
             f"{installed.manifest.version} names no 'features' in its metadata; "
             "list them under the pipeline's features"
         )
-    return [FeatureConfig(tag=str(f)) for f in from_manifest]
-
-
-class OutputDecoder:
-    """Raw outputs -> one column of numbers per name, one value per input row.
-
-    Regression outputs keep their names; a classifier gives its label (text labels as their
-    index in `classes`) and one `<output>.<class>` column per class probability, from a tensor
-    or from a ZipMap (a list of dicts).
-    """
-
-    def __init__(self, classes: Sequence[Any] | None = None) -> None:
-        self.classes = [str(c) for c in classes] if classes else None
-
-    def columns(self, outputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        zipmaps = [v for v in outputs.values() if isinstance(v, list) and v
-                   and isinstance(v[0], dict)]
-        classes = self.classes or ([str(k) for k in zipmaps[0][0]] if zipmaps else None)
-        columns: dict[str, np.ndarray] = {}
-        for name, value in outputs.items():
-            if isinstance(value, list):
-                columns.update(_zipmap_columns(name, value))
-                continue
-            array = np.asarray(value)
-            rows = array.reshape(len(array) if array.ndim else 1, -1)
-            if array.dtype.kind in "OUS":
-                if not classes:
-                    raise OutputError(
-                        f"output {name} gives text labels; add the class names in order to the "
-                        "model's metadata as 'classes' so they can be recorded")
-                index = {c: float(i) for i, c in enumerate(classes)}
-                columns[name] = np.asarray([index.get(str(v), math.nan) for v in rows[:, 0]])
-            elif rows.shape[1] == 1:
-                columns[name] = rows[:, 0].astype(np.float64)
-            else:
-                keys = classes if classes and len(classes) == rows.shape[1] \
-                    else [str(i) for i in range(rows.shape[1])]
-                for i, key in enumerate(keys):
-                    columns[f"{name}.{key}"] = rows[:, i].astype(np.float64)
-        return columns
-
-
-def _zipmap_columns(name: str, value: list[Any]) -> dict[str, np.ndarray]:
-    if not all(isinstance(v, dict) for v in value):
-        raise OutputError(
-            f"output {name} is a sequence of {type(value[0]).__name__ if value else 'nothing'}, "
-            "not numbers; export the model without ZipMap (skl2onnx: options={'zipmap': False})")
-    keys = list(value[0]) if value else []
-    return {f"{name}.{key}": np.asarray([float(row[key]) for row in value]) for key in keys}
-
-
-def in_spec(spec: Mapping[str, Any] | None, columns: Mapping[str, float | None]) -> bool | None:
-    """Whether the spec's target output is within [low, high]; None without a spec."""
-    if not spec or spec.get("target") not in columns:
-        return None
-    value = columns[spec["target"]]
-    if value is None:
-        return None
-    low, high = spec.get("low"), spec.get("high")
-    return (low is None or value >= low) and (high is None or value <= high)
+    return [FeatureConfig(tag=tag) for tag in from_manifest]
 
 
 TREND_POINTS = 720  # an hour at one prediction every 5 s
@@ -155,7 +94,7 @@ class _Loaded:
     runner: OnnxRunner
     features: list[FeatureConfig]
     decoder: OutputDecoder
-    spec: dict[str, Any] | None
+    spec: OutputSpec | None
     recommender: Recommender | None = None
 
 
@@ -246,10 +185,9 @@ class ProcessPipeline:
         try:
             runner = await loop.run_in_executor(None, OnnxRunner, installed.path,
                                                 installed.manifest)
-            metadata = installed.manifest.metadata
-            spec = metadata.get("spec") if isinstance(metadata.get("spec"), dict) else None
+            meta = installed.manifest.meta
             loaded = _Loaded(runner, features_of(self.config, installed),
-                             OutputDecoder(metadata.get("classes")), spec)
+                             OutputDecoder(meta.classes), meta.spec)
             if self.config.recommend is not None:
                 loaded.recommender = await loop.run_in_executor(
                     None, self._make_recommender, loaded)
@@ -416,8 +354,8 @@ class ProcessPipeline:
         for feature in self._loaded.features if self._loaded else []:
             if feature.tag == name and feature.unit:
                 return feature.unit
-        units = self._loaded.runner.manifest.metadata.get("units") if self._loaded else None
-        return str(units.get(name, "")) if isinstance(units, dict) else ""
+        units = self._loaded.runner.manifest.meta.units if self._loaded else None
+        return (units or {}).get(name, "")
 
     async def _run_shadow(self, feed: dict[str, np.ndarray], active: dict[str, np.ndarray],
                           decoder: OutputDecoder) -> None:

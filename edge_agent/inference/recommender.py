@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -29,6 +29,7 @@ from edge_agent.config import (
 from edge_agent.kernel.contract import (
     RECORD_SETPOINT_WRITE,
     ModelManifest,
+    OutputSpec,
     RecommendationPayload,
     SetpointWritePayload,
 )
@@ -97,19 +98,19 @@ class Objective:
         return f"keep {self.output} " + " and ".join(x for x in limits if x)
 
 
-def resolve_objective(config: ObjectiveConfig, spec: Mapping[str, Any] | None,
+def resolve_objective(config: ObjectiveConfig, spec: OutputSpec | None,
                       outputs: Sequence[str], pipeline: str) -> Objective:
     """The configured objective, with the output and spec limits taken from the manifest."""
-    spec = spec or {}
-    output = config.output or str(spec.get("target") or outputs[0])
+    spec = spec or OutputSpec()
+    output = config.output or spec.target or outputs[0]
     if output not in outputs:
         raise RecommenderError(
             f"objective output {output} of pipeline {pipeline} is not a model output; "
             f"choose one of: {', '.join(outputs)}")
     low, high = config.low, config.high
     if config.type == "target" and config.target is None and low is None and high is None:
-        if spec.get("target") == output:
-            low, high = spec.get("low"), spec.get("high")
+        if spec.target == output:
+            low, high = spec.low, spec.high
         if low is None and high is None:
             raise RecommenderError(
                 f"objective target of pipeline {pipeline} needs target or low/high (the model's "

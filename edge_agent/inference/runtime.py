@@ -10,8 +10,8 @@ import numpy as np
 import onnxruntime as ort
 from pydantic import BaseModel, ConfigDict, Field
 
-from edge_agent.inference.specs import spec_differences, tensor_specs
-from edge_agent.kernel.contract import ModelManifest
+from edge_agent.inference.specs import tensor_specs
+from edge_agent.kernel.contract import ModelManifest, spec_differences
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,6 @@
-"""Tensor specs of ONNX models, and how a declared spec differs from a model's real one.
+"""Tensor specs of an ONNX Runtime session's inputs and outputs, in the contract's terms.
 
-Pure functions shared by the agent (manifest against the file it received) and central's
-registry (metadata against the file being published).
+How a declared spec differs from a model's real one is the contract's `spec_differences`.
 """
 
 from __future__ import annotations
@@ -27,33 +26,3 @@ def tensor_specs(args: list[Any]) -> list[TensorSpec]:
         specs.append(TensorSpec(name=arg.name, dtype=_ORT_DTYPES.get(element, element),
                                 shape=list(arg.shape or [])))
     return specs
-
-
-def spec_differences(side: str, declared: list[TensorSpec], actual: list[TensorSpec],
-                     source: str = "manifest") -> list[str]:
-    """What differs between declared specs and the model's; empty when they agree.
-
-    `side` is "input" or "output". A dynamic dimension (null or a name) matches any dynamic
-    dimension.
-    """
-    declared_names = [spec.name for spec in declared]
-    actual_names = [spec.name for spec in actual]
-    if declared_names != actual_names:
-        return [f"{side}s are {actual_names} in the model, {source} says {declared_names}"]
-    problems = []
-    for want, got in zip(declared, actual, strict=True):
-        if want.dtype != got.dtype:
-            problems.append(f"{side} {got.name!r} has dtype {got.dtype} in the model, "
-                            f"{source} says {want.dtype}")
-        if [_dim(d) for d in want.shape] != [_dim(d) for d in got.shape]:
-            problems.append(f"{side} {got.name!r} has shape {_shape(got.shape)} in the model, "
-                            f"{source} says {_shape(want.shape)}")
-    return problems
-
-
-def _dim(value: int | str | None) -> int | None:
-    return value if isinstance(value, int) else None
-
-
-def _shape(shape: list[int | str | None]) -> str:
-    return "x".join("?" if not isinstance(d, int) else str(d) for d in shape) or "scalar"

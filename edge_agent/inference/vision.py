@@ -23,79 +23,28 @@ from typing import Any, Literal
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edge_agent.imaging import resize
 from edge_agent.inference.runtime import ModelLoadError, OnnxRunner, RuntimeOptions
-from edge_agent.kernel.contract import ModelManifest
+from edge_agent.kernel.contract import (
+    AnomalyDecoder,
+    ClassificationDecoder,
+    Decoder,
+    DetectedBox,
+    DetectionDecoder,
+    ModelManifest,
+    Preprocessing,
+    VisionSummary,
+)
 
 
-class Preprocessing(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    size: tuple[int, int] = Field(description="Model input width and height in pixels")
-    layout: Literal["NCHW", "NHWC"] = "NCHW"
-    color: Literal["RGB", "BGR", "GRAY"] = "RGB"
-    scale: float = Field(1 / 255, description="Pixel values are multiplied by this first")
-    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
-    std: tuple[float, ...] = (1.0, 1.0, 1.0)
-    resize: Literal["resize", "letterbox"] = "resize"
-    pad_value: int = Field(114, ge=0, le=255)
-
-    @model_validator(mode="after")
-    def _channels(self) -> Preprocessing:
-        channels = 1 if self.color == "GRAY" else 3
-        for name in ("mean", "std"):
-            value = getattr(self, name)
-            if len(value) not in (1, channels):
-                raise ValueError(f"{name} has {len(value)} values; {self.color} has {channels}")
-        if any(s == 0 for s in self.std):
-            raise ValueError("std may not contain 0")
-        return self
-
-    @property
-    def channels(self) -> int:
-        return 1 if self.color == "GRAY" else 3
-
-
-class ClassificationDecoder(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    type: Literal["classification"] = "classification"
-    activation: Literal["softmax", "none"] = "softmax"
-    top_k: int = Field(3, ge=1)
-
-
-class DetectionDecoder(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    type: Literal["detection"] = "detection"
-    format: Literal["yolov8"] = "yolov8"
-    confidence: float = Field(0.25, ge=0, le=1)
-    iou: float = Field(0.45, ge=0, le=1)
-    max_detections: int = Field(100, ge=1)
-
-
-class AnomalyDecoder(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    type: Literal["anomaly"] = "anomaly"
-    output: Literal["score", "map"] = "score"
-    threshold: float = 0.5
-
-
-Decoder = ClassificationDecoder | DetectionDecoder | AnomalyDecoder
-
-
-class VisionSpec(BaseModel):
-    """The vision part of a manifest's metadata."""
-
-    model_config = ConfigDict(extra="ignore")
+@dataclass(frozen=True)
+class VisionSpec:
+    """The vision part of a manifest's metadata: what a frame goes through, before and after."""
 
     preprocessing: Preprocessing
-    decoder: ClassificationDecoder | DetectionDecoder | AnomalyDecoder = Field(
-        discriminator="type")
-    labels: list[str] = Field(default_factory=list)
+    decoder: Decoder
+    labels: list[str]
 
 
 @dataclass(frozen=True)
@@ -122,7 +71,7 @@ class Detection:
 class VisionResult:
     """What one frame (or region) gave: the best label and confidence, whatever the decoder."""
 
-    kind: str
+    kind: Literal["classification", "detection", "anomaly"]
     label: str
     confidence: float
     top: list[tuple[str, float]] = field(default_factory=list)
@@ -130,25 +79,36 @@ class VisionResult:
     anomaly_score: float | None = None
     heatmap: np.ndarray | None = None  # anomaly map resized to the frame, 0..1
 
-    def summary(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind, "label": self.label, "confidence": round(self.confidence, 4),
-            "top": [[label, round(p, 4)] for label, p in self.top],
-            "detections": [{"label": d.label, "confidence": round(d.confidence, 4),
-                            "box": list(d.box)} for d in self.detections],
-            "anomaly_score": None if self.anomaly_score is None else round(self.anomaly_score, 4),
-        }
+    def summary(self) -> VisionSummary:
+        """The result as records and the operator page carry it (numbers rounded)."""
+        return VisionSummary(
+            kind=self.kind, label=self.label, confidence=round(self.confidence, 4),
+            top=[(label, round(p, 4)) for label, p in self.top],
+            detections=[DetectedBox(label=d.label, confidence=round(d.confidence, 4), box=d.box)
+                        for d in self.detections],
+            anomaly_score=None if self.anomaly_score is None else round(self.anomaly_score, 4))
 
 
 def vision_spec(manifest: ModelManifest) -> VisionSpec:
-    """The manifest's vision settings; ModelLoadError says what is missing or wrong."""
-    try:
-        return VisionSpec.model_validate(manifest.metadata)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-                             for e in exc.errors())
+    """The manifest's vision settings; ModelLoadError says what is missing."""
+    meta = manifest.meta
+    preprocessing, decoder = meta.preprocessing, meta.decoder
+    if preprocessing is None or decoder is None:
+        missing = " and ".join(key for key, value in (("preprocessing", preprocessing),
+                                                      ("decoder", decoder)) if value is None)
         raise ModelLoadError(f"model {manifest.name} {manifest.version}: vision metadata is "
-                             f"invalid: {problems}") from None
+                             f"invalid: {missing} missing; describe them in the metadata (see "
+                             "the preprocessing and decoder keys in the README)")
+    return VisionSpec(preprocessing, decoder, meta.labels or [])
+
+
+def class_count(shape: list[int | str | None]) -> int | str | None:
+    """The number of classes a classifier's output shape holds: its last dimension once the
+    batch and trailing singleton dimensions are dropped ([1, N] and [1, N, 1, 1] give N)."""
+    dims = list(shape[1:])
+    while len(dims) > 1 and dims[-1] == 1:
+        dims.pop()
+    return dims[-1] if dims else None
 
 
 _HAS_BLOB_PARAMS = hasattr(cv2.dnn, "blobFromImageWithParams")  # OpenCV 4.9 and later
@@ -278,9 +238,10 @@ class VisionModel:
         output = manifest.outputs[0].shape
         labels = spec.labels
         decoder = spec.decoder
-        if isinstance(decoder, ClassificationDecoder) and labels and isinstance(output[-1], int) \
-                and output[-1] != len(labels):
-            raise ModelLoadError(f"{name}: output {output} has {output[-1]} classes, the "
+        classes = class_count(output)
+        if isinstance(decoder, ClassificationDecoder) and labels and isinstance(classes, int) \
+                and classes != len(labels):
+            raise ModelLoadError(f"{name}: output {output} has {classes} classes, the "
                                  f"manifest lists {len(labels)} labels")
         if isinstance(decoder, DetectionDecoder):
             if len(output) != 3:

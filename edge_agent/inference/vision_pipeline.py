@@ -32,7 +32,15 @@ from edge_agent.config import RoiConfig, VisionPipelineConfig
 from edge_agent.imaging import resize
 from edge_agent.inference.runtime import ModelLoadError
 from edge_agent.inference.vision import Letterbox, VisionModel, VisionResult
-from edge_agent.kernel.contract import RECORD_DEFECT, RECORD_SAMPLE
+from edge_agent.kernel.contract import (
+    RECORD_DEFECT,
+    RECORD_SAMPLE,
+    Box,
+    DefectPayload,
+    DetectedBox,
+    EvidenceImage,
+    SamplePayload,
+)
 from edge_agent.lifecycle import ModelWatch
 from edge_agent.model_store import ModelStore
 from edge_agent.monitoring import DEFAULT_INTERVAL_S as DEFAULT_STATS_INTERVAL_S
@@ -315,7 +323,7 @@ class VisionPipeline:
         return results
 
     async def _handle(self, prepared: _Prepared,
-                      results: list[tuple[str, VisionResult, float]]) -> list[dict[str, Any]]:
+                      results: list[tuple[str, VisionResult, float]]) -> list[DefectPayload]:
         model = prepared.model
         records = []
         now = prepared.frame.grabbed_at  # rules count in the camera's time
@@ -334,10 +342,10 @@ class VisionPipeline:
                 if reason and self._quota.take(now):
                     records.append(self._record(RECORD_SAMPLE, prepared, roi_name, result,
                                                 result.label, result.confidence, now, reason))
-            self.status.last_result = {"roi": roi_name, **result.summary(),
+            self.status.last_result = {"roi": roi_name, **result.summary().model_dump(mode="json"),
                                        "latency_ms": round(latency_ms, 2)}
         for kind, payload in records:
-            await self._buffer.append(kind, payload)
+            await self._buffer.append(kind, payload.model_dump(mode="json"))
             if kind == RECORD_DEFECT:
                 self.status.defects += 1
                 self._keep_for_page(payload, prepared, results)
@@ -347,13 +355,13 @@ class VisionPipeline:
         self._set("running", "")
         return [payload for _, payload in records]
 
-    def _keep_for_page(self, payload: dict[str, Any], prepared: _Prepared,
+    def _keep_for_page(self, payload: DefectPayload, prepared: _Prepared,
                        results: _Results) -> None:
-        roi = next((r for name, r, _, _ in prepared.regions if name == payload["roi"]), None)
-        result = next(r for name, r, _ in results if name == payload["roi"])
+        roi = next((r for name, r, _, _ in prepared.regions if name == payload.roi), None)
+        result = next(r for name, r, _ in results if name == payload.roi)
         self.recent_defects.appendleft(RecentDefect(
-            self.status.defects, payload["captured_at"], payload["roi"], payload["label"],
-            payload["confidence"], _thumbnail(prepared.frame.image, roi, result)))
+            self.status.defects, payload.captured_at, payload.roi, payload.label,
+            payload.confidence, _thumbnail(prepared.frame.image, roi, result)))
 
     def _defect_labels(self, result: VisionResult) -> dict[str, float]:
         """Defect classes present in this result, with their confidence."""
@@ -383,33 +391,27 @@ class VisionPipeline:
 
     def _record(self, kind: str, prepared: _Prepared, roi_name: str, result: VisionResult,
                 label: str, confidence: float, now: float,
-                reason: str | None = None) -> tuple[str, dict[str, Any]]:
+                reason: str | None = None) -> tuple[str, DefectPayload]:
         model = prepared.model
         roi = next((r for _, r, _, _ in prepared.regions if r is not None
                     and r.name == roi_name), None)
-        payload: dict[str, Any] = {
-            "pipeline": self.name,
-            "camera": self.camera.name,
-            "roi": roi_name,
-            "roi_box": [roi.x, roi.y, roi.width, roi.height] if roi else None,
-            "label": label,
-            "confidence": round(float(confidence), 4),
-            "boxes": [{"label": d.label, "confidence": round(d.confidence, 4),
-                       "box": _to_frame(d.box, roi)} for d in result.detections],
-            "result": result.summary(),
-            "model": model.manifest.ref.model_dump(),
-            "frame_index": prepared.frame.index,
-            "captured_at": prepared.frame.grabbed_at,
-            "images": self._evidence(prepared.frame.image, roi, result),
-        }
-        if reason is not None:
-            payload["reason"] = reason
+        fields: dict[str, Any] = dict(
+            pipeline=self.name, camera=self.camera.name, roi=roi_name,
+            roi_box=(roi.x, roi.y, roi.width, roi.height) if roi else None,
+            label=label, confidence=round(float(confidence), 4),
+            boxes=[DetectedBox(label=d.label, confidence=round(d.confidence, 4),
+                               box=_to_frame(d.box, roi)) for d in result.detections],
+            result=result.summary(), model=model.manifest.ref,
+            frame_index=prepared.frame.index, captured_at=prepared.frame.grabbed_at,
+            images=self._evidence(prepared.frame.image, roi, result))
+        payload = (DefectPayload(**fields) if reason is None
+                   else SamplePayload(**fields, reason=reason))
         log.info("%s recorded pipeline=%s roi=%s label=%s confidence=%.3f", kind, self.name,
                  roi_name, label, confidence)
         return kind, payload
 
     def _evidence(self, image: np.ndarray, roi: RoiConfig | None,
-                  result: VisionResult) -> dict[str, Any]:
+                  result: VisionResult) -> dict[str, EvidenceImage]:
         evidence = self.config.evidence
         images = {"frame": _jpeg(image, evidence.max_side_px, evidence.jpeg_quality)}
         if evidence.annotated:
@@ -430,10 +432,10 @@ def _image_stats(image: np.ndarray) -> dict[str, float]:
     return {"brightness": float(mean.mean()), "contrast": float(std.mean())}
 
 
-def _to_frame(box: tuple[int, int, int, int], roi: RoiConfig | None) -> list[int]:
+def _to_frame(box: Box, roi: RoiConfig | None) -> Box:
     if roi is None:
-        return list(box)
-    return [box[0] + roi.x, box[1] + roi.y, box[2] + roi.x, box[3] + roi.y]
+        return box
+    return (box[0] + roi.x, box[1] + roi.y, box[2] + roi.x, box[3] + roi.y)
 
 
 def _annotate(image: np.ndarray, roi: RoiConfig | None, result: VisionResult) -> np.ndarray:
@@ -468,10 +470,10 @@ def _thumbnail(image: np.ndarray, roi: RoiConfig | None, result: VisionResult) -
     return _encode_jpeg(annotated, THUMBNAIL_SIDE_PX, 75)[0]
 
 
-def _jpeg(image: np.ndarray, max_side: int, quality: int) -> dict[str, Any]:
+def _jpeg(image: np.ndarray, max_side: int, quality: int) -> EvidenceImage:
     encoded, width, height = _encode_jpeg(image, max_side, quality)
-    return {"jpeg_b64": base64.b64encode(encoded).decode("ascii"),
-            "width": width, "height": height}
+    return EvidenceImage(jpeg_b64=base64.b64encode(encoded).decode("ascii"),
+                         width=width, height=height)
 
 
 def _encode_jpeg(image: np.ndarray, max_side: int, quality: int) -> tuple[bytes, int, int]:

@@ -19,10 +19,15 @@ def jpeg_b64(shade: int) -> str:
 
 
 def defect_payload(i: int, camera: str = "strip-camera") -> dict:
+    """A complete defect payload (DefectPayload), as a gateway's vision pipeline sends it."""
+    label, confidence = LABELS[i % 3], round(0.5 + (i % 50) / 100, 2)
     return {"pipeline": "surface", "camera": camera, "roi": "inspection",
-            "label": LABELS[i % 3], "confidence": round(0.5 + (i % 50) / 100, 2),
+            "roi_box": [0, 0, 80, 60], "label": label, "confidence": confidence, "boxes": [],
+            "result": {"kind": "classification", "label": label, "confidence": confidence,
+                       "top": [[label, confidence]], "detections": [], "anomaly_score": None},
             "model": {"name": "surface-defects", "version": "1.0.0" if i % 2 else "1.1.0",
                       "sha256": "a" * 64},
+            "frame_index": i, "captured_at": 1_800_000_000.0 + i,
             "images": {"frame": {"jpeg_b64": jpeg_b64(i), "width": 80, "height": 60},
                        "annotated": {"jpeg_b64": jpeg_b64(i + 1), "width": 80, "height": 60}}}
 

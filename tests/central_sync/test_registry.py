@@ -156,8 +156,8 @@ def test_wrong_golden_output_is_refused_at_publish(db: CentralDB, onnx_file: Pat
     good = {"golden": {"input": [[1.0, 2.0, 3.0]], "output": [[6.0]], "tolerance": 1e-5}}
     assert publish(db, tmp_path, onnx_file, "m", "1.0.0", metadata=good).version == "1.0.0"
     bad = {"golden": {"input": [[1.0, 2.0, 3.0]], "output": [[7.0]]}}
-    with pytest.raises(RegistryError, match=r"golden output \[7.0\] is not what the model "
-                                            r"gives \(\[6.0\]\)"):
+    with pytest.raises(RegistryError, match=r"golden input gives \[6.0\], the metadata's "
+                                            r"golden.output is \[7.0\]"):
         publish(db, tmp_path, onnx_file, "m", "1.0.1", metadata=bad)
 
 

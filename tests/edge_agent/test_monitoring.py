@@ -7,14 +7,14 @@ import json
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from edge_agent.buffer import Buffer, BufferPolicy
 from edge_agent.kernel.contract import ModelManifest, ModelStatsPayload, TensorSpec
 from edge_agent.monitoring import ModelMonitor, StatsWindow, reference_edges
 
 REFERENCE = {"inputs": {"zone2_temp_c": {"edges": [170, 180, 190, 200], "counts": [5, 10, 5]}},
-             "outputs": {"scrap": {"edges": [0, 2, 4], "counts": [8, 2]},
-                         "broken": {"edges": [1, 0], "counts": [3]}}}
+             "outputs": {"scrap": {"edges": [0, 2, 4], "counts": [8, 2]}}}
 
 
 def manifest(version: str = "1.0.0", reference: dict | None = REFERENCE) -> ModelManifest:
@@ -55,9 +55,15 @@ def test_values_are_binned_on_the_reference_edges_with_their_moments() -> None:
     assert window.flush() is None  # a new, empty interval
 
 
-def test_invalid_reference_entries_are_ignored() -> None:
+def test_reference_edges_come_from_the_typed_metadata() -> None:
     assert reference_edges(manifest())["outputs"] == {"scrap": [0, 2, 4]}
     assert reference_edges(manifest(reference=None)) == {"inputs": {}, "outputs": {}}
+
+
+def test_a_manifest_with_an_invalid_reference_histogram_is_refused_naming_it() -> None:
+    broken = {"outputs": {"broken": {"edges": [1, 0], "counts": [3]}}}
+    with pytest.raises(ValidationError, match=r"metadata is invalid: reference.outputs.broken"):
+        manifest(reference=broken)
 
 
 def test_monitor_buffers_a_record_per_interval_and_when_the_version_changes(

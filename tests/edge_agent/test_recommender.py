@@ -21,7 +21,13 @@ from edge_agent.inference.recommender import (
     require_dynamic_batch,
     resolve_objective,
 )
-from edge_agent.kernel.contract import ModelRef, RecommendationPayload, SetpointChange, TensorSpec
+from edge_agent.kernel.contract import (
+    ModelRef,
+    OutputSpec,
+    RecommendationPayload,
+    SetpointChange,
+    TensorSpec,
+)
 from tests.helpers import SAMPLE_MODEL, manifest_for
 
 FEATURES = [FeatureConfig(tag=t) for t in ("z1", "z2", "speed", "humidity")]
@@ -102,8 +108,8 @@ def test_keeping_a_spec_with_margin_prefers_the_smallest_change() -> None:
 
 def test_objective_target_uses_the_manifest_spec_and_says_so() -> None:
     config = recommend(objective={"type": "target", "margin": 0.05})
-    objective = resolve_objective(config.objective, {"target": "width_mm", "low": 11.8,
-                                                     "high": 12.2}, ["width_mm"], "line")
+    objective = resolve_objective(config.objective, OutputSpec(target="width_mm", low=11.8,
+                                                               high=12.2), ["width_mm"], "line")
     assert (objective.low, objective.high) == (11.8, 12.2)
     assert objective.describe() == "keep width_mm ≥ 11.85 and ≤ 12.15"
     with pytest.raises(RecommenderError, match="needs target or low/high"):

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from edge_agent.inference.runtime import ModelLoadError, OnnxRunner
-from edge_agent.inference.specs import spec_differences
-from edge_agent.kernel.contract import TensorSpec
+from edge_agent.kernel.contract import TensorSpec, spec_differences
 from tests.helpers import SAMPLE_MODEL, manifest_for
 
 

@@ -169,8 +169,7 @@ def test_uint8_nhwc_input_is_fed_as_bytes(tmp_path: Path) -> None:
      "gives channels 1"),
     ({"labels": ["ok", "bad"]}, "has 4 classes, the manifest lists 2 labels"),
     ({"decoder": {"type": "detection"}}, "is not the YOLOv8 layout"),
-    ({"decoder": {"type": "segmentation"}}, "vision metadata is invalid: decoder"),
-    ({"preprocessing": None}, "vision metadata is invalid: preprocessing"),
+    ({"preprocessing": None}, "vision metadata is invalid: preprocessing missing"),
 ])
 def test_manifest_that_does_not_fit_the_model_is_refused_saying_what_differs(
         tmp_path: Path, change: dict, message: str) -> None:
@@ -183,7 +182,8 @@ def test_manifest_that_does_not_fit_the_model_is_refused_saying_what_differs(
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("color", ["RGB", "BGR"])
 def test_fast_preprocessing_matches_the_step_by_step_reference(layout: str, color: str) -> None:
-    from edge_agent.inference.vision import Preprocessing, Preprocessor
+    from edge_agent.inference.vision import Preprocessor
+    from edge_agent.kernel.contract import Preprocessing
 
     spec = Preprocessing(size=(48, 32), layout=layout, color=color, scale=1 / 255,
                          mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))

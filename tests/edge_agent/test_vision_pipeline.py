@@ -14,11 +14,12 @@ import numpy as np
 from edge_agent.buffer import Buffer
 from edge_agent.config import CameraSourceConfig, VisionPipelineConfig
 from edge_agent.inference.vision_pipeline import DefectRule, Quota, VisionPipeline
+from edge_agent.kernel.contract import DetectedBox
 from edge_agent.model_store import ModelStore
 from edge_agent.sources.camera import CameraSource, Frame
 from tests.edge_agent.test_camera import write_video
 from tests.edge_agent.test_vision import CLASSIFIER_META, colour_classifier, frame, yolo_model
-from tests.helpers import manifest_of
+from tests.helpers import manifest_of, wait_until_async
 
 RED, GREY, MILD_RED = (0, 0, 255), (40, 40, 40), (0, 0, 102)
 
@@ -59,12 +60,12 @@ def test_defect_needs_consecutive_frames_and_then_stays_quiet_for_the_cooldown(
     out = run_frames(pipeline, frames(GREY, RED, RED, RED, GREY, RED, RED))
     assert [len(records) for records in out] == [0, 0, 1, 0, 0, 0, 0]
     record = out[2][0]
-    assert (record["label"], record["roi"], record["camera"]) == ("scratch", "frame", "cam1")
-    assert record["confidence"] > 0.6 and record["model"]["name"] == "surface"
+    assert (record.label, record.roi, record.camera) == ("scratch", "frame", "cam1")
+    assert record.confidence > 0.6 and record.model.name == "surface"
     evidence = cv2.imdecode(np.frombuffer(base64.b64decode(
-        record["images"]["frame"]["jpeg_b64"]), np.uint8), cv2.IMREAD_COLOR)
+        record.images["frame"].jpeg_b64), np.uint8), cv2.IMREAD_COLOR)
     assert evidence.shape == (240, 320, 3) and evidence[..., 2].mean() > 200
-    assert "annotated" in record["images"]
+    assert "annotated" in record.images
     stored = buffer.next_batch_sync(100)
     assert [r.type for r in stored] == ["defect"]
     buffer.close_sync()
@@ -89,7 +90,7 @@ def test_regions_of_interest_are_judged_separately(tmp_path: Path) -> None:
     image[:, :160] = RED
     out = run_frames(pipeline, [Frame(1, image, 0.0), Frame(2, image, 0.0)])
     [record] = out[1]
-    assert record["roi"] == "left" and record["roi_box"] == [0, 0, 160, 240]
+    assert record.roi == "left" and record.roi_box == (0, 0, 160, 240)
     assert pipeline.status.last_result["roi"] == "right"
     buffer.close_sync()
 
@@ -98,7 +99,7 @@ def test_unsure_frames_are_sampled_within_the_quota(tmp_path: Path) -> None:
     pipeline, buffer = setup(tmp_path)
     out = run_frames(pipeline, frames(MILD_RED, MILD_RED, GREY))
     assert [len(r) for r in out] == [1, 0, 0]  # per_hour 1
-    assert out[0][0]["reason"] == "uncertain" and 0.4 <= out[0][0]["confidence"] <= 0.6
+    assert out[0][0].reason == "uncertain" and 0.4 <= out[0][0].confidence <= 0.6
     assert [r.type for r in buffer.next_batch_sync(10)] == ["sample"]
     buffer.close_sync()
     quota = Quota(per_hour=2, per_day=3)
@@ -117,8 +118,8 @@ def test_detections_become_defects_with_boxes_in_frame_coordinates(tmp_path: Pat
     out = run_frames(pipeline, frames(GREY, GREY))
     [record] = out[1]
     # Input 64 -> ROI 128: box 24..40 becomes 48..80, shifted by the ROI's corner.
-    assert record["boxes"] == [{"label": "scratch", "confidence": 0.9,
-                                "box": [148, 98, 180, 130]}]
+    assert record.boxes == [DetectedBox(label="scratch", confidence=0.9,
+                                        box=(148, 98, 180, 130))]
     buffer.close_sync()
 
 
@@ -130,10 +131,8 @@ def test_pipeline_runs_on_a_live_camera_with_frames_overlapping_inference(
 
     async def scenario() -> None:
         tasks = [asyncio.create_task(pipeline.camera.run()), asyncio.create_task(pipeline.run())]
-        deadline = time.monotonic() + 20
-        while pipeline.status.frames < 15:
-            assert time.monotonic() < deadline, pipeline.status
-            await asyncio.sleep(0.05)
+        await wait_until_async(lambda: pipeline.status.frames >= 15, 20,
+                               what=lambda: f"15 frames through the model: {pipeline.status}")
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -178,10 +177,8 @@ def test_agent_runs_a_camera_pipeline_and_reports_it(tmp_path: Path) -> None:
     async def scenario() -> tuple[dict, Scrape]:
         stop = asyncio.Event()
         running = asyncio.create_task(agent.run(stop))
-        deadline = time.monotonic() + 20
-        while agent.pipelines[0].status.defects < 1:
-            assert time.monotonic() < deadline, agent.pipelines[0].status
-            await asyncio.sleep(0.05)
+        await wait_until_async(lambda: agent.pipelines[0].status.defects >= 1, 20,
+                               what=lambda: f"a defect found: {agent.pipelines[0].status}")
         document = await agent.status_document()
         scrape = Scrape((await agent.metrics.exposition()).decode())
         stop.set()
@@ -220,7 +217,7 @@ def test_sample_model_finds_the_defects_passing_in_the_sample_line_video(tmp_pat
             index += 1
             # Frames are 0.1 s apart on the line: the cooldown counts in line time.
             for record in await pipeline.process(Frame(index, image, index * 0.1)):
-                found.append(record["label"])
+                found.append(record.label)
             await asyncio.sleep(0)
 
     started = time.time()

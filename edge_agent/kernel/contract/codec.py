@@ -24,6 +24,30 @@ from edge_agent.kernel.contract.fields import (
     new_id,
     now,
 )
+from edge_agent.kernel.contract.records import (
+    RECORD_DEFECT,
+    RECORD_DEPLOYMENT_EVENT,
+    RECORD_EVICTION,
+    RECORD_MODEL_STATS,
+    RECORD_PREDICTION,
+    RECORD_RECOMMENDATION,
+    RECORD_RECOMMENDATION_ANSWER,
+    RECORD_RECOMMENDATION_OUTCOME,
+    RECORD_SAMPLE,
+    RECORD_SETPOINT_WRITE,
+    RECORD_SOURCE_GAP,
+    DefectPayload,
+    EvictionPayload,
+    ModelStatsPayload,
+    PredictionPayload,
+    RecommendationAnswerPayload,
+    RecommendationOutcomePayload,
+    RecommendationPayload,
+    SamplePayload,
+    SetpointWritePayload,
+    SourceGapPayload,
+    UplinkRecord,
+)
 from edge_agent.kernel.contract.status import (
     DeviceStatus,
 )
@@ -171,3 +195,35 @@ def expand_uplink(message: UplinkBatch | CompressedUplinkBatch) -> UplinkBatch |
         return Rejection(f"batch_id {inner.batch_id!r} inside differs from {message.batch_id!r}")
     return inner  # type: ignore[return-value]
 
+
+
+# --- record payloads -----------------------------------------------------------------------
+
+RECORD_PAYLOADS: dict[str, type[BaseModel]] = {
+    RECORD_PREDICTION: PredictionPayload,
+    RECORD_DEPLOYMENT_EVENT: DeploymentEvent,
+    RECORD_EVICTION: EvictionPayload,
+    RECORD_DEFECT: DefectPayload,
+    RECORD_SAMPLE: SamplePayload,
+    RECORD_RECOMMENDATION: RecommendationPayload,
+    RECORD_RECOMMENDATION_ANSWER: RecommendationAnswerPayload,
+    RECORD_RECOMMENDATION_OUTCOME: RecommendationOutcomePayload,
+    RECORD_SETPOINT_WRITE: SetpointWritePayload,
+    RECORD_SOURCE_GAP: SourceGapPayload,
+    RECORD_MODEL_STATS: ModelStatsPayload,
+}
+"""The payload model of every record kind the agent sends."""
+
+
+def parse_payload(record: UplinkRecord) -> BaseModel | Rejection:
+    """A record's payload as its kind's model, or why not. Never raises.
+
+    A kind this build does not know is rejected too; callers keep such a record as it came.
+    """
+    model = RECORD_PAYLOADS.get(record.type)
+    if model is None:
+        return Rejection(f"record type {record.type!r} has no payload model in this build")
+    try:
+        return model.model_validate(record.payload)
+    except ValidationError as exc:
+        return Rejection(f"invalid {record.type} payload: {_summarise(exc)}")

@@ -6,6 +6,7 @@ import json
 
 from edge_agent.kernel.contract.codec import (
     _MESSAGE_ADAPTER,
+    RECORD_PAYLOADS,
 )
 from edge_agent.kernel.contract.fields import (
     DEFAULT_TOPIC_PREFIX,
@@ -33,8 +34,10 @@ def topic_table_markdown(prefix: str = DEFAULT_TOPIC_PREFIX) -> str:
 
 
 def contract_markdown(prefix: str = DEFAULT_TOPIC_PREFIX) -> str:
-    """The topic table and the JSON Schema of every message, for people and other tools."""
+    """The topic table, the JSON Schema of every message and of every record kind's payload,
+    for people and other tools."""
     schema = _MESSAGE_ADAPTER.json_schema()
+    payloads = {kind: model.model_json_schema() for kind, model in RECORD_PAYLOADS.items()}
     return "\n".join(
         [
             f"# MQTT contract (schema version {SCHEMA_VERSION})",
@@ -47,6 +50,16 @@ def contract_markdown(prefix: str = DEFAULT_TOPIC_PREFIX) -> str:
             "",
             "```json",
             json.dumps(schema, indent=2),
+            "```",
+            "",
+            "## Record payloads",
+            "",
+            "The `payload` of an uplink record, by its `type` (central stores a record of another",
+            "type as it came, and a record whose payload does not fit its type without projecting",
+            "it).",
+            "",
+            "```json",
+            json.dumps(payloads, indent=2),
             "```",
         ]
     )

@@ -35,6 +35,74 @@ RECORD_DEFECT = "defect"  # a vision pipeline's defect, with its evidence images
 RECORD_SAMPLE = "sample"  # a frame kept for labelling (the model was unsure, or at random)
 
 
+class EvidenceImage(BaseModel):
+    """One JPEG of a defect's or sample's evidence, base64-encoded."""
+
+    model_config = FINITE
+
+    jpeg_b64: str = Field(description="The JPEG file, base64")
+    width: int = Field(ge=1)
+    height: int = Field(ge=1)
+
+
+Box = tuple[int, int, int, int]  # x1, y1, x2, y2 in pixels
+
+
+class DetectedBox(BaseModel):
+    """One object a detector found."""
+
+    model_config = FINITE
+
+    label: str
+    confidence: float
+    box: Box
+
+
+class VisionSummary(BaseModel):
+    """What the model said of one frame or region, whatever its decoder."""
+
+    model_config = FINITE
+
+    kind: Literal["classification", "detection", "anomaly"]
+    label: str
+    confidence: float
+    top: list[tuple[str, float]] = Field(default_factory=list,
+                                         description="Best classes with their scores")
+    detections: list[DetectedBox] = Field(default_factory=list,
+                                          description="Boxes in the region's pixels")
+    anomaly_score: float | None = None
+
+
+class DefectPayload(BaseModel):
+    """The payload of a `defect` record: a defect a vision pipeline found, with its evidence."""
+
+    model_config = FINITE
+
+    pipeline: str
+    camera: str
+    roi: str = Field(description="Region of interest, or 'frame' for the whole frame")
+    roi_box: tuple[int, int, int, int] | None = Field(
+        description="The region as x, y, width, height in frame pixels (None: whole frame)")
+    label: str = Field(description="The defect class")
+    confidence: float
+    boxes: list[DetectedBox] = Field(default_factory=list,
+                                     description="Detections in frame pixels")
+    result: VisionSummary
+    model: ModelRef
+    frame_index: int = Field(ge=0)
+    captured_at: float = Field(description="When the camera took the frame")
+    images: dict[str, EvidenceImage] = Field(
+        description="Evidence by name: 'frame', and 'annotated' when configured")
+
+
+class SamplePayload(DefectPayload):
+    """The payload of a `sample` record: a frame kept for labelling, and why."""
+
+    reason: Literal["uncertain", "random"] = Field(
+        description="uncertain: the confidence was in the sampling band; random: a normal "
+        "frame kept at random")
+
+
 class PredictionPayload(BaseModel):
     """The payload of a `prediction` record: what a pipeline predicted, from what, with what."""
 
