@@ -277,15 +277,6 @@ def reference_histogram(values: np.ndarray) -> dict[str, list[float] | list[int]
 
 def build_metadata(data: np.ndarray, result: TrainResult, seed: int) -> dict[str, object]:
     train = data[: result.train_rows]
-    reference_stats = {
-        name: {
-            "mean": _r6(train[:, i].mean()),
-            "std": _r6(train[:, i].std()),
-            "min": _r6(train[:, i].min()),
-            "max": _r6(train[:, i].max()),
-        }
-        for i, name in enumerate(FEATURES)
-    }
     return {
         "name": MODEL_NAME,
         "version": MODEL_VERSION,
@@ -304,7 +295,6 @@ def build_metadata(data: np.ndarray, result: TrainResult, seed: int) -> dict[str
             "data": "line_history.csv",
             "seed": seed,
         },
-        "reference_stats": reference_stats,
         "reference": {
             "inputs": {name: reference_histogram(train[:, i]) for i, name in enumerate(FEATURES)},
             "outputs": {ONNX_OUTPUT: reference_histogram(result.train_predictions)},
