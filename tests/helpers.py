@@ -22,13 +22,15 @@ SAMPLE_MODEL = REPO / "sample_data" / "scrap_model.onnx"
 SAMPLE_METADATA = REPO / "sample_data" / "scrap_model.json"
 
 T = TypeVar("T")
+# What a wait is for: words, or a callable asked at the deadline to tell the state reached.
+Described = str | Callable[[], str]
 
 # Central's signing key in tests; agents in tests trust it.
 TEST_SIGNER = Signer.generate()
 TEST_VERIFIER = Verifier(TEST_SIGNER.public_key)
 
 
-def wait_until(condition: Callable[[], T], timeout_s: float = 20.0, *, what: str = "",
+def wait_until(condition: Callable[[], T], timeout_s: float = 20.0, *, what: Described = "",
                interval_s: float = 0.05) -> T:
     """Poll `condition` until it returns something truthy and return that; after `timeout_s`
     fail, naming `what` was awaited and the last value seen."""
@@ -43,7 +45,7 @@ def wait_until(condition: Callable[[], T], timeout_s: float = 20.0, *, what: str
 
 
 async def wait_until_async(condition: Callable[[], T | Awaitable[T]], timeout_s: float = 20.0,
-                           *, what: str = "", interval_s: float = 0.02) -> T:
+                           *, what: Described = "", interval_s: float = 0.02) -> T:
     """`wait_until` on the running event loop, which keeps running meanwhile; `condition` may
     be a coroutine function."""
     loop = asyncio.get_running_loop()
@@ -59,10 +61,10 @@ async def wait_until_async(condition: Callable[[], T | Awaitable[T]], timeout_s:
         await asyncio.sleep(interval_s)
 
 
-def _timed_out(condition: Callable[[], object], timeout_s: float, what: str,
+def _timed_out(condition: Callable[[], object], timeout_s: float, what: Described,
                last: object) -> str:
-    return f"timed out after {timeout_s}s waiting for {what or _described(condition)}; " \
-        f"last value seen: {last!r}"
+    awaited = (what() if callable(what) else what) or _described(condition)
+    return f"timed out after {timeout_s}s waiting for {awaited}; last value seen: {last!r}"
 
 
 def _described(condition: Callable[[], object]) -> str:

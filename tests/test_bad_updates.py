@@ -52,6 +52,7 @@ from tests.helpers import (
     TEST_SIGNER,
     TEST_VERIFIER,
     manifest_for,
+    wait_until_async,
     write_test_keys,
 )
 
@@ -108,13 +109,11 @@ class Plant:
     async def final_event(self, command_id: str, timeout_s: float = 30,
                           steps: tuple[str, ...] = ("activated", "failed", "rolled_back"),
                           ) -> DeploymentEvent:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for event in self.events:
-                if event.command_id == command_id and event.step in steps:
-                    return event
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"no final event for {command_id}: {self.events}")
+        return await wait_until_async(
+            lambda: next((e for e in self.events if e.command_id == command_id
+                          and e.step in steps), None), timeout_s,
+            what=lambda: f"a final event ({', '.join(steps)}) for {command_id}; events seen: "
+                         f"{self.events}")
 
     async def serving(self) -> str:
         """The version the pipeline predicts with now (it must make a prediction)."""
@@ -348,9 +347,10 @@ async def replayed_command(plant: Plant) -> tuple[str | None, str]:
     rollback = TEST_SIGNER.signed(RollbackCommand(device_id=DEVICE, model_name=MODEL))
     await plant.send(rollback)
     assert (await plant.final_event(rollback.command_id)).step == "rolled_back"
-    events_before = len(plant.events)
+    events_before, refused_before = len(plant.events), plant.deployer.rejected_messages
     await plant.send(first)  # replayed by someone who recorded it
-    await asyncio.sleep(1.0)
+    await wait_until_async(lambda: plant.deployer.rejected_messages > refused_before, 10,
+                           what="the replayed command ignored")
     assert not [e for e in plant.events[events_before:] if e.command_id == first.command_id]
     return None, ""
 
@@ -450,13 +450,15 @@ def test_bad_update_is_refused_and_the_active_version_keeps_serving(
 ) -> None:
     async def scenario(plant: Plant) -> None:
         assert await plant.serving() == "1.0.0"
+        refused_before = plant.deployer.rejected_messages
         command_id, reason = await CASES[case](plant)
         if command_id is not None:
             final = await plant.final_event(command_id)
             assert final.step == "failed", final
             assert reason in final.detail, final.detail
         else:
-            await asyncio.sleep(0.5)
+            await wait_until_async(lambda: plant.deployer.rejected_messages > refused_before, 10,
+                                   what="the command refused")
         assert plant.store.active(MODEL).manifest.version == "1.0.0"
         assert await plant.serving() == "1.0.0"
 
@@ -496,10 +498,12 @@ def test_agent_stopped_mid_transfer_resumes_with_only_the_missing_chunks(
                                        chunk_size_bytes=1024)
         part = plant.store.download_path(manifest.sha256)
         task = asyncio.create_task(plant.deploy("1.1.0"))
-        while not part.exists() or len(ChunkFile(part, manifest).received) < 3:
-            await asyncio.sleep(0.001)
+        await wait_until_async(
+            lambda: part.exists() and len(ChunkFile(part, manifest).received) >= 3, 30,
+            what="three chunks on disk", interval_s=0.001)
         await plant.deployer.stop()  # the agent dies mid-transfer
-        await asyncio.sleep(0.5)  # chunks still on their way land nowhere
+        # Time for the chunks still on their way to arrive: that they land nowhere is the check.
+        await asyncio.sleep(0.5)
         have = ChunkFile(part, manifest).received
         assert 0 < len(have) < manifest.chunk_count
         plant.requested.clear()
@@ -524,12 +528,14 @@ def test_transfer_interrupted_by_a_broker_outage_resumes_with_only_the_missing_c
         command = TEST_SIGNER.signed(DeployCommand(device_id=DEVICE, manifest=manifest))
         part = plant.store.download_path(manifest.sha256)
         await plant.send(command)
-        while not part.exists() or len(ChunkFile(part, manifest).received) < 3:
-            await asyncio.sleep(0.001)
+        await wait_until_async(
+            lambda: part.exists() and len(ChunkFile(part, manifest).received) >= 3, 30,
+            what="three chunks on disk", interval_s=0.001)
         mosquitto.stop()
         have = ChunkFile(part, manifest).received
         plant.requested.clear()
-        await asyncio.sleep(3)
+        await wait_until_async(lambda: not plant.gateway.connected, 20,
+                               what="the gateway noticing that the broker is gone")
         mosquitto.start()
         final = await plant.final_event(command.command_id, timeout_s=60)
         assert final.step == "activated", plant.events

@@ -8,7 +8,6 @@ import base64
 import json
 import logging
 import zlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,19 +47,13 @@ from tests.helpers import (
     TEST_SIGNER,
     TEST_VERIFIER,
     manifest_for,
+    wait_until_async,
     write_test_keys,
 )
 
 TOPICS = Topics()
 LIMIT = 64 * 1024
 BIG = b"x" * (200 * 1024)
-
-
-async def until(predicate: Callable[[], object], what: str, timeout_s: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 def records(count: int, first_seq: int = 1) -> list[UplinkRecord]:
@@ -89,9 +82,8 @@ def test_mosquitto_message_over_the_limit_never_reaches_the_handler(
             assert await client.wait_connected(10)
         await sender.publish("plant/line-1", BIG)  # QoS 1: the broker has it, in order
         await sender.publish("plant/line-1", b"small")
-        await until(lambda: received, "the small message")
-        await asyncio.sleep(0.2)
-        assert received == [b"small"]
+        await wait_until_async(lambda: received, what="the small message")
+        assert received == [b"small"]  # BIG came first, in order: it was dropped, not late
         await sender.stop()
         await receiver.stop()
 
@@ -161,8 +153,9 @@ class Central:
 
     async def send(self, leaf: str, payload: bytes) -> None:
         await self.device.publish(TOPICS.device("gw-1", leaf), payload)
-        await until(lambda: all(t.get_coro().__qualname__ == "RolloutEngine.run"
-                                for t in self.service._tasks), "central's stores")
+        await wait_until_async(lambda: all(t.get_coro().__qualname__ == "RolloutEngine.run"
+                                           for t in self.service._tasks),
+                               what="central's stores")
 
     async def stored(self) -> int:
         assert self.service.db is not None
@@ -282,7 +275,7 @@ def test_agent_ignores_an_artifact_chunk_claiming_an_absurd_count(tmp_path: Path
         manifest = manifest_for(SAMPLE_MODEL)
         await central.publish(TOPICS.commands("gw1"), encode(
             TEST_SIGNER.signed(DeployCommand(device_id="gw1", manifest=manifest))))
-        await until(lambda: requests, "the transfer's first chunk request")
+        await wait_until_async(lambda: requests, what="the transfer's first chunk request")
         part = store.download_path(manifest.sha256)
         size = part.stat().st_size
         absurd = ArtifactChunk.build(manifest.sha256, 10**18 - 1, 10**18, b"x" * 16)
@@ -317,7 +310,7 @@ def test_agent_survives_an_ack_listing_a_million_seqs(tmp_path: Path) -> None:
         uplink = Uplink("gw1", TOPICS, device, buffer,
                         UplinkConfig(batch_size=5, max_in_flight=1, ack_timeout_s=600))
         task = asyncio.create_task(uplink.run())
-        await until(lambda: sent, "the first batch")
+        await wait_until_async(lambda: sent, what="the first batch")
         flood = BatchAck(device_id="gw1", batch_id=sent[0].batch_id,
                          acked_seqs=list(range(1, 1_000_001)))
         assert len(encode(flood)) < MAX_PAYLOAD_BYTES

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +30,13 @@ from edge_agent.config import AgentConfig
 from edge_agent.kernel.transport import BrokerConfig
 from edge_agent.kernel.transport.mqtt import MqttTransport
 from tests.conftest import Mosquitto
-from tests.helpers import SAMPLE_METADATA, SAMPLE_MODEL, TEST_SIGNER, write_test_keys
+from tests.helpers import (
+    SAMPLE_METADATA,
+    SAMPLE_MODEL,
+    TEST_SIGNER,
+    wait_until_async,
+    write_test_keys,
+)
 
 MODEL = "extruder-scrap"
 DEVICES = ["gw1", "gw2", "gw3", "gw4"]
@@ -88,12 +92,6 @@ class Fleet:
                                 MODEL, version, metadata=meta, chunk_size_bytes=16 * 1024,
                                 signer=TEST_SIGNER)
 
-    async def until(self, predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not predicate():
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            await asyncio.sleep(0.1)
-
     async def roll_out(self, version: str, devices: list[str], **options: object) -> str:
         rollout = start_rollout(self.db, MODEL, version, devices, "group line-3", "test",
                                 **options)  # type: ignore[arg-type]
@@ -101,8 +99,8 @@ class Fleet:
 
     async def ended(self, rollout_id: str, timeout_s: float = 60) -> str:
         done = ("completed", "halted", "aborted", "rolled_back")
-        await self.until(lambda: self.db.get_rollout(rollout_id).state in done, timeout_s,
-                         f"rollout {rollout_id} to end")
+        await wait_until_async(lambda: self.db.get_rollout(rollout_id).state in done, timeout_s,
+                               what=f"rollout {rollout_id} to end")
         rollout = self.db.get_rollout(rollout_id)
         assert rollout is not None
         return rollout.state
@@ -117,8 +115,8 @@ async def start_fleet(tmp: Path, mosquitto: Mosquitto, devices: list[str] = DEVI
     await fleet.start_central()
     for device in devices:
         fleet.start_agent(device)
-    await fleet.until(lambda: fleet.db.devices_labelled("line-3") == sorted(devices), 20,
-                      "every agent to report its labels")
+    await wait_until_async(lambda: fleet.db.devices_labelled("line-3") == sorted(devices), 20,
+                           what="every agent to report its labels")
     await fleet.publish("1.0.0", metadata())
     first = await fleet.roll_out("1.0.0", devices, canary=0)
     assert await fleet.ended(first) == "completed"
@@ -198,13 +196,14 @@ def test_wave_that_times_out_is_halted_and_rolled_back(tmp_path: Path,
                                           wave_timeout_s=4)
         assert await fleet.ended(rollout_id) == "halted"
         assert "wave 3 of 3 timed out" in fleet.db.get_rollout(rollout_id).detail
-        await fleet.until(lambda: fleet.active("gw3") == "1.0.0", 20, "gw3 rolled back")
+        await wait_until_async(lambda: fleet.active("gw3") == "1.0.0", 20, what="gw3 rolled back")
 
         def states() -> dict[str, str]:
             return {d.device_id: d.state for d in fleet.db.rollout_devices(rollout_id)}
 
         # The engine records the rollback once the command is out; the device may be faster.
-        await fleet.until(lambda: states()["gw3"] == "rolled_back", 10, "gw3 marked rolled back")
+        await wait_until_async(lambda: states()["gw3"] == "rolled_back", 10,
+                               what="gw3 marked rolled back")
         assert states() == {"gw1": "succeeded", "gw2": "succeeded", "gw3": "rolled_back",
                             "gw4": "sent"}
         assert [fleet.active(d) for d in ("gw1", "gw2")] == ["1.1.0", "1.1.0"]
@@ -224,7 +223,10 @@ def test_paused_rollout_survives_a_central_restart_then_resumes_and_rolls_back(
         change_rollout(db, rollout.rollout_id, "pause", "ann")
         db.close()
         await fleet.start_central()
-        await asyncio.sleep(1.5)
+        await wait_until_async(lambda: fleet.central and fleet.central.rollouts
+                               and fleet.central.rollouts.leading, 20,
+                               what="the restarted central leading the rollouts")
+        await asyncio.sleep(1.5)  # what is checked is that nothing happens: a few engine steps
         assert fleet.db.get_rollout(rollout.rollout_id).state == "paused"
         assert {d.state for d in fleet.db.rollout_devices(rollout.rollout_id)} == {"pending"}
         change_rollout(fleet.db, rollout.rollout_id, "resume", "ann")
@@ -232,8 +234,8 @@ def test_paused_rollout_survives_a_central_restart_then_resumes_and_rolls_back(
         assert [fleet.active(d) for d in DEVICES] == ["1.1.0", "1.1.0", "1.0.0", "1.0.0"]
         change_rollout(fleet.db, rollout.rollout_id, "rollback", "bob")
         assert await fleet.ended(rollout.rollout_id) == "rolled_back"
-        await fleet.until(lambda: fleet.active("gw1") == fleet.active("gw2") == "1.0.0", 20,
-                          "gw1 and gw2 back on 1.0.0")
+        await wait_until_async(lambda: fleet.active("gw1") == fleet.active("gw2") == "1.0.0", 20,
+                               what="gw1 and gw2 back on 1.0.0")
         audit = [(a["actor"], a["action"]) for a in fleet.db.list_audit()]
         assert {("ann", "rollout.paused"), ("ann", "rollout.running"),
                 ("bob", "rollout.rolling_back")} <= set(audit)

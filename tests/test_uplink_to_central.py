@@ -13,14 +13,7 @@ from edge_agent.config import UplinkConfig
 from edge_agent.kernel.contract import Topics
 from edge_agent.kernel.transport.memory import MemoryBroker, MemoryTransport
 from edge_agent.uplink import Uplink
-from tests.helpers import write_test_keys
-
-
-async def until(predicate, timeout_s: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not await predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
+from tests.helpers import wait_until_async, write_test_keys
 
 
 def test_small_and_oversized_records_all_arrive_exactly_once(tmp_path: Path) -> None:
@@ -47,7 +40,7 @@ def test_small_and_oversized_records_all_arrive_exactly_once(tmp_path: Path) -> 
         async def drained() -> bool:
             return (await buffer.health()).depth == 0
 
-        await until(drained)
+        await wait_until_async(drained, what="every record acked and out of the buffer")
         rows = await central.db_call(
             lambda: list(central.db._db.query("SELECT seq, payload FROM records")))
         assert {r["seq"]: json.loads(r["payload"]) for r in rows} == expected

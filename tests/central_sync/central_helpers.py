@@ -1,10 +1,10 @@
-"""Helpers for central's tests: run coroutines, wait for states, build models and batches."""
+"""Helpers for central's tests: run coroutines, build models and batches."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -60,17 +60,6 @@ def make_batch(device_id: str = "gw-1", seqs: range | list[int] = range(1, 4),
                      payload=payload)
         for seq in seqs
     ])
-
-
-async def wait_for(predicate: Callable[[], object], timeout_s: float = 10.0, what: str = "") -> Any:
-    """Poll `predicate` on the loop until truthy, or fail after the deadline."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not (value := predicate()):
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what or predicate}")
-        await asyncio.sleep(0.02)
-    return value
 
 
 def free_port() -> int:

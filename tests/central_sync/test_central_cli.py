@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from central_sync.cli import build_parser, main
 from edge_agent.kernel.contract import DeployCommand, DeploymentEvent, Topics, decode, encode
-from tests.helpers import TEST_SIGNER
+from tests.helpers import TEST_SIGNER, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 TOPICS = Topics()
@@ -274,21 +273,17 @@ def test_serve_runs_until_sigterm_then_exits_0(mosquitto, tmp_path: Path) -> Non
     process = subprocess.Popen(
         [sys.executable, "-m", "central_sync.cli", "serve", "-c", str(config)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    def healthy() -> bool:
+        assert process.poll() is None, process.communicate()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/healthz",
+                                        timeout=1) as response:
+                return json.loads(response.read())["status"] == "ok"
+        except OSError:
+            return False
+
     try:
-        deadline = time.monotonic() + 20
-        health = None
-        while health is None and time.monotonic() < deadline:
-            assert process.poll() is None, process.communicate()
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/healthz",
-                                            timeout=1) as response:
-                    health = json.loads(response.read())
-                if health["status"] != "ok":  # still starting
-                    health = None
-                    time.sleep(0.1)
-            except OSError:
-                time.sleep(0.1)
-        assert health is not None and health["status"] == "ok"
+        wait_until(healthy, 20, what="central's /healthz saying ok")
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=15)
     finally:

@@ -6,7 +6,7 @@ import asyncio
 import time
 import urllib.request
 
-from central_helpers import free_port, make_batch, run, wait_for
+from central_helpers import free_port, make_batch, run
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from central_sync.config import CentralConfig
@@ -15,7 +15,7 @@ from central_sync.metrics import central_registry
 from central_sync.service import CentralService
 from edge_agent.kernel.contract import DeviceStatus, Topics, encode
 from edge_agent.kernel.transport.memory import MemoryBroker, MemoryTransport
-from tests.helpers import Scrape
+from tests.helpers import Scrape, wait_until_async
 
 TOPICS = Topics()
 
@@ -43,7 +43,7 @@ def test_metrics_endpoint_serves_devices_and_ingest_counters(
             uplink={"connected": True, "round_trip_ms": 250.0})))
         await device.publish(TOPICS.uplink("gw-1"), encode(make_batch("gw-1", range(1, 4))))
         await device.publish(TOPICS.status("gw-1"), b"not json")
-        await wait_for(lambda: service.stats.batches == 1, what="the batch stored")
+        await wait_until_async(lambda: service.stats.batches == 1, what="the batch stored")
         try:
             return await asyncio.to_thread(_get, service.web_url + "metrics")
         finally:

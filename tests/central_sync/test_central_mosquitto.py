@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import paho.mqtt.client as paho
 import pytest
-from central_helpers import make_batch, run, wait_for
+from central_helpers import make_batch, run
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from central_sync.config import CentralConfig
@@ -16,6 +16,7 @@ from central_sync.service import CentralService
 from edge_agent.kernel.contract import BatchAck, DeviceStatus, Topics, decode, encode
 from edge_agent.kernel.transport import BrokerConfig
 from edge_agent.kernel.transport.mqtt import MqttTransport
+from tests.helpers import wait_until_async
 
 TOPICS = Topics()
 
@@ -64,11 +65,11 @@ def test_device_batch_over_mosquitto_is_stored_and_acked(
             assert isinstance(message, BatchAck)
             return message
 
-        ack = await wait_for(ack_arrived, timeout_s=10, what="the batch ack")
+        ack = await wait_until_async(ack_arrived, timeout_s=10, what="the batch ack")
         assert ack.batch_id == batch.batch_id
         assert ack.acked_seqs == list(range(1, 11))
         assert await service.db_call(service.db.count_records, "gw-1") == 10
-        await wait_for(lambda: service.stats.statuses, what="the status")
+        await wait_until_async(lambda: service.stats.statuses, what="the status")
         [row] = await service.db_call(service.db.list_devices)
         assert row.state == "online"
         await service.stop()

@@ -9,12 +9,13 @@ import urllib.request
 from typing import Any
 
 import pytest
-from central_helpers import free_port, make_batch, prediction_payload, run, wait_for
+from central_helpers import free_port, make_batch, prediction_payload, run
 
 from central_sync.config import CentralConfig
 from central_sync.service import CentralService, ServiceStartError
 from edge_agent.kernel.contract import DeviceStatus, Topics, UplinkBatch, UplinkRecord, encode
 from edge_agent.kernel.transport.memory import MemoryBroker, MemoryTransport
+from tests.helpers import wait_until_async
 
 TOPICS = Topics()
 
@@ -50,7 +51,7 @@ def test_api_and_fleet_page_show_devices_predictions_and_models(
                                                       "quota_bytes": 10})))
         await device.publish(TOPICS.uplink("gw-1"), encode(make_batch("gw-1", range(1, 4))))
         # Batches are stored beside dispatch; wait for this one rather than race it.
-        await wait_for(lambda: service.stats.records_acked == 3, what="the batch stored")
+        await wait_until_async(lambda: service.stats.records_acked == 3, what="the batch stored")
 
         health = await _get_json(base + "healthz")
         assert health["status"] == "ok"
@@ -111,7 +112,7 @@ def test_defect_records_are_listed_without_images_and_their_evidence_is_served(
         device = MemoryTransport(broker)
         await device.start()
         await device.publish(TOPICS.uplink("gw-1"), encode(batch))
-        await wait_for(lambda: service.stats.records_acked == 2, what="the batch stored")
+        await wait_until_async(lambda: service.stats.records_acked == 2, what="the batch stored")
         base = service.web_url
         [row] = await _get_json(base + "api/records?type=defect")
         assert (row["seq"], row["payload"]["label"], row["images"]) == (1, "scratch", ["frame"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from central_helpers import Inbox, make_onnx_model, run, wait_for
+from central_helpers import Inbox, make_onnx_model, run
 
 from central_sync.config import CentralConfig
 from central_sync.db import CentralDB
@@ -20,7 +20,7 @@ from edge_agent.kernel.contract import (
     encode,
 )
 from edge_agent.kernel.transport.memory import MemoryBroker, MemoryTransport
-from tests.helpers import TEST_SIGNER
+from tests.helpers import TEST_SIGNER, wait_until_async
 
 TOPICS = Topics()
 
@@ -64,7 +64,8 @@ def test_chunk_request_is_answered_with_chunks_that_reassemble_to_the_artifact(
         request = ChunkRequest(device_id="gw-1", sha256=manifest.sha256,
                                indices=list(range(manifest.chunk_count)))
         await device.publish(TOPICS.chunk_request("gw-1"), encode(request))
-        await wait_for(lambda: len(inbox.messages) == manifest.chunk_count, what="all chunks")
+        await wait_until_async(lambda: len(inbox.messages) == manifest.chunk_count,
+                               what="all chunks")
         chunks = sorted(_chunks(inbox), key=lambda c: c.index)
         assert [c.index for c in chunks] == list(range(manifest.chunk_count))
         assert {c.count for c in chunks} == {manifest.chunk_count}
@@ -83,7 +84,7 @@ def test_only_the_missing_chunks_are_sent(central_config: CentralConfig, tmp_pat
         service, device, inbox = await _setup(central_config, manifest.sha256)
         request = ChunkRequest(device_id="gw-1", sha256=manifest.sha256, indices=[2, 0, 2])
         await device.publish(TOPICS.chunk_request("gw-1"), encode(request))
-        await wait_for(lambda: len(inbox.messages) == 2, what="two chunks")
+        await wait_until_async(lambda: len(inbox.messages) == 2, what="two chunks")
         assert sorted(c.index for c in _chunks(inbox)) == [0, 2]
         await service.stop()
         assert service.stats.chunks_sent == 2
@@ -115,7 +116,7 @@ def test_chunk_indices_beyond_the_artifact_are_refused_the_rest_served(
         service, device, inbox = await _setup(central_config, manifest.sha256)
         request = ChunkRequest(device_id="gw-1", sha256=manifest.sha256, indices=[0, 999])
         await device.publish(TOPICS.chunk_request("gw-1"), encode(request))
-        await wait_for(lambda: inbox.messages, what="chunk 0")
+        await wait_until_async(lambda: inbox.messages, what="chunk 0")
         assert [c.index for c in _chunks(inbox)] == [0]
         assert "beyond" in service.stats.last_rejection
         await service.stop()
@@ -134,7 +135,7 @@ def test_truncated_artifact_on_disk_is_never_served(
         service, device, inbox = await _setup(central_config, manifest.sha256)
         request = ChunkRequest(device_id="gw-1", sha256=manifest.sha256, indices=[0])
         await device.publish(TOPICS.chunk_request("gw-1"), encode(request))
-        await wait_for(lambda: service.stats.chunk_failures == 1, what="the refusal")
+        await wait_until_async(lambda: service.stats.chunk_failures == 1, what="the refusal")
         await service.stop()
         assert inbox.messages == []
         assert service.stats.chunks_sent == 0

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
-from central_helpers import Inbox, make_batch, run, wait_for
+from central_helpers import Inbox, make_batch, run
 
 from central_sync.config import CentralConfig
 from central_sync.service import CentralService
 from edge_agent.kernel.contract import BatchAck, DeviceStatus, Topics, decode, encode
 from edge_agent.kernel.transport import Will
 from edge_agent.kernel.transport.memory import MemoryBroker, MemoryTransport
+from tests.helpers import wait_until_async
 
 TOPICS = Topics()
 
@@ -32,7 +33,7 @@ async def _device(broker: MemoryBroker, device_id: str = "gw-1",
 
 async def _acks(inbox: Inbox, count: int) -> list[BatchAck]:
     """The acks central sent, once there are `count` of them (stores run beside dispatch)."""
-    await wait_for(lambda: len(inbox.messages) >= count, what=f"{count} acks")
+    await wait_until_async(lambda: len(inbox.messages) >= count, what=f"{count} acks")
     acks = [decode(payload, expect=(BatchAck,)) for _, payload in inbox.messages]
     assert all(isinstance(a, BatchAck) for a in acks)
     return acks  # type: ignore[return-value]
@@ -160,8 +161,7 @@ def test_service_runs_until_cancelled_then_releases_the_database(
         broker = MemoryBroker()
         service = CentralService(central_config, MemoryTransport(broker))
         task = asyncio.create_task(service.run())
-        while service.db is None:
-            await asyncio.sleep(0.01)
+        await wait_until_async(lambda: service.db is not None, what="the database opened")
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         assert service.db is None

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from edge_agent.kernel.transport import BrokerConfig
 from edge_agent.kernel.transport.mqtt import MqttTransport
 from edge_agent.uplink import Uplink
 from tests.conftest import Mosquitto, postgres_database
-from tests.helpers import REPO, write_test_keys
+from tests.helpers import REPO, wait_until, wait_until_async, write_test_keys
 
 DEVICES = ["gw-1", "gw-2", "gw-3"]
 RECORDS = 400
@@ -57,14 +56,6 @@ def ingest_stats(web_port: int) -> dict | None:
     return health["ingest"] if health["status"] == "ok" and health["broker_connected"] else None
 
 
-def wait(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out after {timeout_s}s waiting for {what}"
-        time.sleep(0.1)
-    return value
-
-
 async def stream(broker_port: int, folder: Path, centrals: list[subprocess.Popen],
                  ports: list[int]) -> dict[str, int]:
     """Every device drains its buffer; central A is killed once a quarter is acked."""
@@ -81,22 +72,26 @@ async def stream(broker_port: int, folder: Path, centrals: list[subprocess.Popen
         transports.append(transport)
         await transport.start()
     tasks = [asyncio.create_task(uplink.run()) for uplink in uplinks]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 60
-    killed_at: dict[str, int] = {}
+
+    def acked() -> int:
+        return sum(u.stats.acked_records for u in uplinks)
+
+    async def depths() -> list[int]:
+        return [(await b.health()).depth for b in buffers]
+
     try:
-        while True:
-            acked = sum(u.stats.acked_records for u in uplinks)
-            depths = [(await b.health()).depth for b in buffers]
-            if not killed_at and acked >= len(DEVICES) * RECORDS // 4:
-                stats = [ingest_stats(port) for port in ports]
-                assert all(s and s["batches"] > 0 for s in stats), stats  # both were working
-                centrals[0].kill()  # kill -9, mid-stream
-                killed_at = {"acked": acked, "b_batches": stats[1]["batches"]}
-            if killed_at and not any(depths):
-                break
-            assert loop.time() < deadline, f"buffers not drained: {depths}, acked {acked}"
-            await asyncio.sleep(0.05)
+        await wait_until_async(lambda: acked() >= len(DEVICES) * RECORDS // 4, 60,
+                               what="a quarter of the records acked", interval_s=0.01)
+        stats = [ingest_stats(port) for port in ports]
+        assert all(s and s["batches"] > 0 for s in stats), stats  # both were working
+        centrals[0].kill()  # kill -9, mid-stream
+        killed_at = {"acked": acked(), "b_batches": stats[1]["batches"]}
+
+        async def drained() -> bool:
+            return not any(await depths())
+
+        await wait_until_async(drained, 60, interval_s=0.05,
+                               what=lambda: f"every buffer drained (acked {acked()})")
     finally:
         for task in tasks:
             task.cancel()
@@ -116,9 +111,10 @@ def test_two_centrals_share_ingest_and_one_killed_mid_stream_loses_nothing(
                     for name, port in zip(("central-a", "central-b"), ports, strict=True)]
         try:
             for port in ports:
-                wait(lambda port=port: ingest_stats(port), 30, f"central on port {port}")
+                wait_until(lambda port=port: ingest_stats(port), 30,
+                           what=f"central on port {port}")
             killed_at = asyncio.run(stream(mosquitto.port, tmp_path, centrals, ports))
-            after = wait(lambda: ingest_stats(ports[1]), 5, "central-b")
+            after = wait_until(lambda: ingest_stats(ports[1]), 5, what="central-b")
         finally:
             for process in centrals:
                 process.kill()

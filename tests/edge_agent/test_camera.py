@@ -17,7 +17,7 @@ import pytest
 from edge_agent.config import CameraSourceConfig
 from edge_agent.sources.camera import CameraSource
 from tests.conftest import free_port
-from tests.helpers import REPO
+from tests.helpers import REPO, wait_until_async
 
 
 def camera(url: str, **options: object) -> CameraSource:
@@ -142,8 +142,8 @@ def test_missing_file_is_retried_with_the_reason_in_the_state(tmp_path: Path) ->
 
     async def scenario() -> None:
         task = asyncio.create_task(source.run())
-        await asyncio.sleep(0.3)
-        assert source.state.state == "reconnecting"
+        await wait_until_async(lambda: source.state.state == "reconnecting", 10,
+                               what=lambda: f"the source retrying: {source.state}")
         assert "does not exist" in source.state.detail
         write_video(tmp_path / "absent.avi", frames=3)
         assert await source.next_frame(-1, 10) is not None
@@ -181,7 +181,7 @@ class MjpegServer:
                                          + f"Content-Length: {len(jpeg)}\r\n\r\n".encode()
                                          + jpeg.tobytes() + b"\r\n")
                         owner.sent += 1
-                        time.sleep(0.02)
+                        time.sleep(0.02)  # the camera's frame rate: 50 frames/s
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
@@ -215,10 +215,8 @@ def test_http_mjpeg_stream_is_read_and_reconnected_after_the_camera_drops(
         assert first is not None and first.image.shape == (240, 320, 3)
         assert source.state.state == "connected"
         mjpeg.stop()  # the camera loses power
-        deadline = time.monotonic() + 20
-        while source.state.state != "reconnecting":
-            assert time.monotonic() < deadline, source.state
-            await asyncio.sleep(0.05)
+        await wait_until_async(lambda: source.state.state == "reconnecting", 20,
+                               what=lambda: f"the drop noticed: {source.state}")
         mjpeg.start()  # and comes back
         after = source.latest().index
         resumed = await source.next_frame(after, 20)
@@ -259,10 +257,8 @@ def test_rtsp_camera_is_read_and_reconnected_after_the_server_restarts() -> None
             assert source.state.state == "connected"
             server.terminate()
             server.wait(10)
-            deadline = time.monotonic() + 30
-            while source.state.state != "reconnecting":
-                assert time.monotonic() < deadline, source.state
-                await asyncio.sleep(0.05)
+            await wait_until_async(lambda: source.state.state == "reconnecting", 30,
+                                   what=lambda: f"the restart noticed: {source.state}")
             server = start_rtsp_camera(rtsp_port)
             resumed = await source.next_frame(source.latest().index, 30)
             assert resumed is not None and source.state.state == "connected"

@@ -22,7 +22,7 @@ from edge_agent.kernel.contract import (
 )
 from edge_agent.kernel.transport.memory import MemoryBroker, MemoryTransport
 from edge_agent.model_store import ModelStore
-from tests.helpers import SAMPLE_MODEL, TEST_SIGNER, TEST_VERIFIER, manifest_for
+from tests.helpers import SAMPLE_MODEL, TEST_SIGNER, TEST_VERIFIER, manifest_for, wait_until_async
 
 TOPICS = Topics()
 signed = TEST_SIGNER.signed
@@ -168,8 +168,8 @@ def test_commands_for_another_device_or_malformed_are_ignored(tmp_path: Path) ->
         other = deploy_command(manifest_for(SAMPLE_MODEL), device_id="gw2")
         await h.central.publish(TOPICS.commands("gw1"), encode(other))
         await h.central.publish(TOPICS.commands("gw1"), b"{garbage")
-        await asyncio.sleep(0.05)
-        assert h.deployer.rejected_messages == 2
+        await wait_until_async(lambda: h.deployer.rejected_messages == 2, 10,
+                               what="both commands rejected")
         assert h.events == []
         await h.buffer.close()
 

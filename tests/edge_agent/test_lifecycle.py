@@ -112,7 +112,7 @@ def test_shadow_run_gates_activation_on_agreement(tmp_path: Path, candidate: str
                 for tag, value in zip(FEATURES, TYPICAL, strict=True):
                     latest[tag] = TagValue(value, True, now, now)
                 await pipeline.tick()
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.01)  # the line's pace: a prediction every 10 ms
 
         metadata = json.loads(SAMPLE_METADATA.read_text())
         metadata["shadow"] = {"predictions": 8, "duration_s": 20, "tolerance": 0.01}

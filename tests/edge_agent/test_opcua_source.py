@@ -20,6 +20,7 @@ from edge_agent.kernel.contract import SourceGapPayload
 from edge_agent.sources.opcua import OpcUaSource, SetpointWriteError
 from tests.conftest import LineSimulatorProcess, free_port, start_line_simulator
 from tests.edge_agent.opcua_certs import write_app_certificate
+from tests.helpers import wait_until_async
 
 TAGS = ["zone1_temp_c", "zone2_temp_c", "melt_pressure_bar", "screw_speed_rpm"]
 SIMULATOR_URI = "urn:edge-mlops:line-simulator:server"
@@ -36,13 +37,6 @@ def config_for(endpoint: str, **overrides: Any) -> OpcUaSourceConfig:
 
 def source_for(endpoint: str, **overrides: Any) -> OpcUaSource:
     return OpcUaSource(config_for(endpoint, **overrides))
-
-
-async def until(predicate, timeout_s: float, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 @contextlib.asynccontextmanager
@@ -66,11 +60,12 @@ async def write_string(endpoint: str, node_id: str, text: str) -> None:
 def test_source_reads_live_tags_with_timestamps(line_simulator: LineSimulatorProcess) -> None:
     async def scenario() -> None:
         async with running(source_for(line_simulator.endpoint)) as source:
-            await until(lambda: set(source.latest) == set(TAGS), 15, "all tags")
+            await wait_until_async(lambda: set(source.latest) == set(TAGS), 15, what="all tags")
             first = source.latest["zone2_temp_c"]
             assert first.good and 150 < first.value < 220
-            await until(lambda: source.latest["zone2_temp_c"].source_time > first.source_time,
-                        10, "a newer value")
+            await wait_until_async(
+                lambda: source.latest["zone2_temp_c"].source_time > first.source_time, 10,
+                what="a newer value")
             assert source.state.state == "connected"
             assert source.bad_tags == {}
 
@@ -85,7 +80,7 @@ def test_source_time_is_the_servers_source_timestamp() -> None:
             served = await client.get_node("ns=2;s=line1.zone2_temp_c").read_data_value()
         await asyncio.sleep(0.3)  # so that the server's time and the arrival time differ
         async with running(source_for(simulator.endpoint)) as source:
-            await until(lambda: "zone2_temp_c" in source.latest, 15, "a value")
+            await wait_until_async(lambda: "zone2_temp_c" in source.latest, 15, what="a value")
             value = source.latest["zone2_temp_c"]
             assert served.SourceTimestamp is not None
             assert value.source_time == pytest.approx(served.SourceTimestamp.timestamp(), abs=1e-3)
@@ -108,8 +103,9 @@ def test_nodes_by_browse_path_and_an_unresolvable_path_is_reported(
 
     async def scenario() -> None:
         async with running(source_for(line_simulator.endpoint, nodes=nodes)) as source:
-            await until(lambda: {"zone2_temp_c", "screw_speed_rpm"} <= set(source.latest), 15,
-                        "values by browse path and NodeId")
+            await wait_until_async(
+                lambda: {"zone2_temp_c", "screw_speed_rpm"} <= set(source.latest), 15,
+                what="values by browse path and NodeId")
             assert source.latest["zone2_temp_c"].good
             assert source.state.state == "connected"
             assert "zone9_temp_c" in source.bad_tags
@@ -126,9 +122,10 @@ def test_deadband_larger_than_the_changes_suppresses_updates(
         plain = source_for(line_simulator.endpoint)
         banded = source_for(line_simulator.endpoint, deadband=1000.0)
         async with running(plain), running(banded):
-            await until(lambda: set(plain.latest) == set(TAGS) == set(banded.latest), 15,
-                        "first values")
-            await until(lambda: len(plain.history["zone2_temp_c"]) >= 5, 15, "5 updates")
+            await wait_until_async(lambda: set(plain.latest) == set(TAGS) == set(banded.latest),
+                                   15, what="first values")
+            await wait_until_async(lambda: len(plain.history["zone2_temp_c"]) >= 5, 15,
+                                   what="5 updates")
         plain_updates = sum(len(plain.history[tag]) for tag in TAGS)
         banded_updates = sum(len(banded.history[tag]) for tag in TAGS)
         assert banded_updates == len(TAGS), "only the initial value of each tag"
@@ -142,17 +139,18 @@ def test_bad_status_is_stored_as_not_good_and_reported(
 ) -> None:
     async def scenario() -> None:
         async with running(source_for(line_simulator.endpoint)) as source:
-            await until(lambda: set(source.latest) == set(TAGS), 15, "all tags")
+            await wait_until_async(lambda: set(source.latest) == set(TAGS), 15, what="all tags")
             await write_string(line_simulator.endpoint, "ns=2;s=line1.fault_tag", "zone2_temp_c")
-            await until(lambda: source.latest["zone2_temp_c"].status == "BadSensorFailure", 10,
-                        "the fault")
+            await wait_until_async(
+                lambda: source.latest["zone2_temp_c"].status == "BadSensorFailure", 10,
+                what="the fault")
             assert not source.latest["zone2_temp_c"].good
             assert source.bad_tags == {"zone2_temp_c": "BadSensorFailure"}
             assert "zone2_temp_c=BadSensorFailure" in source.state.detail
             assert source.latest["zone1_temp_c"].good
 
             await write_string(line_simulator.endpoint, "ns=2;s=line1.fault_tag", "")
-            await until(lambda: source.latest["zone2_temp_c"].good, 10, "recovery")
+            await wait_until_async(lambda: source.latest["zone2_temp_c"].good, 10, what="recovery")
             assert source.bad_tags == {}
             assert "BadSensorFailure" not in source.state.detail
 
@@ -170,23 +168,28 @@ def test_source_reconnects_after_server_restart_and_records_one_gap(
     async def scenario() -> None:
         source = OpcUaSource(config_for(line_simulator.endpoint), on_gap=record)
         async with running(source):
-            await until(lambda: set(source.latest) == set(TAGS), 15, "all tags")
+            await wait_until_async(lambda: set(source.latest) == set(TAGS), 15, what="all tags")
             killed_at = time.time()
             line_simulator.stop()
-            await until(lambda: source.state.state == "reconnecting", 15, "loss detected")
+            await wait_until_async(lambda: source.state.state == "reconnecting", 15,
+                                   what="loss detected")
             assert source.state.detail, "the reason is reported"
             assert not source.latest["zone1_temp_c"].good, "stale values are not good"
-            await asyncio.sleep(2)  # down long enough for several failed attempts
+            await wait_until_async(lambda: source.reconnects >= 3, 15,
+                                   what="several failed reconnection attempts")
             restarted = await asyncio.to_thread(start_line_simulator, line_simulator.port)
             back_at = time.time()
             try:
                 seen_before = source.latest["zone1_temp_c"].received_at
-                await until(lambda: source.latest["zone1_temp_c"].received_at > seen_before, 10,
-                            "values within 10 s of the server's return")
+                await wait_until_async(
+                    lambda: source.latest["zone1_temp_c"].received_at > seen_before, 10,
+                    what="values within 10 s of the server's return")
                 assert source.state.state == "connected"
-                await until(lambda: source.bad_tags == {}, 5, "all tags good again")
+                await wait_until_async(lambda: source.bad_tags == {}, 5,
+                                       what="all tags good again")
                 assert source.state.detail == source.config.endpoint
-                await asyncio.sleep(1.0)  # a second gap would show up by now
+                # Letting time pass is the check here: a second gap would show up by now.
+                await asyncio.sleep(1.0)
             finally:
                 restarted.stop()
         assert len(gaps) == 1
@@ -210,11 +213,12 @@ def test_keepalives_confirm_a_value_that_does_not_change(
 
     async def scenario() -> None:
         async with running(source_for(line_simulator.endpoint, nodes=nodes)) as source:
-            await until(lambda: "zone2_setpoint" in source.latest, 15, "the setpoint's value")
+            await wait_until_async(lambda: "zone2_setpoint" in source.latest, 15,
+                                   what="the setpoint's value")
             first = source.latest["zone2_setpoint"]
-            await asyncio.sleep(3)
+            await wait_until_async(lambda: source.confirmed_at > first.received_at + 2, 10,
+                                   what="keepalives confirming the value for over 2 s")
             assert source.latest["zone2_setpoint"].received_at == first.received_at
-            assert source.confirmed_at > first.received_at + 2
             assert source.confirmed_at <= time.time()
 
     asyncio.run(scenario())
@@ -223,8 +227,11 @@ def test_keepalives_confirm_a_value_that_does_not_change(
 def test_history_keeps_only_the_configured_seconds(line_simulator: LineSimulatorProcess) -> None:
     async def scenario() -> None:
         async with running(source_for(line_simulator.endpoint, history_s=1.0)) as source:
-            await until(lambda: set(source.latest) == set(TAGS), 15, "all tags")
-            await asyncio.sleep(3)
+            await wait_until_async(lambda: set(source.latest) == set(TAGS), 15, what="all tags")
+            first = source.latest["zone2_temp_c"]
+            await wait_until_async(
+                lambda: source.latest["zone2_temp_c"].source_time > first.source_time + 2, 10,
+                what="values spanning over twice the history's length")
             window = source.history["zone2_temp_c"]
             assert len(window) >= 2
             assert window[-1].source_time - window[0].source_time <= 1.0
@@ -240,7 +247,7 @@ def test_setpoint_write_returns_the_previous_value(line_simulator: LineSimulator
     async def scenario() -> None:
         source = source_for(line_simulator.endpoint, setpoints=setpoints)
         async with running(source):
-            await until(lambda: source.state.state == "connected", 15, "connection")
+            await wait_until_async(lambda: source.state.state == "connected", 15, what="connection")
             initial = await source.write("zone2_temp_c", 190.0)
             assert initial == pytest.approx(187.56)  # the first row of line_history.csv
             assert await source.write("zone2_temp_c", 191.5) == pytest.approx(190.0)
@@ -260,7 +267,7 @@ def test_refused_or_impossible_setpoint_writes_raise(line_simulator: LineSimulat
         with pytest.raises(SetpointWriteError, match="not connected"):
             await source.write("zone1_temp_c", 1.0)
         async with running(source):
-            await until(lambda: source.state.state == "connected", 15, "connection")
+            await wait_until_async(lambda: source.state.state == "connected", 15, what="connection")
             with pytest.raises(SetpointWriteError, match=r"refused.*Bad"):
                 await source.write("zone1_temp_c", 1.0)
             with pytest.raises(SetpointWriteError, match="no setpoint node"):
@@ -293,7 +300,8 @@ def test_secure_source_connects_with_the_right_credentials(
 
     async def scenario() -> None:
         async with running(source):
-            await until(lambda: set(source.latest) == set(TAGS), 20, "all tags over Basic256Sha256")
+            await wait_until_async(lambda: set(source.latest) == set(TAGS), 20,
+                                   what="all tags over Basic256Sha256")
             assert source.state.state == "connected"
 
     asyncio.run(scenario())
@@ -305,7 +313,7 @@ def test_secure_source_reports_wrong_password_as_failed(secure_simulator: Any) -
 
     async def scenario() -> None:
         async with running(source):
-            await until(lambda: source.state.state == "failed", 20, "the refusal")
+            await wait_until_async(lambda: source.state.state == "failed", 20, what="the refusal")
             assert "BadUserAccessDenied" in source.state.detail
             assert source.latest == {}
 
@@ -320,8 +328,8 @@ def test_anonymous_client_is_refused_by_a_server_that_requires_users(
 
     async def scenario() -> None:
         async with running(source):
-            await until(lambda: source.state.state in ("failed", "reconnecting")
-                        and source.state.detail != simulator.endpoint, 20, "the refusal")
+            await wait_until_async(lambda: source.state.state in ("failed", "reconnecting")
+                        and source.state.detail != simulator.endpoint, 20, what="the refusal")
             assert "Bad" in source.state.detail or "Error" in source.state.detail
 
     asyncio.run(scenario())
@@ -360,13 +368,15 @@ def test_a_hung_server_is_detected_by_silence_and_the_session_rebuilt(
     async def scenario() -> None:
         source = OpcUaSource(config_for(line_simulator.endpoint), on_gap=record)
         async with running(source):
-            await until(lambda: set(source.latest) == set(TAGS), 15, "all tags")
+            await wait_until_async(lambda: set(source.latest) == set(TAGS), 15, what="all tags")
             line_simulator.process.send_signal(signal.SIGSTOP)  # socket open, nothing answers
             try:
-                await until(lambda: source.state.state == "reconnecting", 8, "silence detected")
+                await wait_until_async(lambda: source.state.state == "reconnecting", 8,
+                                       what="silence detected")
             finally:
                 line_simulator.process.send_signal(signal.SIGCONT)
-            await until(lambda: source.latest["zone1_temp_c"].good, 10, "values again")
+            await wait_until_async(lambda: source.latest["zone1_temp_c"].good, 10,
+                                   what="values again")
         assert len(gaps) == 1 and gaps[0].duration_s > 1
 
     asyncio.run(scenario())

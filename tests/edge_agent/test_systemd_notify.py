@@ -18,6 +18,7 @@ import pytest
 
 from edge_agent.kernel import systemd
 from tests.conftest import Mosquitto
+from tests.helpers import wait_until, wait_until_async
 
 BIN = Path(sys.executable).parent
 
@@ -48,14 +49,16 @@ class FakeSystemd:
         return [text for _, text in list(self.messages)]
 
     def wait_for(self, predicate, timeout_s: float, what: str) -> list[str]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        """The datagrams received, once `predicate` holds for them."""
+        def matching() -> list[str] | None:
             texts = self.texts()
-            if predicate(texts):
-                return texts
-            time.sleep(0.05)
-        raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; "
-                             f"received {self.texts()}")
+            return texts if predicate(texts) else None
+
+        return wait_until(matching, timeout_s,
+                          what=lambda: f"{what}; received {self.texts()}")
+
+    def pings_after(self, moment: float) -> int:
+        return sum(at >= moment and text == "WATCHDOG=1" for at, text in list(self.messages))
 
     def close(self) -> None:
         self._closed.set()
@@ -121,16 +124,17 @@ def test_a_stalled_event_loop_sends_no_watchdog_pings(fake_systemd: FakeSystemd,
     async def ping_then_stall() -> tuple[float, float]:
         watchdog = systemd.start_watchdog()
         assert watchdog is not None
-        await asyncio.sleep(0.5)
+        await wait_until_async(lambda: fake_systemd.pings_after(0) >= 5, 5,
+                               what="five pings before the stall")
         stalled_from = time.monotonic()
-        time.sleep(0.6)  # a blocking call on the loop, as a hung inference would be
+        time.sleep(0.6)  # the thing under test: a blocking call, as a hung inference would be
         stalled_until = time.monotonic()
-        await asyncio.sleep(0.3)
+        await wait_until_async(lambda: fake_systemd.pings_after(stalled_until), 5,
+                               what="a ping once the loop runs again")
         watchdog.cancel()
         return stalled_from, stalled_until
 
     stalled_from, stalled_until = asyncio.run(ping_then_stall())
-    fake_systemd.wait_for(lambda t: _count(t, "WATCHDOG=1") >= 10, 2, "pings before and after")
     pings = [at for at, text in fake_systemd.messages if text == "WATCHDOG=1"]
     before = [at for at in pings if at < stalled_from]
     during = [at for at in pings if stalled_from + 0.05 < at < stalled_until]

@@ -12,13 +12,7 @@ from edge_agent.kernel.transport import BrokerConfig, NotConnected, Will
 from edge_agent.kernel.transport.memory import MemoryBroker, MemoryTransport
 from edge_agent.kernel.transport.mqtt import MqttTransport
 from tests.conftest import Mosquitto
-
-
-async def until(predicate, timeout_s: float, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
+from tests.helpers import wait_until_async
 
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
@@ -37,7 +31,7 @@ def test_message_published_right_after_subscribe_is_received(mosquitto: Mosquitt
 
         await a.subscribe("t/+/x", on_message)
         await b.publish("t/1/x", b"hello")
-        await until(lambda: received, 5, "delivery")
+        await wait_until_async(lambda: received, 5, what="delivery")
         assert received == [("t/1/x", b"hello")]
         for client in (a, b):
             await client.stop()
@@ -67,15 +61,15 @@ def test_subscriptions_survive_a_broker_restart(mosquitto: Mosquitto) -> None:
         await listener.start()
         assert await listener.wait_connected(10)
         mosquitto.stop()
-        await until(lambda: not listener.connected, 10, "disconnect noticed")
+        await wait_until_async(lambda: not listener.connected, 10, what="disconnect noticed")
         await asyncio.to_thread(mosquitto.start)
         assert await listener.wait_connected(15)
         sender = MqttTransport(config, "sender", persistent_session=False)
         await sender.start()
         assert await sender.wait_connected(10)
-        await until(lambda: listener.connected, 5, "listener connected")
+        await wait_until_async(lambda: listener.connected, 5, what="listener connected")
         await sender.publish("plant/after", b"again")
-        await until(lambda: received == [b"again"], 10, "delivery after restart")
+        await wait_until_async(lambda: received == [b"again"], 10, what="delivery after restart")
         await sender.stop()
         await listener.stop()
 
@@ -99,7 +93,7 @@ def test_last_will_is_published_when_a_client_vanishes(mosquitto: Mosquitto) -> 
         assert await doomed.wait_connected(10)
         # Drop the socket without DISCONNECT, as a killed process would.
         doomed._client.socket().close()
-        await until(lambda: wills == [b"offline"], 20, "last will")
+        await wait_until_async(lambda: wills == [b"offline"], 20, what="last will")
         doomed._client.loop_stop()
         await watcher.stop()
 
@@ -130,8 +124,8 @@ def shared_scenario(make: Callable[[str], object]) -> Callable[[], Awaitable[Non
         sent = [f"m{i}".encode() for i in range(20)]
         for payload in sent:
             await sender.publish("plant/devices/gw-1/uplink", payload)
-        await until(lambda: len(got["member-a"]) + len(got["member-b"]) == 20
-                    and len(got["watcher"]) == 20, 10, "every message")
+        await wait_until_async(lambda: len(got["member-a"]) + len(got["member-b"]) == 20
+                               and len(got["watcher"]) == 20, 10, what="every message")
         assert sorted(got["member-a"] + got["member-b"]) == sorted(sent)  # each once
         assert got["member-a"] and got["member-b"]  # shared between the two
         for client in (*members, watcher, sender):

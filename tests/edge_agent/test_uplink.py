@@ -10,15 +10,9 @@ from edge_agent.config import UplinkConfig
 from edge_agent.kernel.contract import BatchAck, Topics, UplinkBatch, decode, encode
 from edge_agent.kernel.transport.memory import MemoryBroker, MemoryTransport
 from edge_agent.uplink import Uplink
+from tests.helpers import wait_until_async
 
 TOPICS = Topics()
-
-
-async def wait_for(predicate, timeout_s: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 async def start(tmp_path: Path, ack: bool, ack_timeout_s: float = 10.0):
@@ -50,7 +44,7 @@ def test_records_are_sent_in_batches_and_deleted_once_acked(tmp_path: Path) -> N
         buffer, uplink, received, task = await start(tmp_path, ack=True)
         for i in range(25):
             await buffer.append("prediction", {"i": i})
-        await wait_for(lambda: uplink.stats.acked_records == 25)
+        await wait_until_async(lambda: uplink.stats.acked_records == 25, what="25 records acked")
         assert (await buffer.health()).depth == 0
         seqs = [r.seq for batch in received for r in batch.records]
         assert seqs == sorted(set(seqs)) and len(seqs) == 25
@@ -66,7 +60,7 @@ def test_unacked_batch_is_resent_and_kept_until_acked(tmp_path: Path) -> None:
     async def scenario() -> None:
         buffer, uplink, received, task = await start(tmp_path, ack=False, ack_timeout_s=0.2)
         await buffer.append("prediction", {"i": 1})
-        await wait_for(lambda: len(received) >= 3)
+        await wait_until_async(lambda: len(received) >= 3, what="the batch sent three times")
         assert {b.records[0].seq for b in received} == {1}
         assert uplink.stats.resent_batches >= 2
         assert (await buffer.health()).depth == 1
@@ -80,7 +74,7 @@ def test_malformed_ack_is_rejected_and_nothing_deleted(tmp_path: Path) -> None:
     async def scenario() -> None:
         buffer, uplink, received, task = await start(tmp_path, ack=False)
         await buffer.append("prediction", {"i": 1})
-        await wait_for(lambda: len(received) == 1)
+        await wait_until_async(lambda: len(received) == 1, what="the batch sent")
         foreign = BatchAck(device_id="gw2", batch_id="x", acked_seqs=[1])
         sender = MemoryTransport(uplink._transport._broker)
         await sender.start()
@@ -98,7 +92,8 @@ def test_uplink_stops_when_cancelled_as_it_is_woken(tmp_path: Path) -> None:
     """A cancel arriving in the same loop turn as a wake-up must still stop the task."""
     async def scenario() -> None:
         buffer, uplink, _, task = await start(tmp_path, ack=True)
-        await asyncio.sleep(0.1)  # idle: waiting to be woken
+        await wait_until_async(lambda: uplink._wake._waiters,  # type: ignore[attr-defined]
+                               what="the uplink idle, waiting to be woken")
         uplink._wake.set()
         task.cancel()
         done, _ = await asyncio.wait([task], timeout=2)
