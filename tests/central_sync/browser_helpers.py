@@ -22,8 +22,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 @contextlib.contextmanager
 def logged_in_page(db: CentralDB, user: str, password: str, path: str,
                    viewport: tuple[int, int] = (1600, 900)) -> Iterator[tuple[Any, Any]]:
-    """(page, playwright.sync_api): central serving `db` on a free port, the page opened at
-    `path` and logged in through the form. Skips when Chromium or Playwright is missing."""
+    """(page, playwright.sync_api): central serving `db` on a free port, logged in through the
+    form and back on `path`, loaded. Skips when Chromium or Playwright is missing."""
     if not CHROMIUM.exists():
         pytest.skip("Debian's Chromium is not installed (/usr/bin/chromium): "
                     "deploy/setup.sh --test installs it")
@@ -37,10 +37,12 @@ def logged_in_page(db: CentralDB, user: str, password: str, path: str,
         with sync_api.sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
             page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
-            page.goto(f"http://127.0.0.1:{port}{path}")
+            target = f"http://127.0.0.1:{port}{path}"
+            page.goto(target)  # central sends a stranger to its login form
             page.fill("input[name=username]", user)
             page.fill("input[name=password]", password)
             page.click("button[type=submit]")
+            page.wait_for_url(target)  # logged in, back on the page asked for, loaded
             yield page, sync_api
             browser.close()
     finally:

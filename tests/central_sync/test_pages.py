@@ -80,10 +80,10 @@ def test_rollout_page_follows_the_rollout_live_in_chromium(db: CentralDB,
         db.update_rollout(rollout.rollout_id, "engine", "running", "wave 2 under way",
                           current_wave=1)
         state = page.locator("#rollout-state")
-        sync_api.expect(state).to_contain_text("wave 2 of 2", timeout=10_000)
+        sync_api.expect(state).to_contain_text("wave 2 of 2", timeout=20_000)  # polls every 2 s
         sync_api.expect(page.locator("#rollout-devices")).to_contain_text("succeeded")
         db.update_rollout(rollout.rollout_id, "engine", "completed", "every wave passed")
-        sync_api.expect(state).to_contain_text("completed", timeout=10_000)
+        sync_api.expect(state).to_contain_text("completed", timeout=20_000)
         page.screenshot(path=str(tmp_path / "rollout.png"))
         shutil.copy(tmp_path / "rollout.png", "/tmp/central_rollout.png")
 
@@ -174,7 +174,9 @@ def test_every_page_fits_a_1080p_screen_in_chromium(db: CentralDB, tmp_path: Pat
              f"/rollouts/{rollout.rollout_id}", "/recommendations", "/audit", "/review"]
     with logged_in_page(db, "otto", PASSWORD, "/", (1920, 1080)) as (page, sync_api):
         for path in pages:
-            page.goto(page.url.split("/", 3)[0] + "//" + page.url.split("/", 3)[2] + path)
+            url = page.url.split("/", 3)[0] + "//" + page.url.split("/", 3)[2] + path
+            page.goto(url)
+            sync_api.expect(page).to_have_url(url)  # this page, not the login form
             sync_api.expect(page.locator("h1")).to_be_visible()
             width = page.evaluate("() => document.documentElement.scrollWidth")
             assert width <= 1920, f"{path} is {width} px wide"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -24,20 +25,28 @@ def test_quality_engineer_labels_defects_with_the_keyboard_in_chromium(
     db.add_user("anna", hash_password(PASSWORD), "quality", by="admin")
     shots = tmp_path / "screenshots"
     with logged_in_page(db, "anna", PASSWORD, "/review", (1920, 1080)) as (page, sync_api):
-        sync_api.expect(page.get_by_text("60 defects match")).to_be_visible()
-        cards = page.locator(".card")
-        sync_api.expect(cards).to_have_count(48)
-        sync_api.expect(cards.nth(0)).to_be_focused()  # the page's script is running
+        expect = sync_api.expect
+        grid, cards = page.locator("#grid"), page.locator(".card")
+        expect(page.get_by_text("60 defects match")).to_be_visible()
+        expect(cards).to_have_count(48)
+        expect(grid).to_have_attribute("data-ready", "true")  # the page's keys work now
+        expect(cards.nth(0)).to_be_focused()
         page.keyboard.press("c")  # the newest (seq 60): confirmed, focus moves on
-        sync_api.expect(cards.nth(0)).to_have_class("card confirmed")
+        expect(cards.nth(0)).to_have_class("card confirmed")
+        expect(cards.nth(1)).to_be_focused()
         page.keyboard.press("f")  # seq 59: false alarm
-        sync_api.expect(cards.nth(1)).to_have_class("card false_alarm")
+        expect(cards.nth(1)).to_have_class("card false_alarm")
+        expect(cards.nth(2)).to_be_focused()
         page.keyboard.press("r")
+        expect(cards.nth(2).locator(".verdict")).to_contain_text("relabel as: 1 ")
         page.keyboard.press("1")  # seq 58 relabelled as the first class in the menu
-        sync_api.expect(cards.nth(2)).to_have_class("card relabelled")
+        expect(cards.nth(2)).to_have_class("card relabelled")
+        expect(cards.nth(3)).to_be_focused()
         page.keyboard.press("ArrowLeft")
+        expect(cards.nth(2)).to_be_focused()
         page.keyboard.press("c")  # changed its mind: seq 58 confirmed after all
-        sync_api.expect(cards.nth(2)).to_have_class("card confirmed")
+        expect(cards.nth(2)).to_have_class("card confirmed")
+        expect(cards.nth(3)).to_be_focused()
         shots.mkdir()
         page.screenshot(path=str(shots / "review.png"))
         shutil.copy(shots / "review.png", "/tmp/central_review.png")
@@ -49,10 +58,16 @@ def test_quality_engineer_labels_defects_with_the_keyboard_in_chromium(
             "manifest.csv", "manifest.json"]
         page.select_option("select[name=verdict]", "unreviewed")
         page.get_by_role("button", name="Filter").click()
-        sync_api.expect(page.get_by_text("57 defects match")).to_be_visible()
+        page.wait_for_url(re.compile(r"/review\?.*verdict=unreviewed"))
+        expect(page.get_by_text("57 defects match")).to_be_visible()
+        expect(cards).to_have_count(48)
+        expect(grid).to_have_attribute("data-ready", "true")  # the filtered page's keys work
         page.keyboard.press("n")  # the next page: the 9 oldest unreviewed
-        sync_api.expect(cards).to_have_count(9)
-        sync_api.expect(cards.nth(0)).to_be_focused()
+        page.wait_for_url(re.compile(r"/review\?.*after="))
+        expect(cards).to_have_count(9)
+        expect(grid).to_have_attribute("data-ready", "true")
+        expect(cards.nth(0)).to_be_focused()
     verdicts = {seq: db.get_defect("gw-1", seq).verdict for seq in (60, 59, 58, 57)}  # type: ignore[union-attr]
     assert verdicts == {60: "confirmed", 59: "false_alarm", 58: "confirmed", 57: None}
-    wait_until(lambda: len([e for e in db.list_audit() if e["action"] == "defect.label"]) == 4)
+    wait_until(lambda: len([e for e in db.list_audit() if e["action"] == "defect.label"]) == 4,
+               what="four labels in the audit log")

@@ -392,18 +392,21 @@ def test_operator_accepts_in_chromium_and_the_answer_is_uplinked(
         page = browser.new_page(viewport={"width": 1920, "height": 1080})
         page.goto(url)
         page.fill("#operator-name", "Anna")
-        page.click("text=Save")
+        with page.expect_navigation():  # the form posts, the gateway sends the page back
+            page.click("text=Save")
+        sync_api.expect(page.locator("#operator-name")).to_have_value("Anna")
         sync_api.expect(page.locator("h2", has_text="No recommendation")).to_be_visible()
         # Offered after the page loaded: the live part shows it without a reload.
         asyncio.run_coroutine_threadsafe(pipeline.board.offer(offered), loop).result(10)
         accept = page.get_by_role("button", name="Accept")
-        sync_api.expect(accept).to_be_visible(timeout=10_000)
+        sync_api.expect(accept).to_be_visible(timeout=20_000)  # the live part polls every 1 s
         page.screenshot(path=str(shots / "open.png"))
         shutil.copy(shots / "open.png", "/tmp/operator_page.png")
         size = page.evaluate("() => [document.documentElement.scrollWidth, "
                              "parseFloat(getComputedStyle(document.querySelector("
                              "'.changes')).fontSize)]")
-        accept.click()
+        with page.expect_navigation():
+            accept.click()
         sync_api.expect(page.get_by_text("Last one accepted by Anna")).to_be_visible()
         page.screenshot(path=str(shots / "answered.png"))
         shutil.copy(shots / "answered.png", "/tmp/operator_page_answered.png")

@@ -56,4 +56,6 @@
     } else return;
     event.preventDefault();
   });
+  // From here on the keys work: a browser test waits for this before it presses them.
+  grid.dataset.ready = "true";
 })();
