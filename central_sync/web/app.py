@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from central_sync import __version__
 from central_sync.db import CentralDB, DeviceSummary
 from central_sync.metrics import central_registry
-from central_sync.web.auth import api_reader
+from central_sync.web.auth import api_reader, login_router
 from central_sync.web.pages import model_health, pages_router
 from central_sync.web.review import review_router
 
@@ -94,6 +94,7 @@ def create_app(
                                 + (f" {version}" if version else "") + " in this period")
         return found[0]
 
+    app.include_router(login_router(db))
     app.include_router(review_router(db))
     app.include_router(pages_router(db, offline_after_s))
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")

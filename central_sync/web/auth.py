@@ -1,13 +1,24 @@
-"""Who is asking: the session behind the request's cookie, as FastAPI dependencies."""
+"""Logging in to central's pages, and who is asking: the session behind the request's cookie
+(or an API token), as FastAPI dependencies.
 
+Sessions are an HttpOnly, SameSite=Strict cookie; logging out also needs the session's CSRF
+token, so another site cannot end a session.
+"""
+
+import logging
+import time
 from collections.abc import Callable
 from urllib.parse import urlencode
 
-from fastapi import HTTPException, Request
+from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from central_sync.accounts import token_digest
+from central_sync.accounts import csrf_ok, log_in, token_digest
 from central_sync.db import CentralDB
 from central_sync.db.accounts import Session
+from central_sync.web.rendering import templates
+
+log = logging.getLogger(__name__)
 
 COOKIE = "central_session"
 
@@ -62,3 +73,45 @@ def api_reader(db: CentralDB) -> Callable[[Request], Session | None]:
         return session
 
     return reader
+
+
+def login_router(db: CentralDB) -> APIRouter:
+    """The login page, logging in (the session cookie) and logging out."""
+    router = APIRouter()
+    session_of, _, _ = session_dependencies(db)
+
+    @router.get("/login", response_class=HTMLResponse)
+    def login_page(next: str = "/review", error: str = "") -> str:
+        return templates.get_template("login.html").render(next=_local(next), error=error)
+
+    @router.post("/login")
+    def login(request: Request, username: str = Form(...), password: str = Form(...),
+              next: str = Form("/review")) -> Response:
+        opened = log_in(db, username, password)
+        if opened is None:
+            log.warning("login refused user=%s from=%s", username,
+                        request.client.host if request.client else "?")
+            return RedirectResponse("/login?" + urlencode(
+                {"next": _local(next), "error": "wrong user name or password"}), 303)
+        token, session = opened
+        reply = RedirectResponse(_local(next), 303)
+        reply.set_cookie(COOKIE, token, max_age=int(session.expires_at - time.time()),
+                         httponly=True, samesite="strict",
+                         secure=request.url.scheme == "https")
+        return reply
+
+    @router.post("/logout")
+    def logout(request: Request, csrf: str = Form("")) -> Response:
+        session = session_of(request)
+        if session is not None and csrf_ok(session, csrf):
+            db.end_session(token_digest(request.cookies[COOKIE]))
+        reply = RedirectResponse("/login", 303)
+        reply.delete_cookie(COOKIE)
+        return reply
+
+    return router
+
+
+def _local(target: str) -> str:
+    """Only a path on this site: a login never sends anyone elsewhere."""
+    return target if target.startswith("/") and not target.startswith("//") else "/review"

@@ -1,9 +1,8 @@
-"""Central's pages for people: log in, review defects with the keyboard, label, export.
+"""Central's defect review: browse defects with the keyboard, label them, export them.
 
-Sessions are an HttpOnly, SameSite=Strict cookie; every change also carries the session's CSRF
-token (a header from the page's script, a field in forms). Quality users label, viewers look.
+Every label also carries the session's CSRF token (a header from the page's script). Quality
+users label, viewers look.
 """
-
 
 import base64
 import csv
@@ -18,12 +17,12 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict
 from starlette.background import BackgroundTask
 
-from central_sync.accounts import csrf_ok, log_in, token_digest
+from central_sync.accounts import csrf_ok
 from central_sync.db import CentralDB
 from central_sync.db.accounts import Session
 from central_sync.db.review import (
@@ -34,7 +33,7 @@ from central_sync.db.review import (
     UnknownDefect,
     parse_cursor,
 )
-from central_sync.web.auth import COOKIE, session_dependencies
+from central_sync.web.auth import session_dependencies
 from central_sync.web.charts import defect_rate_chart
 from central_sync.web.rendering import templates
 from edge_agent.kernel.contract import ID_PATTERN
@@ -56,36 +55,7 @@ class LabelRequest(BaseModel):
 def review_router(db: CentralDB) -> APIRouter:
     router = APIRouter()
 
-    session_of, viewer, quality = session_dependencies(db)
-
-    @router.get("/login", response_class=HTMLResponse)
-    def login_page(next: str = "/review", error: str = "") -> str:
-        return templates.get_template("login.html").render(next=_local(next), error=error)
-
-    @router.post("/login")
-    def login(request: Request, username: str = Form(...), password: str = Form(...),
-              next: str = Form("/review")) -> Response:
-        opened = log_in(db, username, password)
-        if opened is None:
-            log.warning("login refused user=%s from=%s", username,
-                        request.client.host if request.client else "?")
-            return RedirectResponse("/login?" + urlencode(
-                {"next": _local(next), "error": "wrong user name or password"}), 303)
-        token, session = opened
-        reply = RedirectResponse(_local(next), 303)
-        reply.set_cookie(COOKIE, token, max_age=int(session.expires_at - time.time()),
-                         httponly=True, samesite="strict",
-                         secure=request.url.scheme == "https")
-        return reply
-
-    @router.post("/logout")
-    def logout(request: Request, csrf: str = Form("")) -> Response:
-        session = session_of(request)
-        if session is not None and csrf_ok(session, csrf):
-            db.end_session(token_digest(request.cookies[COOKIE]))
-        reply = RedirectResponse("/login", 303)
-        reply.delete_cookie(COOKIE)
-        return reply
+    _, viewer, quality = session_dependencies(db)
 
     @router.get("/review", response_class=HTMLResponse)
     def review(request: Request, session: Annotated[Session, Depends(viewer)],
@@ -212,8 +182,3 @@ def _cursor(after: str | None) -> tuple[float, str, int] | None:
         return parse_cursor(after)
     except ValueError:
         raise HTTPException(422, "the page link is damaged; start from /review") from None
-
-
-def _local(target: str) -> str:
-    """Only a path on this site: a login never sends anyone elsewhere."""
-    return target if target.startswith("/") and not target.startswith("//") else "/review"
