@@ -9,10 +9,8 @@ from typing import Any, Literal
 
 from edge_agent import __version__, web
 from edge_agent.buffer import Buffer
-from edge_agent.config import AgentConfig, OpcUaSourceConfig, ProcessPipelineConfig
-from edge_agent.deployer import Deployer
-from edge_agent.inference.process import ProcessPipeline
-from edge_agent.inference.vision_pipeline import VisionPipeline
+from edge_agent.config import AgentConfig, OpcUaSourceConfig
+from edge_agent.deployment.deployer import Deployer
 from edge_agent.kernel import systemd
 from edge_agent.kernel.contract import (
     RECORD_SOURCE_GAP,
@@ -26,8 +24,10 @@ from edge_agent.kernel.httpserver import WebServer
 from edge_agent.kernel.transport import NotConnected, Transport, Will
 from edge_agent.kernel.transport.mqtt import MqttTransport
 from edge_agent.lifecycle import ModelWatch
-from edge_agent.metrics import AgentMetrics
+from edge_agent.metrics import AgentMetrics, AgentSnapshot
 from edge_agent.model_store import ModelStore
+from edge_agent.pipelines.base import Pipeline, PipelineContext
+from edge_agent.pipelines.registry import build_pipeline
 from edge_agent.recommendations import AnswerError
 from edge_agent.sources.camera import CameraSource
 from edge_agent.sources.opcua import OpcUaSource
@@ -35,30 +35,7 @@ from edge_agent.uplink import Uplink
 
 log = logging.getLogger(__name__)
 
-
-def pipeline_status(pipeline: ProcessPipeline | VisionPipeline) -> dict[str, Any]:
-    """What the status page and `/api/status` show of one pipeline."""
-    common = {"name": pipeline.name, "type": pipeline.config.type,
-              "model": pipeline.config.model, "state": pipeline.status.state,
-              "detail": pipeline.status.detail}
-    if isinstance(pipeline, VisionPipeline):
-        status = pipeline.status
-        return {**common, "camera": pipeline.camera.name, "frames": status.frames,
-                "defects": status.defects, "samples": status.samples,
-                "last_result": status.last_result,
-                "recent_defects": [{"number": d.number, "at": d.at, "roi": d.roi,
-                                    "label": d.label, "confidence": d.confidence}
-                                   for d in pipeline.recent_defects]}
-    board = pipeline.board
-    return {**common, "predictions": pipeline.status.predictions,
-            "last_prediction": pipeline.status.last_prediction,
-            "recommendation": (board.open.model_dump(mode="json")
-                               if board is not None and board.open is not None else None),
-            "recent_answers": ([a.answer.model_dump(mode="json") for a in board.recent]
-                               if board is not None else []),
-            "search": pipeline.status.recommendation,
-            "last_write": pipeline.status.last_write,
-            "writes_this_hour": pipeline.status.writes_this_hour}
+OFFLINE_PUBLISH_TIMEOUT_S = 3.0  # stopping must not hang on a broker that is gone
 
 
 class Agent:
@@ -82,26 +59,15 @@ class Agent:
             for s in config.sources
         }
         self.watch = ModelWatch()
-        self.pipelines: list[ProcessPipeline | VisionPipeline] = []
-        for p in config.pipelines:
-            source = self.sources[p.source]
-            if isinstance(p, ProcessPipelineConfig):
-                assert isinstance(source, OpcUaSource)
-                self.pipelines.append(ProcessPipeline(
-                    p, source.latest, self.store, self.buffer, self.watch,
-                    history=source.history, confirmed_at=lambda s=source: s.confirmed_at,
-                    writer=source.write, nodes=source.config.setpoints,
-                    stats_interval_s=config.monitoring_interval_s))
-            else:
-                assert isinstance(source, CameraSource)
-                self.pipelines.append(VisionPipeline(
-                    p, source, self.store, self.buffer, self.watch,
-                    stats_interval_s=config.monitoring_interval_s))
+        context = PipelineContext(self.store, self.buffer, self.watch,
+                                  config.monitoring_interval_s)
+        self.pipelines: list[Pipeline] = [build_pipeline(p, self.sources[p.source], context)
+                                          for p in config.pipelines]
         self.uplink = Uplink(self.device_id, self.topics, self.transport, self.buffer,
                              config.uplink)
         self.deployer = Deployer(self.device_id, self.topics, self.transport, self.store,
                                  self.buffer, config.security.verifier(), self.watch)
-        self.metrics = AgentMetrics(self)
+        self.metrics = AgentMetrics(self.metrics_snapshot)
 
     async def _record_gap(self, gap: SourceGapPayload) -> None:
         await self.buffer.append(RECORD_SOURCE_GAP, gap.model_dump())
@@ -122,8 +88,19 @@ class Agent:
         """Everything the status page and `/api/status` show."""
         return {
             "device": (await self.status()).model_dump(mode="json"),
-            "pipelines": [pipeline_status(p) for p in self.pipelines],
+            "pipelines": [p.snapshot().document() for p in self.pipelines],
         }
+
+    async def metrics_snapshot(self) -> AgentSnapshot:
+        """The agent's state now for `/metrics`: device status (buffer and uplink health),
+        pipelines and counters."""
+        return AgentSnapshot(
+            status=await self.status(),
+            pipelines=[p.snapshot() for p in self.pipelines],
+            resent_batches=self.uplink.stats.resent_batches,
+            rejected_messages={"uplink": self.uplink.stats.rejected_messages,
+                               "deployer": self.deployer.rejected_messages},
+        )
 
     async def answer_recommendation(
         self, recommendation_id: str, decision: Literal["accepted", "rejected"], by: str,
@@ -131,10 +108,8 @@ class Agent:
     ) -> RecommendationAnswerPayload:
         """The operator's answer, given to the board that holds the recommendation."""
         for pipeline in self.pipelines:
-            board = pipeline.board if isinstance(pipeline, ProcessPipeline) else None
-            if board is not None and (
-                    (board.open is not None and board.open.id == recommendation_id)
-                    or any(a.recommendation.id == recommendation_id for a in board.recent)):
+            board = pipeline.board
+            if board is not None and board.knows(recommendation_id):
                 return await board.answer(recommendation_id, decision, by, comment)
         raise AnswerError(f"no open recommendation {recommendation_id}; reload the page to see "
                           "the current ones")
@@ -200,7 +175,7 @@ class Agent:
         log.info("agent stopping device=%s", self.device_id)
         # A clean disconnect suppresses the last will, so say offline ourselves.
         with contextlib.suppress(Exception):
-            async with asyncio.timeout(3):
+            async with asyncio.timeout(OFFLINE_PUBLISH_TIMEOUT_S):
                 await self.publish_status("offline")
         await self.deployer.stop()
         for task in tasks:

@@ -1,35 +1,25 @@
 """Prometheus metrics of one agent, read from its live state when `/metrics` is scraped.
 
 The buffer's SQLite connection belongs to the buffer's thread, so a scrape first gathers an
-`AgentSnapshot` on the event loop (awaiting the buffer), then renders the registry from it.
+`AgentSnapshot` on the event loop (the agent's `metrics_snapshot`, awaiting the buffer), then
+renders the registry from it.
 """
 
 from __future__ import annotations
 
 import typing
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
 from edge_agent.kernel.contract import BufferHealth, DeviceStatus, SourceState
-
-if TYPE_CHECKING:
-    from edge_agent.app import Agent
+from edge_agent.pipelines.snapshot import PipelineSnapshot
 
 SOURCE_STATES: tuple[str, ...] = typing.get_args(SourceState.model_fields["state"].annotation)
-
-
-@dataclass(frozen=True)
-class PipelineSnapshot:
-    name: str
-    state: str
-    predictions: int  # inferences: predictions of a process pipeline, frames of a vision one
-    defects: int | None = None  # vision pipelines only
-    samples: int | None = None
 
 
 @dataclass(frozen=True)
@@ -39,40 +29,21 @@ class AgentSnapshot:
     status: DeviceStatus
     pipelines: list[PipelineSnapshot]
     resent_batches: int
-    rejected_messages: dict[str, int]
-
-
-async def snapshot_of(agent: Agent) -> AgentSnapshot:
-    """The agent's state now: its device status (buffer and uplink health) and counters."""
-    return AgentSnapshot(
-        status=await agent.status(),
-        pipelines=[pipeline_snapshot(p) for p in agent.pipelines],
-        resent_batches=agent.uplink.stats.resent_batches,
-        rejected_messages={"uplink": agent.uplink.stats.rejected_messages,
-                           "deployer": agent.deployer.rejected_messages},
-    )
-
-
-def pipeline_snapshot(pipeline: Any) -> PipelineSnapshot:
-    status = pipeline.status
-    if pipeline.config.type == "vision":
-        return PipelineSnapshot(pipeline.name, status.state, status.frames, status.defects,
-                                status.samples)
-    return PipelineSnapshot(pipeline.name, status.state, status.predictions)
+    rejected_messages: dict[str, int]  # by receiver
 
 
 class AgentMetrics:
     """A private registry (several agents may share a process) rendering one agent's state."""
 
-    def __init__(self, agent: Agent) -> None:
-        self._agent = agent
+    def __init__(self, snapshot: Callable[[], Awaitable[AgentSnapshot]]) -> None:
+        self._snapshot = snapshot
         self._collector = _SnapshotCollector()
         self.registry = CollectorRegistry()
         self.registry.register(self._collector)
 
     async def exposition(self) -> bytes:
         """The Prometheus text exposition of the agent's state now."""
-        snapshot = await snapshot_of(self._agent)
+        snapshot = await self._snapshot()
         # No await between setting and rendering: concurrent scrapes cannot see each other's.
         self._collector.snapshot = snapshot
         try:
@@ -164,10 +135,10 @@ def _pipeline_families(pipelines: list[PipelineSnapshot]) -> Iterator[Any]:
     state = GaugeMetricFamily("edge_agent_pipeline_state",
                               "1 for the pipeline's current state", labels=["pipeline", "state"])
     for pipeline in pipelines:
-        predictions.add_metric([pipeline.name], pipeline.predictions)
-        if pipeline.defects is not None:
-            defects.add_metric([pipeline.name], pipeline.defects)
-            samples.add_metric([pipeline.name], pipeline.samples or 0)
+        predictions.add_metric([pipeline.name], pipeline.inferences)
+        if pipeline.vision is not None:
+            defects.add_metric([pipeline.name], pipeline.vision.defects)
+            samples.add_metric([pipeline.name], pipeline.vision.samples)
         state.add_metric([pipeline.name, pipeline.state], 1)
     yield predictions
     yield defects

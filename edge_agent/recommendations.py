@@ -56,6 +56,11 @@ class RecommendationBoard:
         self._clock = clock
         self._due: list[tuple[float, Answered]] = []  # outcomes to record, by time
 
+    def knows(self, recommendation_id: str) -> bool:
+        """Whether the recommendation is the open one or among the recently answered."""
+        return (self.open is not None and self.open.id == recommendation_id) or any(
+            a.recommendation.id == recommendation_id for a in self.recent)
+
     async def offer(self, recommendation: RecommendationPayload) -> None:
         """Show a new recommendation; one still open is superseded by it."""
         if self.open is not None:

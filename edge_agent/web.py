@@ -13,7 +13,7 @@ import hmac
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 from urllib.parse import parse_qs, urlsplit
@@ -26,9 +26,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
 from edge_agent.config import UiConfig
-from edge_agent.inference.process import ProcessPipeline
-from edge_agent.inference.vision_pipeline import RECENT_DEFECTS, VisionPipeline
 from edge_agent.kernel.contract import RecommendationAnswerPayload, RecommendationPayload
+from edge_agent.pipelines.base import Pipeline
+from edge_agent.pipelines.snapshot import RECENT_DEFECTS, PipelineSnapshot, ProcessDetails
 from edge_agent.recommendations import AnswerError
 
 StatusProvider = Callable[[], Awaitable[dict[str, Any]]]
@@ -38,6 +38,11 @@ HERE = Path(__file__).parent
 SESSION_COOKIE = "edge_agent_session"
 OPERATOR_COOKIE = "edge_agent_operator"
 DEFAULT_OPERATOR = "operator"
+DAY_S = 86400
+SESSION_MAX_AGE_S = 30 * DAY_S  # a shop-floor screen stays logged in for a month
+OPERATOR_MAX_AGE_S = 365 * DAY_S  # the name typed once on a screen is kept
+THUMBNAIL_MAX_AGE_S = DAY_S  # a defect's picture never changes under its URL
+OPERATOR_NAME_MAX_CHARS = 40  # goes into answer records and onto the page
 _PUBLIC = ("/healthz", "/login", "/static/")
 _templates = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                                 autoescape=True, trim_blocks=True, lstrip_blocks=True)
@@ -46,7 +51,8 @@ _templates = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates
 class OperatorAgent(Protocol):
     """What the page needs of the agent beyond its status document."""
 
-    pipelines: list[ProcessPipeline | VisionPipeline]
+    @property
+    def pipelines(self) -> Sequence[Pipeline]: ...
 
     async def answer_recommendation(
         self, recommendation_id: str, decision: Literal["accepted", "rejected"], by: str,
@@ -57,6 +63,9 @@ class AnswerRequest(BaseModel):
     decision: Literal["accepted", "rejected"]
     by: str = Field(min_length=1, max_length=64)
     comment: str = Field("", max_length=500)
+
+
+Page = Callable[..., Awaitable[HTMLResponse]]  # (request, template, error, status_code)
 
 
 def create_app(status: StatusProvider, metrics: MetricsProvider | None = None,
@@ -83,11 +92,24 @@ def create_app(status: StatusProvider, metrics: MetricsProvider | None = None,
 
     async def page(request: Request, template: str, error: str = "",
                    status_code: int = 200) -> HTMLResponse:
-        view = operator_view(await status(), agent, ui, time.time())
+        snapshots = [p.snapshot() for p in agent.pipelines] if agent is not None else []
+        view = operator_view(await status(), snapshots, ui, time.time())
         return HTMLResponse(_templates.get_template(template).render(
             **view, error=error, operator=operator_name(request), login=guard.required,
             refresh_s=ui.refresh_s), status_code=status_code)
 
+    _add_page_routes(app, status, page)
+    _add_login_routes(app, guard)
+    _add_operator_routes(app, agent, page)
+    if metrics is not None:
+        @app.get("/metrics")
+        async def prometheus_metrics() -> Response:
+            return Response(await metrics(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _add_page_routes(app: FastAPI, status: StatusProvider, page: Page) -> None:
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -104,6 +126,8 @@ def create_app(status: StatusProvider, metrics: MetricsProvider | None = None,
     async def live(request: Request) -> HTMLResponse:
         return await page(request, "live.html")
 
+
+def _add_login_routes(app: FastAPI, guard: Guard) -> None:
     @app.get("/login", response_class=HTMLResponse)
     async def login_form() -> HTMLResponse:
         return HTMLResponse(_templates.get_template("login.html").render(error=""))
@@ -118,7 +142,7 @@ def create_app(status: StatusProvider, metrics: MetricsProvider | None = None,
                 error="That is not the token or password set in ui.token / ui.password."),
                 status_code=401)
         response = RedirectResponse("/", status_code=303)
-        response.set_cookie(SESSION_COOKIE, guard.new_session(), max_age=30 * 86400,
+        response.set_cookie(SESSION_COOKIE, guard.new_session(), max_age=SESSION_MAX_AGE_S,
                             httponly=True, samesite="strict")
         return response
 
@@ -128,11 +152,16 @@ def create_app(status: StatusProvider, metrics: MetricsProvider | None = None,
         response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="strict")
         return response
 
+
+def _add_operator_routes(app: FastAPI, agent: OperatorAgent | None, page: Page) -> None:
+    """Who answers, the answers (form and JSON), and the defects' pictures."""
+
     @app.post("/operator")
     async def set_operator(request: Request) -> Response:
         name = clean_name((await form_fields(request)).get("name", ""))
         response = RedirectResponse("/", status_code=303)
-        response.set_cookie(OPERATOR_COOKIE, name, max_age=365 * 86400, samesite="strict")
+        response.set_cookie(OPERATOR_COOKIE, name, max_age=OPERATOR_MAX_AGE_S,
+                            samesite="strict")
         return response
 
     @app.post("/recommendations/{recommendation_id}/answer")
@@ -161,19 +190,12 @@ def create_app(status: StatusProvider, metrics: MetricsProvider | None = None,
     @app.get("/defects/{pipeline}/{number}.jpg")
     async def defect_thumbnail(pipeline: str, number: int) -> Response:
         for p in agent.pipelines if agent is not None else []:
-            if isinstance(p, VisionPipeline) and p.name == pipeline:
-                for defect in p.recent_defects:
-                    if defect.number == number:
-                        return Response(defect.thumbnail_jpeg, media_type="image/jpeg",
-                                        headers={"Cache-Control": "private, max-age=86400"})
+            vision = p.snapshot().vision if p.name == pipeline else None
+            defect = vision.defect(number) if vision is not None else None
+            if defect is not None:
+                return Response(defect.thumbnail_jpeg, media_type="image/jpeg", headers={
+                    "Cache-Control": f"private, max-age={THUMBNAIL_MAX_AGE_S}"})
         return Response("no such defect picture (only the latest are kept)", 404)
-
-    if metrics is not None:
-        @app.get("/metrics")
-        async def prometheus_metrics() -> Response:
-            return Response(await metrics(), media_type=CONTENT_TYPE_LATEST)
-
-    return app
 
 
 # --- access ----------------------------------------------------------------------------------
@@ -229,7 +251,7 @@ async def form_fields(request: Request) -> dict[str, str]:
 
 
 def clean_name(name: str) -> str:
-    name = re.sub(r"[^\w .@-]", "", name, flags=re.UNICODE).strip()[:40]
+    name = re.sub(r"[^\w .@-]", "", name, flags=re.UNICODE).strip()[:OPERATOR_NAME_MAX_CHARS]
     return name or DEFAULT_OPERATOR
 
 
@@ -333,9 +355,10 @@ def chart(title: str, unit: str, points: list[tuple[float, float]]) -> dict[str,
             "line": line, "width": CHART_WIDTH, "height": CHART_HEIGHT}
 
 
-def process_view(pipeline: ProcessPipeline, ui: UiConfig, now: float) -> dict[str, Any]:
-    board = pipeline.board
-    trend = list(pipeline.trend)
+def process_view(name: str, process: ProcessDetails, ui: UiConfig,
+                 now: float) -> dict[str, Any]:
+    """A process pipeline's part of the page: its open recommendation and its trend charts."""
+    trend = process.trend
     charts = []
     if trend:
         output = next(iter(trend[-1].outputs), None)
@@ -343,17 +366,17 @@ def process_view(pipeline: ProcessPipeline, ui: UiConfig, now: float) -> dict[st
             words, unit = tag_words(output, ui.tag_names)
             charts.append(chart(f"Predicted {words[:1].lower()}{words[1:]}", unit, [
                 (p.at, v) for p in trend if (v := p.outputs.get(output)) is not None]))
-        for tag in _trend_tags(pipeline, ui):
+        for tag in _trend_tags(process, ui):
             words, unit = tag_words(tag, ui.tag_names)
             points = [(p.at, p.inputs[tag]) for p in trend if tag in p.inputs]
             if points:
                 charts.append(chart(words, unit, points))
-    last = board.recent[0] if board is not None and board.recent else None
+    last = process.answered[0] if process.answered else None
     return {
-        "name": pipeline.name,
-        "card": (recommendation_card(board.open, ui.tag_names, now)
-                 if board is not None and board.open is not None else None),
-        "recommends": board is not None,
+        "name": name,
+        "card": (recommendation_card(process.open_recommendation, ui.tag_names, now)
+                 if process.open_recommendation is not None else None),
+        "recommends": process.recommends,
         "last_answer": None if last is None else {
             "decision": last.answer.decision, "by": last.answer.by,
             "ago": duration(now - last.answer.at)},
@@ -361,15 +384,17 @@ def process_view(pipeline: ProcessPipeline, ui: UiConfig, now: float) -> dict[st
     }
 
 
-def _trend_tags(pipeline: ProcessPipeline, ui: UiConfig) -> list[str]:
+TREND_TAGS_BY_DEFAULT = 4  # inputs charted when no recommendation names the tags that matter
+
+
+def _trend_tags(process: ProcessDetails, ui: UiConfig) -> list[str]:
     if ui.trend_tags is not None:
         return ui.trend_tags
-    board = pipeline.board
-    if board is not None and board.open is not None:
-        return [c.tag for c in board.open.changes]
-    if board is not None and board.recent:
-        return [c.tag for c in board.recent[0].recommendation.changes]
-    return list(pipeline.trend[-1].inputs)[:4]
+    if process.open_recommendation is not None:
+        return [c.tag for c in process.open_recommendation.changes]
+    if process.answered:
+        return [c.tag for c in process.answered[0].recommendation.changes]
+    return list(process.trend[-1].inputs)[:TREND_TAGS_BY_DEFAULT]
 
 
 def health_item(what: str, name: str, state: str, detail: str) -> dict[str, str]:
@@ -378,7 +403,10 @@ def health_item(what: str, name: str, state: str, detail: str) -> dict[str, str]
             "detail": detail, "level": level}
 
 
-def operator_view(status: dict[str, Any], agent: OperatorAgent | None, ui: UiConfig,
+BUFFER_WARN_PCT, BUFFER_BAD_PCT = 50, 90  # share of the quota used: eviction draws near
+
+
+def operator_view(status: dict[str, Any], pipelines: Sequence[PipelineSnapshot], ui: UiConfig,
                   now: float) -> dict[str, Any]:
     """Everything the templates show, as words and numbers ready to print."""
     device = status["device"]
@@ -392,17 +420,13 @@ def operator_view(status: dict[str, Any], agent: OperatorAgent | None, ui: UiCon
               for name, s in device["sources"].items()]
     health += [health_item("Pipeline", p["name"], p["state"], p["detail"])
                for p in status["pipelines"]]
-    process, defects = [], []
-    for pipeline in agent.pipelines if agent is not None else []:
-        if isinstance(pipeline, ProcessPipeline):
-            process.append(process_view(pipeline, ui, now))
-        else:
-            defects += [{"pipeline": pipeline.name, "number": d.number, "label": d.label,
-                         "roi": d.roi, "confidence": round(100 * d.confidence),
-                         "ago": duration(now - d.at), "at": d.at}
-                        for d in list(pipeline.recent_defects)[:RECENT_DEFECTS]]
+    process = [process_view(p.name, p.process, ui, now) for p in pipelines
+               if p.process is not None]
+    defects = [{"pipeline": p.name, "number": d.number, "label": d.label, "roi": d.roi,
+                "confidence": round(100 * d.confidence), "ago": duration(now - d.at), "at": d.at}
+               for p in pipelines if p.vision is not None
+               for d in p.vision.recent_defects[:RECENT_DEFECTS]]
     defects.sort(key=lambda d: -d["at"])
-    defects = defects[:RECENT_DEFECTS]
     return {
         "device_id": device["device_id"],
         "clock": time.strftime("%H:%M:%S", time.localtime(now)),
@@ -413,11 +437,11 @@ def operator_view(status: dict[str, Any], agent: OperatorAgent | None, ui: UiCon
         "buffer": {"depth": buffer.get("depth", 0),
                    "oldest": duration(oldest) if oldest is not None else "",
                    "used_pct": round(used_pct), "evicted": buffer.get("evicted", 0),
-                   "level": "bad" if used_pct > 90 else
-                   "warn" if used_pct > 50 or buffer.get("evicted") else "good"},
+                   "level": "bad" if used_pct > BUFFER_BAD_PCT else
+                   "warn" if used_pct > BUFFER_WARN_PCT or buffer.get("evicted") else "good"},
         "models": [f"{m['name']} {m['version']}" for m in device["active_models"]],
         "health": health,
         "process": process,
         "has_vision": any(p["type"] == "vision" for p in status["pipelines"]),
-        "defects": defects[:12],
+        "defects": defects[:RECENT_DEFECTS],
     }

@@ -26,8 +26,8 @@ from central_sync.registry import artifact_path, publish_model
 from central_sync.service import CentralService
 from edge_agent.buffer import Buffer
 from edge_agent.config import ProcessPipelineConfig
-from edge_agent.deployer import ChunkFile, Deployer
-from edge_agent.inference.process import ProcessPipeline
+from edge_agent.deployment.deployer import Deployer
+from edge_agent.deployment.transfer import ChunkFile
 from edge_agent.kernel.contract import (
     ArtifactChunk,
     ChunkRequest,
@@ -44,6 +44,7 @@ from edge_agent.kernel.transport import BrokerConfig
 from edge_agent.kernel.transport.mqtt import MqttTransport
 from edge_agent.lifecycle import ModelWatch
 from edge_agent.model_store import ModelStore
+from edge_agent.pipelines.process import ProcessPipeline
 from edge_agent.sources.opcua import TagValue
 from tests.conftest import Mosquitto
 from tests.helpers import (

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-import edge_agent.deployer as deployer_module
+import edge_agent.deployment.transfer as transfer_module
 from central_sync.config import CentralConfig
 from central_sync.db import CentralDB
 from central_sync.deployments import deploy_and_wait
@@ -33,7 +33,7 @@ from central_sync.registry import publish_model
 from central_sync.service import CentralService
 from edge_agent.buffer import Buffer
 from edge_agent.config import UplinkConfig
-from edge_agent.deployer import Deployer
+from edge_agent.deployment.deployer import Deployer
 from edge_agent.kernel.contract import (
     ID_PATTERN,
     MAX_SEQ,
@@ -336,7 +336,7 @@ class AgentWorld:
             return {seq for (seq,) in db.execute("SELECT seq FROM records")}
 
     def received_chunks(self) -> set[int]:
-        transfer = self.deployer._transfers.get(FAKE_SHA)
+        transfer = self.deployer.fetcher.transfers.get(FAKE_SHA)
         return set(transfer.chunks.received) if transfer else set()
 
     def close(self) -> None:
@@ -386,8 +386,8 @@ def _agent_topic(leaf: str) -> str:
 @pytest.fixture
 def agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     # Fuzzed chunks must neither end the open transfer nor let it stall during the test.
-    monkeypatch.setattr(deployer_module, "MAX_CHUNK_REFUSALS", 10**9)
-    monkeypatch.setattr(deployer_module, "STALL_TIMEOUT_S", 3600.0)
+    monkeypatch.setattr(transfer_module, "MAX_CHUNK_REFUSALS", 10**9)
+    monkeypatch.setattr(transfer_module, "STALL_TIMEOUT_S", 3600.0)
     world = AgentWorld(tmp_path)
     yield world
     world.close()

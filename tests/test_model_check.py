@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from central_sync.db import CentralDB
 from central_sync.registry import RegistryError, publish_model
-from edge_agent.deployer import DeploymentFailed, health_check
+from edge_agent.deployment.checks import DeploymentFailed, health_check
 from edge_agent.inference.model_check import ModelCheckFailed, check_model
 from edge_agent.inference.vision import VisionModel
 from edge_agent.kernel.contract import DeployCommand, ModelManifest, Rejection, decode, encode

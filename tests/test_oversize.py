@@ -18,7 +18,7 @@ from central_sync.registry import publish_model
 from central_sync.service import CentralService
 from edge_agent.buffer import Buffer
 from edge_agent.config import UplinkConfig
-from edge_agent.deployer import Deployer
+from edge_agent.deployment.deployer import Deployer
 from edge_agent.kernel.contract import (
     MAX_CHUNKS_PER_REQUEST,
     MAX_PAYLOAD_BYTES,
@@ -282,7 +282,7 @@ def test_agent_ignores_an_artifact_chunk_claiming_an_absurd_count(tmp_path: Path
         await central.publish(TOPICS.artifact(manifest.sha256), encode(absurd))
         assert deployer.rejected_messages == 1
         assert part.stat().st_size == size == manifest.size_bytes
-        assert deployer._transfers[manifest.sha256].chunks.received == set()
+        assert deployer.fetcher.transfers[manifest.sha256].chunks.received == set()
         await deployer.stop()
         await buffer.close()
 

@@ -21,7 +21,7 @@ from central_sync.registry import artifact_path
 from central_sync.service import CentralService
 from central_sync.web.review import _write_export
 from edge_agent.buffer import Buffer
-from edge_agent.deployer import Deployer
+from edge_agent.deployment.deployer import Deployer
 from edge_agent.kernel.contract import (
     ArtifactChunk,
     ChunkRequest,

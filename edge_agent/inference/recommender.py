@@ -2,43 +2,80 @@
 
 The search scores thousands of candidate settings in one batched model run (a tree ensemble
 from its tables, `tree_tables`), then a smaller set around the best; `offer_refusal` keeps the
-open recommendation from flapping, and in automatic mode `SetpointGuard` writes an accepted one
-within hard limits and a rate limit.
+open recommendation from flapping. Settings come in as any objects with the attributes below
+(the agent's `recommend:` configuration has them); writing to the PLC is not done here.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
-from edge_agent.buffer import Buffer
-from edge_agent.config import (
-    AutoWriteConfig,
-    ControlConfig,
-    FeatureConfig,
-    ObjectiveConfig,
-    RecommendConfig,
-)
-from edge_agent.kernel.contract import (
-    RECORD_SETPOINT_WRITE,
-    ModelManifest,
-    OutputSpec,
-    RecommendationPayload,
-    SetpointWritePayload,
-)
+from edge_agent.kernel.contract import ModelManifest, OutputSpec, RecommendationPayload
 
 log = logging.getLogger(__name__)
 
-Writer = Callable[[str, float], Awaitable[float | None]]
 Predict = Callable[[np.ndarray], np.ndarray]  # (N, features) float32 -> (N,) objective output
 CHECKED_SETTINGS = 32  # settings scored both ways each search when the model has tables
+
+
+class ControlLimits(Protocol):
+    """A controllable tag's hard limits, step and largest single move."""
+
+    @property
+    def min(self) -> float: ...
+    @property
+    def max(self) -> float: ...
+    @property
+    def step(self) -> float: ...
+    @property
+    def max_change(self) -> float: ...
+
+
+class SearchSettings(Protocol):
+    """What the search and the offer rules need of a pipeline's `recommend:` settings."""
+
+    @property
+    def controls(self) -> Mapping[str, ControlLimits]: ...
+    @property
+    def candidates(self) -> int: ...
+    @property
+    def refine_candidates(self) -> int: ...
+    @property
+    def min_improvement(self) -> float: ...
+    @property
+    def hold_s(self) -> float: ...
+
+
+class ObjectiveSettings(Protocol):
+    """A configured objective: its type, output and target limits."""
+
+    @property
+    def type(self) -> str: ...
+    @property
+    def output(self) -> str | None: ...
+    @property
+    def low(self) -> float | None: ...
+    @property
+    def high(self) -> float | None: ...
+    @property
+    def target(self) -> float | None: ...
+    @property
+    def margin(self) -> float: ...
+
+
+class ModelInput(Protocol):
+    """One model input: the tag it is read from, and how (only last values can be moved)."""
+
+    @property
+    def tag(self) -> str: ...
+    @property
+    def transform(self) -> str: ...
 
 
 class GridModel(Protocol):
@@ -98,7 +135,7 @@ class Objective:
         return f"keep {self.output} " + " and ".join(x for x in limits if x)
 
 
-def resolve_objective(config: ObjectiveConfig, spec: OutputSpec | None,
+def resolve_objective(config: ObjectiveSettings, spec: OutputSpec | None,
                       outputs: Sequence[str], pipeline: str) -> Objective:
     """The configured objective, with the output and spec limits taken from the manifest."""
     spec = spec or OutputSpec()
@@ -138,7 +175,7 @@ class Proposal:
 class Recommender:
     """Searches the controllable tags of one pipeline's model; pure apart from `predict`."""
 
-    def __init__(self, config: RecommendConfig, features: Sequence[FeatureConfig],
+    def __init__(self, config: SearchSettings, features: Sequence[ModelInput],
                  objective: Objective, predict: Predict, pipeline: str, seed: int = 0,
                  grid: GridModel | None = None) -> None:
         self.config = config
@@ -239,7 +276,7 @@ class Recommender:
         return int(tied[np.argmin(moves)])
 
 
-def _levels(control: ControlConfig, current: float) -> np.ndarray:
+def _levels(control: ControlLimits, current: float) -> np.ndarray:
     """Values a control may take: multiples of its step within reach and limits, and now."""
     low = max(control.min, current - control.max_change)
     high = min(control.max, current + control.max_change)
@@ -263,7 +300,7 @@ def _values(levels: list[np.ndarray], index: np.ndarray) -> np.ndarray:
     return np.stack([lv[index[:, k]] for k, lv in enumerate(levels)], axis=1)
 
 
-def offer_refusal(proposal: Proposal, config: RecommendConfig, objective: Objective,
+def offer_refusal(proposal: Proposal, config: SearchSettings, objective: Objective,
                   open_one: RecommendationPayload | None,
                   last_closed: tuple[RecommendationPayload, float] | None,
                   now: float) -> str | None:
@@ -292,124 +329,10 @@ def offer_refusal(proposal: Proposal, config: RecommendConfig, objective: Object
 
 
 def _same_setting(earlier: RecommendationPayload, proposal: Proposal,
-                  config: RecommendConfig) -> bool:
+                  config: SearchSettings) -> bool:
     before = {c.tag: c.proposed for c in earlier.changes}
     after = proposal.changed
     if set(before) != set(after):
         return False
     return all(abs(before[t] - after[t]) <= config.controls[t].step + 1e-9
                for t in after if t in config.controls)
-
-
-@dataclass(frozen=True)
-class WriteAttempt:
-    tag: str
-    value: float
-    previous: float | None
-    ok: bool
-    detail: str
-    at: float
-
-
-class SetpointGuard:
-    """Automatic mode: writes an accepted recommendation only within limits and rate limits.
-
-    Either every setpoint of a recommendation passes the checks or none is written; each write
-    or refusal is logged and becomes a `setpoint_write` record.
-    """
-
-    def __init__(self, pipeline: str, config: RecommendConfig, writer: Writer | None,
-                 buffer: Buffer, nodes: Mapping[str, str] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
-        self.pipeline = pipeline
-        self.config = config
-        self._writer = writer
-        self._buffer = buffer
-        self._nodes = nodes or {}
-        self._clock = clock
-        self._written_at: deque[float] = deque()  # accepted recommendations written, by time
-        self.last_write: WriteAttempt | None = None
-
-    @property
-    def limits(self) -> AutoWriteConfig:
-        return self.config.auto
-
-    def writes_this_hour(self) -> int:
-        now = self._clock()
-        while self._written_at and self._written_at[0] <= now - 3600:
-            self._written_at.popleft()
-        return len(self._written_at)
-
-    async def apply(self, recommendation: RecommendationPayload,
-                    current: Mapping[str, float | None]) -> list[WriteAttempt]:
-        """Write the recommendation's setpoints, or refuse them all with the reason."""
-        refusal = self._refusal(recommendation, current)
-        attempts: list[WriteAttempt] = []
-        if refusal is not None:
-            for change in recommendation.changes:
-                attempts.append(await self._record(recommendation, change.tag, change.proposed,
-                                                   current.get(change.tag), False, refusal))
-            return attempts
-        assert self._writer is not None
-        self._written_at.append(self._clock())
-        failed = ""
-        for change in recommendation.changes:
-            if failed:
-                attempts.append(await self._record(
-                    recommendation, change.tag, change.proposed, current.get(change.tag), False,
-                    f"not written: {failed}"))
-                continue
-            try:
-                previous = await self._writer(change.tag, change.proposed)
-            except Exception as exc:  # the PLC refused or is away: recorded, never retried here
-                failed = f"writing {change.tag} failed: {exc}"
-                attempts.append(await self._record(recommendation, change.tag, change.proposed,
-                                                   current.get(change.tag), False, failed))
-                continue
-            attempts.append(await self._record(recommendation, change.tag, change.proposed,
-                                               previous, True, ""))
-        return attempts
-
-    def _refusal(self, recommendation: RecommendationPayload,
-                 current: Mapping[str, float | None]) -> str | None:
-        if self.config.mode != "auto":
-            return "advise mode: the agent never writes setpoints"
-        if self._writer is None:
-            return "the source of this pipeline cannot write setpoints"
-        now = self._clock()
-        if self.writes_this_hour() >= self.limits.max_writes_per_hour:
-            return (f"rate limit: {self.limits.max_writes_per_hour} writes in the last hour "
-                    "already (auto.max_writes_per_hour)")
-        if self._written_at and now - self._written_at[-1] < self.limits.min_interval_s:
-            return (f"rate limit: last write {now - self._written_at[-1]:.0f} s ago, "
-                    f"auto.min_interval_s is {self.limits.min_interval_s:g}")
-        for change in recommendation.changes:
-            control = self.config.controls.get(change.tag)
-            if control is None:
-                return f"{change.tag} is not a control of pipeline {self.pipeline}"
-            if not control.min <= change.proposed <= control.max:
-                return (f"{change.tag} {change.proposed:g} is outside its limits "
-                        f"{control.min:g}..{control.max:g}")
-            value = current.get(change.tag)
-            if value is None:
-                return f"{change.tag} has no current value to compare with"
-            if abs(change.proposed - value) > control.max_change + 1e-9:
-                return (f"{change.tag} would move {abs(change.proposed - value):g} from its "
-                        f"current {value:g}; max_change is {control.max_change:g}")
-        return None
-
-    async def _record(self, recommendation: RecommendationPayload, tag: str, value: float,
-                      previous: float | None, ok: bool, detail: str) -> WriteAttempt:
-        payload = SetpointWritePayload(
-            recommendation=recommendation.id, pipeline=self.pipeline, tag=tag,
-            node=self._nodes.get(tag, ""), value=value, previous=previous, ok=ok, detail=detail)
-        await self._buffer.append(RECORD_SETPOINT_WRITE, payload.model_dump())
-        attempt = WriteAttempt(tag, value, previous, ok, detail, self._clock())
-        self.last_write = attempt
-        if ok:
-            log.info("setpoint written pipeline=%s recommendation=%s tag=%s value=%g "
-                     "previous=%s", self.pipeline, recommendation.id, tag, value, previous)
-        else:
-            log.warning("setpoint not written pipeline=%s recommendation=%s tag=%s value=%g "
-                        "reason=%s", self.pipeline, recommendation.id, tag, value, detail)
-        return attempt

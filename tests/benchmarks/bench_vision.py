@@ -52,10 +52,10 @@ from edge_agent.buffer import Buffer  # noqa: E402
 from edge_agent.config import CameraSourceConfig, VisionPipelineConfig  # noqa: E402
 from edge_agent.inference.runtime import RuntimeOptions  # noqa: E402
 from edge_agent.inference.vision import Preprocessor, vision_spec  # noqa: E402
-from edge_agent.inference.vision_pipeline import VisionPipeline  # noqa: E402
 from edge_agent.kernel.contract import ModelManifest  # noqa: E402
 from edge_agent.kernel.gctune import tune_for_service  # noqa: E402
 from edge_agent.model_store import ModelStore  # noqa: E402
+from edge_agent.pipelines.vision import VisionPipeline  # noqa: E402
 from edge_agent.sources.camera import CameraSource, FolderReader  # noqa: E402
 from sample_data.make_vision_data import DEFECTS, finish, texture  # noqa: E402
 from tests.helpers import manifest_of  # noqa: E402

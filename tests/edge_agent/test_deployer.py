@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent.buffer import Buffer
-from edge_agent.deployer import ChunkFile, Deployer
+from edge_agent.deployment.deployer import Deployer
+from edge_agent.deployment.transfer import ChunkFile
 from edge_agent.kernel.contract import (
     ArtifactChunk,
     ChunkRequest,

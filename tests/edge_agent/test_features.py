@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from edge_agent.config import AgentConfig, FeatureConfig, ProcessPipelineConfig
-from edge_agent.inference.features import FeatureError, build_features, feature_names
+from edge_agent.pipelines.features import FeatureError, as_feature_configs, build_features
 from edge_agent.sources.opcua import TagValue
 
 NOW = 1_000_000.0
@@ -46,8 +46,9 @@ def test_window_statistics_use_the_history_within_the_window(transform: str,
 
 
 def test_feature_names_say_the_transform_and_window() -> None:
-    names = feature_names(["a", feature(transform="mean", window_s=60),
-                           feature(transform="rate", window_s=30, name="z2_trend")])
+    names = [f.feature_name for f in as_feature_configs([
+        "a", feature(transform="mean", window_s=60),
+        feature(transform="rate", window_s=30, name="z2_trend")])]
     assert names == ["a", "zone2_temp_c_mean_60s", "z2_trend"]
 
 

@@ -13,9 +13,9 @@ import pytest
 from onnx import TensorProto, helper
 
 from edge_agent.config import ProcessPipelineConfig
-from edge_agent.inference.process import ProcessPipeline
 from edge_agent.lifecycle import ModelWatch, Probation, ProbationPolicy, ShadowPolicy, ShadowRun
 from edge_agent.model_store import InstalledModel
+from edge_agent.pipelines.process import ProcessPipeline
 from edge_agent.sources.opcua import TagValue
 from tests.edge_agent.test_deployer import deploy_command, setup
 from tests.helpers import SAMPLE_METADATA, SAMPLE_MODEL, manifest_for

@@ -23,8 +23,6 @@ from pydantic import ValidationError
 from edge_agent import web
 from edge_agent.app import Agent
 from edge_agent.config import AgentConfig, UiConfig
-from edge_agent.inference.process import ProcessPipeline, TrendPoint
-from edge_agent.inference.vision_pipeline import RecentDefect, VisionPipeline
 from edge_agent.kernel.contract import (
     RECORD_RECOMMENDATION_ANSWER,
     BatchAck,
@@ -38,6 +36,9 @@ from edge_agent.kernel.contract import (
     expand_uplink,
 )
 from edge_agent.kernel.transport.memory import MemoryBroker, MemoryTransport
+from edge_agent.pipelines.process import ProcessPipeline
+from edge_agent.pipelines.snapshot import RecentDefect, TrendPoint
+from edge_agent.pipelines.vision import VisionPipeline
 from edge_agent.recommendations import RecommendationBoard
 from tests.conftest import SAMPLE_DATA, Mosquitto, free_port, wait_for_port
 from tests.edge_agent.test_vision_pipeline import GREY, RED, frames, run_frames

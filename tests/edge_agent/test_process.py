@@ -13,14 +13,10 @@ import pytest
 
 from edge_agent.buffer import Buffer
 from edge_agent.config import ProcessPipelineConfig
-from edge_agent.inference.process import (
-    FeatureError,
-    OutputDecoder,
-    OutputError,
-    ProcessPipeline,
-    build_features,
-)
+from edge_agent.inference.outputs import OutputDecoder, OutputError
 from edge_agent.model_store import ModelStore
+from edge_agent.pipelines.features import FeatureError, build_features
+from edge_agent.pipelines.process import ProcessPipeline
 from edge_agent.sources.opcua import TagValue
 from tests.helpers import SAMPLE_MODEL, manifest_for, manifest_of
 

@@ -16,7 +16,6 @@ from edge_agent.inference.recommender import (
     Proposal,
     Recommender,
     RecommenderError,
-    SetpointGuard,
     offer_refusal,
     require_dynamic_batch,
     resolve_objective,
@@ -28,6 +27,7 @@ from edge_agent.kernel.contract import (
     SetpointChange,
     TensorSpec,
 )
+from edge_agent.pipelines.setpoints import SetpointGuard
 from tests.helpers import SAMPLE_MODEL, manifest_for
 
 FEATURES = [FeatureConfig(tag=t) for t in ("z1", "z2", "speed", "humidity")]

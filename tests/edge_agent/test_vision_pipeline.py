@@ -13,9 +13,9 @@ import numpy as np
 
 from edge_agent.buffer import Buffer
 from edge_agent.config import CameraSourceConfig, VisionPipelineConfig
-from edge_agent.inference.vision_pipeline import DefectRule, Quota, VisionPipeline
 from edge_agent.kernel.contract import DetectedBox
 from edge_agent.model_store import ModelStore
+from edge_agent.pipelines.vision import DefectRule, Quota, VisionPipeline
 from edge_agent.sources.camera import CameraSource, Frame
 from tests.edge_agent.test_camera import write_video
 from tests.edge_agent.test_vision import CLASSIFIER_META, colour_classifier, frame, yolo_model

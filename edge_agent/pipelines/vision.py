@@ -12,14 +12,10 @@ labelling.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
-import queue
 import random
-import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,13 +25,11 @@ import numpy as np
 
 from edge_agent.buffer import Buffer
 from edge_agent.config import RoiConfig, VisionPipelineConfig
-from edge_agent.imaging import resize
 from edge_agent.inference.runtime import ModelLoadError
 from edge_agent.inference.vision import Letterbox, VisionModel, VisionResult
 from edge_agent.kernel.contract import (
     RECORD_DEFECT,
     RECORD_SAMPLE,
-    Box,
     DefectPayload,
     DetectedBox,
     EvidenceImage,
@@ -45,34 +39,28 @@ from edge_agent.lifecycle import ModelWatch
 from edge_agent.model_store import ModelStore
 from edge_agent.monitoring import DEFAULT_INTERVAL_S as DEFAULT_STATS_INTERVAL_S
 from edge_agent.monitoring import ModelMonitor
-from edge_agent.sources.camera import CameraSource, Frame
+from edge_agent.pipelines.base import Pipeline, PipelineContext, PipelineStatus
+from edge_agent.pipelines.evidence import annotate, evidence_jpeg, image_stats, thumbnail, to_frame
+from edge_agent.pipelines.inputs import Frame, FrameSource
+from edge_agent.pipelines.model_thread import ModelThread
+from edge_agent.pipelines.snapshot import (
+    RECENT_DEFECTS,
+    PipelineSnapshot,
+    RecentDefect,
+    VisionDetails,
+)
 
 log = logging.getLogger(__name__)
 
 WHOLE_FRAME = "frame"
+FRAME_WAIT_S = 5.0  # without a frame this long, the pipeline says the camera is silent
+DAY_S, HOUR_S = 86400.0, 3600.0
 
 _Results = list[tuple[str, VisionResult, float]]  # per region: name, result, latency in ms
 
-RECENT_DEFECTS = 8  # shown on the operator page: two rows, health still on a 1080p screen
-THUMBNAIL_SIDE_PX = 320
-
-
-@dataclass(frozen=True)
-class RecentDefect:
-    """A defect as the operator page shows it: a small annotated JPEG kept in memory."""
-
-    number: int  # counts up from 1 per pipeline; names the thumbnail's URL
-    at: float
-    roi: str
-    label: str
-    confidence: float
-    thumbnail_jpeg: bytes
-
 
 @dataclass
-class VisionState:
-    state: str = "waiting"
-    detail: str = ""
+class VisionStatus(PipelineStatus):
     frames: int = 0
     defects: int = 0
     samples: int = 0
@@ -111,9 +99,9 @@ class Quota:
         self._times: deque[float] = deque()
 
     def take(self, now: float) -> bool:
-        while self._times and now - self._times[0] > 86400:
+        while self._times and now - self._times[0] > DAY_S:
             self._times.popleft()
-        last_hour = sum(1 for t in self._times if now - t <= 3600)
+        last_hour = sum(1 for t in self._times if now - t <= HOUR_S)
         if len(self._times) >= self.per_day or last_hour >= self.per_hour:
             return False
         self._times.append(now)
@@ -129,87 +117,12 @@ class _Prepared:
     image_stats: dict[str, dict[str, float]] = field(default_factory=dict)  # by region
 
 
-class _ModelThread:
-    """The model's own thread. It starts on the next prepared frame the moment it finishes one,
-    without waiting for the event loop in between. One frame waits prepared at most: no backlog.
+class VisionPipeline(Pipeline):
+    """One vision model on one camera's newest frames."""
 
-    Its replies to the loop go through a second thread: waking the loop directly lets the loop
-    take the GIL while the model thread still needs it, and on a busy 2-core gateway that wait
-    cost about a millisecond a frame."""
+    kind = "vision"
 
-    def __init__(self, name: str, infer: Callable[[_Prepared], _Results]) -> None:
-        self._infer = infer
-        self._loop = asyncio.get_running_loop()
-        self._ready = threading.Condition()
-        self._next: _Prepared | None = None
-        self._closed = False
-        self._slot_free = asyncio.Event()
-        self._slot_free.set()
-        self._results: asyncio.Queue[tuple[_Prepared, _Results | BaseException]] = \
-            asyncio.Queue()
-        self._outbox: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]] | None] = \
-            queue.SimpleQueue()
-        self._threads = [
-            threading.Thread(target=self._work, name=f"{name}-model", daemon=True),
-            threading.Thread(target=self._post, name=f"{name}-model-replies", daemon=True)]
-        for thread in self._threads:
-            thread.start()
-
-    async def put(self, prepared: _Prepared) -> None:
-        """Hand over the next frame, once the model has taken the previous one."""
-        await self._slot_free.wait()
-        self._slot_free.clear()
-        with self._ready:
-            self._next = prepared
-            self._ready.notify()
-
-    def has_results(self) -> bool:
-        return not self._results.empty()
-
-    async def result(self) -> tuple[_Prepared, _Results]:
-        """The oldest frame's results; an error of the model is raised here."""
-        prepared, outcome = await self._results.get()
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return prepared, outcome
-
-    async def close(self) -> None:
-        """Stop after the frame being run (ONNX Runtime cannot be interrupted)."""
-        with self._ready:
-            self._closed = True
-            self._ready.notify()
-        for thread in self._threads:
-            await asyncio.to_thread(thread.join, 30)
-
-    def _work(self) -> None:
-        while True:
-            with self._ready:
-                while self._next is None and not self._closed:
-                    self._ready.wait()
-                if self._closed:
-                    break
-                prepared, self._next = self._next, None
-            self._outbox.put((self._slot_free.set, ()))
-            try:
-                outcome: _Results | BaseException = self._infer(prepared)
-            except Exception as exc:  # handed to the pipeline, which stops with it
-                outcome = exc
-            self._outbox.put((self._results.put_nowait, ((prepared, outcome),)))
-        self._outbox.put(None)
-
-    def _post(self) -> None:
-        while (reply := self._outbox.get()) is not None:
-            callback, args = reply
-            try:
-                self._loop.call_soon_threadsafe(callback, *args)
-            except RuntimeError:  # the loop is closed: the pipeline is gone
-                with self._ready:
-                    self._closed = True
-                    self._ready.notify()
-
-
-class VisionPipeline:
-    def __init__(self, config: VisionPipelineConfig, camera: CameraSource, store: ModelStore,
+    def __init__(self, config: VisionPipelineConfig, camera: FrameSource, store: ModelStore,
                  buffer: Buffer, watch: ModelWatch | None = None,
                  rng: random.Random | None = None,
                  stats_interval_s: float = DEFAULT_STATS_INTERVAL_S) -> None:
@@ -230,18 +143,34 @@ class VisionPipeline:
         cv2.setNumThreads(1)
         # Frames are prepared (and models loaded) here, while the model thread runs the model.
         self._prepare_pool = ThreadPoolExecutor(1, thread_name_prefix=f"{config.name}-prep")
-        self.status = VisionState(detail=f"waiting for model {config.model}")
+        self.status = VisionStatus(detail=f"waiting for model {config.model}")
         # Newest first. Twice what the page shows, so a picture on a page just rendered is
         # still here when the browser asks for it, however fast defects come.
         self.recent_defects: deque[RecentDefect] = deque(maxlen=2 * RECENT_DEFECTS)
 
+    @classmethod
+    def from_source(cls, config: VisionPipelineConfig, source: FrameSource,
+                    context: PipelineContext) -> VisionPipeline:
+        """The pipeline on a camera's frames."""
+        return cls(config, source, context.store, context.buffer, context.watch,
+                   stats_interval_s=context.stats_interval_s)
+
+    def snapshot(self) -> PipelineSnapshot:
+        status = self.status
+        return PipelineSnapshot(
+            name=self.name, type=self.kind, model=self.config.model, state=status.state,
+            detail=status.detail, inferences=status.frames,
+            vision=VisionDetails(camera=self.camera.name, defects=status.defects,
+                                 samples=status.samples, last_result=status.last_result,
+                                 recent_defects=tuple(self.recent_defects)))
+
     async def run(self) -> None:
         after = -1
-        model_thread = _ModelThread(self.name, self._infer)
+        model_thread: ModelThread[_Prepared, _Results] = ModelThread(self.name, self._infer)
         in_flight = 0  # frames given to the model thread whose results are not handled yet
         try:
             while True:
-                frame = await self.camera.next_frame(after, timeout_s=5.0)
+                frame = await self.camera.next_frame(after, timeout_s=FRAME_WAIT_S)
                 if frame is None:
                     self._set("waiting", f"no frame from camera {self.camera.name}: "
                               f"{self.camera.state.state} {self.camera.state.detail}".rstrip())
@@ -308,7 +237,7 @@ class VisionPipeline:
             tensor, fit = model.preprocess(image)
             name = roi.name if roi else WHOLE_FRAME
             prepared.regions.append((name, roi, tensor, fit))
-            prepared.image_stats[name] = _image_stats(image)
+            prepared.image_stats[name] = image_stats(image)
         return prepared
 
     @staticmethod
@@ -361,7 +290,7 @@ class VisionPipeline:
         result = next(r for name, r, _ in results if name == payload.roi)
         self.recent_defects.appendleft(RecentDefect(
             self.status.defects, payload.captured_at, payload.roi, payload.label,
-            payload.confidence, _thumbnail(prepared.frame.image, roi, result)))
+            payload.confidence, thumbnail(prepared.frame.image, roi, result)))
 
     def _defect_labels(self, result: VisionResult) -> dict[str, float]:
         """Defect classes present in this result, with their confidence."""
@@ -400,7 +329,7 @@ class VisionPipeline:
             roi_box=(roi.x, roi.y, roi.width, roi.height) if roi else None,
             label=label, confidence=round(float(confidence), 4),
             boxes=[DetectedBox(label=d.label, confidence=round(d.confidence, 4),
-                               box=_to_frame(d.box, roi)) for d in result.detections],
+                               box=to_frame(d.box, roi)) for d in result.detections],
             result=result.summary(), model=model.manifest.ref,
             frame_index=prepared.frame.index, captured_at=prepared.frame.grabbed_at,
             images=self._evidence(prepared.frame.image, roi, result))
@@ -413,75 +342,9 @@ class VisionPipeline:
     def _evidence(self, image: np.ndarray, roi: RoiConfig | None,
                   result: VisionResult) -> dict[str, EvidenceImage]:
         evidence = self.config.evidence
-        images = {"frame": _jpeg(image, evidence.max_side_px, evidence.jpeg_quality)}
+        images = {"frame": evidence_jpeg(image, evidence.max_side_px, evidence.jpeg_quality)}
         if evidence.annotated:
-            annotated = _annotate(image, roi, result)
-            images["annotated"] = _jpeg(annotated, evidence.max_side_px, evidence.jpeg_quality)
+            annotated = annotate(image, roi, result)
+            images["annotated"] = evidence_jpeg(annotated, evidence.max_side_px,
+                                                evidence.jpeg_quality)
         return images
-
-    def _set(self, state: str, detail: str) -> None:
-        if (state, detail) != (self.status.state, self.status.detail):
-            log.info("pipeline state pipeline=%s state=%s detail=%s", self.name, state, detail)
-        self.status.state, self.status.detail = state, detail
-
-
-def _image_stats(image: np.ndarray) -> dict[str, float]:
-    """Brightness (mean level) and contrast (standard deviation) of a region, 0..255: the
-    simple statistics whose drift says the lighting, the lens or the product changed."""
-    mean, std = cv2.meanStdDev(image)
-    return {"brightness": float(mean.mean()), "contrast": float(std.mean())}
-
-
-def _to_frame(box: Box, roi: RoiConfig | None) -> Box:
-    if roi is None:
-        return box
-    return (box[0] + roi.x, box[1] + roi.y, box[2] + roi.x, box[3] + roi.y)
-
-
-def _annotate(image: np.ndarray, roi: RoiConfig | None, result: VisionResult) -> np.ndarray:
-    """A copy with the ROI, the boxes and their labels, or the anomaly heat map, drawn on."""
-    out = image.copy()
-    x0, y0 = (roi.x, roi.y) if roi else (0, 0)
-    if result.heatmap is not None:
-        h, w = result.heatmap.shape
-        colour = cv2.applyColorMap((result.heatmap * 255).astype(np.uint8), cv2.COLORMAP_JET)
-        region = out[y0:y0 + h, x0:x0 + w]
-        out[y0:y0 + h, x0:x0 + w] = cv2.addWeighted(region, 0.6, colour[:region.shape[0],
-                                                                         :region.shape[1]], 0.4, 0)
-    for detection in result.detections:
-        x1, y1, x2, y2 = _to_frame(detection.box, roi)
-        cv2.rectangle(out, (x1, y1), (x2, y2), (0, 0, 255), 2)
-        cv2.putText(out, f"{detection.label} {detection.confidence:.2f}", (x1, max(12, y1 - 4)),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 255), 1, cv2.LINE_AA)
-    if roi is not None:
-        cv2.rectangle(out, (roi.x, roi.y), (roi.x + roi.width, roi.y + roi.height),
-                      (0, 255, 255), 1)
-    if not result.detections:
-        cv2.putText(out, f"{result.label} {result.confidence:.2f}", (x0 + 4, y0 + 16),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 255), 1, cv2.LINE_AA)
-    return out
-
-
-def _thumbnail(image: np.ndarray, roi: RoiConfig | None, result: VisionResult) -> bytes:
-    """The annotated region (or frame), small enough for the operator page."""
-    annotated = _annotate(image, roi, result)
-    if roi is not None:
-        annotated = annotated[roi.y:roi.y + roi.height, roi.x:roi.x + roi.width]
-    return _encode_jpeg(annotated, THUMBNAIL_SIDE_PX, 75)[0]
-
-
-def _jpeg(image: np.ndarray, max_side: int, quality: int) -> EvidenceImage:
-    encoded, width, height = _encode_jpeg(image, max_side, quality)
-    return EvidenceImage(jpeg_b64=base64.b64encode(encoded).decode("ascii"),
-                         width=width, height=height)
-
-
-def _encode_jpeg(image: np.ndarray, max_side: int, quality: int) -> tuple[bytes, int, int]:
-    height, width = image.shape[:2]
-    scale = min(1.0, max_side / max(height, width))
-    if scale < 1.0:
-        image = resize(image, round(width * scale), round(height * scale))
-    ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise ValueError("JPEG encoding failed")
-    return encoded.tobytes(), image.shape[1], image.shape[0]

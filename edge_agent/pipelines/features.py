@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from edge_agent.config import FeatureConfig
-from edge_agent.sources.opcua import TagValue
+from edge_agent.pipelines.inputs import TagReading
 
 
 class FeatureError(Exception):
@@ -23,13 +23,9 @@ def as_feature_configs(features: Sequence[str | FeatureConfig]) -> list[FeatureC
     return [FeatureConfig(tag=f) if isinstance(f, str) else f for f in features]
 
 
-def feature_names(features: Sequence[str | FeatureConfig]) -> list[str]:
-    return [f.feature_name for f in as_feature_configs(features)]
-
-
-def build_features(latest: Mapping[str, TagValue], features: Sequence[str | FeatureConfig],
+def build_features(latest: Mapping[str, TagReading], features: Sequence[str | FeatureConfig],
                    max_staleness_s: float, now: float,
-                   history: Mapping[str, Sequence[TagValue]] | None = None,
+                   history: Mapping[str, Sequence[TagReading]] | None = None,
                    confirmed_at: float = 0.0) -> np.ndarray:
     """One float32 row in the model's feature order, or FeatureError naming the bad tag.
 
@@ -41,17 +37,17 @@ def build_features(latest: Mapping[str, TagValue], features: Sequence[str | Feat
                           confirmed_at)[None, :].astype(np.float32)
 
 
-def feature_values(latest: Mapping[str, TagValue], features: Sequence[str | FeatureConfig],
+def feature_values(latest: Mapping[str, TagReading], features: Sequence[str | FeatureConfig],
                    max_staleness_s: float, now: float,
-                   history: Mapping[str, Sequence[TagValue]] | None = None,
+                   history: Mapping[str, Sequence[TagReading]] | None = None,
                    confirmed_at: float = 0.0) -> np.ndarray:
     """The features as float64, exactly as read (the recommender proposes from these)."""
     return np.asarray([feature_value(latest, history, f, max_staleness_s, now, confirmed_at)
                        for f in as_feature_configs(features)], dtype=np.float64)
 
 
-def feature_value(latest: Mapping[str, TagValue],
-                  history: Mapping[str, Sequence[TagValue]] | None, feature: FeatureConfig,
+def feature_value(latest: Mapping[str, TagReading],
+                  history: Mapping[str, Sequence[TagReading]] | None, feature: FeatureConfig,
                   max_staleness_s: float, now: float, confirmed_at: float = 0.0) -> float:
     tag = feature.tag
     value = latest.get(tag)
@@ -67,7 +63,7 @@ def feature_value(latest: Mapping[str, TagValue],
     return _window_value(feature, history, now)
 
 
-def _window_value(feature: FeatureConfig, history: Mapping[str, Sequence[TagValue]] | None,
+def _window_value(feature: FeatureConfig, history: Mapping[str, Sequence[TagReading]] | None,
                   now: float) -> float:
     tag, window_s = feature.tag, feature.window_s
     assert window_s is not None
@@ -97,7 +93,7 @@ def _window_value(feature: FeatureConfig, history: Mapping[str, Sequence[TagValu
     return float((values[-1] - values[0]) / span_s)
 
 
-def _check_good(feature: FeatureConfig, value: TagValue, when: str = "") -> None:
+def _check_good(feature: FeatureConfig, value: TagReading, when: str = "") -> None:
     tag = feature.tag
     if not value.good or value.value is None:
         was = "was" if when else "is"

@@ -19,14 +19,11 @@ import numpy as np
 
 from edge_agent.buffer import Buffer
 from edge_agent.config import FeatureConfig, ProcessPipelineConfig
-from edge_agent.inference.features import FeatureError, build_features, feature_values
 from edge_agent.inference.outputs import OutputDecoder, OutputError, in_spec
 from edge_agent.inference.recommender import (
     Objective,
     Recommender,
     RecommenderError,
-    SetpointGuard,
-    Writer,
     offer_refusal,
     require_dynamic_batch,
     resolve_objective,
@@ -44,11 +41,12 @@ from edge_agent.lifecycle import ModelWatch
 from edge_agent.model_store import InstalledModel, ModelStore
 from edge_agent.monitoring import DEFAULT_INTERVAL_S as DEFAULT_STATS_INTERVAL_S
 from edge_agent.monitoring import ModelMonitor
+from edge_agent.pipelines.base import Pipeline, PipelineContext, PipelineStatus
+from edge_agent.pipelines.features import FeatureError, feature_values
+from edge_agent.pipelines.inputs import TagReading, TagSource
+from edge_agent.pipelines.setpoints import SetpointGuard, Writer
+from edge_agent.pipelines.snapshot import PipelineSnapshot, ProcessDetails, TrendPoint
 from edge_agent.recommendations import RecommendationBoard
-from edge_agent.sources.opcua import TagValue
-
-__all__ = ["FeatureError", "OutputDecoder", "OutputError", "ProcessPipeline", "build_features",
-           "features_of"]
 
 log = logging.getLogger(__name__)
 
@@ -71,17 +69,8 @@ def features_of(config: ProcessPipelineConfig, installed: InstalledModel) -> lis
 TREND_POINTS = 720  # an hour at one prediction every 5 s
 
 
-@dataclass(frozen=True)
-class TrendPoint:
-    at: float
-    inputs: dict[str, float]
-    outputs: dict[str, float | None]
-
-
 @dataclass
-class PipelineState:
-    state: str = "waiting"
-    detail: str = ""
+class ProcessStatus(PipelineStatus):
     predictions: int = 0
     last_prediction: dict[str, Any] | None = None
     recommendation: str = ""  # the latest search: what it found, or why nothing was offered
@@ -98,7 +87,7 @@ class _Loaded:
     recommender: Recommender | None = None
 
 
-class ProcessPipeline:
+class ProcessPipeline(Pipeline):
     """One process model on one source's tags; recommends setpoints when configured.
 
     `history` is the source's recent values per tag (windowed features read it),
@@ -108,9 +97,11 @@ class ProcessPipeline:
     `apply_accepted`.
     """
 
-    def __init__(self, config: ProcessPipelineConfig, latest: Mapping[str, TagValue],
+    kind = "process"
+
+    def __init__(self, config: ProcessPipelineConfig, latest: Mapping[str, TagReading],
                  store: ModelStore, buffer: Buffer, watch: ModelWatch | None = None, *,
-                 history: Mapping[str, Sequence[TagValue]] | None = None,
+                 history: Mapping[str, Sequence[TagReading]] | None = None,
                  confirmed_at: Callable[[], float] | None = None,
                  writer: Writer | None = None, nodes: Mapping[str, str] | None = None,
                  board: RecommendationBoard | None = None,
@@ -129,7 +120,7 @@ class ProcessPipeline:
         self._loaded: _Loaded | None = None
         self._shadow_runner: OnnxRunner | None = None
         self._failed_sha: str | None = None
-        self.status = PipelineState(detail=f"waiting for model {config.model}")
+        self.status = ProcessStatus(detail=f"waiting for model {config.model}")
         # For the operator page: recent predictions, and the recommendation board when the
         # pipeline recommends setpoints.
         self.trend: deque[TrendPoint] = deque(maxlen=TREND_POINTS)
@@ -142,6 +133,27 @@ class ProcessPipeline:
                     self.name, buffer, outcome_after_s=recommend.outcome_after_s,
                     on_accept=self.apply_accepted, clock=clock)
             self.guard = SetpointGuard(self.name, recommend, writer, buffer, nodes, clock)
+
+    @classmethod
+    def from_source(cls, config: ProcessPipelineConfig, source: TagSource,
+                    context: PipelineContext) -> ProcessPipeline:
+        """The pipeline on an OPC-UA source's tags, writing setpoints through it."""
+        return cls(config, source.latest, context.store, context.buffer, context.watch,
+                   history=source.history, confirmed_at=lambda: source.confirmed_at,
+                   writer=source.write, nodes=source.config.setpoints,
+                   stats_interval_s=context.stats_interval_s)
+
+    def snapshot(self) -> PipelineSnapshot:
+        status, board = self.status, self.board
+        return PipelineSnapshot(
+            name=self.name, type=self.kind, model=self.config.model, state=status.state,
+            detail=status.detail, inferences=status.predictions,
+            process=ProcessDetails(
+                last_prediction=status.last_prediction, recommends=board is not None,
+                open_recommendation=board.open if board is not None else None,
+                answered=tuple(board.recent) if board is not None else (),
+                search=status.recommendation, last_write=status.last_write,
+                writes_this_hour=status.writes_this_hour, trend=tuple(self.trend)))
 
     async def run(self) -> None:
         while True:
@@ -379,11 +391,6 @@ class ProcessPipeline:
             log.info("shadow inference failed pipeline=%s version=%s error=%s", self.name,
                      candidate.manifest.version, exc)
         self._watch.observe_shadow(self.config.model, active, shadow)
-
-    def _set(self, state: str, detail: str) -> None:
-        if (state, detail) != (self.status.state, self.status.detail):
-            log.info("pipeline state pipeline=%s state=%s detail=%s", self.name, state, detail)
-        self.status.state, self.status.detail = state, detail
 
 
 def _finite(value: float) -> float | None:

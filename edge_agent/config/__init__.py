@@ -1,0 +1,44 @@
+"""The agent's configuration: one YAML file, validated by these models (which document it).
+
+`sources.py` holds the sources' sections, `pipelines.py` the pipelines' (and their union, the
+one place a new kind of pipeline is added), `agent.py` the file as a whole.
+"""
+
+from edge_agent.config.agent import (
+    EXAMPLE,
+    AgentConfig,
+    BufferConfig,
+    SecurityConfig,
+    UiConfig,
+    UplinkConfig,
+    is_loopback,
+    load_agent_config,
+)
+from edge_agent.config.pipelines import (
+    AutoWriteConfig,
+    ControlConfig,
+    DefectRules,
+    EvidenceConfig,
+    FeatureConfig,
+    ObjectiveConfig,
+    PipelineConfig,
+    ProcessPipelineConfig,
+    RecommendConfig,
+    SamplingConfig,
+    VisionPipelineConfig,
+)
+from edge_agent.config.sources import (
+    CameraSourceConfig,
+    OpcUaSourceConfig,
+    RoiConfig,
+    SourceConfig,
+    opcua_address_problem,
+)
+
+__all__ = [
+    "EXAMPLE", "AgentConfig", "AutoWriteConfig", "BufferConfig", "CameraSourceConfig",
+    "ControlConfig", "DefectRules", "EvidenceConfig", "FeatureConfig", "ObjectiveConfig",
+    "OpcUaSourceConfig", "PipelineConfig", "ProcessPipelineConfig", "RecommendConfig",
+    "RoiConfig", "SamplingConfig", "SecurityConfig", "SourceConfig", "UiConfig", "UplinkConfig",
+    "VisionPipelineConfig", "is_loopback", "load_agent_config", "opcua_address_problem",
+]
