@@ -22,28 +22,46 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from edge_agent.kernel.contract import RECORD_EVICTION, BufferHealth
+from edge_agent.kernel.contract import (
+    RECORD_DEFECT,
+    RECORD_DEPLOYMENT_EVENT,
+    RECORD_EVICTION,
+    RECORD_MODEL_STATS,
+    RECORD_PREDICTION,
+    RECORD_RECOMMENDATION,
+    RECORD_RECOMMENDATION_ANSWER,
+    RECORD_RECOMMENDATION_OUTCOME,
+    RECORD_SAMPLE,
+    RECORD_SETPOINT_WRITE,
+    RECORD_SOURCE_GAP,
+    BufferHealth,
+)
 
 log = logging.getLogger(__name__)
 
+# Higher is evicted later; every record kind the agent writes has one.
 DEFAULT_PRIORITIES: dict[str, int] = {
     RECORD_EVICTION: 100,
-    "deployment_event": 90,
-    "defect": 70,
-    "recommendation_answer": 80,  # an operator's decision is small and not repeatable
-    "recommendation_outcome": 75,
-    "setpoint_write": 85,
-    "source_gap": 65,
-    "recommendation": 60,
-    "model_stats": 45,  # one record sums a whole interval of predictions
-    "metric": 40,
-    "sample": 30,
-    "prediction": 20,
+    RECORD_DEPLOYMENT_EVENT: 90,
+    RECORD_SETPOINT_WRITE: 85,  # the audit of what the agent did to the line
+    RECORD_RECOMMENDATION_ANSWER: 80,  # an operator's decision is small and not repeatable
+    RECORD_RECOMMENDATION_OUTCOME: 75,
+    RECORD_DEFECT: 70,
+    RECORD_SOURCE_GAP: 65,
+    RECORD_RECOMMENDATION: 60,
+    RECORD_MODEL_STATS: 45,  # one record sums a whole interval of predictions
+    RECORD_SAMPLE: 30,
+    RECORD_PREDICTION: 20,
 }
-DEFAULT_PRIORITY = 50
-DEFAULT_KEEP = frozenset({RECORD_EVICTION, "deployment_event"})
-MAX_RANGES_PER_REPORT = 2000
-_MAX_COALESCED_JOBS = 512
+DEFAULT_PRIORITY = 50  # a record kind configured nowhere: between model stats and defects
+DEFAULT_KEEP = frozenset({RECORD_EVICTION, RECORD_DEPLOYMENT_EVENT})
+MAX_RANGES_PER_REPORT = 2000  # keeps one eviction record well under a batch's size
+_MAX_COALESCED_JOBS = 512  # appends committed in one transaction at most: bounds its latency
+NO_SIZE_LIMIT = 1 << 30  # a batch bounded by its record count only
+BUSY_TIMEOUT_MS = 5000  # another process (`edge-agent status`) reading the file: wait for it
+EVICTION_SCAN_ROWS = 256  # candidates read at once while evicting over quota
+# Freed pages go back to the file system past either many pages or a good share of the file.
+COMPACT_FREE_PAGES, COMPACT_MIN_FREE_PAGES, COMPACT_FREE_SHARE = 4096, 64, 1 / 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -130,7 +148,8 @@ class Buffer:
         seqs = await asyncio.wrap_future(self._call(None, [record]))
         return seqs[0]
 
-    async def next_batch(self, max_records: int, max_bytes: int = 1 << 30) -> list[StoredRecord]:
+    async def next_batch(self, max_records: int,
+                         max_bytes: int = NO_SIZE_LIMIT) -> list[StoredRecord]:
         """The oldest records not in flight (marking them in flight), bounded by count and size."""
         return await asyncio.wrap_future(self._call(self._next_batch, max_records, max_bytes))
 
@@ -159,7 +178,8 @@ class Buffer:
     def append_many_sync(self, records: list[NewRecord]) -> list[int]:
         return self._call(None, records).result()
 
-    def next_batch_sync(self, max_records: int, max_bytes: int = 1 << 30) -> list[StoredRecord]:
+    def next_batch_sync(self, max_records: int,
+                        max_bytes: int = NO_SIZE_LIMIT) -> list[StoredRecord]:
         return self._call(self._next_batch, max_records, max_bytes).result()
 
     def ack_sync(self, seqs: list[int]) -> int:
@@ -238,7 +258,7 @@ class Buffer:
         conn.execute("PRAGMA journal_mode=WAL")
         # FULL in WAL mode: a committed record survives power loss, not only a killed process.
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
-        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         conn.executescript(_SCHEMA)
         self._conn = conn
         self._count_records()
@@ -341,7 +361,8 @@ class Buffer:
             rows = self._db.execute(
                 f"SELECT priority, seq, type, size_bytes FROM records WHERE type NOT IN ({marks})"
                 " AND (priority > ? OR (priority = ? AND seq > ?))"
-                " ORDER BY priority, seq LIMIT 256", (*keep, cursor[0], *cursor)).fetchall()
+                " ORDER BY priority, seq LIMIT ?",
+                (*keep, cursor[0], *cursor, EVICTION_SCAN_ROWS)).fetchall()
             if not rows:
                 log.error("buffer over quota but nothing may be evicted used=%d quota=%d",
                           self._used_bytes, self.policy.quota_bytes)
@@ -420,7 +441,8 @@ class Buffer:
         """Give freed pages back once they are a good share of the file, then trim the WAL."""
         free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
         total = self._db.execute("PRAGMA page_count").fetchone()[0]
-        if free > 4096 or (free > 64 and free * 4 > total):
+        if free > COMPACT_FREE_PAGES or (free > COMPACT_MIN_FREE_PAGES
+                                         and free > total * COMPACT_FREE_SHARE):
             # executescript steps the pragma to the end; execute() would free a single page.
             self._db.executescript("PRAGMA incremental_vacuum;")
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
