@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 from central_sync.db import CentralDB, DeviceSummary
 
 HealthProvider = Callable[[], dict[str, Any]]
+MS_PER_S = 1000  # devices report milliseconds; Prometheus wants base units
 
 # IngestStats counter -> (metric name without _total, help)
 _INGEST_COUNTERS: dict[str, tuple[str, str]] = {
@@ -24,7 +25,8 @@ _INGEST_COUNTERS: dict[str, tuple[str, str]] = {
     "acks_unsent": ("central_sync_acks_unsent",
                     "Stored batches whose ack could not be published (the device resends)"),
     "store_failures": ("central_sync_store_failures",
-                       "Uplink batches the database refused (not acked, the device resends)"),
+                       "Device messages the database failed on, every handler (not acked, the "
+                       "device resends); by handler in central_sync_database_errors"),
     "statuses": ("central_sync_statuses_received", "Device status messages applied"),
     "deployment_events": ("central_sync_deployment_events", "New deployment steps recorded"),
     "chunk_requests": ("central_sync_chunk_requests", "Artifact chunk requests received"),
@@ -73,6 +75,18 @@ def service_metric_families(health: dict[str, Any]) -> Iterator[Any]:
     for leaf, count in sorted(ingest["rejected"].items()):
         rejected.add_metric([leaf], count)
     yield rejected
+    database_errors = CounterMetricFamily(
+        "central_sync_database_errors",
+        "Device messages not handled because the database failed (not acked, the device "
+        "resends), by handler: the device topic leaf", labels=["handler"])
+    for leaf, count in sorted(ingest["database_errors"].items()):
+        database_errors.add_metric([leaf], count)
+    yield database_errors
+    yield CounterMetricFamily(
+        "central_sync_rollout_step_failures",
+        "Steps of one rollout that failed (logged with the rollout id); the other rollouts "
+        "still step, and this one is tried again next round",
+        value=health["rollout_step_failures"])
 
 
 def device_metric_families(devices: list[DeviceSummary], now: float, offline_after_s: float
@@ -106,5 +120,5 @@ def device_metric_families(devices: list[DeviceSummary], now: float, offline_aft
             evicted.add_metric(labels, status.buffer.evicted)
         if status is not None and status.uplink is not None and (
                 status.uplink.round_trip_ms is not None):
-            round_trip.add_metric(labels, status.uplink.round_trip_ms / 1000)
+            round_trip.add_metric(labels, status.uplink.round_trip_ms / MS_PER_S)
     yield from (online, age, last_seq, stored, depth, evicted, round_trip)

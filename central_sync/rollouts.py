@@ -16,9 +16,10 @@ import math
 import re
 import time
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 
-from central_sync.db import CentralDB, Rollout, RolloutDevice
+from central_sync.db import ROLLOUT_ACTIVE_STATES, CentralDB, Rollout, RolloutDevice
 from central_sync.deployments import (
     TamperedManifest,
     UnknownModel,
@@ -35,6 +36,12 @@ ENGINE = "central"  # the actor of automatic steps in the audit log
 SUCCEEDED_STEPS = {"confirmed"}
 FAILED_STEPS = {"failed", "rolled_back"}
 TERMINAL_ROLLOUT_STATES = ("completed", "aborted", "rolled_back")
+ROLLOUT_ID_CHARS = 12  # hex digits of a random id: short enough to type, unique in practice
+# Time for a wave's devices to fetch the model, activate it and pass probation on a slow link.
+DEFAULT_WAVE_TIMEOUT_S = 900.0
+# A success ratio times the wave's size is a float (0.9 * 10 = 9.000000000000002): this much
+# below it still counts as the whole number of devices needed.
+RATIO_ROUNDING_SLACK = 1e-9
 
 
 class RolloutError(Exception):
@@ -74,7 +81,8 @@ def plan_waves(devices: Sequence[str], canary: int, shares: Sequence[float]) -> 
 
 def start_rollout(db: CentralDB, name: str, version: str, devices: Sequence[str], target: str,
                   created_by: str, canary: int = 1, waves: str = "100%",
-                  success_ratio: float = 1.0, wave_timeout_s: float = 900.0) -> Rollout:
+                  success_ratio: float = 1.0,
+                  wave_timeout_s: float = DEFAULT_WAVE_TIMEOUT_S) -> Rollout:
     """Record a new rollout; the engine in `serve` carries it out."""
     if db.get_model(name, version) is None:
         raise RolloutError(unknown_model_message(name, version))
@@ -88,9 +96,9 @@ def start_rollout(db: CentralDB, name: str, version: str, devices: Sequence[str]
     plan = plan_waves(devices, canary, parse_waves(waves))
     now = time.time()
     rollout = Rollout(
-        rollout_id=uuid.uuid4().hex[:12], model_name=name, version=version, target=target,
-        canary=len(plan[0]) if canary else 0, waves=len(plan), success_ratio=success_ratio,
-        wave_timeout_s=wave_timeout_s,
+        rollout_id=uuid.uuid4().hex[:ROLLOUT_ID_CHARS], model_name=name, version=version,
+        target=target, canary=len(plan[0]) if canary else 0, waves=len(plan),
+        success_ratio=success_ratio, wave_timeout_s=wave_timeout_s,
         state="running", current_wave=0, wave_started_at=now,
         detail=f"wave 1 of {len(plan)} ({len(plan[0])} device(s))", created_at=now,
         created_by=created_by, updated_at=now)
@@ -124,13 +132,16 @@ def change_rollout(db: CentralDB, rollout_id: str, action: str, actor: str) -> R
 
 ROLLOUT_LEASE = "rollouts"
 ROLLOUT_LEASE_S = 10.0  # a stopped leader's rollouts move on again at most this much later
+# Between two steps of every rollout: a confirmed device moves its wave on within this time,
+# and each step costs a few small queries, so the database hardly notices.
+ROLLOUT_STEP_INTERVAL_S = 0.5
 
 
 class RolloutEngine:
     """Carries out the rollouts recorded in the database; runs inside `central-sync serve`."""
 
     def __init__(self, db: CentralDB, transport: Transport, signer: Signer, topics: Topics,
-                 interval_s: float = 0.5, holder: str = "central",
+                 interval_s: float = ROLLOUT_STEP_INTERVAL_S, holder: str = "central",
                  lease_s: float = ROLLOUT_LEASE_S) -> None:
         self.db = db
         self.transport = transport
@@ -140,6 +151,7 @@ class RolloutEngine:
         self.holder = holder
         self.lease_s = lease_s
         self.leading = False
+        self.step_failures: Counter[str] = Counter()  # by rollout id
 
     async def run(self) -> None:
         """Drive the rollouts while this process holds the rollout lease: of several
@@ -147,23 +159,36 @@ class RolloutEngine:
         takes over once its lease has run out."""
         while True:
             try:
-                leading = await asyncio.to_thread(self.db.hold_lease, ROLLOUT_LEASE,
-                                                  self.holder, self.lease_s)
-                if leading != self.leading:
-                    log.info("rollout lease %s holder=%s", "taken" if leading else "lost",
-                             self.holder)
-                    self.leading = leading
-                if leading:
-                    await self.step_all()
-            except Exception:  # one bad rollout row must not stop the others
-                log.exception("rollout step failed")
+                active = await self._rollouts_to_step()
+            except Exception:  # the engine outlives a failed query: it tries again next round
+                log.exception("rollouts not read holder=%s; tried again in %g s", self.holder,
+                              self.interval_s)
+                active = []
+            await self.step_each(active)
             await asyncio.sleep(self.interval_s)
 
-    async def step_all(self) -> None:
-        active = await asyncio.to_thread(
-            self.db.list_rollouts, ("running", "paused", "halted", "rolling_back"))
-        for rollout in active:
-            await self.step(rollout)
+    async def _rollouts_to_step(self) -> list[Rollout]:
+        """The active rollouts while this process holds the lease; none while another does."""
+        leading = await asyncio.to_thread(self.db.hold_lease, ROLLOUT_LEASE, self.holder,
+                                          self.lease_s)
+        if leading != self.leading:
+            log.info("rollout lease %s holder=%s", "taken" if leading else "lost", self.holder)
+            self.leading = leading
+        if not leading:
+            return []
+        return await asyncio.to_thread(self.db.list_rollouts, ROLLOUT_ACTIVE_STATES)
+
+    async def step_each(self, rollouts: Sequence[Rollout]) -> None:
+        """Step every rollout on its own: one that fails (a bad row, a failed query) is logged
+        and counted, and the others still step."""
+        for rollout in rollouts:
+            try:
+                await self.step(rollout)
+            except Exception:
+                self.step_failures[rollout.rollout_id] += 1
+                log.exception("rollout step failed rollout=%s failures=%d; the other rollouts "
+                              "go on, this one is tried again in %g s", rollout.rollout_id,
+                              self.step_failures[rollout.rollout_id], self.interval_s)
 
     async def step(self, rollout: Rollout) -> None:
         devices = await asyncio.to_thread(self.db.rollout_devices, rollout.rollout_id)
@@ -224,7 +249,7 @@ class RolloutEngine:
     async def _judge(self, rollout: Rollout, devices: list[RolloutDevice]) -> None:
         wave = [d for d in devices if d.wave == rollout.current_wave]
         size = len(wave)
-        needed = math.ceil(rollout.success_ratio * size - 1e-9)
+        needed = math.ceil(rollout.success_ratio * size - RATIO_ROUNDING_SLACK)
         succeeded = [d for d in wave if d.state == "succeeded"]
         failed = [d for d in wave if d.state == "failed"]
         name = wave_name(rollout, rollout.current_wave)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -46,8 +47,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Batches decoded but not yet stored: enough to overlap decoding with the one database
+# thread, few enough that a slow database pushes back on the broker instead of piling up.
 STORES_IN_FLIGHT = 4
+# Devices of a wave ask for the same chunks within moments of each other; waiting this long
+# before publishing lets one publication answer them all, at a cost too small to notice.
 CHUNK_GATHER_S = 0.2
+# Characters of a SHA-256 in logs and messages: enough to tell artifacts apart.
+SHORT_SHA256_CHARS = 12
+# Out-of-range chunk indices quoted in a rejection; the count says how many there were.
+INDICES_QUOTED = 5
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -65,7 +74,7 @@ class IngestStats:
     batches: int = 0
     records_acked: int = 0
     acks_unsent: int = 0
-    store_failures: int = 0
+    store_failures: int = 0  # messages of any handler the database failed on
     statuses: int = 0
     deployment_events: int = 0
     chunk_requests: int = 0
@@ -74,9 +83,11 @@ class IngestStats:
     chunk_failures: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     last_rejection: str = ""
+    database_errors: Counter[str] = field(default_factory=Counter)  # by handler (topic leaf)
 
     def as_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "rejected": dict(self.rejected)}
+        return {**self.__dict__, "rejected": dict(self.rejected),
+                "database_errors": dict(self.database_errors)}
 
 
 class CentralService:
@@ -107,6 +118,7 @@ class CentralService:
         return await loop.run_in_executor(self._db_executor, lambda: fn(*args, **kwargs))
 
     async def start(self) -> None:
+        # One thread: the repository has one connection, and calls on it are serialised anyway.
         self._db_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="central-db")
         try:
             self.db = await self.db_call(CentralDB, self.config.database_url)
@@ -181,8 +193,10 @@ class CentralService:
             await self.stop()
 
     def health(self) -> dict[str, Any]:
+        step_failures = self.rollouts.step_failures.total() if self.rollouts else 0
         return {"status": "ok" if self._started else "starting",
-                "broker_connected": self.transport.connected, "ingest": self.stats.as_dict()}
+                "broker_connected": self.transport.connected, "ingest": self.stats.as_dict(),
+                "rollout_step_failures": step_failures}
 
     @property
     def web_url(self) -> str | None:
@@ -208,6 +222,16 @@ class CentralService:
         log.warning("message rejected topic=%s reason=%s", topic, reason)
         return None
 
+    def _database_failed(self, topic: str, what: str, exc: Exception) -> None:
+        """The one path of a database error in every handler: logged and counted by handler.
+        The handler then returns without acking or answering, so the device sends the message
+        again, and raises nothing into the transport."""
+        device_id, leaf = self.topics.parse_device_topic(topic) or ("unknown", "unknown")
+        self.stats.store_failures += 1
+        self.stats.database_errors[leaf] += 1
+        log.error("%s handler=%s topic=%s device=%s error=%s; not acked: the device sends it "
+                  "again", what, leaf, topic, device_id, exc)
+
     # --- ingest ---------------------------------------------------------------------------
 
     async def _on_uplink(self, topic: str, payload: bytes) -> None:
@@ -216,7 +240,7 @@ class CentralService:
         if received is None:
             return
         if isinstance(received, RecordChunk):
-            await self._store_chunk_and_ack(received)
+            await self._store_chunk_and_ack(topic, received)
             return
         batch = expand_uplink(received)
         if isinstance(batch, Rejection):
@@ -224,29 +248,25 @@ class CentralService:
             return
         # Decoding the next batch overlaps storing this one; the semaphore bounds the backlog.
         await self._stores_in_flight.acquire()
-        self._spawn(self._store_and_ack(batch))
+        self._spawn(self._store_and_ack(topic, batch))
 
-    async def _store_chunk_and_ack(self, chunk: RecordChunk) -> None:
+    async def _store_chunk_and_ack(self, topic: str, chunk: RecordChunk) -> None:
         assert self.db is not None
         try:
             seqs = await self.db_call(self.db.store_record_chunk, chunk)
         except DatabaseError as exc:
-            self.stats.store_failures += 1
-            log.error("record chunk not stored device=%s seq=%d error=%s", chunk.device_id,
-                      chunk.seq, exc)
+            self._database_failed(topic, f"record chunk not stored seq={chunk.seq} "
+                                  f"index={chunk.index}", exc)
             return
         if seqs is not None:
             await self._ack(chunk.device_id, chunked_batch_id(chunk.seq), seqs)
 
-    async def _store_and_ack(self, batch: UplinkBatch) -> None:
+    async def _store_and_ack(self, topic: str, batch: UplinkBatch) -> None:
         assert self.db is not None
         try:
             seqs = await self.db_call(self.db.store_batch, batch)
         except DatabaseError as exc:
-            # Not acked, so the device keeps the records and sends them again.
-            self.stats.store_failures += 1
-            log.error("batch not stored device=%s batch=%s error=%s", batch.device_id,
-                      batch.batch_id, exc)
+            self._database_failed(topic, f"batch not stored batch={batch.batch_id}", exc)
             return
         finally:
             self._stores_in_flight.release()
@@ -277,8 +297,7 @@ class CentralService:
             await self.db_call(self.db.update_status, status)
         except DatabaseError as exc:
             # The next status (every few seconds, retained) brings the device up to date.
-            self.stats.store_failures += 1
-            log.warning("status not stored device=%s error=%s", status.device_id, exc)
+            self._database_failed(topic, f"status not stored state={status.state}", exc)
             return
         self.stats.statuses += 1
         log.info("device status device=%s state=%s", status.device_id, status.state)
@@ -288,7 +307,13 @@ class CentralService:
         if event is None:
             return
         assert self.db is not None
-        if await self.db_call(self.db.record_deployment_event, event):
+        try:
+            recorded = await self.db_call(self.db.record_deployment_event, event)
+        except DatabaseError as exc:
+            self._database_failed(topic, f"deployment step not stored command={event.command_id}"
+                                  f" step={event.step}", exc)
+            return
+        if recorded:
             self.stats.deployment_events += 1
             log.info("deployment step device=%s model=%s version=%s command=%s step=%s %s",
                      event.device_id, event.model_name, event.version, event.command_id,
@@ -302,16 +327,20 @@ class CentralService:
             return
         self.stats.chunk_requests += 1
         assert self.db is not None
-        manifest = await self.db_call(self.db.get_model_by_sha256, request.sha256)
+        short = request.sha256[:SHORT_SHA256_CHARS]
+        try:
+            manifest = await self.db_call(self.db.get_model_by_sha256, request.sha256)
+        except DatabaseError as exc:
+            self._database_failed(topic, f"chunk request not served sha256={short}", exc)
+            return
         if manifest is None:
-            self._reject(topic, "chunk-request",
-                         f"artifact {request.sha256[:12]} is not in the registry")
+            self._reject(topic, "chunk-request", f"artifact {short} is not in the registry")
             return
         wanted = sorted(set(request.indices))
         beyond = [i for i in wanted if i >= manifest.chunk_count]
         if beyond:
-            self._reject(topic, "chunk-request", f"chunks {beyond[:5]} are beyond the "
-                         f"{manifest.chunk_count} chunks of {request.sha256[:12]}")
+            self._reject(topic, "chunk-request", f"chunks {beyond[:INDICES_QUOTED]} are beyond "
+                         f"the {manifest.chunk_count} chunks of {short}")
         # A chunk already queued is published after this request arrived, so after the device
         # subscribed: it serves this device too (one publication serves a whole wave).
         indices = [i for i in wanted if i < manifest.chunk_count
@@ -332,9 +361,9 @@ class CentralService:
                            device_id: str) -> None:
         path = artifact_path(self.config.artifact_dir, manifest.sha256)
         topic = self.topics.artifact(manifest.sha256)
+        short = manifest.sha256[:SHORT_SHA256_CHARS]
         try:
-            # Devices of a wave ask within moments of each other: gather their requests.
-            await asyncio.sleep(CHUNK_GATHER_S)
+            await asyncio.sleep(CHUNK_GATHER_S)  # gather the requests of a wave's devices
             for index in indices:
                 data = await asyncio.to_thread(
                     read_chunk, path, index, manifest.chunk_size_bytes, manifest.size_bytes)
@@ -342,12 +371,11 @@ class CentralService:
                 await self.transport.publish(topic, encode(chunk), qos=1)
                 self._chunks_queued.discard((manifest.sha256, index))
                 self.stats.chunks_sent += 1
-            log.info("chunks sent device=%s sha256=%s chunks=%d", device_id,
-                     manifest.sha256[:12], len(indices))
+            log.info("chunks sent device=%s sha256=%s chunks=%d", device_id, short,
+                     len(indices))
         except (OSError, ValueError, NotConnected) as exc:
             self.stats.chunk_failures += 1
-            log.error("chunks not sent device=%s sha256=%s error=%s", device_id,
-                      manifest.sha256[:12], exc)
+            log.error("chunks not sent device=%s sha256=%s error=%s", device_id, short, exc)
         finally:
             self._chunks_queued.difference_update((manifest.sha256, i) for i in indices)
 
@@ -355,7 +383,7 @@ class CentralService:
 def read_chunk(path: Path, index: int, chunk_size_bytes: int, size_bytes: int) -> bytes:
     """Read one chunk of an artifact from disk, checking the file has the expected size."""
     with open(path, "rb") as handle:
-        actual = handle.seek(0, 2)
+        actual = handle.seek(0, os.SEEK_END)
         if actual != size_bytes:
             raise ValueError(f"artifact {path} has {actual} bytes, its manifest says {size_bytes}")
         handle.seek(index * chunk_size_bytes)

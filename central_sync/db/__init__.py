@@ -3,6 +3,7 @@
 from central_sync.db.connection import DatabaseError, DatabaseUrlError
 from central_sync.db.repository import CentralDB
 from central_sync.db.rows import (
+    ROLLOUT_ACTIVE_STATES,
     DeviceSummary,
     ModelVersionExists,
     PublishedModel,
@@ -15,6 +16,7 @@ from central_sync.db.schema import MIGRATIONS
 
 __all__ = [
     "MIGRATIONS",
+    "ROLLOUT_ACTIVE_STATES",
     "CentralDB",
     "DatabaseError",
     "DatabaseUrlError",

@@ -120,6 +120,17 @@ class SQLiteConnection:
         self._db.close()
 
 
+# PostgreSQL text cannot hold NUL. A device's free text with one (an agent version, a step's
+# detail) is stored with this character in its place, rather than refused on every resend.
+NUL_STAND_IN = "\ufffd"
+
+
+def without_nul(params: Sequence[Any]) -> tuple[Any, ...]:
+    """The parameters with NUL in any text replaced by NUL_STAND_IN."""
+    return tuple(p.replace("\x00", NUL_STAND_IN) if isinstance(p, str) and "\x00" in p else p
+                 for p in params)
+
+
 class PostgresConnection:
     """PostgreSQL through psycopg 3 (the `postgres` extra), autocommit outside `atomic()`."""
 
@@ -149,19 +160,19 @@ class PostgresConnection:
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         with self._live().cursor() as cursor:
-            cursor.execute(to_postgres(sql), tuple(params))
+            cursor.execute(to_postgres(sql), without_nul(params))
             return cursor.rowcount
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
         if not rows:
             return 0
         with self._live().cursor() as cursor:
-            cursor.executemany(to_postgres(sql), rows)
+            cursor.executemany(to_postgres(sql), [without_nul(row) for row in rows])
             return cursor.rowcount
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> Iterator[dict[str, Any]]:
         with self._live().cursor() as cursor:
-            cursor.execute(to_postgres(sql), tuple(params))
+            cursor.execute(to_postgres(sql), without_nul(params))
             rows = cursor.fetchall() if cursor.description else []
         return iter(rows)
 
