@@ -28,7 +28,16 @@ from edge_agent.kernel.contract import DEVICE_TOPICS, Topics
 log = logging.getLogger(__name__)
 
 PBKDF2_ITERATIONS = 101  # what mosquitto_passwd writes ($7$: PBKDF2-HMAC-SHA512)
+SALT_BYTES = 12  # mosquitto_passwd's salt length
+PASSWORD_BYTES = 24  # 192 random bits (32 characters): beyond guessing, easy to paste
+# A SIGHUP or a service reload returns at once; this covers a loaded host without leaving
+# `central-sync device ...` hanging on a command that never returns.
 RELOAD_TIMEOUT_S = 20.0
+# A client certificate is valid from a little before it is made, so a gateway whose clock is
+# somewhat behind still accepts it ...
+CERTIFICATE_BACKDATE = datetime.timedelta(minutes=5)
+# ... and for 825 days, the longest leaf validity the CA/Browser Forum and Apple allowed (2018).
+CERTIFICATE_VALIDITY = datetime.timedelta(days=825)
 
 
 class ProvisioningError(Exception):
@@ -36,12 +45,12 @@ class ProvisioningError(Exception):
 
 
 def new_password() -> str:
-    return secrets.token_urlsafe(24)
+    return secrets.token_urlsafe(PASSWORD_BYTES)
 
 
 def mosquitto_hash(password: str, salt: bytes | None = None) -> str:
     """A password_file entry's hash, as `mosquitto_passwd` makes it."""
-    salt = salt if salt is not None else secrets.token_bytes(12)
+    salt = salt if salt is not None else secrets.token_bytes(SALT_BYTES)
     digest = hashlib.pbkdf2_hmac("sha512", password.encode("utf-8"), salt, PBKDF2_ITERATIONS)
     return (f"$7${PBKDF2_ITERATIONS}${base64.b64encode(salt).decode()}"
             f"${base64.b64encode(digest).decode()}")
@@ -212,8 +221,8 @@ def client_certificate_pem(config: CentralConfig, device: str) -> tuple[bytes, b
             .issuer_name(ca_cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=825))
+            .not_valid_before(now - CERTIFICATE_BACKDATE)
+            .not_valid_after(now + CERTIFICATE_VALIDITY)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
                            critical=False)
