@@ -22,6 +22,7 @@ from edge_agent.kernel.signing import KeyFileError
 from edge_agent.kernel.transport import BrokerCredentialsError
 
 DEFAULT_CONFIG = "edge-agent.yaml"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2  # 2: the configuration or a file it names is wrong
 
 _EPILOGS = {
     "main": """examples:
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_agent_config(args.config)
     except ConfigError as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     if args.command == "run":
         return _run(config, args.log_level)
     if args.command == "check-config":
@@ -103,14 +104,14 @@ def _run(config: AgentConfig, log_level: str) -> int:
         asyncio.run(main_async())
     except KeyFileError as exc:
         print(f"edge-agent: security.central_public_key: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except BrokerCredentialsError as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except OSError as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def _check_config(config: AgentConfig, path: Path) -> int:
@@ -118,13 +119,13 @@ def _check_config(config: AgentConfig, path: Path) -> int:
         verifier = config.security.verifier()
     except KeyFileError as exc:
         print(f"edge-agent: {path}: security.central_public_key: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     broker = config.broker
     try:
         broker.secret()
     except BrokerCredentialsError as exc:
         print(f"edge-agent: {path}: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     login = f"user {broker.username}" if broker.username else "anonymous"
     link = "TLS" + (" with client certificate" if broker.cert_file else "") if broker.tls else (
         "plain")
@@ -158,7 +159,7 @@ def _check_config(config: AgentConfig, path: Path) -> int:
     trust = (f"signed by {verifier.description} only" if verifier
              else "UNSIGNED accepted (verify_signatures: false)")
     print(f"  models:    {trust}")
-    return 0
+    return EXIT_OK
 
 
 def _status(config: AgentConfig) -> int:
@@ -171,7 +172,7 @@ def _status(config: AgentConfig) -> int:
     console = Console()
     if not config.buffer_path.exists():
         console.print(f"No buffer at {config.buffer_path} yet: the agent has not run here.")
-        return 0
+        return EXIT_OK
     buffer = Buffer(config.buffer_path, config.buffer.policy())
     health = buffer.health_sync()
     buffer.close_sync()
@@ -186,7 +187,7 @@ def _status(config: AgentConfig) -> int:
         m = installed.manifest
         table.add_row(m.name, m.version, m.sha256[:12], ", ".join(store.versions(m.name)))
     console.print(table)
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -22,6 +22,10 @@ from edge_agent.kernel.contract import ProbationPolicy, ShadowPolicy
 from edge_agent.model_store import InstalledModel
 
 _REFERENCE_OUTPUTS = 200  # outputs of the active version kept to compare a successor with
+# A near-constant reference output still allows this share of its mean as one spread: a
+# successor is not rolled back for noise around a flat line.
+MIN_RELATIVE_SPREAD = 0.1
+MIN_SPREAD = 1e-9  # and a reference of zeros does not divide by zero
 
 
 def first_value(outputs: dict[str, np.ndarray]) -> float:
@@ -90,7 +94,8 @@ class Probation:
                 len(self.reference) < self.policy.min_observations:
             return None
         reference_mean = statistics.fmean(self.reference)
-        spread = max(statistics.pstdev(self.reference), 0.1 * abs(reference_mean), 1e-9)
+        spread = max(statistics.pstdev(self.reference), MIN_RELATIVE_SPREAD * abs(reference_mean),
+                     MIN_SPREAD)
         return abs(statistics.fmean(self.values) - reference_mean) / spread
 
     def summary(self) -> str:

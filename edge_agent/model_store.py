@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
 ACTIVE_FILE = "active.json"
+HASH_BLOCK_BYTES = 1024 * 1024  # read a model file this much at a time while hashing it
+SHORT_SHA256 = 12  # hex digits of a sha256 in messages: enough to tell artifacts apart
 
 
 class ModelStoreError(Exception):
@@ -49,11 +51,9 @@ class InstalledModel:
 def sha256_of_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
-        for block in iter(lambda: f.read(1024 * 1024), b""):
+        for block in iter(lambda: f.read(HASH_BLOCK_BYTES), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
 
 
 class ModelStore:
@@ -96,8 +96,9 @@ class ModelStore:
         actual = sha256_of_file(artifact)
         if actual != manifest.sha256:
             raise ModelStoreError(
-                f"{manifest.name} {manifest.version}: artifact sha256 {actual[:12]} does not "
-                f"match the manifest's {manifest.sha256[:12]}; it will be fetched again"
+                f"{manifest.name} {manifest.version}: artifact sha256 {actual[:SHORT_SHA256]} does "
+                f"not match the manifest's {manifest.sha256[:SHORT_SHA256]}; it will be fetched "
+                "again"
             )
         target = self._version_dir(manifest.name, manifest.version)
         existing = self.get(manifest.name, manifest.version)
@@ -106,7 +107,7 @@ class ModelStore:
                 return existing
             raise ModelStoreError(
                 f"{manifest.name} {manifest.version} is already installed with a different "
-                f"sha256 ({existing.manifest.sha256[:12]}); versions are immutable"
+                f"sha256 ({existing.manifest.sha256[:SHORT_SHA256]}); versions are immutable"
             )
         staging = target.with_name(f".{manifest.version}.staging")
         shutil.rmtree(staging, ignore_errors=True)
@@ -118,7 +119,7 @@ class ModelStore:
         os.rename(staging, target)
         fsync_dir(target.parent)
         log.info("model installed name=%s version=%s sha256=%s", manifest.name, manifest.version,
-                 manifest.sha256[:12])
+                 manifest.sha256[:SHORT_SHA256])
         return InstalledModel(manifest, target / MODEL_FILE)
 
     def get(self, name: str, version: str) -> InstalledModel | None:

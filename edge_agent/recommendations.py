@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 Decision = Literal["accepted", "rejected", "expired", "superseded"]
 OnAccept = Callable[[RecommendationPayload], Awaitable[None]]
+RECENT_ANSWERS = 20  # answered recommendations kept to recognise a late second answer
+DEFAULT_OUTCOME_AFTER_S = 600.0  # as recommend.outcome_after_s
+ROUNDING = 1e-9  # a setpoint exactly half way to the proposal counts as applied
 
 
 class AnswerError(Exception):
@@ -44,13 +47,14 @@ class Answered:
 class RecommendationBoard:
     """One pipeline's open recommendation, its recent answers and the outcomes still due."""
 
-    def __init__(self, pipeline: str, buffer: Buffer, outcome_after_s: float = 600.0,
+    def __init__(self, pipeline: str, buffer: Buffer,
+                 outcome_after_s: float = DEFAULT_OUTCOME_AFTER_S,
                  on_accept: OnAccept | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.pipeline = pipeline
         self.outcome_after_s = outcome_after_s
         self.open: RecommendationPayload | None = None
-        self.recent: deque[Answered] = deque(maxlen=20)  # newest first
+        self.recent: deque[Answered] = deque(maxlen=RECENT_ANSWERS)  # newest first
         self._buffer = buffer
         self._on_accept = on_accept
         self._clock = clock
@@ -104,7 +108,7 @@ class RecommendationBoard:
             values = setpoints()
             applied = all(
                 values.get(c.tag) is not None
-                and abs(values[c.tag] - c.proposed) <= abs(c.proposed - c.current) / 2 + 1e-9
+                and abs(values[c.tag] - c.proposed) <= abs(c.proposed - c.current) / 2 + ROUNDING
                 for c in answered.recommendation.changes)
             outcome = RecommendationOutcomePayload(
                 id=answered.recommendation.id, pipeline=self.pipeline,

@@ -29,7 +29,12 @@ from edge_agent.kernel.transport import NotConnected, Transport
 
 log = logging.getLogger(__name__)
 
-MAX_ACK_TIMEOUT_S = 60.0
+MAX_ACK_TIMEOUT_S = 60.0  # resends back off up to this while central or the broker struggles
+RATE_WINDOW_S = 60.0  # records_per_s is the rate over the last minute
+EVICTION_REPORT_EVERY_S = 2.0  # evictions become `eviction` records this often at most
+BROKER_WAIT_S = 1.0  # how often the uplink looks again while the broker is away
+IDLE_WAIT_S = 0.2  # with nothing to send, look again this often (or when woken by an ack)
+BASE64_PAYLOAD_SHARE = 3 / 4  # base64 grows a piece by a third: keep it within batch_max_bytes
 
 
 @dataclass
@@ -41,7 +46,6 @@ class _InFlight:
 @dataclass
 class UplinkStats:
     acked_records: int = 0
-    acked_batches: int = 0
     resent_batches: int = 0
     rejected_messages: int = 0
     round_trip_ms: float | None = None
@@ -50,14 +54,13 @@ class UplinkStats:
     def record_ack(self, count: int, round_trip_s: float) -> None:
         now = time.monotonic()
         self.acked_records += count
-        self.acked_batches += 1
         self.round_trip_ms = round(round_trip_s * 1000, 1)
         self._rate_window.append((now, count))
-        self._rate_window = [(t, n) for t, n in self._rate_window if now - t <= 60]
+        self._rate_window = [(t, n) for t, n in self._rate_window if now - t <= RATE_WINDOW_S]
 
     def records_per_s(self) -> float:
         now = time.monotonic()
-        recent = [(t, n) for t, n in self._rate_window if now - t <= 60]
+        recent = [(t, n) for t, n in self._rate_window if now - t <= RATE_WINDOW_S]
         if not recent:
             return 0.0
         span = max(now - recent[0][0], 1.0)
@@ -92,7 +95,7 @@ class Uplink:
         while True:
             if not self._transport.connected:
                 await self._forget_in_flight()
-                await self._transport.wait_connected(1.0)
+                await self._transport.wait_connected(BROKER_WAIT_S)
                 continue
             await self._expire_unacked()
             await self._report_evictions()
@@ -100,7 +103,7 @@ class Uplink:
                 continue
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.2):
+                async with asyncio.timeout(IDLE_WAIT_S):
                     await self._wake.wait()
 
     async def _forget_in_flight(self) -> None:
@@ -125,7 +128,7 @@ class Uplink:
 
     async def _report_evictions(self) -> None:
         if time.monotonic() >= self._next_eviction_report:
-            self._next_eviction_report = time.monotonic() + 2.0
+            self._next_eviction_report = time.monotonic() + EVICTION_REPORT_EVERY_S
             await self._buffer.take_eviction_report()
 
     async def _send_next(self) -> bool:
@@ -156,9 +159,9 @@ class Uplink:
 
     async def _send_in_chunks(self, record: StoredRecord) -> bool:
         """A record larger than a batch may be goes as pieces that central puts together."""
-        # base64 grows each piece by a third; keep every message within batch_max_bytes.
         pieces = split_record(self.device_id, record.seq, record.type, record.created_at,
-                              record.payload_json, self._config.batch_max_bytes * 3 // 4)
+                              record.payload_json,
+                              int(self._config.batch_max_bytes * BASE64_PAYLOAD_SHARE))
         batch_id = chunked_batch_id(record.seq)
         self._in_flight[batch_id] = _InFlight([record.seq], time.monotonic())
         self._highest_sent = max(self._highest_sent, record.seq)

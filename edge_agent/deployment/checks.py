@@ -16,10 +16,9 @@ from edge_agent.kernel.contract import (
     version_key,
 )
 from edge_agent.kernel.signing import SignatureError, Verifier
-from edge_agent.model_store import InstalledModel, ModelStore, sha256_of_file
+from edge_agent.model_store import SHORT_SHA256, InstalledModel, ModelStore, sha256_of_file
 
 HEALTH_CHECK_TIMEOUT_S = 60.0  # when the manifest sets none: loading and a few inferences
-SHORT_SHA256 = 12  # hex digits of a sha256 in messages: enough to tell artifacts apart
 
 
 class DeploymentFailed(Exception):

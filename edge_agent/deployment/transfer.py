@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge_agent.deployment.checks import SHORT_SHA256, DeploymentFailed
+from edge_agent.deployment.checks import DeploymentFailed
 from edge_agent.kernel.contract import (
     MAX_CHUNKS_PER_REQUEST,
     ArtifactChunk,
@@ -25,7 +25,7 @@ from edge_agent.kernel.contract import (
     encode,
 )
 from edge_agent.kernel.transport import NotConnected, Transport
-from edge_agent.model_store import ModelStore
+from edge_agent.model_store import SHORT_SHA256, ModelStore
 
 log = logging.getLogger(__name__)
 

@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 
 Predict = Callable[[np.ndarray], np.ndarray]  # (N, features) float32 -> (N,) objective output
 CHECKED_SETTINGS = 32  # settings scored both ways each search when the model has tables
+TABLES_TOLERANCE = 1e-4  # tables and ONNX Runtime agree to float32 rounding, relative
+TIE_TOLERANCE = 1e-6  # scores this close are equal: trees are flat in places
+ROUNDING = 1e-9  # setpoints are multiples of a step: absorbs float rounding of the grid
 
 
 class ControlLimits(Protocol):
@@ -169,7 +172,7 @@ class Proposal:
     @property
     def changed(self) -> dict[str, float]:
         return {tag: value for tag, value in self.proposed.items()
-                if abs(value - self.current[tag]) > 1e-9}
+                if abs(value - self.current[tag]) > ROUNDING}
 
 
 class Recommender:
@@ -217,7 +220,7 @@ class Recommender:
             # Random settings lie about range / n^(1/k) apart: look twice that around the best.
             spacing = len(coarse) ** (1 / len(levels))
             near = [np.flatnonzero(np.abs(lv - lv[index[best, i]]) <= math.ceil(
-                2 * len(lv) / spacing) * self._controls[i].step + 1e-9)
+                2 * len(lv) / spacing) * self._controls[i].step + ROUNDING)
                 for i, lv in enumerate(levels)]
             fine, _ = _draw(near, self.config.refine_candidates, self._rng)
             index = np.vstack([index, fine])
@@ -250,7 +253,8 @@ class Recommender:
         check = np.stack([self._rng.integers(0, len(lv), CHECKED_SETTINGS) for lv in levels],
                          axis=1)
         expected, got = run_model(check), np.asarray(from_tables(check), dtype=np.float64)
-        if not np.allclose(got, expected, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(expected).max())):
+        scale = max(1.0, np.abs(expected).max())
+        if not np.allclose(got, expected, rtol=TABLES_TOLERANCE, atol=TABLES_TOLERANCE * scale):
             log.error("tree tables disagree with the model pipeline=%s largest_difference=%g; "
                       "scoring with ONNX Runtime from now on", self._pipeline,
                       float(np.abs(got - expected).max()))
@@ -270,7 +274,7 @@ class Recommender:
         """The best score; among equal ones (trees are flat in places) the smallest move."""
         score = np.where(np.isfinite(predicted), self.objective.score(predicted), np.inf)
         lowest = score.min()
-        tied = np.flatnonzero(score <= lowest + 1e-6 * max(1.0, abs(lowest)))
+        tied = np.flatnonzero(score <= lowest + TIE_TOLERANCE * max(1.0, abs(lowest)))
         max_change = np.asarray([c.max_change for c in self._controls])
         moves = (np.abs(_values(levels, index[tied]) - current) / max_change).sum(axis=1)
         return int(tied[np.argmin(moves)])
@@ -280,7 +284,8 @@ def _levels(control: ControlLimits, current: float) -> np.ndarray:
     """Values a control may take: multiples of its step within reach and limits, and now."""
     low = max(control.min, current - control.max_change)
     high = min(control.max, current + control.max_change)
-    first, last = math.ceil(low / control.step - 1e-9), math.floor(high / control.step + 1e-9)
+    first = math.ceil(low / control.step - ROUNDING)
+    last = math.floor(high / control.step + ROUNDING)
     grid = np.round(np.arange(first, last + 1) * control.step, 9)
     return np.unique(np.append(grid, current))
 
@@ -334,5 +339,5 @@ def _same_setting(earlier: RecommendationPayload, proposal: Proposal,
     after = proposal.changed
     if set(before) != set(after):
         return False
-    return all(abs(before[t] - after[t]) <= config.controls[t].step + 1e-9
+    return all(abs(before[t] - after[t]) <= config.controls[t].step + ROUNDING
                for t in after if t in config.controls)

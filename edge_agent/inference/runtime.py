@@ -15,6 +15,10 @@ from edge_agent.kernel.contract import ModelManifest, spec_differences
 
 log = logging.getLogger(__name__)
 
+CPU_PROVIDER = "CPUExecutionProvider"  # every ONNX Runtime build has it: the fallback
+ERRORS_ONLY = 3  # ONNX Runtime's log severity: its warnings about graphs are noise here
+
+
 class ModelLoadError(Exception):
     """A model file cannot be used as its manifest describes; the message says what differs."""
 
@@ -40,14 +44,14 @@ class RuntimeOptions(BaseModel):
         False, description="Let idle ONNX Runtime threads spin: a little lower latency, but "
         "they take CPU from decoding and preprocessing on the same cores")
     providers: list[str] = Field(
-        default_factory=lambda: ["CPUExecutionProvider"],
+        default_factory=lambda: [CPU_PROVIDER],
         description="Execution providers in order of preference, e.g. [CUDAExecutionProvider, "
         "CPUExecutionProvider]; those this machine lacks are skipped, CPU is always last",
     )
 
     def session_options(self) -> ort.SessionOptions:
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = ERRORS_ONLY
         options.intra_op_num_threads = self.intra_op_threads
         options.inter_op_num_threads = self.inter_op_threads
         options.graph_optimization_level = _OPTIMIZATION[self.graph_optimization]
@@ -59,14 +63,10 @@ class RuntimeOptions(BaseModel):
     def available_providers(self) -> list[str]:
         """The configured providers this ONNX Runtime has, with the CPU as the fallback."""
         have = set(ort.get_available_providers())
-        chosen = [p for p in self.providers if p in have and p != "CPUExecutionProvider"]
+        chosen = [p for p in self.providers if p in have and p != CPU_PROVIDER]
         for missing in (p for p in self.providers if p not in have):
             log.warning("execution provider %s is not available here; skipped", missing)
-        return [*chosen, "CPUExecutionProvider"]
-
-
-def default_providers() -> list[str]:
-    return ["CPUExecutionProvider"]
+        return [*chosen, CPU_PROVIDER]
 
 
 class OnnxRunner:
@@ -79,9 +79,9 @@ class OnnxRunner:
         self.path = path
         try:
             session_options = options.session_options() if options else ort.SessionOptions()
-            session_options.log_severity_level = 3
+            session_options.log_severity_level = ERRORS_ONLY
             chosen = providers or (options.available_providers() if options
-                                   else default_providers())
+                                   else [CPU_PROVIDER])
             self.session = ort.InferenceSession(
                 str(path), sess_options=session_options, providers=chosen
             )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from collections import deque
@@ -85,7 +86,7 @@ class DefectRule:
             key = (roi, label)
             self._streak[key] = self._streak.get(key, 0) + 1
             if self._streak[key] >= self.min_consecutive and \
-                    now - self._last_record.get(key, -1e18) >= self.cooldown_s:
+                    now - self._last_record.get(key, -math.inf) >= self.cooldown_s:
                 self._last_record[key] = now
                 due.append(label)
         return due

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 FOLDER_DEFAULT_FPS = 10.0
 NETWORK_TIMEOUT_MS = 5000
+STOP_WAIT_S = 5.0  # a reader blocked in OpenCV is abandoned (a daemon thread) after this
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class CameraSource:
             await asyncio.Event().wait()
         finally:
             self._stop.set()
-            await asyncio.to_thread(self._thread.join, 5)
+            await asyncio.to_thread(self._thread.join, STOP_WAIT_S)
             self._set_state("stopped", "")
 
     def latest(self) -> Frame | None:

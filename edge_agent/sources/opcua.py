@@ -38,6 +38,10 @@ SILENCE_MARGIN_S = 1.0
 WATCH_INTERVAL_S = 0.25
 WRITE_TIMEOUT_S = 5.0
 SESSION_TIMEOUT_MS = 60_000  # the server drops our abandoned sessions after a minute
+DISCONNECT_TIMEOUT_S = 2.0  # a dead session's goodbye must not delay the reconnect
+MIN_PUBLISHING_MS = 100  # faster publishing costs the server more than it gives us
+KEEPALIVE_EVERY_MS = 1000  # the server says "still here" about once a second
+LIFETIME_KEEPALIVES = 10  # the server keeps our subscription through this many silent ones
 _NOT_CONNECTED = "BadNotConnected"
 # Status codes by which a server refuses who we are rather than being unreachable: retrying
 # cannot help until someone fixes the credentials or certificates, so the state is "failed".
@@ -253,7 +257,7 @@ class OpcUaSource:
         params = ua.CreateSubscriptionParameters(
             RequestedPublishingInterval=publishing_ms,
             RequestedMaxKeepAliveCount=keepalive_count,
-            RequestedLifetimeCount=keepalive_count * 10,
+            RequestedLifetimeCount=keepalive_count * LIFETIME_KEEPALIVES,
             MaxNotificationsPerPublish=0,
             PublishingEnabled=True,
             Priority=0,
@@ -313,8 +317,8 @@ class OpcUaSource:
 
     def _publishing(self) -> tuple[float, int]:
         """Publishing interval (ms) and keepalive count: a keepalive about every second."""
-        publishing_ms = float(max(self.config.sampling_interval_ms, 100))
-        return publishing_ms, max(1, math.ceil(1000 / publishing_ms))
+        publishing_ms = float(max(self.config.sampling_interval_ms, MIN_PUBLISHING_MS))
+        return publishing_ms, max(1, math.ceil(KEEPALIVE_EVERY_MS / publishing_ms))
 
     def _silence_limit_s(self) -> float:
         publishing_ms, keepalive_count = self._publishing()
@@ -415,7 +419,7 @@ class OpcUaSource:
         if client is None:
             return
         try:
-            async with asyncio.timeout(2):
+            async with asyncio.timeout(DISCONNECT_TIMEOUT_S):
                 await client.disconnect()
         except Exception as exc:  # the session is already gone; nothing more to do
             log.debug("disconnect after failure: %s", exc)
