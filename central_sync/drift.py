@@ -9,13 +9,13 @@ Two measures: the population stability index (PSI; under 0.1 stable, 0.1 to 0.25
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from edge_agent.kernel.contract import Histogram, ModelStatsPayload
+from edge_agent.kernel.contract import ModelStatsPayload, ReferenceStats
 
 PSI_DRIFT = 0.25  # the usual reading of PSI: over 0.25 the population has shifted
 # KS: a 1 % chance of calling an unchanged distribution drifted; stricter than the usual 5 %
@@ -102,16 +102,12 @@ def merged_counts(windows: Iterable[ModelStatsPayload], side: str,
     return (edges, total) if edges is not None and total is not None else None
 
 
-def drift_report(reference: Mapping[str, Any], windows: Sequence[ModelStatsPayload]
+def drift_report(reference: ReferenceStats, windows: Sequence[ModelStatsPayload]
                  ) -> list[FeatureDrift]:
     """PSI and KS of every value the reference has, over the given intervals."""
     report = []
-    for side in ("inputs", "outputs"):
-        for name, spec in sorted((reference.get(side) or {}).items()):
-            try:
-                expected = Histogram.model_validate(spec)
-            except ValueError:
-                continue
+    for side, histograms in (("inputs", reference.inputs), ("outputs", reference.outputs)):
+        for name, expected in sorted(histograms.items()):
             merged = merged_counts(windows, side, name)
             if merged is None or merged[0] != expected.edges or not merged[1].sum():
                 report.append(FeatureDrift(side, name, 0, None, None, None))

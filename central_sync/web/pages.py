@@ -2,12 +2,15 @@
 lineage and drift charts, rollouts (live), recommendations, and the audit log.
 Server-rendered; charts are inline SVG made here."""
 
+import logging
 import time
 from collections import Counter
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, ValidationError
 
 from central_sync.db import CentralDB
 from central_sync.db.accounts import Session
@@ -16,6 +19,17 @@ from central_sync.drift import drift_report, latency_percentiles
 from central_sync.web.auth import session_dependencies
 from central_sync.web.charts import latency_chart, psi_chart
 from central_sync.web.rendering import templates
+from edge_agent.kernel.contract import (
+    RECORD_RECOMMENDATION,
+    RECORD_RECOMMENDATION_ANSWER,
+    RECORD_RECOMMENDATION_OUTCOME,
+    RecommendationAnswerPayload,
+    RecommendationOutcomePayload,
+    RecommendationPayload,
+)
+
+log = logging.getLogger(__name__)
+P = TypeVar("P", bound=BaseModel)
 
 DRIFT_WINDOW_H = 24 * 7
 FLEET_REFRESH_S = 5
@@ -102,16 +116,38 @@ def pages_router(db: CentralDB, offline_after_s: float) -> APIRouter:
     return router
 
 
-def recommendation_rows(db: CentralDB, limit: int = 200) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class RecommendationRow:
+    """One recommendation offered on a line, the operator's answer and what followed."""
+
+    device_id: str
+    offer: RecommendationPayload
+    answer: RecommendationAnswerPayload | None
+    outcome: RecommendationOutcomePayload | None
+
+
+def recommendation_rows(db: CentralDB, limit: int = 200) -> list[RecommendationRow]:
     """The newest recommendations with the operator's answer and what the line did after."""
-    answers = {r["payload"]["id"]: r["payload"]
-               for r in db.recent_records("recommendation_answer", limit * 2)}
-    outcomes = {r["payload"]["id"]: r["payload"]
-                for r in db.recent_records("recommendation_outcome", limit * 2)}
-    return [{"device_id": r["device_id"], "offer": r["payload"],
-             "answer": answers.get(r["payload"].get("id")),
-             "outcome": outcomes.get(r["payload"].get("id"))}
-            for r in db.recent_records("recommendation", limit)]
+    answers = {a.id: a for _, a in _payloads(db, RECORD_RECOMMENDATION_ANSWER,
+                                             RecommendationAnswerPayload, limit * 2)}
+    outcomes = {o.id: o for _, o in _payloads(db, RECORD_RECOMMENDATION_OUTCOME,
+                                              RecommendationOutcomePayload, limit * 2)}
+    return [RecommendationRow(device_id, offer, answers.get(offer.id), outcomes.get(offer.id))
+            for device_id, offer in _payloads(db, RECORD_RECOMMENDATION,
+                                              RecommendationPayload, limit)]
+
+
+def _payloads(db: CentralDB, kind: str, model: type[P], limit: int) -> list[tuple[str, P]]:
+    """The newest stored payloads of one record kind, typed; one that does not fit its model
+    (kept as it came) is left out and logged."""
+    payloads = []
+    for row in db.recent_records(kind, limit):
+        try:
+            payloads.append((row["device_id"], model.model_validate(row["payload"])))
+        except ValidationError as exc:
+            log.warning("%s record not shown device=%s seq=%s: %s", kind, row["device_id"],
+                        row["seq"], exc.errors()[0]["msg"])
+    return payloads
 
 
 def model_health(db: CentralDB, name: str, version: str | None,
@@ -125,11 +161,11 @@ def model_health(db: CentralDB, name: str, version: str | None,
     version = version or stats[-1][1].model.version
     stats = [(device, s) for device, s in stats if s.model.version == version]
     manifest = db.get_model(name, version)
-    reference = manifest.metadata.get("reference") if manifest else None
+    reference = manifest.meta.reference if manifest else None
     devices = []
     for device_id in sorted({device for device, _ in stats}):
         windows = [s for device, s in stats if device == device_id]
-        report = drift_report(reference, windows) if isinstance(reference, dict) else []
+        report = drift_report(reference, windows) if reference is not None else []
         devices.append({
             "device_id": device_id, "intervals": len(windows),
             "predictions": sum(w.predictions for w in windows),
@@ -139,5 +175,5 @@ def model_health(db: CentralDB, name: str, version: str | None,
             "drift": [d.as_dict() for d in report],
             "drifted": [d.name for d in report if d.drifted]})
     return ({"model": name, "version": version, "since": since,
-             "reference": isinstance(reference, dict), "devices": devices},
+             "reference": reference is not None, "devices": devices},
             [s for _, s in stats])

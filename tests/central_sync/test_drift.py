@@ -61,7 +61,7 @@ def intervals(manifest: ModelManifest, zone2_shift: float, n: int = 400,
     """Two intervals of the real model on rows drawn from its training data, zone 2 moved by
     `zone2_shift` of its standard deviation."""
     rng = np.random.default_rng(seed)
-    features = manifest.metadata["features"]
+    features = manifest.meta.features
     rows = training_rows()[rng.integers(0, 4608, n)]
     rows[:, features.index("zone2_temp_c")] += zone2_shift * rows[:, 1].std()
     session = ort.InferenceSession(str(SAMPLE_MODEL), providers=["CPUExecutionProvider"])
@@ -82,7 +82,7 @@ def intervals(manifest: ModelManifest, zone2_shift: float, n: int = 400,
 def test_drift_report_flags_the_moved_feature_only() -> None:
     manifest = scrap_manifest()
     windows = [ModelStatsPayload.model_validate(p) for p in intervals(manifest, 1.5)]
-    report = {d.name: d for d in drift_report(manifest.metadata["reference"], windows)}
+    report = {d.name: d for d in drift_report(manifest.meta.reference, windows)}
     assert report["zone2_temp_c"].drifted and report["zone2_temp_c"].psi > 0.25
     assert not report["zone1_temp_c"].drifted and report["zone1_temp_c"].count == 400
     latency = latency_percentiles(windows)

@@ -95,7 +95,8 @@ def test_recommendations_page_joins_answers_and_outcomes(db: CentralDB) -> None:
              "model": {"name": "extruder-scrap", "version": "1.0.0", "sha256": "5" * 64},
              "target": "scrap_rate_pct", "unit": "%", "objective": "minimise scrap_rate_pct",
              "changes": [{"tag": "zone2_temp_c", "current": 182.0, "proposed": 188.0}],
-             "predicted_now": 4.1, "predicted_after": 1.7, "inputs": {}, "created_at": 100.0}
+             "predicted_now": 4.1, "predicted_after": 1.7, "inputs": {}, "created_at": 100.0,
+             "expires_at": 400.0}
     answer = {"id": "r-1", "pipeline": "scrap", "decision": "accepted", "by": "Anna", "at": 130}
     outcome = {"id": "r-1", "pipeline": "scrap", "decision": "accepted", "after_s": 600,
                "setpoints": {"zone2_temp_c": 188.0}, "applied": True, "predicted": 1.8,
