@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from central_sync.db.connection import POSTGRES_PREFIXES, SQLITE_PREFIX, redact
 from edge_agent.kernel.configfile import load_yaml_model, resolve_path
 from edge_agent.kernel.contract import ID_PATTERN
-from edge_agent.kernel.signing import Signer
+from edge_agent.kernel.signing import Signer, trusted_public_pem
 from edge_agent.kernel.transport import BrokerConfig
 
 EXAMPLE = "deploy/central-sync.example.yaml"
@@ -127,8 +127,7 @@ class CentralConfig(BaseModel):
 
     def trusted_public_pem(self) -> str:
         """What agents must trust: the current key, and during a key change the next one."""
-        upcoming = self.next_signer()
-        return self.signer().public_pem() + (upcoming.public_pem() if upcoming else "")
+        return trusted_public_pem(self.signer(), self.next_signer())
 
     @property
     def database_name(self) -> str:

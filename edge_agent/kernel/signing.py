@@ -226,6 +226,11 @@ class KeyChange:
     public_path: Path
 
 
+def trusted_public_pem(current: Signer, upcoming: Signer | None = None) -> str:
+    """What agents must trust: the current key, and during a key change the next one too."""
+    return current.public_pem() + (upcoming.public_pem() if upcoming else "")
+
+
 def start_key_change(private_path: str | Path, next_path: str | Path,
                      force: bool = False) -> KeyChange:
     """Create the next key at `next_path` while the current key keeps signing, and put both
@@ -238,7 +243,7 @@ def start_key_change(private_path: str | Path, next_path: str | Path,
     upcoming = Signer.generate()
     upcoming.save(next_path)
     public_path = private_path.with_suffix(".pub")
-    write_atomically(public_path, current.public_pem() + upcoming.public_pem())
+    write_atomically(public_path, trusted_public_pem(current, upcoming))
     return KeyChange(old=current, new=upcoming, public_path=public_path)
 
 
