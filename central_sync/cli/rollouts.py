@@ -33,6 +33,7 @@ from central_sync.cli.common import (
 )
 from central_sync.db import CentralDB, Rollout
 from central_sync.rollouts import (
+    DEFAULT_WAVE_TIMEOUT_S,
     TERMINAL_ROLLOUT_STATES,
     RolloutError,
     change_rollout,
@@ -266,8 +267,9 @@ def _add_start(actions: Subcommands) -> None:
                        help="cumulative shares after the canary, e.g. 25%%,100%% (default 100%%)")
     start.add_argument("--success-ratio", type=float, default=1.0,
                        help="share of a wave that must confirm before the next (default 1.0)")
-    start.add_argument("--wave-timeout", type=float, default=900.0, metavar="SECONDS",
-                       help="a wave not passed by then halts the rollout (default 900)")
+    start.add_argument("--wave-timeout", type=float, default=DEFAULT_WAVE_TIMEOUT_S,
+                       metavar="SECONDS", help="a wave not passed by then halts the rollout "
+                       f"(default {DEFAULT_WAVE_TIMEOUT_S:g})")
     start.add_argument("--no-follow", action="store_true", help="record it and return")
     start.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS",
                        help="stop following after this long (default 3600)")
