@@ -17,6 +17,7 @@ from central_sync.db.accounts import AccountQueries
 from central_sync.db.broker_accounts import BrokerAccountQueries
 from central_sync.db.connection import open_connection, serialised
 from central_sync.db.review import ReviewQueries
+from central_sync.db.rollouts import RolloutQueries
 from central_sync.db.rows import (
     DEFECT_INSERT,
     MODEL_STATS_INSERT,
@@ -24,8 +25,6 @@ from central_sync.db.rows import (
     DeviceSummary,
     ModelVersionExists,
     PublishedModel,
-    Rollout,
-    RolloutDevice,
     device_summary,
     rows_for_batch,
     version_exists_message,
@@ -49,7 +48,7 @@ log = logging.getLogger(__name__)
 DEPLOYMENT_ISSUED = "issued"
 
 
-class CentralDB(ReviewQueries, AccountQueries, BrokerAccountQueries):
+class CentralDB(ReviewQueries, RolloutQueries, AccountQueries, BrokerAccountQueries):
     """Central's database. Thread-safe: calls are serialised on one connection.
 
     Callers on an asyncio loop run these methods in a worker thread, never on the loop.
@@ -377,85 +376,6 @@ class CentralDB(ReviewQueries, AccountQueries, BrokerAccountQueries):
         where, params = _device_filter(device_id)
         return next(self._db.query(f"SELECT COUNT(*) AS n FROM records{where}", params))["n"]
 
-    # --- rollouts -------------------------------------------------------------------------
-
-    @serialised
-    def create_rollout(self, rollout: Rollout, plan: list[list[str]]) -> None:
-        """Record a rollout and its devices, wave by wave, with its audit entry."""
-        with self._db.atomic():
-            self._db.execute(
-                "INSERT INTO rollouts (rollout_id, model_name, version, target, canary, waves, "
-                "success_ratio, wave_timeout_s, state, current_wave, wave_started_at, detail, "
-                "created_at, created_by, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-                "?, ?, ?, ?)",
-                (rollout.rollout_id, rollout.model_name, rollout.version, rollout.target,
-                 rollout.canary, rollout.waves, rollout.success_ratio, rollout.wave_timeout_s,
-                 rollout.state,
-                 rollout.current_wave, rollout.wave_started_at, rollout.detail,
-                 rollout.created_at, rollout.created_by, rollout.updated_at))
-            self._db.executemany(
-                "INSERT INTO rollout_devices (rollout_id, device_id, wave, state, updated_at) "
-                "VALUES (?, ?, ?, 'pending', ?)",
-                [(rollout.rollout_id, device, wave, rollout.created_at)
-                 for wave, devices in enumerate(plan) for device in devices])
-            self._audit(rollout.created_by, "rollout.start", rollout.ref,
-                        f"rollout={rollout.rollout_id} target={rollout.target} waves="
-                        + " | ".join(",".join(w) for w in plan))
-
-    @serialised
-    def get_rollout(self, rollout_id: str) -> Rollout | None:
-        row = next(self._db.query("SELECT * FROM rollouts WHERE rollout_id = ?",
-                                  (rollout_id,)), None)
-        return Rollout(**row) if row else None
-
-    @serialised
-    def list_rollouts(self, states: tuple[str, ...] | None = None,
-                      limit: int = 50) -> list[Rollout]:
-        where, params = "", ()
-        if states:
-            where = f" WHERE state IN ({', '.join('?' * len(states))})"
-            params = states
-        return [Rollout(**row) for row in self._db.query(
-            f"SELECT * FROM rollouts{where} ORDER BY created_at DESC LIMIT ?",
-            (*params, limit))]
-
-    @serialised
-    def rollout_devices(self, rollout_id: str) -> list[RolloutDevice]:
-        return [RolloutDevice(**row) for row in self._db.query(
-            "SELECT * FROM rollout_devices WHERE rollout_id = ? ORDER BY wave, device_id",
-            (rollout_id,))]
-
-    @serialised
-    def update_rollout(self, rollout_id: str, actor: str, state: str, detail: str,
-                       current_wave: int | None = None,
-                       wave_started_at: float | None = None) -> None:
-        """Move a rollout on; every change of state is in the audit log."""
-        with self._db.atomic():
-            before = next(self._db.query(
-                "SELECT state, current_wave FROM rollouts WHERE rollout_id = ?", (rollout_id,)))
-            self._db.execute(
-                "UPDATE rollouts SET state = ?, detail = ?, current_wave = COALESCE(?, "
-                "current_wave), wave_started_at = COALESCE(?, wave_started_at), updated_at = ? "
-                "WHERE rollout_id = ?",
-                (state, detail, current_wave, wave_started_at, time.time(), rollout_id))
-            if before["state"] != state or (current_wave is not None
-                                            and current_wave != before["current_wave"]):
-                self._audit(actor, f"rollout.{state}", rollout_id, detail)
-
-    @serialised
-    def update_rollout_device(self, rollout_id: str, device_id: str, state: str,
-                              detail: str = "", command_id: str | None = None) -> None:
-        self._db.execute(
-            "UPDATE rollout_devices SET state = ?, detail = ?, command_id = COALESCE(?, "
-            "command_id), updated_at = ? WHERE rollout_id = ? AND device_id = ?",
-            (state, detail, command_id, time.time(), rollout_id, device_id))
-
-    @serialised
-    def devices_labelled(self, label: str) -> list[str]:
-        return [row["device_id"] for row in self._db.query(
-            f"SELECT d.device_id FROM devices d WHERE {_HAS_LABEL[self.dialect]} "
-            "ORDER BY d.device_id", (label,))]
-
     @serialised
     def model_stats(self, model_name: str, version: str | None = None,
                     since: float | None = None) -> list[tuple[str, ModelStatsPayload]]:
@@ -469,19 +389,6 @@ class CentralDB(ReviewQueries, AccountQueries, BrokerAccountQueries):
                 for row in self._db.query(
                     f"SELECT device_id, payload FROM model_stats{where} ORDER BY ended_at",
                     params)]
-
-    @serialised
-    def hold_lease(self, name: str, holder: str, ttl_s: float,
-                   now: float | None = None) -> bool:
-        """Take or renew the lease `name` for `ttl_s`: True while `holder` has it, False while
-        another holder's lease has not run out."""
-        now = time.time() if now is None else now
-        with self._db.atomic():
-            self._db.execute("INSERT OR IGNORE INTO leases (name, holder, expires_at) "
-                             "VALUES (?, ?, ?)", (name, holder, now + ttl_s))
-            return self._db.execute(
-                "UPDATE leases SET holder = ?, expires_at = ? WHERE name = ? AND "
-                "(holder = ? OR expires_at < ?)", (holder, now + ttl_s, name, holder, now)) == 1
 
     @serialised
     def audit(self, actor: str, action: str, subject: str, detail: str = "") -> None:
@@ -512,11 +419,6 @@ _IMAGE_OF_RECORD = {
     "sqlite": "json_extract(payload, '$.images.' || ? || '.jpeg_b64')",
     "postgresql": "CAST(payload AS jsonb) -> 'images' -> CAST(? AS text) ->> 'jpeg_b64'",
 }
-_HAS_LABEL = {
-    "sqlite": "EXISTS (SELECT 1 FROM json_each(d.labels) l WHERE l.value = ?)",
-    "postgresql": "CAST(d.labels AS jsonb) @> jsonb_build_array(CAST(? AS text))",
-}
-
 
 def _device_filter(device_id: str | None) -> tuple[str, tuple[Any, ...]]:
     return (" WHERE device_id = ?", (device_id,)) if device_id else ("", ())
