@@ -126,15 +126,31 @@ def test_markdown_documents_every_topic_and_message() -> None:
         assert type(message).__name__ in text
 
 
-def test_contract_imports_without_onnxruntime_or_opencv() -> None:
+def _third_party_modules_after(statement: str) -> set[str]:
+    """Top-level packages outside the standard library (and the project) loaded by `statement`,
+    in a fresh interpreter."""
     code = (
-        "import sys, edge_agent.kernel.contract\n"
-        "heavy = [m for m in ('onnxruntime', 'cv2', 'numpy', 'asyncua') if m in sys.modules]\n"
-        "print(','.join(heavy))\n"
+        "import sys\nbefore = set(sys.modules)  # the interpreter's and site's own\n"
+        f"{statement}\n"
+        "tops = {name.split('.')[0] for name in set(sys.modules) - before}\n"
+        "print(' '.join(sorted(t for t in tops if t not in sys.stdlib_module_names\n"
+        "                      and not t.startswith('_') and t != 'cython_runtime')))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
-    assert result.stdout.strip() == ""
+    return set(result.stdout.split()) - {"edge_agent", "__main__"}
+
+
+def test_contract_imports_only_pydantic_and_the_standard_library() -> None:
+    loaded = _third_party_modules_after("import edge_agent.kernel.contract")
+    assert loaded <= {"pydantic", "pydantic_core", "typing_extensions", "annotated_types",
+                      "typing_inspection"}, loaded
+
+
+def test_broker_config_imports_without_paho() -> None:
+    loaded = _third_party_modules_after(
+        "from edge_agent.kernel.transport import BrokerConfig, Transport")
+    assert "paho" not in loaded, loaded
 
 
 def test_fast_batch_encoding_decodes_to_the_same_batch() -> None:
