@@ -26,6 +26,7 @@ from edge_agent.kernel.contract.deployment import (
 )
 from edge_agent.kernel.contract.docs import (
     contract_markdown,
+    message_json_schema,
     topic_table_markdown,
 )
 from edge_agent.kernel.contract.fields import (
@@ -217,6 +218,7 @@ __all__ = [
     "encode_uplink_batch",
     "expand_uplink",
     "join_record",
+    "message_json_schema",
     "new_id",
     "now",
     "parse_payload",

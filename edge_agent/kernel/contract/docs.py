@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from edge_agent.kernel.contract.codec import (
     _MESSAGE_ADAPTER,
@@ -33,10 +34,15 @@ def topic_table_markdown(prefix: str = DEFAULT_TOPIC_PREFIX) -> str:
     return "\n".join(rows)
 
 
+def message_json_schema() -> dict[str, Any]:
+    """The JSON Schema of every message, as one union discriminated by `kind`."""
+    return _MESSAGE_ADAPTER.json_schema()
+
+
 def contract_markdown(prefix: str = DEFAULT_TOPIC_PREFIX) -> str:
     """The topic table, the JSON Schema of every message and of every record kind's payload,
     for people and other tools."""
-    schema = _MESSAGE_ADAPTER.json_schema()
+    schema = message_json_schema()
     payloads = {kind: model.model_json_schema() for kind, model in RECORD_PAYLOADS.items()}
     return "\n".join(
         [
