@@ -13,8 +13,6 @@ from pathlib import Path
 from edge_agent import __version__
 from edge_agent.config import (
     AgentConfig,
-    OpcUaSourceConfig,
-    ProcessPipelineConfig,
     load_agent_config,
 )
 from edge_agent.kernel.configfile import ConfigError
@@ -134,26 +132,8 @@ def _check_config(config: AgentConfig, path: Path) -> int:
     print(f"  broker:    {broker.host}:{broker.port} (MQTT {broker.protocol}, {link}, {login}, "
           f"prefix {broker.topic_prefix})")
     print(f"  data dir:  {config.data_dir}")
-    for source in config.sources:
-        if isinstance(source, OpcUaSourceConfig):
-            print(f"  source:    {source.name} {source.endpoint} ({len(source.nodes)} tags)")
-        else:
-            rois = ", ".join(r.name for r in source.rois) or "whole frame"
-            print(f"  camera:    {source.name} {source.url} (regions: {rois})")
-    for pipeline in config.pipelines:
-        if isinstance(pipeline, ProcessPipelineConfig):
-            print(f"  pipeline:  {pipeline.name}: {pipeline.source} -> model {pipeline.model} "
-                  f"every {pipeline.interval_s:g} s")
-            if pipeline.recommend is not None:
-                recommend = pipeline.recommend
-                controls = ", ".join(f"{tag} {c.min:g}..{c.max:g}"
-                                     for tag, c in recommend.controls.items())
-                writes = (f"writes accepted setpoints, at most {recommend.auto.max_writes_per_hour}"
-                          " an hour" if recommend.mode == "auto" else "advises only, never writes")
-                print(f"  recommends: {controls} ({recommend.objective.type}; {writes})")
-        else:
-            print(f"  pipeline:  {pipeline.name}: camera {pipeline.source} -> model "
-                  f"{pipeline.model}, defects: {', '.join(pipeline.defects.classes)}")
+    for part in [*config.sources, *config.pipelines]:
+        print(f"  {part.summary()}")
     ui = f"http://{config.ui.host}:{config.ui.port}/" if config.ui.port else "off"
     print(f"  web page:  {ui}")
     trust = (f"signed by {verifier.description} only" if verifier

@@ -185,6 +185,18 @@ class ProcessPipelineConfig(StrictModel):
                     f"{source.name!r} does not read; add them under its nodes")
         return None
 
+    def summary(self) -> str:
+        """Lines for `edge-agent check-config`."""
+        line = (f"pipeline:  {self.name}: {self.source} -> model {self.model} "
+                f"every {self.interval_s:g} s")
+        recommend = self.recommend
+        if recommend is None:
+            return line
+        controls = ", ".join(f"{tag} {c.min:g}..{c.max:g}" for tag, c in recommend.controls.items())
+        writes = (f"writes accepted setpoints, at most {recommend.auto.max_writes_per_hour} an "
+                  "hour" if recommend.mode == "auto" else "advises only, never writes")
+        return f"{line}\n  recommends: {controls} ({recommend.objective.type}; {writes})"
+
 
 class DefectRules(StrictModel):
     """When a vision result is a defect worth one record."""
@@ -229,6 +241,11 @@ class VisionPipelineConfig(StrictModel):
     def source_problem(self, source: SourceConfig) -> str | None:
         """Any camera can feed a vision pipeline."""
         return None
+
+    def summary(self) -> str:
+        """One line for `edge-agent check-config`."""
+        return (f"pipeline:  {self.name}: camera {self.source} -> model {self.model}, "
+                f"defects: {', '.join(self.defects.classes)}")
 
 
 def _pipeline_type(value: Any) -> str:

@@ -106,6 +106,10 @@ class OpcUaSourceConfig(StrictModel):
             raise ValueError("a password needs a username: set username")
         return self
 
+    def summary(self) -> str:
+        """One line for `edge-agent check-config`."""
+        return f"source:    {self.name} {self.endpoint} ({len(self.nodes)} tags)"
+
 
 def opcua_address_problem(address: str) -> str | None:
     """Why `address` is neither a NodeId string nor a browse path like /Objects/2:Line1/2:x."""
@@ -125,7 +129,6 @@ def opcua_address_problem(address: str) -> str | None:
 
 # The OPC-UA NodeId string form (Part 6, 5.3.1.10): optional namespace, then the identifier.
 _NODE_ID = re.compile(r"(ns=\d+;|nsu=[^;]+;)?(i=\d+|s=.+|g=[0-9a-fA-F-]{36}|b=.+)")
-
 
 class RoiConfig(StrictModel):
     """A region of the frame judged on its own (a crop rectangle, in frame pixels)."""
@@ -160,6 +163,11 @@ class CameraSourceConfig(StrictModel):
     def _unique_rois(self) -> CameraSourceConfig:
         require_unique([r.name for r in self.rois], f"camera {self.name!r} ROI")
         return self
+
+    def summary(self) -> str:
+        """One line for `edge-agent check-config`."""
+        rois = ", ".join(r.name for r in self.rois) or "whole frame"
+        return f"camera:    {self.name} {self.url} (regions: {rois})"
 
 
 def _source_type(value: Any) -> str:
