@@ -94,6 +94,24 @@ def test_malformed_prediction_payload_is_stored_but_not_projected(db: CentralDB)
     assert [p["seq"] for p in db.recent_predictions(10)] == [2]
 
 
+def test_stats_with_an_infinite_number_are_stored_as_records_but_not_projected(
+        db: CentralDB) -> None:
+    """JSON has no Infinity: 1e400 parses as one, and the stored text would hold null there,
+    which the stats model then refuses when a page reads it."""
+    stats = {"pipeline": "scrap", "model": {"name": "m", "version": "1.0.0", "sha256": "a" * 64},
+             "started_at": 1.0, "ended_at": 2.0, "predictions": 3,
+             "latency_ms": {"edges": [0.0, 1.0], "counts": [3]}}
+    broken = {**stats, "latency_ms": {"edges": [-1e400, 1.0], "counts": [3]}}
+    batch = UplinkBatch.model_validate_json(json.dumps({
+        "device_id": "gw-1", "records": [
+            {"seq": 1, "type": "model_stats", "created_at": 1.0, "payload": stats},
+            {"seq": 2, "type": "model_stats", "created_at": 2.0, "payload": broken}],
+    }).replace("-Infinity", "-1e400"))
+    assert db.store_batch(batch) == [1, 2]
+    assert db.count_records() == 2
+    assert [s.predictions for _, s in db.model_stats("m")] == [3]
+
+
 def test_recent_predictions_newest_first_and_limited(db: CentralDB) -> None:
     db.store_batch(make_batch("gw-1", range(1, 11)))
     rows = db.recent_predictions(3)

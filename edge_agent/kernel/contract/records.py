@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from edge_agent.kernel.contract.fields import (
     FINITE,
@@ -106,7 +106,7 @@ class SamplePayload(DefectPayload):
 class PredictionPayload(BaseModel):
     """The payload of a `prediction` record: what a pipeline predicted, from what, with what."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = FINITE
 
     pipeline: str
     model: ModelRef
@@ -125,7 +125,7 @@ RECORD_SOURCE_GAP = "source_gap"  # a source had no usable data for a while, and
 class SetpointChange(BaseModel):
     """One controllable tag in a recommendation: where it is and where it should go."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = FINITE
 
     tag: str
     current: float
@@ -136,7 +136,7 @@ class SetpointChange(BaseModel):
 class RecommendationPayload(BaseModel):
     """The payload of a `recommendation` record: a better setting and its predicted effect."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = FINITE
 
     id: str = Field(default_factory=new_id, min_length=1, max_length=64)
     pipeline: str
@@ -156,7 +156,7 @@ class RecommendationPayload(BaseModel):
 class RecommendationAnswerPayload(BaseModel):
     """The payload of a `recommendation_answer` record: what became of a recommendation."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = FINITE
 
     id: str = Field(description="The recommendation's id")
     pipeline: str
@@ -169,7 +169,7 @@ class RecommendationAnswerPayload(BaseModel):
 class RecommendationOutcomePayload(BaseModel):
     """The payload of a `recommendation_outcome` record: the line `after_s` after an answer."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = FINITE
 
     id: str = Field(description="The recommendation's id")
     pipeline: str
@@ -185,7 +185,7 @@ class RecommendationOutcomePayload(BaseModel):
 class SetpointWritePayload(BaseModel):
     """The payload of a `setpoint_write` record: one write to the PLC in automatic mode."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = FINITE
 
     recommendation: str = Field(description="The recommendation's id")
     pipeline: str
@@ -200,7 +200,7 @@ class SetpointWritePayload(BaseModel):
 class SourceGapPayload(BaseModel):
     """The payload of a `source_gap` record: a source delivered nothing usable for a while."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = FINITE
 
     source: str
     started_at: float
@@ -216,7 +216,7 @@ class Histogram(BaseModel):
     """Counts between edges: counts[i] for edges[i] <= x < edges[i+1]; values below the first
     edge count in the first bin, values from the last edge on in the last."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = FINITE
 
     edges: list[float] = Field(min_length=2)
     counts: list[int]
@@ -237,7 +237,7 @@ class ValueStats(BaseModel):
     """One input or output over an interval; the histogram on the manifest's reference edges
     when the manifest has them (what drift is computed from)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = FINITE
 
     count: int = Field(ge=0)
     mean: float | None = None
@@ -250,7 +250,7 @@ class ValueStats(BaseModel):
 class ModelStatsPayload(BaseModel):
     """The payload of a `model_stats` record: what one model saw and did over an interval."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = FINITE
 
     pipeline: str
     model: ModelRef
@@ -271,7 +271,7 @@ class ModelStatsPayload(BaseModel):
 class EvictionPayload(BaseModel):
     """The payload of an `eviction` record: seqs the agent dropped to respect its disk quota."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = FINITE
 
     ranges: list[tuple[Seq, Seq, str]] = Field(
         description="[first_seq, last_seq, record type], inclusive"
