@@ -12,7 +12,7 @@ from pathlib import Path
 from central_helpers import write_config
 
 from tests.conftest import Mosquitto
-from tests.edge_agent.test_systemd_notify import FakeSystemd, _count, fake_systemd  # noqa: F401
+from tests.edge_agent.kernel.test_systemd_notify import FakeSystemd, _count, fake_systemd  # noqa: F401
 
 BIN = Path(sys.executable).parent
 

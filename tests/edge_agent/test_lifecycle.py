@@ -17,7 +17,7 @@ from edge_agent.lifecycle import ModelWatch, Probation, ProbationPolicy, ShadowP
 from edge_agent.model_store import InstalledModel
 from edge_agent.pipelines.process import ProcessPipeline
 from edge_agent.sources.opcua import TagValue
-from tests.edge_agent.test_deployer import deploy_command, setup
+from tests.edge_agent.deployment.test_deployer import deploy_command, setup
 from tests.helpers import SAMPLE_METADATA, SAMPLE_MODEL, manifest_for
 
 FEATURES = ["zone1_temp_c", "zone2_temp_c", "zone3_temp_c", "melt_pressure_bar",

@@ -41,8 +41,8 @@ from edge_agent.pipelines.snapshot import RecentDefect, TrendPoint
 from edge_agent.pipelines.vision import VisionPipeline
 from edge_agent.recommendations import RecommendationBoard
 from tests.conftest import SAMPLE_DATA, Mosquitto, free_port, wait_for_port
-from tests.edge_agent.test_vision_pipeline import GREY, RED, frames, run_frames
-from tests.edge_agent.test_vision_pipeline import setup as vision_setup
+from tests.edge_agent.pipelines.test_vision_pipeline import GREY, RED, frames, run_frames
+from tests.edge_agent.pipelines.test_vision_pipeline import setup as vision_setup
 from tests.helpers import wait_until, write_test_keys
 
 FEATURES = ["zone1_temp_c", "zone2_temp_c", "zone3_temp_c", "melt_pressure_bar",

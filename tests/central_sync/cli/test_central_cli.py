@@ -23,7 +23,7 @@ from central_sync.cli import build_parser, main
 from edge_agent.kernel.contract import DeployCommand, DeploymentEvent, Topics, decode, encode
 from tests.helpers import TEST_SIGNER, wait_until
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 TOPICS = Topics()
 SUBCOMMANDS = [[], ["serve"], ["model"], ["model", "publish"], ["model", "list"], ["deploy"],
                ["devices"], ["contract"]]

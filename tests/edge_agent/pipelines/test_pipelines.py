@@ -36,7 +36,7 @@ from edge_agent.pipelines.vision import VisionPipeline
 from edge_agent.recommendations import RecommendationBoard
 from edge_agent.sources.camera import CameraSource
 from edge_agent.sources.opcua import TagValue
-from tests.edge_agent.test_vision_pipeline import GREY, RED, frames, run_frames, setup
+from tests.edge_agent.pipelines.test_vision_pipeline import GREY, RED, frames, run_frames, setup
 
 TAGS = {"zone2_temp_c": "ns=2;s=zone2_temp_c"}
 

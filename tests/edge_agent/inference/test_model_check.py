@@ -19,7 +19,7 @@ from edge_agent.deployment.checks import DeploymentFailed, health_check
 from edge_agent.inference.model_check import ModelCheckFailed, check_model
 from edge_agent.inference.vision import VisionModel
 from edge_agent.kernel.contract import DeployCommand, ModelManifest, Rejection, decode, encode
-from tests.edge_agent.test_deployer import deploy_command, setup
+from tests.edge_agent.deployment.test_deployer import deploy_command, setup
 from tests.helpers import TEST_SIGNER, manifest_of
 
 IMAGE_INPUT = "image:0"  # TensorFlow-style names: a `:` and `/` in tensor names must work

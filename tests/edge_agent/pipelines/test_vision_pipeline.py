@@ -17,8 +17,13 @@ from edge_agent.kernel.contract import DetectedBox
 from edge_agent.model_store import ModelStore
 from edge_agent.pipelines.vision import DefectRule, Quota, VisionPipeline
 from edge_agent.sources.camera import CameraSource, Frame
-from tests.edge_agent.test_camera import write_video
-from tests.edge_agent.test_vision import CLASSIFIER_META, colour_classifier, frame, yolo_model
+from tests.edge_agent.inference.test_vision import (
+    CLASSIFIER_META,
+    colour_classifier,
+    frame,
+    yolo_model,
+)
+from tests.edge_agent.sources.test_camera import write_video
 from tests.helpers import manifest_of, wait_until_async
 
 RED, GREY, MILD_RED = (0, 0, 255), (40, 40, 40), (0, 0, 102)

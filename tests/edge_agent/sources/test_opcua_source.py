@@ -19,7 +19,7 @@ from edge_agent.config import OpcUaSourceConfig
 from edge_agent.kernel.contract import SourceGapPayload
 from edge_agent.sources.opcua import OpcUaSource, SetpointWriteError
 from tests.conftest import LineSimulatorProcess, free_port, start_line_simulator
-from tests.edge_agent.opcua_certs import write_app_certificate
+from tests.edge_agent.sources.opcua_certs import write_app_certificate
 from tests.helpers import wait_until_async
 
 TAGS = ["zone1_temp_c", "zone2_temp_c", "melt_pressure_bar", "screw_speed_rpm"]
