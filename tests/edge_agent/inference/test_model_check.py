@@ -9,7 +9,6 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -20,6 +19,7 @@ from edge_agent.inference.model_check import ModelCheckFailed, check_model
 from edge_agent.inference.vision import VisionModel
 from edge_agent.kernel.contract import DeployCommand, ModelManifest, Rejection, decode, encode
 from tests.edge_agent.deployment.test_deployer import deploy_command, setup
+from tests.edge_agent.inference.test_vision import save
 from tests.helpers import TEST_SIGNER, manifest_of
 
 IMAGE_INPUT = "image:0"  # TensorFlow-style names: a `:` and `/` in tensor names must work
@@ -30,14 +30,6 @@ VISION_META = {
     "decoder": {"type": "classification", "activation": "softmax", "top_k": 2},
     "labels": LABELS,
 }
-
-
-def _save(graph: onnx.GraphProto, path: Path) -> Path:
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, path)
-    return path
 
 
 def singleton_classifier(path: Path) -> Path:
@@ -54,7 +46,7 @@ def singleton_classifier(path: Path) -> Path:
         [helper.make_tensor_value_info(LOGITS_OUTPUT, TensorProto.FLOAT, [1, len(LABELS), 1, 1])],
         initializer=[numpy_helper.from_array(weights, "head/w"),
                      numpy_helper.from_array(bias, "head/b")])
-    return _save(graph, path)
+    return save(graph, path)
 
 
 def text_label_classifier(path: Path) -> Path:
@@ -66,7 +58,7 @@ def text_label_classifier(path: Path) -> Path:
         "text-labels",
         [helper.make_tensor_value_info("x:0", TensorProto.FLOAT, [None, 3])],
         [helper.make_tensor_value_info("label/out:0", TensorProto.STRING, [None])])
-    return _save(graph, path)
+    return save(graph, path)
 
 
 def publish(tmp_path: Path, file: Path, kind: str, metadata: dict) -> ModelManifest:
