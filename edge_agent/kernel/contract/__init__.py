@@ -68,6 +68,7 @@ from edge_agent.kernel.contract.manifest import (
     ReferenceStats,
     ShadowPolicy,
     TensorSpec,
+    TrainingSummary,
     spec_differences,
     typed_metadata,
 )
@@ -204,6 +205,7 @@ __all__ = [
     "TensorSpec",
     "TopicSpec",
     "Topics",
+    "TrainingSummary",
     "UplinkBatch",
     "UplinkHealth",
     "UplinkRecord",

@@ -114,6 +114,17 @@ class Lineage(BaseModel):
     notes: str = ""
 
 
+class TrainingSummary(BaseModel):
+    """`metadata.training`: how the version was trained, as the model page shows it."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    algorithm: str = Field("", description="e.g. sklearn.ensemble.GradientBoostingRegressor")
+    rows: int | None = Field(None, ge=0, description="Training rows")
+    holdout_rows: int | None = Field(None, ge=0)
+    data: str = Field("", description="The data it was trained on")
+
+
 class ShadowPolicy(BaseModel):
     """`metadata.shadow`: run the new version beside the active one before switching."""
 
@@ -175,6 +186,7 @@ class ModelMetadata(BaseModel):
     health_check_timeout_s: float | None = Field(None, gt=0)
     reference: ReferenceStats | None = None
     lineage: Lineage | None = None
+    training: TrainingSummary | None = None
     shadow: ShadowPolicy | None = None
     probation: ProbationPolicy | None = None
     features: list[str] | None = Field(

@@ -49,7 +49,7 @@ def test_model_page_shows_versions_lineage_and_drift_per_device(site: TestClient
     listing = site.get("/models").text
     assert 'href="/models/extruder-scrap"' in listing
     page = site.get("/models/extruder-scrap").text
-    assert "GradientBoostingRegressor" in page and "data-scientist" in page
+    assert "GradientBoostingRegressor, 4608 rows" in page and "data-scientist" in page
     assert "line1-gw1 <span class=\"good\">no drift" in page
     assert "drift: zone2_temp_c, scrap_rate_pct" in page
     assert page.count('aria-label="PSI by value"') == 2 and "#dc2626" in page
