@@ -137,7 +137,7 @@ def _project(rows: BatchRows, device_id: str, record: UplinkRecord, payload: Bas
     match payload:
         case PredictionPayload():
             rows.predictions.append(prediction_row(device_id, record, payload, payload_json))
-        case DefectPayload() if record.type == RECORD_DEFECT:
+        case DefectPayload():  # sample records (SamplePayload) are not in PROJECTED
             rows.defects.append(defect_row(device_id, record, payload))
         case ModelStatsPayload():
             rows.model_stats.append(model_stats_row(device_id, record, payload, payload_json))
