@@ -10,7 +10,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -73,6 +73,13 @@ def _described(condition: Callable[[], object]) -> str:
         return inspect.getsource(condition).strip()
     except (OSError, TypeError):
         return repr(condition)
+
+
+def db_rows(db: Any, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    """Rows of a raw query on a CentralDB, taken under its lock: a running service (its
+    rollout engine, its store thread) uses the same connection at the same time."""
+    with db._lock:
+        return list(db._db.query(sql, params))
 
 
 def write_test_keys(folder: Path) -> tuple[Path, Path]:

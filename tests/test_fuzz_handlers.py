@@ -70,6 +70,7 @@ from tests.helpers import (
     SAMPLE_MODEL,
     TEST_SIGNER,
     TEST_VERIFIER,
+    db_rows,
     manifest_for,
     wait_until_async,
     write_test_keys,
@@ -601,7 +602,7 @@ class CentralWorld:
     def rows(self, sql: str) -> list[dict[str, Any]]:
         assert self.service.db is not None
         db = self.service.db
-        return self.loop.run(self.service.db_call(lambda: list(db._db.query(sql))))
+        return self.loop.run(self.service.db_call(db_rows, db, sql))
 
     def close(self) -> None:
         async def stop() -> None:

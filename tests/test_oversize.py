@@ -46,6 +46,7 @@ from tests.helpers import (
     SAMPLE_MODEL,
     TEST_SIGNER,
     TEST_VERIFIER,
+    db_rows,
     manifest_for,
     wait_until_async,
     write_test_keys,
@@ -225,8 +226,8 @@ def test_central_refuses_a_record_in_more_chunks_than_allowed(tmp_path: Path) ->
         await central.send("uplink", json.dumps(piece).encode())
         assert "count" in central.service.stats.last_rejection
         assert central.service.stats.rejected["uplink"] == 1
-        parts = await central.service.db_call(
-            lambda: list(central.service.db._db.query("SELECT * FROM record_parts")))
+        parts = await central.service.db_call(db_rows, central.service.db,
+                                              "SELECT * FROM record_parts")
         assert parts == []
         await central.service.stop()
 

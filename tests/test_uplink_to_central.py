@@ -13,7 +13,7 @@ from edge_agent.config import UplinkConfig
 from edge_agent.kernel.contract import Topics
 from edge_agent.kernel.transport.memory import MemoryBroker, MemoryTransport
 from edge_agent.uplink import Uplink
-from tests.helpers import wait_until_async, write_test_keys
+from tests.helpers import db_rows, wait_until_async, write_test_keys
 
 
 def test_small_and_oversized_records_all_arrive_exactly_once(tmp_path: Path) -> None:
@@ -41,8 +41,7 @@ def test_small_and_oversized_records_all_arrive_exactly_once(tmp_path: Path) -> 
             return (await buffer.health()).depth == 0
 
         await wait_until_async(drained, what="every record acked and out of the buffer")
-        rows = await central.db_call(
-            lambda: list(central.db._db.query("SELECT seq, payload FROM records")))
+        rows = await central.db_call(db_rows, central.db, "SELECT seq, payload FROM records")
         assert {r["seq"]: json.loads(r["payload"]) for r in rows} == expected
         assert uplink.stats.acked_records == 120
         task.cancel()
