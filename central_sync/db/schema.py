@@ -145,6 +145,14 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             password_hash TEXT NOT NULL, created_at REAL NOT NULL, rotated_at REAL NOT NULL,
             revoked_at REAL)""",
     )),
+    # Tokens made before version 10 are the sessions valid longer than a browser's (12 h).
+    (10, "login_failures: login back-off per account and address; sessions.kind", (
+        "ALTER TABLE sessions ADD COLUMN kind TEXT NOT NULL DEFAULT 'browser'",
+        "UPDATE sessions SET kind = 'api' WHERE expires_at - created_at > 43201",
+        """CREATE TABLE login_failures (
+            subject TEXT PRIMARY KEY, failures INTEGER NOT NULL, last_failed_at REAL NOT NULL,
+            locked_until REAL NOT NULL)""",
+    )),
 )
 
 
@@ -257,6 +265,13 @@ POSTGRES_MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             username TEXT PRIMARY KEY, kind TEXT NOT NULL, labels TEXT NOT NULL DEFAULT '[]',
             password_hash TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL,
             rotated_at DOUBLE PRECISION NOT NULL, revoked_at DOUBLE PRECISION)""",
+    )),
+    (10, "login_failures: login back-off per account and address; sessions.kind", (
+        "ALTER TABLE sessions ADD COLUMN kind TEXT NOT NULL DEFAULT 'browser'",
+        "UPDATE sessions SET kind = 'api' WHERE expires_at - created_at > 43201",
+        """CREATE TABLE login_failures (
+            subject TEXT PRIMARY KEY, failures INTEGER NOT NULL,
+            last_failed_at DOUBLE PRECISION NOT NULL, locked_until DOUBLE PRECISION NOT NULL)""",
     )),
 )
 
