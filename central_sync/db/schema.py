@@ -153,6 +153,21 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             subject TEXT PRIMARY KEY, failures INTEGER NOT NULL, last_failed_at REAL NOT NULL,
             locked_until REAL NOT NULL)""",
     )),
+    # Pieces kept as bytes, and each record's count and size kept beside them, so that a new
+    # piece costs the same whatever came before it. Partial records of version 3 are dropped:
+    # their devices send them again.
+    (11, "record_assemblies: large records being received, counted without reading pieces", (
+        "DROP TABLE record_parts",
+        """CREATE TABLE record_assemblies (
+            device_id TEXT NOT NULL, seq INTEGER NOT NULL, type TEXT NOT NULL,
+            created_at REAL NOT NULL, payload_sha256 TEXT NOT NULL, count INTEGER NOT NULL,
+            pieces INTEGER NOT NULL, bytes INTEGER NOT NULL, reserved_bytes INTEGER NOT NULL,
+            started_at REAL NOT NULL, last_at REAL NOT NULL, PRIMARY KEY (device_id, seq))""",
+        "CREATE INDEX record_assemblies_last_at ON record_assemblies (last_at)",
+        """CREATE TABLE record_parts (
+            device_id TEXT NOT NULL, seq INTEGER NOT NULL, idx INTEGER NOT NULL,
+            data BLOB NOT NULL, PRIMARY KEY (device_id, seq, idx))""",
+    )),
 )
 
 
@@ -272,6 +287,19 @@ POSTGRES_MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
         """CREATE TABLE login_failures (
             subject TEXT PRIMARY KEY, failures INTEGER NOT NULL,
             last_failed_at DOUBLE PRECISION NOT NULL, locked_until DOUBLE PRECISION NOT NULL)""",
+    )),
+    (11, "record_assemblies: large records being received, counted without reading pieces", (
+        "DROP TABLE record_parts",
+        """CREATE TABLE record_assemblies (
+            device_id TEXT NOT NULL, seq BIGINT NOT NULL, type TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL, payload_sha256 TEXT NOT NULL,
+            count INTEGER NOT NULL, pieces INTEGER NOT NULL, bytes BIGINT NOT NULL,
+            reserved_bytes BIGINT NOT NULL, started_at DOUBLE PRECISION NOT NULL,
+            last_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (device_id, seq))""",
+        "CREATE INDEX record_assemblies_last_at ON record_assemblies (last_at)",
+        """CREATE TABLE record_parts (
+            device_id TEXT NOT NULL, seq BIGINT NOT NULL, idx INTEGER NOT NULL,
+            data BYTEA NOT NULL, PRIMARY KEY (device_id, seq, idx))""",
     )),
 )
 
