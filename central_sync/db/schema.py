@@ -168,6 +168,11 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             device_id TEXT NOT NULL, seq INTEGER NOT NULL, idx INTEGER NOT NULL,
             data BLOB NOT NULL, PRIMARY KEY (device_id, seq, idx))""",
     )),
+    # What a device says of its groups is kept for display only; its trusted groups are its
+    # broker account's labels (provisioning). A device never provisioned is in no group.
+    (12, "devices.labels renamed reported_labels: shown, never used to select devices", (
+        "ALTER TABLE devices RENAME COLUMN labels TO reported_labels",
+    )),
 )
 
 
@@ -300,6 +305,9 @@ POSTGRES_MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
         """CREATE TABLE record_parts (
             device_id TEXT NOT NULL, seq BIGINT NOT NULL, idx INTEGER NOT NULL,
             data BYTEA NOT NULL, PRIMARY KEY (device_id, seq, idx))""",
+    )),
+    (12, "devices.labels renamed reported_labels: shown, never used to select devices", (
+        "ALTER TABLE devices RENAME COLUMN labels TO reported_labels",
     )),
 )
 
