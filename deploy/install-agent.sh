@@ -11,7 +11,8 @@ Usage: sudo deploy/install-agent.sh BUNDLE.tar.gz [--root DIR] [--venv PATH] [--
 Installs the agent from this checkout and the device bundle BUNDLE.tar.gz (from
 `central-sync device add DEVICE` on central):
   user        edge-agent (system user, in group video for USB cameras)
-  program     /opt/edge-agent, a virtual environment with this package
+  program     /opt/edge-agent, a virtual environment with this package, dependencies at
+              the versions and SHA-256 hashes of deploy/locks/agent.txt
   config      /etc/edge-agent (root:edge-agent, dir 0750, files 0640): edge-agent.yaml,
               mqtt-password, central-signing.pub, ca.crt, client.crt/client.key if bundled
   state       /var/lib/edge-agent (edge-agent:edge-agent, 0750)
@@ -137,8 +138,12 @@ else
         say "Creating the virtual environment $venv"
         "$python" -m venv "$venv"
     fi
-    say "Installing edge-agent from $checkout into $venv"
-    "$venv/bin/python" -m pip install --quiet --upgrade "$checkout"
+    say "Installing edge-agent from $checkout into $venv (locked versions, hashes checked)"
+    # Every dependency from the lock, each file checked against its SHA-256; then this
+    # package alone, built with the locked setuptools: nothing unpinned comes from the index.
+    "$venv/bin/python" -m pip install --quiet --require-hashes \
+        -r "$checkout/deploy/locks/agent.txt"
+    "$venv/bin/python" -m pip install --quiet --no-deps --no-build-isolation --upgrade "$checkout"
 fi
 agent="$venv/bin/edge-agent"
 if owned && ! runuser -u edge-agent -- "$agent" --help >/dev/null 2>&1; then

@@ -11,7 +11,8 @@ Usage: sudo deploy/install-central.sh --broker-host NAME [--broker-host NAME...]
 Installs from this checkout:
   packages    mosquitto, mosquitto-clients, openssl, python3-venv (apt-get, when missing)
   user        central-sync (system user)
-  program     /opt/central-sync, a virtual environment with this package (and psycopg)
+  program     /opt/central-sync, a virtual environment with this package (and psycopg),
+              dependencies at the versions and SHA-256 hashes of deploy/locks/central.txt
   config      /etc/central-sync/central-sync.yaml (written once; yours is never replaced)
   state       /var/lib/central-sync: SQLite database, artifacts, keys, device bundles
   broker      /etc/mosquitto/conf.d/edge-mlops.conf (deploy/mosquitto/edge-mlops.conf):
@@ -116,8 +117,12 @@ else
     "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
         || die "Python 3.11 or newer is needed; this is $("$python" --version)"
     [ -x "$venv/bin/python" ] || { say "Creating the virtual environment $venv"; "$python" -m venv "$venv"; }
-    say "Installing central-sync from $checkout into $venv"
-    "$venv/bin/python" -m pip install --quiet --upgrade "$checkout[postgres]"
+    say "Installing central-sync from $checkout into $venv (locked versions, hashes checked)"
+    # Every dependency from the lock, each file checked against its SHA-256; then this
+    # package alone, built with the locked setuptools: nothing unpinned comes from the index.
+    "$venv/bin/python" -m pip install --quiet --require-hashes \
+        -r "$checkout/deploy/locks/central.txt"
+    "$venv/bin/python" -m pip install --quiet --no-deps --no-build-isolation --upgrade "$checkout"
 fi
 central="$venv/bin/central-sync"
 if owned && ! runuser -u central-sync -- "$central" --help >/dev/null 2>&1; then
