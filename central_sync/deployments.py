@@ -16,7 +16,7 @@ from edge_agent.kernel.contract import (
     decode,
     encode,
 )
-from edge_agent.kernel.signing import SignatureError, Signer, Verifier
+from edge_agent.kernel.signing import SignatureError, Signer
 from edge_agent.kernel.transport import NotConnected, Transport
 
 log = logging.getLogger(__name__)
@@ -34,23 +34,38 @@ def unknown_model_message(name: str, version: str) -> str:
 
 
 class TamperedManifest(Exception):
-    """A stored manifest no longer matches its signature: the registry was altered."""
+    """A stored manifest central cannot vouch for: unsigned, signed by a key central never had,
+    or altered after it was signed. It is neither sent nor re-signed."""
 
 
 def signed_manifest(manifest: ModelManifest, signer: Signer) -> ModelManifest:
-    """The manifest to send: checked against its publish-time signature when the same key
-    signed it, re-signed by the current key otherwise (after a key rotation)."""
+    """The manifest to send. It must verify against the key that signed it at publish, the
+    current one or a retired one; it is sent as stored when the current key signed it, and
+    re-signed by the current key after a key change. TamperedManifest otherwise."""
+    where = f"model {manifest.name} {manifest.version} in the registry"
+    fix = ("publish the model file again as a new version (`central-sync model publish`) "
+           "and deploy that")
+    if not manifest.signature or not manifest.key_id:
+        raise TamperedManifest(
+            f"{where} is unsigned; every published version is signed, so this one was "
+            f"written into the database some other way: {fix}")
+    known = signer.own_keys()
+    if manifest.key_id not in known.keys:
+        raise TamperedManifest(
+            f"{where} is signed by key {manifest.key_id}, which is not central's: neither the "
+            f"current key {signer.key_id} nor a retired one (the `retired` folder beside the "
+            f"signing key). If it was central's key once, put its .pub there as "
+            f"{manifest.key_id}.pub; otherwise {fix}")
+    try:
+        known.verify(manifest, "manifest")
+    except SignatureError as exc:
+        raise TamperedManifest(
+            f"{where} does not match its signature by key {manifest.key_id} ({exc}); it was "
+            f"altered after publishing: {fix}") from None
     if manifest.key_id == signer.key_id:
-        try:
-            Verifier(signer.public_key).verify(manifest, "manifest")
-        except SignatureError as exc:
-            raise TamperedManifest(
-                f"{manifest.name} {manifest.version} in the registry does not match its "
-                f"signature ({exc}); it was altered after publishing: publish a new version"
-            ) from None
         return manifest
     log.info("manifest re-signed name=%s version=%s old_key=%s key=%s", manifest.name,
-             manifest.version, manifest.key_id or "none", signer.key_id)
+             manifest.version, manifest.key_id, signer.key_id)
     return signer.signed(manifest)
 
 

@@ -24,6 +24,7 @@ from central_sync.deployments import (
     TamperedManifest,
     UnknownModel,
     deploy,
+    signed_manifest,
     unknown_model_message,
 )
 from edge_agent.kernel.contract import RollbackCommand, Topics, encode
@@ -82,10 +83,18 @@ def plan_waves(devices: Sequence[str], canary: int, shares: Sequence[float]) -> 
 def start_rollout(db: CentralDB, name: str, version: str, devices: Sequence[str], target: str,
                   created_by: str, canary: int = 1, waves: str = "100%",
                   success_ratio: float = 1.0,
-                  wave_timeout_s: float = DEFAULT_WAVE_TIMEOUT_S) -> Rollout:
-    """Record a new rollout; the engine in `serve` carries it out."""
-    if db.get_model(name, version) is None:
+                  wave_timeout_s: float = DEFAULT_WAVE_TIMEOUT_S,
+                  signer: Signer | None = None) -> Rollout:
+    """Record a new rollout; the engine in `serve` carries it out. With central's `signer`
+    the stored manifest is checked now, not only when a wave is sent."""
+    manifest = db.get_model(name, version)
+    if manifest is None:
         raise RolloutError(unknown_model_message(name, version))
+    if signer is not None:
+        try:
+            signed_manifest(manifest, signer)
+        except TamperedManifest as exc:
+            raise RolloutError(str(exc)) from None
     if not 0 < success_ratio <= 1:
         raise RolloutError(f"success ratio {success_ratio} must be in (0, 1], e.g. 0.9")
     busy = [r for r in db.list_rollouts(("running", "paused")) if r.model_name == name]

@@ -21,6 +21,7 @@ from central_sync.cli.common import (
 from edge_agent.kernel.signing import (
     NextKeyExists,
     promote_next_key,
+    retired_keys_dir,
     start_key_change,
     write_key_pair,
 )
@@ -74,8 +75,10 @@ def cmd_keys_promote(args: argparse.Namespace) -> int:
         db.audit(by, "keys.promote", change.new.key_id, f"replaces {change.old.key_id}")
     make_console().print(
         f"key {change.new.key_id} signs from now on (restart central-sync); "
-        f"{change.old.key_id} is gone. Agents that trust only the old key refuse "
-        "new manifests until they get signing.pub.", highlight=False)
+        f"{change.old.key_id} no longer signs: its public key is kept in "
+        f"{retired_keys_dir(config.signing_key_path)} so that versions it signed are checked "
+        "before they are re-signed. Agents that trust only the old key refuse new manifests "
+        "until they get signing.pub.", highlight=False)
     return EXIT_OK
 
 
@@ -91,7 +94,8 @@ def add_commands(commands: Subcommands) -> None:
         actions, "init", help="create the key pair at signing_key_path (and its .pub beside it)",
         description="Create the private key (mode 600) at the configured signing_key_path "
                     "and the public key (.pub) beside it. Refuses to replace an existing key "
-                    "unless --force: agents trust the old one until they get the new .pub.",
+                    "unless --force: agents trust the old one until they get the new .pub. "
+                    "A replaced key's public key is kept in the `retired` folder.",
         examples=["central-sync keys init -c central-sync.yaml",
                   "central-sync keys init -c central-sync.yaml --force   # rotate"])
     init.add_argument("--force", action="store_true", help="replace an existing key")
@@ -113,9 +117,12 @@ def add_commands(commands: Subcommands) -> None:
     upcoming.set_defaults(func=cmd_keys_next)
     promote = add_command(
         actions, "promote",
-        help="finish a key change: the next key signs, the old one is deleted",
-        description="Make the next key (from `keys next`) the signing key; manifests signed "
-                    "by the old key are re-signed when they are deployed.",
+        help="finish a key change: the next key signs, the old one is retired",
+        description="Make the next key (from `keys next`) the signing key. The old private "
+                    "key is deleted; its public key is kept in the `retired` folder beside "
+                    "the signing key, and a manifest it signed is checked against it and "
+                    "re-signed when it is deployed. A stored manifest that is unsigned, or "
+                    "signed by a key in neither place, is refused.",
         examples=["central-sync keys promote -c central-sync.yaml"])
     add_by_option(promote)
     promote.set_defaults(func=cmd_keys_promote)

@@ -58,7 +58,8 @@ def cmd_rollout_start(args: argparse.Namespace) -> int:
                                     acting_user(db, args, "engineer"),
                                     canary=args.canary, waves=args.waves,
                                     success_ratio=args.success_ratio,
-                                    wave_timeout_s=args.wave_timeout)
+                                    wave_timeout_s=args.wave_timeout,
+                                    signer=config.signer())
         except RolloutError as exc:
             raise UsageError(str(exc)) from None
         console = make_console()

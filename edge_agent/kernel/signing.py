@@ -11,8 +11,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,6 +27,12 @@ from pydantic import BaseModel
 from edge_agent.kernel.atomic_files import write_atomically
 
 M = TypeVar("M", bound=BaseModel)
+
+log = logging.getLogger(__name__)
+
+# Beside the signing key: the public halves of the keys it replaced, one `KEY_ID.pub` each, so
+# that manifests they signed can still be checked before central re-signs them.
+RETIRED_KEYS_DIR = "retired"
 
 
 class SignatureError(Exception):
@@ -49,12 +57,14 @@ def key_id(public_key: Ed25519PublicKey) -> str:
 
 
 class Signer:
-    """Central's private key."""
+    """Central's private key, and the public keys of the keys it replaced (`retired_keys`)."""
 
-    def __init__(self, private_key: Ed25519PrivateKey) -> None:
+    def __init__(self, private_key: Ed25519PrivateKey,
+                 retired_keys: Mapping[str, Ed25519PublicKey] | None = None) -> None:
         self._key = private_key
         self.public_key = private_key.public_key()
         self.key_id = key_id(self.public_key)
+        self.retired_keys = {k: v for k, v in (retired_keys or {}).items() if k != self.key_id}
 
     @classmethod
     def generate(cls) -> Signer:
@@ -75,7 +85,7 @@ class Signer:
             raise KeyFileError(f"signing key {path} is not a PEM private key: {exc}") from None
         if not isinstance(key, Ed25519PrivateKey):
             raise KeyFileError(f"signing key {path} is not an Ed25519 key")
-        return cls(key)
+        return cls(key, load_retired_keys(path))
 
     def sign(self, message: BaseModel) -> str:
         """Base64 signature of the message's canonical bytes."""
@@ -101,6 +111,10 @@ class Signer:
 
     def public_pem(self) -> str:
         return public_key_pem(self.public_key)
+
+    def own_keys(self) -> Verifier:
+        """Every key central has signed with: this one and the retired ones."""
+        return Verifier(self.public_key, *self.retired_keys.values())
 
 
 class Verifier:
@@ -186,15 +200,46 @@ def public_key_pem(public_key: Ed25519PublicKey) -> str:
     ).decode("ascii")
 
 
+def retired_keys_dir(private_path: str | Path) -> Path:
+    """Where the public keys replaced by the key at `private_path` are kept."""
+    return Path(private_path).parent / RETIRED_KEYS_DIR
+
+
+def retire_key(signer: Signer, private_path: str | Path) -> Path:
+    """Keep the public half of a key being replaced, named by its id; returns its path."""
+    folder = retired_keys_dir(private_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{signer.key_id}.pub"
+    write_atomically(path, signer.public_pem())
+    return path
+
+
+def load_retired_keys(private_path: str | Path) -> dict[str, Ed25519PublicKey]:
+    """The retired public keys beside the key at `private_path`, by key id."""
+    folder = retired_keys_dir(private_path)
+    if not folder.is_dir():
+        return {}
+    keys: dict[str, Ed25519PublicKey] = {}
+    for file in sorted(folder.glob("*.pub")):
+        keys.update(Verifier.from_file(file).keys)
+    return keys
+
+
 def write_key_pair(private_path: str | Path, force: bool = False) -> tuple[Path, Path, Signer]:
     """Create the private key (owner-only) and the public key beside it (`.pub`); never
-    overwrite an existing key unless `force`, since agents trust the old one."""
+    overwrite an existing key unless `force`, since agents trust the old one. A replaced key's
+    public half is kept among the retired keys."""
     private_path = Path(private_path)
     if private_path.exists() and not force:
         raise KeyFileError(
             f"{private_path} already exists and agents trust it; use --force to replace it, "
             f"then give every agent the new {private_path.with_suffix('.pub').name}"
         )
+    if private_path.exists():
+        try:
+            retire_key(Signer.from_file(private_path), private_path)
+        except KeyFileError as exc:
+            log.warning("replaced signing key not kept among the retired keys: %s", exc)
     signer = Signer.generate()
     public_path = signer.save(private_path)
     return private_path, public_path, signer
@@ -248,12 +293,14 @@ def start_key_change(private_path: str | Path, next_path: str | Path,
 
 
 def promote_next_key(private_path: str | Path, next_path: str | Path) -> KeyChange:
-    """Finish a key change: the next key replaces the current one, its own files go, and the
-    `.pub` holds only it. Raises NoNextKey when no change was started."""
+    """Finish a key change: the next key replaces the current one, its own files go, the
+    `.pub` holds only it, and the old key's public half is kept among the retired keys.
+    Raises NoNextKey when no change was started."""
     private_path, next_path = Path(private_path), Path(next_path)
     if not next_path.exists():
         raise NoNextKey(next_path)
     upcoming, current = Signer.from_file(next_path), Signer.from_file(private_path)
+    retire_key(current, private_path)  # before the old private key is gone
     # Until the .pub is rewritten it still lists both keys, so a crash in between leaves
     # agents trusting the key that now signs.
     os.replace(next_path, private_path)
