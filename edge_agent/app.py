@@ -20,7 +20,6 @@ from edge_agent.kernel.contract import (
     Topics,
     encode,
 )
-from edge_agent.kernel.httpserver import WebServer
 from edge_agent.kernel.transport import NotConnected, Transport, Will
 from edge_agent.kernel.transport.mqtt import MqttTransport
 from edge_agent.lifecycle import ModelWatch
@@ -144,9 +143,8 @@ class Agent:
                  self.config.broker.host, self.config.broker.port, self.config.data_dir)
         server = None
         if self.config.ui.port:
-            app = web.create_app(self.status_document, self.metrics.exposition, agent=self,
-                                 ui=self.config.ui)
-            server = WebServer(app, self.config.ui.host, self.config.ui.port, setting="ui.port")
+            server = web.operator_server(self.status_document, self.metrics.exposition,
+                                         agent=self, ui=self.config.ui)
             await server.start()
         await self.deployer.start()
         await self.transport.start()

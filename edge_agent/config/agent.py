@@ -3,15 +3,15 @@ and security around the sources and pipelines; `load_agent_config` reads and che
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from edge_agent.buffer import DEFAULT_KEEP, DEFAULT_PRIORITIES, BufferPolicy
 from edge_agent.config.common import Name, StrictModel, require_unique
 from edge_agent.config.pipelines import PipelineConfig
 from edge_agent.config.sources import SourceConfig
+from edge_agent.config.ui import UiConfig, is_loopback
 from edge_agent.kernel.configfile import load_yaml_model, resolve_path
 from edge_agent.kernel.signing import Verifier
 from edge_agent.kernel.transport import BrokerConfig
@@ -49,46 +49,6 @@ class UplinkConfig(StrictModel):
     compress: bool = Field(False, description="zlib-compress batches (slow or metered links)")
     ack_timeout_s: float = Field(10.0, gt=0, description="Resend a batch not acked by then")
     max_in_flight: int = Field(4, ge=1, le=64, description="Batches awaiting ack at once")
-
-
-class UiConfig(StrictModel):
-    """The operator page on the gateway (see README 'Operator page')."""
-
-    host: str = Field("127.0.0.1", description="Address of the gateway's operator page; any "
-                      "other than a loopback address needs ui.token or ui.password")
-    port: int = Field(8080, ge=0, le=65535, description="0 turns the page off")
-    token: SecretStr | None = Field(
-        None, description="Needed by every request but /healthz: as `Authorization: Bearer` "
-        "or typed once into the page's login form")
-    password: SecretStr | None = Field(
-        None, description="Typed into the page's login form (or sent as Bearer) instead of "
-        "the token")
-    refresh_s: float = Field(5.0, ge=1, description="Seconds between the page's live updates")
-    tag_names: dict[str, str] = Field(
-        default_factory=dict, description="Tag -> words on the page, e.g. zone2_temp_c: "
-        "Zone 2 temperature; default: made from the tag name")
-    trend_tags: list[str] | None = Field(
-        None, description="Tags charted beside the prediction; default: those of the latest "
-        "recommendation, else the first four inputs")
-
-    @model_validator(mode="after")
-    def _login_when_reachable(self) -> UiConfig:
-        if self.port and not is_loopback(self.host) and not (self.token or self.password):
-            raise ValueError(
-                f"ui.host {self.host!r} lets other machines open the operator page, where "
-                "recommendations are answered: set ui.token (or ui.password) so it asks for a "
-                "login, or set ui.host to 127.0.0.1")
-        return self
-
-
-def is_loopback(host: str) -> bool:
-    """Whether only this machine can reach `host` (names other than localhost count as not)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class SecurityConfig(StrictModel):
@@ -159,6 +119,18 @@ class AgentConfig(StrictModel):
                 f"broker.tls is off but the broker {broker.host} is another machine: the "
                 "password would cross the network in clear; set broker.tls: true and "
                 "broker.port: 8883 (with ca_file), or run the broker on this machine")
+        return self
+
+    @model_validator(mode="after")
+    def _login_before_writing_to_the_plc(self) -> AgentConfig:
+        # In auto mode an answer on the page writes setpoints: nobody may answer unseen.
+        writers = [p.name for p in self.pipelines if p.type == "process"
+                   and p.recommend is not None and p.recommend.mode == "auto"]
+        if writers and self.ui.port and not self.ui.login_required:
+            raise ValueError(
+                f"pipeline {writers[0]!r} writes accepted recommendations to the PLC "
+                "(recommend.mode: auto), so the operator page must ask for a login: set "
+                "ui.password (or ui.token), or set ui.port: 0 to turn the page off")
         return self
 
     @model_validator(mode="after")

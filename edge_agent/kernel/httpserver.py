@@ -1,17 +1,86 @@
-"""Run an ASGI app with uvicorn inside an asyncio program that handles signals itself."""
+"""Run an ASGI app with uvicorn inside an asyncio program that handles signals itself: over TLS
+when given a certificate, and refusing a request body over a limit before reading it."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import socket
-from collections.abc import Iterator
+import ssl
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024  # forms, labels and JSON answers; nothing is uploaded
+
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: a request whose Content-Length is over `max_bytes` gets 413 before any
+    of its body is read; a body streamed without one (chunked) is cut off at the limit."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await self._refuse(send, scope)
+            return
+        received = 0
+        state = {"started": False, "refused": False}
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes and not state["refused"]:
+                state["refused"] = True
+                if not state["started"]:
+                    await self._refuse(send, scope)
+                raise _BodyTooLarge
+            return message
+
+        async def tracked_send(message: Message) -> None:
+            if state["refused"]:
+                return  # the 413 went out; what the app sends as it unwinds is dropped
+            state["started"] = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracked_send)
+        except Exception:
+            if not state["refused"]:
+                raise
+            # The app failed because its body was cut off at the limit: answered already.
+
+    async def _refuse(self, send: Send, scope: Message) -> None:
+        log.info("request body refused path=%s limit_bytes=%d", scope.get("path"),
+                 self.max_bytes)
+        body = (f"request body too large: this server accepts at most {self.max_bytes} bytes "
+                "per request\n").encode()
+        await send({"type": "http.response.start", "status": 413, "headers": [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode()),
+            (b"x-content-type-options", b"nosniff"),
+            (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -23,22 +92,40 @@ class _EmbeddedServer(uvicorn.Server):
 
 
 class WebServer:
-    """Runs an ASGI app with uvicorn as a task of the current asyncio loop."""
+    """Runs an ASGI app with uvicorn as a task of the current asyncio loop; with a certificate
+    and key it serves HTTPS."""
 
-    def __init__(self, app: Any, host: str, port: int, setting: str = "web.port") -> None:
+    def __init__(self, app: Any, host: str, port: int, setting: str = "web.port", *,
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                 tls_cert_file: Path | None = None, tls_key_file: Path | None = None) -> None:
         self.host = host
         self.port = port
         self._setting = setting
+        self._tls = (tls_cert_file, tls_key_file) if tls_cert_file and tls_key_file else None
         self._server = _EmbeddedServer(uvicorn.Config(
-            app, host=host, port=port, log_level="warning", lifespan="off"))
+            BodyLimit(app, max_body_bytes), host=host, port=port, log_level="warning",
+            lifespan="off", ssl_certfile=tls_cert_file, ssl_keyfile=tls_key_file))
         self._task: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}/"
+        return f"{'https' if self._tls else 'http'}://{self.host}:{self.port}/"
+
+    def _check_certificate(self) -> None:
+        if self._tls is None:
+            return
+        section = self._setting.rpartition(".")[0] or "web"
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(*self._tls)
+        except (OSError, ssl.SSLError) as exc:
+            raise OSError(f"web server cannot use the certificate {self._tls[0]} with the key "
+                          f"{self._tls[1]}: {exc}; set {section}.tls_cert_file and "
+                          f"{section}.tls_key_file to a PEM certificate and its key") from None
 
     async def start(self) -> None:
-        """Bind the port (raising OSError with a clear message if taken) and serve."""
+        """Bind the port (raising OSError with a clear message if taken or if the TLS
+        certificate is unusable) and serve."""
+        self._check_certificate()
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -48,6 +48,7 @@ from tests.helpers import wait_until, write_test_keys
 FEATURES = ["zone1_temp_c", "zone2_temp_c", "zone3_temp_c", "melt_pressure_bar",
             "screw_speed_rpm", "line_speed_m_min"]
 CHROMIUM = Path("/usr/bin/chromium")
+TOKEN, PASSWORD = "tok-123-456-789", "pass word of the line"
 
 
 def agent_config(tmp_path: Path, broker_port: int = 1883, ui_port: int = 0,
@@ -124,6 +125,7 @@ def agent(tmp_path: Path) -> Iterator[Agent]:
 
 @asynccontextmanager
 async def client(agent: Agent, **ui: Any) -> AsyncIterator[httpx.AsyncClient]:
+    ui.setdefault("allowed_hosts", ["gw-7.local"])
     app = web.create_app(agent.status_document, agent.metrics.exposition, agent=agent,
                          ui=UiConfig(**ui))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
@@ -266,8 +268,8 @@ def test_page_reachable_from_other_machines_needs_a_token_or_password(tmp_path: 
         UiConfig(host="0.0.0.0")
     with pytest.raises(ValidationError, match=r"ui\.host '192\.168\.1\.5'"):
         agent_config(tmp_path, ui_port=8080, host="192.168.1.5")
-    UiConfig(host="0.0.0.0", token="s3cret")
-    UiConfig(host="0.0.0.0", password="s3cret")
+    UiConfig(host="0.0.0.0", token="s3cret-s3cret")
+    UiConfig(host="0.0.0.0", password="s3cret-s3cret")
     UiConfig(host="0.0.0.0", port=0)
     UiConfig(host="::1")
     UiConfig(host="localhost")
@@ -280,7 +282,7 @@ def test_with_a_token_every_request_but_healthz_needs_a_login(agent: Agent) -> N
     async def scenario() -> dict[str, Any]:
         await board.offer(offered)
         seen: dict[str, Any] = {}
-        async with client(agent, token="tok-123", password="pass word") as http:
+        async with client(agent, token=TOKEN, password=PASSWORD) as http:
             for path in ("/healthz", "/", "/live", "/api/status", "/metrics", "/login",
                          "/static/operator.css"):
                 seen[path] = (await http.get(path)).status_code
@@ -289,12 +291,12 @@ def test_with_a_token_every_request_but_healthz_needs_a_login(agent: Agent) -> N
                                               json={"decision": "accepted", "by": "x"})
                               ).status_code
             seen["bearer"] = (await http.get(
-                "/api/status", headers={"Authorization": "Bearer tok-123"})).status_code
+                "/api/status", headers={"Authorization": f"Bearer {TOKEN}"})).status_code
             seen["wrong bearer"] = (await http.get(
-                "/api/status", headers={"Authorization": "Bearer tok-12"})).status_code
+                "/api/status", headers={"Authorization": f"Bearer {TOKEN[:-1]}"})).status_code
             seen["wrong login"] = (await http.post("/login", data={"secret": "nope"})
                                    ).status_code
-            login = await http.post("/login", data={"secret": "pass word"})
+            login = await http.post("/login", data={"secret": PASSWORD})
             seen["login"], seen["cookie"] = login.status_code, login.headers["set-cookie"]
             seen["after login"] = (await http.get("/")).status_code
             seen["answer after login"] = (await http.post(
@@ -314,7 +316,7 @@ def test_with_a_token_every_request_but_healthz_needs_a_login(agent: Agent) -> N
     assert seen["login"] == 303
     assert {"httponly", "samesite=strict"} <= {p.strip().lower()
                                                for p in seen["cookie"].split(";")}
-    assert "tok-123" not in seen["cookie"] and "pass" not in seen["cookie"]
+    assert TOKEN not in seen["cookie"] and "pass" not in seen["cookie"]
     assert (seen["after login"], seen["answer after login"], seen["forged"]) == (200, 303, 401)
     assert board.open is None and board.recent[0].answer.decision == "accepted"
 
