@@ -183,6 +183,10 @@ class ProcessPipelineConfig(StrictModel):
         if missing:
             return (f"pipeline {self.name!r} needs tags {missing} that source "
                     f"{source.name!r} does not read; add them under its nodes")
+        if self.recommend is not None and self.recommend.mode == "auto":
+            problem = source.insecure_write_problem()
+            if problem:
+                return f"pipeline {self.name!r} has recommend mode auto, but {problem}"
         return None
 
     def summary(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     Discriminator,
@@ -18,6 +19,7 @@ from pydantic import (
 
 from edge_agent.config.common import Name, StrictModel, require_unique
 from edge_agent.kernel.configfile import resolve_path
+from edge_agent.kernel.redaction import redact_credentials
 
 
 class OpcUaSourceConfig(StrictModel):
@@ -56,13 +58,22 @@ class OpcUaSourceConfig(StrictModel):
     certificate: Path | None = Field(None, description="This client's certificate (PEM or DER)")
     private_key: Path | None = Field(None, description="This client's private key (PEM)")
     server_certificate: Path | None = Field(
-        None, description="Server certificate to trust; without it the server's is fetched"
+        None, description="Server certificate to trust; without it the certificate the server "
+        "presents on the first connection is kept in <data_dir>/opcua-trust/<name>.der and a "
+        "different one is refused later (delete that file to accept a replaced certificate)"
     )
     username: str | None = Field(None, description="User name; anonymous when unset")
     password: SecretStr | None = Field(None, description="Password; prefer password_env")
     password_env: str | None = Field(
         None, description="Name of the environment variable that holds the password"
     )
+    allow_insecure_password: bool = Field(
+        False, description="Send the password although security_policy is None, where anyone "
+        "on the network can read it; only for a server that offers no security policy")
+    allow_insecure_write: bool = Field(
+        False, description="Let `mode: auto` write setpoints although the session is not "
+        "secured (security_policy None) or not authenticated (no username), where anyone on "
+        "the network could alter or forge the writes")
 
     @field_validator("endpoint")
     @classmethod
@@ -102,9 +113,29 @@ class OpcUaSourceConfig(StrictModel):
             raise ValueError("certificate and private_key go together: set both or neither")
         if self.password is not None and self.password_env is not None:
             raise ValueError("set password or password_env, not both")
-        if (self.password is not None or self.password_env is not None) and not self.username:
+        has_password = self.password is not None or self.password_env is not None
+        if has_password and not self.username:
             raise ValueError("a password needs a username: set username")
+        if has_password and self.security_policy == "None" and not self.allow_insecure_password:
+            raise ValueError(
+                f"source {self.name!r}: security_policy None would send the password in clear; "
+                "set security_policy: Basic256Sha256 with certificate and private_key, or set "
+                "allow_insecure_password: true to accept that risk")
         return self
+
+    def insecure_write_problem(self) -> str | None:
+        """Why automatic writes to this server would travel over an unprotected session."""
+        if self.allow_insecure_write:
+            return None
+        if self.security_policy == "None" or not self.username:
+            who = f"user {self.username}" if self.username else "anonymous"
+            return (f"source {self.name!r} is not secured (security_policy "
+                    f"{self.security_policy}, {who}): "
+                    "automatic setpoint writes could be altered or forged on the network; set "
+                    "security_policy: Basic256Sha256 with certificate and private_key and a "
+                    "username, or set allow_insecure_write: true on the source to accept that "
+                    "risk")
+        return None
 
     def summary(self) -> str:
         """One line for `edge-agent check-config`."""
@@ -158,16 +189,40 @@ class CameraSourceConfig(StrictModel):
     rois: list[RoiConfig] = Field(
         default_factory=list, description="Regions judged separately; none: the whole frame")
     reconnect_max_backoff_s: float = Field(10.0, gt=0, description="Longest wait between retries")
+    password_env: str | None = Field(
+        None, description="Name of the environment variable that holds the camera's password, "
+        "for a network URL that names only the user (rtsp://admin@192.168.1.30/stream); the "
+        "password joins the URL only when the stream is opened, never in status or logs")
 
     @model_validator(mode="after")
     def _unique_rois(self) -> CameraSourceConfig:
         require_unique([r.name for r in self.rois], f"camera {self.name!r} ROI")
         return self
 
+    @model_validator(mode="after")
+    def _password_from_environment(self) -> CameraSourceConfig:
+        if self.password_env is None:
+            return self
+        parts = urlsplit(self.url)
+        if parts.scheme not in NETWORK_CAMERA_SCHEMES:
+            raise ValueError(f"camera {self.name!r}: password_env applies to network cameras "
+                             f"({', '.join(NETWORK_CAMERA_SCHEMES)} URLs); remove it")
+        if parts.password is not None:
+            raise ValueError(f"camera {self.name!r}: the url holds a password and password_env "
+                             "is set; remove the password from the url "
+                             f"({redact_credentials(self.url)})")
+        if not parts.username:
+            raise ValueError(f"camera {self.name!r}: password_env needs the user name in the "
+                             "url, e.g. rtsp://admin@192.168.1.30/stream")
+        return self
+
     def summary(self) -> str:
         """One line for `edge-agent check-config`."""
         rois = ", ".join(r.name for r in self.rois) or "whole frame"
-        return f"camera:    {self.name} {self.url} (regions: {rois})"
+        return f"camera:    {self.name} {redact_credentials(self.url)} (regions: {rois})"
+
+
+NETWORK_CAMERA_SCHEMES = ("rtsp", "rtsps", "http", "https")
 
 
 def _source_type(value: Any) -> str:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import cv2
 import numpy as np
@@ -23,6 +25,7 @@ import simplejpeg
 
 from edge_agent.imaging import resize
 from edge_agent.kernel.contract import SourceState
+from edge_agent.kernel.redaction import redact_credentials
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,12 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 FOLDER_DEFAULT_FPS = 10.0
 NETWORK_TIMEOUT_MS = 5000
 STOP_WAIT_S = 5.0  # a reader blocked in OpenCV is abandoned (a daemon thread) after this
+# Characters of a password that go into a URL's user part as they are; others are %-encoded.
+_USERINFO_SAFE = "!$&'()*+,;=:-._~"
+
+
+class CameraConfigError(OSError):
+    """The camera cannot be opened until its configuration or environment is fixed."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,9 @@ class CameraSource:
         while not self._stop.is_set():
             try:
                 reader = open_reader(self.config)
+            except CameraConfigError as exc:
+                self._set_state("failed", str(exc))
+                return
             except OSError as exc:
                 self._set_state("reconnecting", f"{exc}; retrying in {backoff:.0f} s")
                 self._stop.wait(backoff)
@@ -173,6 +185,7 @@ class CameraSource:
         return image
 
     def _set_state(self, state: str, detail: str) -> None:
+        detail = redact_credentials(detail)
         if (state, detail) != (self.state.state, self.state.detail):
             log.info("camera state camera=%s state=%s detail=%s", self.name, state, detail)
         self.state = SourceState(state=state, detail=detail)  # type: ignore[arg-type]
@@ -203,8 +216,11 @@ class FrameReader(ABC):
 class CaptureReader(FrameReader):
     """cv2.VideoCapture over a file, a device or a network stream."""
 
-    def __init__(self, target: str | int, is_file: bool, native_rate: bool) -> None:
+    def __init__(self, target: str | int, is_file: bool, native_rate: bool,
+                 label: str | None = None) -> None:
         self.target = target
+        # How the target is named in states and logs: never with a password in it.
+        self.label = redact_credentials(label or str(target))
         self.is_file = is_file
         self.native_rate = native_rate
         self.on_demand = is_file
@@ -217,7 +233,7 @@ class CaptureReader(FrameReader):
             self.capture = cv2.VideoCapture(target)
         if not self.capture.isOpened():
             self.capture.release()
-            raise OSError(f"cannot open {target}")
+            raise OSError(f"cannot open {self.label}")
 
     def read(self) -> np.ndarray | None:
         ok, image = self.capture.read()
@@ -239,7 +255,7 @@ class CaptureReader(FrameReader):
         width = int(self.capture.get(cv2.CAP_PROP_FRAME_WIDTH))
         height = int(self.capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
         fps = self.capture.get(cv2.CAP_PROP_FPS)
-        return f"{self.target} {width}x{height}" + (f" at {fps:g} fps" if fps > 0 else "")
+        return f"{self.label} {width}x{height}" + (f" at {fps:g} fps" if fps > 0 else "")
 
     def close(self) -> None:
         self.capture.release()
@@ -302,7 +318,7 @@ def open_reader(config: Any) -> FrameReader:
         target: str | int = url[4:]
         return CaptureReader(int(target) if str(target).isdigit() else target, False, False)
     if url.startswith(("rtsp://", "rtsps://", "http://", "https://")):
-        return CaptureReader(url, False, False)
+        return CaptureReader(url_with_password(config), False, False, label=url)
     path = Path(url.removeprefix("file://"))
     if path.is_dir():
         return FolderReader(path, config.decode_width, config.native_rate)
@@ -311,3 +327,19 @@ def open_reader(config: Any) -> FrameReader:
     if not path.exists():
         raise OSError(f"{path} does not exist")
     return CaptureReader(str(path), True, config.native_rate)
+
+
+def url_with_password(config: Any) -> str:
+    """The network URL with the password from `password_env` in its user part, to open the
+    stream with: nothing else ever sees this URL."""
+    url: str = config.url
+    if config.password_env is None:
+        return url
+    password = os.environ.get(config.password_env)
+    if password is None:
+        raise CameraConfigError(
+            f"environment variable {config.password_env} (password_env of camera "
+            f"{config.name}) is not set; set it to the camera's password")
+    scheme, _, rest = url.partition("://")
+    user, _, host = rest.partition("@")  # the config holds a user and no password
+    return f"{scheme}://{user}:{quote(password, safe=_USERINFO_SAFE)}@{host}"

@@ -24,6 +24,11 @@ from cryptography import x509
 
 from edge_agent.config import OpcUaSourceConfig
 from edge_agent.kernel.contract import SourceGapPayload, SourceState
+from edge_agent.sources.opcua_trust import (
+    UntrustedServerCertificate,
+    trust_file,
+    trusted_server_certificate,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +80,15 @@ class OpcUaSource:
     """Latest values and recent history of the configured tags, from one OPC-UA server.
 
     `on_gap` is awaited once per outage, when data flows again after the session died.
+    `trust_dir` keeps the certificates of servers configured without `server_certificate`.
     """
 
-    def __init__(self, config: OpcUaSourceConfig, on_gap: GapCallback | None = None) -> None:
+    def __init__(self, config: OpcUaSourceConfig, on_gap: GapCallback | None = None,
+                 trust_dir: Path | None = None) -> None:
         self.config = config
         self.name = config.name
         self.on_gap = on_gap
+        self.trust_dir = trust_dir
         self.latest: dict[str, TagValue] = {}
         self.history: dict[str, deque[TagValue]] = {tag: deque() for tag in config.nodes}
         self.state = SourceState(state="connecting", detail=config.endpoint)
@@ -219,15 +227,24 @@ class OpcUaSource:
         if cfg.security_policy == "Basic256Sha256":
             assert cfg.certificate is not None and cfg.private_key is not None  # config checks
             client.application_uri = _application_uri(cfg.certificate) or client.application_uri
-            server_cert = str(cfg.server_certificate) if cfg.server_certificate else None
+            mode = ua.MessageSecurityMode[cfg.security_mode]
+            server_cert = cfg.server_certificate or await self._trusted_certificate(client, mode)
             await client.set_security(
                 SecurityPolicyBasic256Sha256,
                 certificate=str(cfg.certificate),
                 private_key=str(cfg.private_key),
-                server_certificate=server_cert,
-                mode=ua.MessageSecurityMode[cfg.security_mode],
+                server_certificate=str(server_cert),
+                mode=mode,
             )
         return client
+
+    async def _trusted_certificate(self, client: Client, mode: ua.MessageSecurityMode) -> Path:
+        if self.trust_dir is None:
+            raise SourceConfigError(
+                f"{self.name}: no server_certificate configured and no folder to keep the "
+                "server's certificate in; set server_certificate")
+        return await trusted_server_certificate(client, SecurityPolicyBasic256Sha256.URI, mode,
+                                                trust_file(self.trust_dir, self.name))
 
     def _password(self) -> str | None:
         if self.config.password is not None:
@@ -449,7 +466,7 @@ def _describe(exc: BaseException) -> str:
 
 def _is_refusal(exc: BaseException) -> bool:
     """True when the server refused our identity or security, or our own setup is incomplete."""
-    if isinstance(exc, SourceConfigError | FileNotFoundError):
+    if isinstance(exc, SourceConfigError | FileNotFoundError | UntrustedServerCertificate):
         return True
     if isinstance(exc, ua.UaStatusCodeError):
         return ua.StatusCode(exc.code).name.startswith(_REFUSAL_PREFIXES)

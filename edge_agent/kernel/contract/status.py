@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edge_agent.kernel.contract.fields import (
     FINITE,
@@ -14,6 +14,7 @@ from edge_agent.kernel.contract.fields import (
     WireMessage,
     now,
 )
+from edge_agent.kernel.redaction import redact_credentials
 
 
 class SourceState(BaseModel):
@@ -21,6 +22,13 @@ class SourceState(BaseModel):
 
     state: Literal["connecting", "connected", "reconnecting", "failed", "stopped"]
     detail: str = Field("", description="Why the source is in this state, for people")
+
+    @field_validator("detail")
+    @classmethod
+    def _without_credentials(cls, detail: str) -> str:
+        # A camera URL in the detail may carry its password; this status is shown on pages,
+        # retained on the broker and stored by central, also when an older agent sent it.
+        return redact_credentials(detail)
 
 
 class BufferHealth(BaseModel):

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import logging
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from edge_agent.config import CameraSourceConfig
-from edge_agent.sources.camera import CameraSource
+from edge_agent.sources.camera import CameraSource, url_with_password
 from tests.conftest import free_port
 from tests.helpers import REPO, wait_until_async
 
@@ -155,12 +159,16 @@ def test_missing_file_is_retried_with_the_reason_in_the_state(tmp_path: Path) ->
 
 
 class MjpegServer:
-    """An HTTP MJPEG camera (multipart/x-mixed-replace), as many IP cameras serve."""
+    """An HTTP MJPEG camera (multipart/x-mixed-replace), as many IP cameras serve; with
+    `credentials` (user, password) it asks for HTTP Basic authentication."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, credentials: tuple[str, str] | None = None) -> None:
         self.port = port
         self.server: ThreadingHTTPServer | None = None
         self.sent = 0
+        self.expected_authorization = None if credentials is None else (
+            "Basic " + base64.b64encode(":".join(credentials).encode()).decode())
+        self.refused = 0
 
     def start(self) -> None:
         owner = self
@@ -170,6 +178,14 @@ class MjpegServer:
                 pass
 
             def do_GET(self) -> None:
+                expected = owner.expected_authorization
+                if expected and self.headers.get("Authorization") != expected:
+                    owner.refused += 1
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="camera"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 self.send_response(200)
                 self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
                 self.end_headers()
@@ -271,3 +287,99 @@ def test_rtsp_camera_is_read_and_reconnected_after_the_server_restarts() -> None
     finally:
         server.kill()
         server.wait()
+
+
+CAMERA_PASSWORD = "p@ss:w0rd?"  # characters that must not break the URL nor leak from it
+
+
+@pytest.fixture
+def locked_camera() -> Iterator[MjpegServer]:
+    server = MjpegServer(free_port(), credentials=("viewer", CAMERA_PASSWORD))
+    server.start()
+    yield server
+    server.stop()
+
+
+async def connected_state(source: CameraSource) -> str:
+    """Run the camera until it delivers a frame; the state's detail at that moment."""
+    task = asyncio.create_task(source.run())
+    try:
+        frame = await source.next_frame(-1, 15)
+        assert frame is not None, f"no frame; state {source.state}"
+        assert source.state.state == "connected"
+        return source.state.detail
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def test_camera_password_comes_from_the_environment_and_shows_nowhere(
+        locked_camera: MjpegServer, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv("STRIP_CAMERA_PASSWORD", CAMERA_PASSWORD)
+    source = camera(f"http://viewer@127.0.0.1:{locked_camera.port}/stream.mjpg",
+                    password_env="STRIP_CAMERA_PASSWORD")
+
+    detail = asyncio.run(connected_state(source))
+    assert f"http://viewer@127.0.0.1:{locked_camera.port}/stream.mjpg" in detail
+    assert "p@ss" not in detail and "p%40ss" not in detail
+    assert "p@ss" not in caplog.text and "p%40ss" not in caplog.text
+
+
+def test_camera_url_with_a_password_is_shown_and_logged_without_it(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    server = MjpegServer(free_port(), credentials=("viewer", "Secret-77"))
+    server.start()
+    source = camera(f"http://viewer:Secret-77@127.0.0.1:{server.port}/stream.mjpg"
+                    "?token=t0ken-9")
+    assert "Secret-77" not in source.state.detail
+
+    try:
+        detail = asyncio.run(connected_state(source))
+    finally:
+        server.stop()
+    assert f"http://viewer:***@127.0.0.1:{server.port}/stream.mjpg?token=***" in detail
+    for secret in ("Secret-77", "t0ken-9"):
+        assert secret not in detail and secret not in caplog.text
+    assert secret not in source.config.summary()
+
+
+def test_camera_without_its_password_variable_fails_with_what_to_set(
+        locked_camera: MjpegServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STRIP_CAMERA_PASSWORD", raising=False)
+    source = camera(f"http://viewer@127.0.0.1:{locked_camera.port}/stream.mjpg",
+                    password_env="STRIP_CAMERA_PASSWORD")
+
+    async def scenario() -> None:
+        task = asyncio.create_task(source.run())
+        await wait_until_async(lambda: source.state.state == "failed", 10,
+                               what=lambda: f"the missing password noticed: {source.state}")
+        assert "environment variable STRIP_CAMERA_PASSWORD" in source.state.detail
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
+    assert locked_camera.refused == 0  # nothing was even tried without it
+
+
+def test_password_is_inserted_into_the_url_only_to_open_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAM_PW", "a@b/c d")
+    config = CameraSourceConfig(type="camera", name="cam", url="rtsp://admin@10.0.0.5/s",
+                                password_env="CAM_PW")
+    assert url_with_password(config) == "rtsp://admin:a%40b%2Fc%20d@10.0.0.5/s"
+    assert config.url == "rtsp://admin@10.0.0.5/s"
+
+
+@pytest.mark.parametrize(("url", "error"), [
+    ("rtsp://admin:pw@10.0.0.5/s", "remove the password from the url"),
+    ("rtsp://10.0.0.5/s", "needs the user name in the url"),
+    ("usb:0", "applies to network cameras"),
+])
+def test_camera_password_env_config_says_what_to_change(url: str, error: str) -> None:
+    options: dict[str, Any] = {"type": "camera", "name": "cam", "url": url, "password_env": "P"}
+    with pytest.raises(ValidationError, match=error) as raised:
+        CameraSourceConfig(**options)
+    assert ":pw@" not in str(raised.value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -13,6 +14,8 @@ from typing import Any
 
 import pytest
 from asyncua import Client, ua
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from pydantic import ValidationError
 
 from edge_agent.config import OpcUaSourceConfig
@@ -333,6 +336,58 @@ def test_anonymous_client_is_refused_by_a_server_that_requires_users(
             assert "Bad" in source.state.detail or "Error" in source.state.detail
 
     asyncio.run(scenario())
+
+
+def simulator_with_certificate(folder: Path, port: int) -> tuple[LineSimulatorProcess, bytes]:
+    """The simulator on `port` with a certificate of its own; returns it with that one's DER."""
+    folder.mkdir()
+    cert, key = write_app_certificate(folder, "simulator", SIMULATOR_URI, server=True)
+    simulator = start_line_simulator(port, extra_args=[
+        "--certificate", str(cert), "--private-key", str(key)])
+    der = x509.load_pem_x509_certificate(cert.read_bytes()).public_bytes(
+        serialization.Encoding.DER)
+    return simulator, der
+
+
+def test_server_certificate_is_trusted_on_first_use_and_a_replaced_one_refused(
+        tmp_path: Path) -> None:
+    client_cert, client_key = write_app_certificate(tmp_path, "agent", CLIENT_URI)
+    port = free_port()
+    config = config_for(f"opc.tcp://127.0.0.1:{port}/line-1", security_policy="Basic256Sha256",
+                        certificate=client_cert, private_key=client_key)
+    trust_dir = tmp_path / "agent-data" / "opcua-trust"
+    pinned = trust_dir / "line1.der"
+
+    async def scenario(expected_state: str) -> str:
+        source = OpcUaSource(config, trust_dir=trust_dir)
+        async with running(source):
+            if expected_state == "connected":
+                await wait_until_async(lambda: set(source.latest) == set(TAGS), 20,
+                                       what=lambda: f"all tags: {source.state}")
+            else:
+                await wait_until_async(lambda: source.state.state == expected_state, 20,
+                                       what=lambda: f"the refusal: {source.state}")
+            return source.state.detail
+
+    simulator, first_der = simulator_with_certificate(tmp_path / "first", port)
+    try:
+        asyncio.run(scenario("connected"))
+    finally:
+        simulator.stop()
+    assert pinned.read_bytes() == first_der
+
+    simulator, second_der = simulator_with_certificate(tmp_path / "second", port)
+    try:
+        detail = asyncio.run(scenario("failed"))
+        assert f"delete {pinned} to trust the new one" in detail
+        assert hashlib.sha256(second_der).hexdigest() in detail
+        assert pinned.read_bytes() == first_der
+
+        pinned.unlink()  # the server's certificate was replaced on purpose
+        asyncio.run(scenario("connected"))
+        assert pinned.read_bytes() == second_der
+    finally:
+        simulator.stop()
 
 
 def test_config_requires_certificate_and_key_for_a_security_policy(tmp_path: Path) -> None:
