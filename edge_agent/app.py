@@ -30,6 +30,7 @@ from edge_agent.pipelines.registry import build_pipeline
 from edge_agent.recommendations import AnswerError
 from edge_agent.sources.camera import CameraSource
 from edge_agent.sources.opcua import OpcUaSource
+from edge_agent.sources.opcua_trust import TRUST_FOLDER
 from edge_agent.uplink import Uplink
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,9 @@ class Agent:
             on_connected=self.publish_status,
         )
         self.sources: dict[str, OpcUaSource | CameraSource] = {
-            s.name: OpcUaSource(s, on_gap=self._record_gap) if isinstance(s, OpcUaSourceConfig)
+            s.name: OpcUaSource(s, on_gap=self._record_gap,
+                                trust_dir=config.data_dir / TRUST_FOLDER)
+            if isinstance(s, OpcUaSourceConfig)
             else CameraSource(s)
             for s in config.sources
         }
