@@ -21,6 +21,10 @@ class WebConfig(BaseModel):
 
     host: str = Field("127.0.0.1", description="Address of central's web page and API")
     port: int = Field(8000, ge=0, le=65535, description="0 turns the web server off")
+    password_checks_at_once: int = Field(
+        2, ge=1, le=64, description="Logins whose password is checked at the same time "
+        "(each check takes 64 MiB for a moment); further attempts get 503 at once and try "
+        "again")
 
 
 class ProvisioningConfig(BaseModel):

@@ -146,10 +146,15 @@ class CentralService:
                                       holder=self.config.central_id)
         self._spawn(self.rollouts.run())
         if self.config.web.port:
-            from central_sync.web import create_app
+            from central_sync.web import OpenToTheNetwork, create_app, refuse_open_to_the_network
             from edge_agent.kernel.httpserver import WebServer
 
-            app = create_app(self.db, self.config.offline_after_s, health=self.health)
+            try:
+                await self.db_call(refuse_open_to_the_network, self.db, self.config.web.host)
+            except OpenToTheNetwork as exc:
+                raise ServiceStartError(str(exc)) from None
+            app = create_app(self.db, self.config.offline_after_s, health=self.health,
+                             password_checks_at_once=self.config.web.password_checks_at_once)
             web = WebServer(app, self.config.web.host, self.config.web.port)
             try:
                 await web.start()

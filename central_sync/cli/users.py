@@ -93,7 +93,7 @@ def cmd_users_token(args: argparse.Namespace) -> int:
                              "list`")
         token = secrets.token_urlsafe(32)
         db.create_session(args.username, token_digest(token), secrets.token_urlsafe(24),
-                          args.days * 86400, action="user.token", by=by)
+                          args.days * 86400, action="user.token", by=by, kind="api")
     print(token)
     Console(stderr=True).print(
         f"an API token for {args.username} ({found[0].role}), valid {args.days:g} days: send "

@@ -7,6 +7,7 @@ Served by uvicorn inside the service's asyncio loop; handlers are sync, so FastA
 from __future__ import annotations
 
 import base64
+import ipaddress
 import logging
 import re
 import time
@@ -21,7 +22,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from central_sync import __version__
 from central_sync.db import CentralDB, DeviceSummary
 from central_sync.metrics import central_registry
-from central_sync.web.auth import api_reader, login_router
+from central_sync.web.auth import PASSWORD_CHECKS_AT_ONCE, api_reader, login_router
+from central_sync.web.headers import SecurityHeaders
 from central_sync.web.pages import model_health, pages_router
 from central_sync.web.review import review_router
 
@@ -30,14 +32,42 @@ log = logging.getLogger(__name__)
 REFRESH_S = 5
 
 
+class OpenToTheNetwork(Exception):
+    """The web API would listen on a network address before central has any account."""
+
+
+def refuse_open_to_the_network(db: CentralDB, host: str) -> None:
+    """Before the first account the API needs no login (so a new central can be set up), so it
+    may then listen only on loopback; raises OpenToTheNetwork saying what to do otherwise."""
+    if _is_loopback(host) or db.has_users():
+        return
+    raise OpenToTheNetwork(
+        f"web.host {host} would open central's API to the network, and central has no "
+        "account yet, so nothing would ask for a login. Create the first account, then start "
+        "again: central-sync users add NAME --role admin (or keep web.host: 127.0.0.1)")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
 def create_app(
     db: CentralDB,
     offline_after_s: float,
     health: Callable[[], dict[str, Any]] | None = None,
+    password_checks_at_once: int = PASSWORD_CHECKS_AT_ONCE,
 ) -> FastAPI:
     """The FastAPI app over a CentralDB; `health` adds live service state to /healthz and
-    /metrics."""
-    app = FastAPI(title="central-sync", version=__version__)
+    /metrics. No generated API docs: /docs would load scripts from a CDN, and the API is
+    described in the README."""
+    app = FastAPI(title="central-sync", version=__version__, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.add_middleware(SecurityHeaders)
     registry = central_registry(db, offline_after_s, health)
     signed_in = [Depends(api_reader(db))]
 
@@ -94,7 +124,7 @@ def create_app(
                                 + (f" {version}" if version else "") + " in this period")
         return found[0]
 
-    app.include_router(login_router(db))
+    app.include_router(login_router(db, password_checks_at_once))
     app.include_router(review_router(db))
     app.include_router(pages_router(db, offline_after_s))
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")

@@ -2,25 +2,33 @@
 (or an API token), as FastAPI dependencies.
 
 Sessions are an HttpOnly, SameSite=Strict cookie; logging out also needs the session's CSRF
-token, so another site cannot end a session.
+token, so another site cannot end a session. Each password check costs 64 MiB (Argon2id), so only
+a few run at once, in worker threads; further attempts are refused at once, and wrong passwords
+lock the account and the client's address out for a while (central_sync.accounts).
 """
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 
-from central_sync.accounts import csrf_ok, log_in, token_digest
+from central_sync.accounts import LoginThrottled, csrf_ok, log_in, token_digest
 from central_sync.db import CentralDB
-from central_sync.db.accounts import Session
+from central_sync.db.accounts import Session, SessionKind
 from central_sync.web.rendering import templates
 
 log = logging.getLogger(__name__)
 
 COOKIE = "central_session"
+PASSWORD_CHECKS_AT_ONCE = 2  # x 64 MiB; a person logs in once a shift
+BUSY_RETRY_AFTER_S = 1
+# What /login?error= may show: a code from this list, never text from the link.
+LOGIN_ERRORS = {"wrong": "wrong user name or password"}
 
 
 def session_dependencies(db: CentralDB) -> tuple[Callable[[Request], Session | None],
@@ -31,7 +39,7 @@ def session_dependencies(db: CentralDB) -> tuple[Callable[[Request], Session | N
 
     def session_of(request: Request) -> Session | None:
         token = request.cookies.get(COOKIE)
-        return db.session(token_digest(token)) if token else None
+        return db.session(token_digest(token), kind="browser") if token else None
 
     def viewer(request: Request) -> Session:
         session = session_of(request)
@@ -60,11 +68,12 @@ def api_reader(db: CentralDB) -> Callable[[Request], Session | None]:
     can be set up; it listens on 127.0.0.1 by default."""
 
     def reader(request: Request) -> Session | None:
-        token = request.cookies.get(COOKIE)
+        kind: SessionKind
+        token, kind = request.cookies.get(COOKIE), "browser"
         scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer" and credentials:
-            token = credentials.strip()
-        session = db.session(token_digest(token)) if token else None
+            token, kind = credentials.strip(), "api"
+        session = db.session(token_digest(token), kind=kind) if token else None
         if session is None and db.has_users():
             raise HTTPException(
                 401, "log in at /login, or send Authorization: Bearer TOKEN (an admin makes "
@@ -75,24 +84,40 @@ def api_reader(db: CentralDB) -> Callable[[Request], Session | None]:
     return reader
 
 
-def login_router(db: CentralDB) -> APIRouter:
+def login_router(db: CentralDB,
+                 password_checks_at_once: int = PASSWORD_CHECKS_AT_ONCE) -> APIRouter:
     """The login page, logging in (the session cookie) and logging out."""
     router = APIRouter()
     session_of, _, _ = session_dependencies(db)
+    checks = threading.BoundedSemaphore(password_checks_at_once)
 
     @router.get("/login", response_class=HTMLResponse)
     def login_page(next: str = "/review", error: str = "") -> str:
-        return templates.get_template("login.html").render(next=_local(next), error=error)
+        return _login_form(next, LOGIN_ERRORS.get(error, ""))
 
     @router.post("/login")
-    def login(request: Request, username: str = Form(...), password: str = Form(...),
-              next: str = Form("/review")) -> Response:
-        opened = log_in(db, username, password)
+    async def login(request: Request, username: str = Form(...), password: str = Form(...),
+                    next: str = Form("/review")) -> Response:
+        client = request.client.host if request.client else ""
+        if not checks.acquire(blocking=False):  # refused at once: a flood queues nothing
+            log.warning("login refused, busy checking others user=%s from=%s", username, client)
+            return HTMLResponse(_login_form(next, "central is busy checking other logins; try "
+                                            f"again in {BUSY_RETRY_AFTER_S} s"), 503,
+                                headers={"Retry-After": str(BUSY_RETRY_AFTER_S)})
+        try:
+            # Argon2 blocks for tens of milliseconds: in a worker thread, off the event loop.
+            opened = await run_in_threadpool(log_in, db, username, password, client)
+        except LoginThrottled as exc:
+            log.warning("login refused, locked out user=%s from=%s for=%ds", username, client,
+                        exc.wait_s)
+            return HTMLResponse(_login_form(next, str(exc)), 429,
+                                headers={"Retry-After": str(exc.wait_s)})
+        finally:
+            checks.release()
         if opened is None:
-            log.warning("login refused user=%s from=%s", username,
-                        request.client.host if request.client else "?")
+            log.warning("login refused user=%s from=%s", username, client)
             return RedirectResponse("/login?" + urlencode(
-                {"next": _local(next), "error": "wrong user name or password"}), 303)
+                {"next": _local(next), "error": "wrong"}), 303)
         token, session = opened
         reply = RedirectResponse(_local(next), 303)
         reply.set_cookie(COOKIE, token, max_age=int(session.expires_at - time.time()),
@@ -110,6 +135,10 @@ def login_router(db: CentralDB) -> APIRouter:
         return reply
 
     return router
+
+
+def _login_form(next: str, message: str) -> str:
+    return templates.get_template("login.html").render(next=_local(next), error=message)
 
 
 def _local(target: str) -> str:

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 PAGE_SIZE = 48
 RATE_BUCKET_S, RATE_BUCKETS = 3600, 48  # the defect-rate chart: two days by the hour
 EXPORT_PAGE = 500
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet cell a formula
 
 
 class LabelRequest(BaseModel):
@@ -126,10 +127,18 @@ def _write_export(db: CentralDB, filters: DefectFilter, labelled_only: bool,
         columns = list(rows[0]) if rows else ["device_id", "seq", "image"]
         writer = csv.DictWriter(table, columns)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({k: spreadsheet_safe(v) for k, v in row.items()} for row in rows)
         archive.writestr("manifest.csv", table.getvalue())
         archive.writestr("manifest.json", json.dumps(rows, indent=1))
     return len(rows)
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A CSV cell a spreadsheet shows as text: gateway-supplied text starting like a formula
+    gets a leading single quote (OWASP's advice on CSV injection); manifest.json stays exact."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def _image_name(defect: Defect) -> str:
