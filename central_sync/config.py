@@ -16,6 +16,26 @@ from edge_agent.kernel.transport import BrokerConfig
 EXAMPLE = "deploy/central-sync.example.yaml"
 
 
+class IngestLimits(BaseModel):
+    """What one device may hold or ask of central: keeps one gateway from starving the rest."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pending_record_bytes_per_device: int = Field(
+        256 * 1024 * 1024, ge=64 * 1024,
+        description="Bytes of large records a device may have partly received at central "
+        "(counted as pieces x piece size); pieces of a further record are refused until some "
+        "complete or expire, and the device sends them again later")
+    unfinished_record_expiry_s: float = Field(
+        3600.0, gt=0, description="A large record with no new piece for this long is "
+        "dropped (logged and counted); the device sends it again if it still has it")
+    chunks_per_s_per_device: float = Field(
+        64.0, gt=0, description="Artifact chunks central serves each device per second")
+    chunk_burst_per_device: int = Field(
+        128, ge=1, description="Artifact chunks a device may ask for at once before "
+        "chunks_per_s_per_device applies; further requests are refused and asked again")
+
+
 class WebConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -92,6 +112,7 @@ class CentralConfig(BaseModel):
         "own central_id, all on one PostgreSQL database) share the devices' messages through "
         "an MQTT shared subscription ($share/GROUP/...), each message going to one of them")
     web: WebConfig = Field(default_factory=WebConfig)
+    ingest: IngestLimits = Field(default_factory=IngestLimits)
     provisioning: ProvisioningConfig = Field(
         default_factory=dict, validate_default=True)  # type: ignore[arg-type]
     signing_key_path: Path = Field(

@@ -34,6 +34,14 @@ _INGEST_COUNTERS: dict[str, tuple[str, str]] = {
     "chunks_shared": ("central_sync_chunks_shared",
                       "Requested chunks already queued for another device (published once)"),
     "chunk_failures": ("central_sync_chunk_failures", "Chunk transfers that stopped on an error"),
+    "chunks_refused": ("central_sync_chunk_requests_refused",
+                       "Chunk requests refused: no open deployment on that device, or over "
+                       "ingest.chunks_per_s_per_device"),
+    "record_pieces_refused": ("central_sync_record_pieces_refused",
+                              "Pieces of large records refused (device over "
+                              "ingest.pending_record_bytes_per_device, or pieces not adding up)"),
+    "records_expired": ("central_sync_records_expired",
+                        "Large records dropped unfinished after ingest.unfinished_record_expiry_s"),
 }
 
 

@@ -7,29 +7,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
+import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from pydantic import BaseModel
 
+from central_sync.artifact_server import SHORT_SHA256_CHARS, ArtifactChunkServer
 from central_sync.config import CentralConfig
 from central_sync.db import CentralDB, DatabaseError
-from central_sync.registry import artifact_path
 from central_sync.rollouts import RolloutEngine
 from edge_agent.kernel import systemd
 from edge_agent.kernel.contract import (
-    ArtifactChunk,
     BatchAck,
     ChunkRequest,
     CompressedUplinkBatch,
     DeploymentEvent,
     DeviceStatus,
-    ModelManifest,
     RecordChunk,
     Rejection,
     Topics,
@@ -50,13 +47,9 @@ log = logging.getLogger(__name__)
 # Batches decoded but not yet stored: enough to overlap decoding with the one database
 # thread, few enough that a slow database pushes back on the broker instead of piling up.
 STORES_IN_FLIGHT = 4
-# Devices of a wave ask for the same chunks within moments of each other; waiting this long
-# before publishing lets one publication answer them all, at a cost too small to notice.
-CHUNK_GATHER_S = 0.2
-# Characters of a SHA-256 in logs and messages: enough to tell artifacts apart.
-SHORT_SHA256_CHARS = 12
-# Out-of-range chunk indices quoted in a rejection; the count says how many there were.
-INDICES_QUOTED = 5
+# Unfinished large records are looked for this often (a share of their expiry, within bounds).
+EXPIRY_CHECKS_PER_EXPIRY = 4
+EXPIRY_CHECK_BOUNDS_S = (0.1, 60.0)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -81,6 +74,9 @@ class IngestStats:
     chunks_sent: int = 0
     chunks_shared: int = 0  # requested, already queued for another device of the wave
     chunk_failures: int = 0
+    chunks_refused: int = 0  # requests refused: no open deployment here, or over the rate
+    record_pieces_refused: int = 0  # pieces of large records over a limit or not adding up
+    records_expired: int = 0  # large records dropped unfinished after their expiry
     rejected: Counter[str] = field(default_factory=Counter)
     last_rejection: str = ""
     database_errors: Counter[str] = field(default_factory=Counter)  # by handler (topic leaf)
@@ -104,7 +100,8 @@ class CentralService:
         self.db: CentralDB | None = None
         self._db_executor: ThreadPoolExecutor | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._chunks_queued: set[tuple[str, int]] = set()
+        self.chunks = ArtifactChunkServer(config, transport, self.topics, self.stats,
+                                          self._reject, self._spawn)
 
         self._stores_in_flight = asyncio.Semaphore(STORES_IN_FLIGHT)
         self._web: WebServer | None = None
@@ -145,6 +142,7 @@ class CentralService:
         self.rollouts = RolloutEngine(self.db, self.transport, signer, self.topics,
                                       holder=self.config.central_id)
         self._spawn(self.rollouts.run())
+        self._spawn(self._expire_unfinished_records())
         if self.config.web.port:
             from central_sync.web import OpenToTheNetwork, create_app, refuse_open_to_the_network
             from edge_agent.kernel.httpserver import WebServer
@@ -258,13 +256,40 @@ class CentralService:
     async def _store_chunk_and_ack(self, topic: str, chunk: RecordChunk) -> None:
         assert self.db is not None
         try:
-            seqs = await self.db_call(self.db.store_record_chunk, chunk)
+            seqs = await self.db_call(self.db.store_record_chunk, chunk,
+                                      self.config.ingest.pending_record_bytes_per_device)
         except DatabaseError as exc:
             self._database_failed(topic, f"record chunk not stored seq={chunk.seq} "
                                   f"index={chunk.index}", exc)
             return
+        if isinstance(seqs, Rejection):
+            self.stats.record_pieces_refused += 1
+            self._reject(topic, "uplink", seqs.reason)
+            return
         if seqs is not None:
             await self._ack(chunk.device_id, chunked_batch_id(chunk.seq), seqs)
+
+    async def _expire_unfinished_records(self) -> None:
+        """Drop large records whose pieces stopped coming; their devices send them again."""
+        expiry_s = self.config.ingest.unfinished_record_expiry_s
+        low, high = EXPIRY_CHECK_BOUNDS_S
+        interval_s = min(max(expiry_s / EXPIRY_CHECKS_PER_EXPIRY, low), high)
+        assert self.db is not None
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                expired = await self.db_call(self.db.expire_record_assemblies,
+                                             time.time() - expiry_s)
+            except DatabaseError as exc:
+                log.error("unfinished records not expired error=%s; tried again in %.0f s",
+                          exc, interval_s)
+                continue
+            for record in expired:
+                self.stats.records_expired += 1
+                log.warning("unfinished record dropped device=%s seq=%d pieces=%d/%d "
+                            "bytes=%d: no new piece for %.0f s (ingest.unfinished_record_"
+                            "expiry_s)", record.device_id, record.seq, record.pieces,
+                            record.count, record.bytes, expiry_s)
 
     async def _store_and_ack(self, topic: str, batch: UplinkBatch) -> None:
         assert self.db is not None
@@ -335,62 +360,21 @@ class CentralService:
         short = request.sha256[:SHORT_SHA256_CHARS]
         try:
             manifest = await self.db_call(self.db.get_model_by_sha256, request.sha256)
+            deploying = await self.db_call(self.db.deployment_open_for, request.device_id,
+                                           request.sha256)
         except DatabaseError as exc:
             self._database_failed(topic, f"chunk request not served sha256={short}", exc)
             return
         if manifest is None:
             self._reject(topic, "chunk-request", f"artifact {short} is not in the registry")
-            return
-        wanted = sorted(set(request.indices))
-        beyond = [i for i in wanted if i >= manifest.chunk_count]
-        if beyond:
-            self._reject(topic, "chunk-request", f"chunks {beyond[:INDICES_QUOTED]} are beyond "
-                         f"the {manifest.chunk_count} chunks of {short}")
-        # A chunk already queued is published after this request arrived, so after the device
-        # subscribed: it serves this device too (one publication serves a whole wave).
-        indices = [i for i in wanted if i < manifest.chunk_count
-                   and (request.sha256, i) not in self._chunks_queued]
-        self.stats.chunks_shared += len(wanted) - len(beyond) - len(indices)
-        if not indices:
-            return
-        self._chunks_queued.update((request.sha256, i) for i in indices)
-        self._spawn(self._send_chunks(manifest, indices, request.device_id))
+        elif not deploying:
+            self.chunks.refuse(topic, f"artifact {short} refused: no deployment of it is open "
+                               f"on device {request.device_id}")
+        else:
+            self.chunks.serve(topic, request, manifest)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run work beside message dispatch; stop() cancels and awaits what is left."""
         task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    async def _send_chunks(self, manifest: ModelManifest, indices: list[int],
-                           device_id: str) -> None:
-        path = artifact_path(self.config.artifact_dir, manifest.sha256)
-        topic = self.topics.artifact(manifest.sha256)
-        short = manifest.sha256[:SHORT_SHA256_CHARS]
-        try:
-            await asyncio.sleep(CHUNK_GATHER_S)  # gather the requests of a wave's devices
-            for index in indices:
-                data = await asyncio.to_thread(
-                    read_chunk, path, index, manifest.chunk_size_bytes, manifest.size_bytes)
-                chunk = ArtifactChunk.build(manifest.sha256, index, manifest.chunk_count, data)
-                await self.transport.publish(topic, encode(chunk), qos=1)
-                self._chunks_queued.discard((manifest.sha256, index))
-                self.stats.chunks_sent += 1
-            log.info("chunks sent device=%s sha256=%s chunks=%d", device_id, short,
-                     len(indices))
-        except (OSError, ValueError, NotConnected) as exc:
-            self.stats.chunk_failures += 1
-            log.error("chunks not sent device=%s sha256=%s error=%s", device_id, short, exc)
-        finally:
-            self._chunks_queued.difference_update((manifest.sha256, i) for i in indices)
-
-
-def read_chunk(path: Path, index: int, chunk_size_bytes: int, size_bytes: int) -> bytes:
-    """Read one chunk of an artifact from disk, checking the file has the expected size."""
-    with open(path, "rb") as handle:
-        actual = handle.seek(0, os.SEEK_END)
-        if actual != size_bytes:
-            raise ValueError(f"artifact {path} has {actual} bytes, its manifest says {size_bytes}")
-        handle.seek(index * chunk_size_bytes)
-        return handle.read(chunk_size_bytes)
-

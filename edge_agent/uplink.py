@@ -16,6 +16,7 @@ from edge_agent.buffer import Buffer, StoredRecord
 from edge_agent.config import UplinkConfig
 from edge_agent.kernel.contract import (
     BatchAck,
+    RecordTooLarge,
     Rejection,
     Topics,
     UplinkHealth,
@@ -48,6 +49,7 @@ class UplinkStats:
     acked_records: int = 0
     resent_batches: int = 0
     rejected_messages: int = 0
+    records_too_large: int = 0  # dropped: larger than central accepts (MAX_RECORD_BYTES)
     round_trip_ms: float | None = None
     _rate_window: list[tuple[float, int]] = field(default_factory=list)
 
@@ -159,9 +161,17 @@ class Uplink:
 
     async def _send_in_chunks(self, record: StoredRecord) -> bool:
         """A record larger than a batch may be goes as pieces that central puts together."""
-        pieces = split_record(self.device_id, record.seq, record.type, record.created_at,
-                              record.payload_json,
-                              int(self._config.batch_max_bytes * BASE64_PAYLOAD_SHARE))
+        try:
+            pieces = split_record(self.device_id, record.seq, record.type, record.created_at,
+                                  record.payload_json,
+                                  int(self._config.batch_max_bytes * BASE64_PAYLOAD_SHARE))
+        except RecordTooLarge as exc:
+            # Central would refuse every try: keeping it would stop the uplink behind it.
+            await self._buffer.ack([record.seq])
+            self.stats.records_too_large += 1
+            log.error("uplink dropped a record central cannot accept device=%s seq=%d: %s",
+                      self.device_id, record.seq, exc)
+            return True
         batch_id = chunked_batch_id(record.seq)
         self._in_flight[batch_id] = _InFlight([record.seq], time.monotonic())
         self._highest_sent = max(self._highest_sent, record.seq)

@@ -36,6 +36,7 @@ from edge_agent.config import UplinkConfig
 from edge_agent.deployment.deployer import Deployer
 from edge_agent.kernel.contract import (
     ID_PATTERN,
+    MAX_RECORD_BYTES,
     MAX_SEQ,
     ArtifactChunk,
     BatchAck,
@@ -645,10 +646,13 @@ def _assert_only_valid_rows(central: CentralWorld) -> None:
         UplinkBatch(device_id=row["device_id"], records=[UplinkRecord(
             seq=row["seq"], type=row["type"], created_at=row["created_at"],
             payload=json.loads(row["payload"]))])
-    for row in central.rows("SELECT * FROM record_parts"):
-        part = RecordChunk.model_validate_json(row["chunk"])
-        assert (part.device_id, part.seq, part.index) == (row["device_id"], row["seq"],
-                                                            row["idx"])
+    for row in central.rows("SELECT * FROM record_assemblies"):
+        device_id(row["device_id"])
+        assert 0 <= row["pieces"] < row["count"], row
+        assert row["bytes"] <= row["reserved_bytes"] <= MAX_RECORD_BYTES, row
+    for row in central.rows("SELECT r.device_id, r.seq, r.idx, a.count FROM record_parts r "
+                            "JOIN record_assemblies a USING (device_id, seq)"):
+        assert 0 <= row["idx"] < row["count"], row
     for row in central.rows("SELECT * FROM deployment_events"):
         assert math.isfinite(row["at"]), row
         DeploymentEvent(device_id=row["device_id"], command_id=row["command_id"],

@@ -16,6 +16,7 @@ from typing import Any
 from central_sync.db.accounts import AccountQueries
 from central_sync.db.broker_accounts import BrokerAccountQueries
 from central_sync.db.connection import open_connection, serialised
+from central_sync.db.record_parts import RecordPartQueries
 from central_sync.db.review import ReviewQueries
 from central_sync.db.rollouts import RolloutQueries
 from central_sync.db.rows import (
@@ -36,19 +37,18 @@ from edge_agent.kernel.contract import (
     DeviceStatus,
     ModelManifest,
     ModelStatsPayload,
-    RecordChunk,
-    Rejection,
     UplinkBatch,
-    chunked_batch_id,
-    join_record,
 )
 
 log = logging.getLogger(__name__)
 
 DEPLOYMENT_ISSUED = "issued"
+# A deployment in one of these states no longer fetches its artifact.
+CLOSED_DEPLOYMENT_STATES = frozenset({"activated", "confirmed", "failed", "rolled_back"})
 
 
-class CentralDB(ReviewQueries, RolloutQueries, AccountQueries, BrokerAccountQueries):
+class CentralDB(ReviewQueries, RolloutQueries, AccountQueries, BrokerAccountQueries,
+                RecordPartQueries):
     """Central's database. Thread-safe: calls are serialised on one connection.
 
     Callers on an asyncio loop run these methods in a worker thread, never on the loop.
@@ -116,43 +116,6 @@ class CentralDB(ReviewQueries, RolloutQueries, AccountQueries, BrokerAccountQuer
         log.debug("batch stored device=%s batch=%s records=%d new=%d", batch.device_id,
                   batch.batch_id, len(seqs), inserted)
         return seqs
-
-    @serialised
-    def store_record_chunk(self, chunk: RecordChunk) -> list[int] | None:
-        """Keep one piece of a large record; once all are here, store the record.
-
-        Returns the seqs to ack when the record is stored (now or before), None while pieces
-        are missing. A record whose pieces do not add up is dropped so the device resends it.
-        """
-        with self._db.atomic():
-            stored = next(self._db.query(
-                "SELECT 1 AS found FROM records WHERE device_id = ? AND seq = ?",
-                (chunk.device_id, chunk.seq)), None)
-            if stored:
-                return [chunk.seq]
-            self._db.execute(
-                "DELETE FROM record_parts WHERE device_id = ? AND seq = ? AND idx = ?",
-                (chunk.device_id, chunk.seq, chunk.index))
-            self._db.execute(
-                "INSERT INTO record_parts (device_id, seq, idx, count, chunk, "
-                "received_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (chunk.device_id, chunk.seq, chunk.index, chunk.count,
-                 chunk.model_dump_json(), time.time()))
-            parts = [RecordChunk.model_validate_json(row["chunk"]) for row in self._db.query(
-                "SELECT chunk FROM record_parts WHERE device_id = ? AND seq = ? AND count = ? "
-                "ORDER BY idx", (chunk.device_id, chunk.seq, chunk.count))]
-            if len(parts) < chunk.count:
-                return None
-            self._db.execute("DELETE FROM record_parts WHERE device_id = ? AND seq = ?",
-                             (chunk.device_id, chunk.seq))
-        record = join_record(parts)
-        if isinstance(record, Rejection):
-            log.warning("large record dropped device=%s seq=%d reason=%s", chunk.device_id,
-                        chunk.seq, record.reason)
-            return None
-        batch = UplinkBatch(device_id=chunk.device_id, batch_id=chunked_batch_id(chunk.seq),
-                            records=[record])
-        return self._store_batch_unlocked(batch)
 
     @serialised
     def update_status(self, status: DeviceStatus, received_at: float | None = None) -> None:
@@ -290,6 +253,18 @@ class CentralDB(ReviewQueries, RolloutQueries, AccountQueries, BrokerAccountQuer
                 (event.step, event.detail, event.at, event.command_id, DEPLOYMENT_ISSUED,
                  event.at))
         return True
+
+    @serialised
+    def deployment_open_for(self, device_id: str, sha256: str) -> bool:
+        """Whether a deployment of the artifact `sha256` to `device_id` is still under way:
+        only then may the device fetch its chunks."""
+        closed = sorted(CLOSED_DEPLOYMENT_STATES)
+        marks = ", ".join("?" * len(closed))
+        return next(self._db.query(
+            "SELECT 1 AS found FROM deployments d JOIN models m ON m.name = d.model_name "
+            f"AND m.version = d.version WHERE d.device_id = ? AND m.sha256 = ? "
+            f"AND d.state NOT IN ({marks}) LIMIT 1", (device_id, sha256, *closed)),
+            None) is not None
 
     @serialised
     def get_deployment(self, command_id: str) -> dict[str, Any] | None:

@@ -1,4 +1,5 @@
-"""The artifact chunk server: answers chunk requests for registered artifacts only."""
+"""The artifact chunk server: answers chunk requests for registered artifacts only, for a
+deployment open on the asking device, at a bounded rate per device."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from central_sync.service import CentralService
 from edge_agent.kernel.contract import (
     ArtifactChunk,
     ChunkRequest,
+    DeployCommand,
+    DeploymentEvent,
     ModelManifest,
     Topics,
     decode,
@@ -25,12 +28,29 @@ from tests.helpers import TEST_SIGNER, wait_until_async
 TOPICS = Topics()
 
 
-def _publish(config: CentralConfig, tmp_path: Path) -> ModelManifest:
+def _publish(config: CentralConfig, tmp_path: Path,
+             deploy_to: tuple[str, ...] = ("gw-1",)) -> ModelManifest:
+    """Publish a model and issue its deployment to `deploy_to` (open until a last step)."""
     model = make_onnx_model(tmp_path / "big.onnx", n_features=1500)
     db = CentralDB(config.database_url)
     try:
-        return publish_model(db, config.artifact_dir, model, "scrap-model", "1.0.0",
-                             chunk_size_bytes=config.chunk_size_bytes, signer=TEST_SIGNER)
+        manifest = publish_model(db, config.artifact_dir, model, "scrap-model", "1.0.0",
+                                 chunk_size_bytes=config.chunk_size_bytes, signer=TEST_SIGNER)
+        for device_id in deploy_to:
+            db.create_deployment(DeployCommand(device_id=device_id, manifest=manifest,
+                                               command_id=f"deploy-{device_id}"))
+        return manifest
+    finally:
+        db.close()
+
+
+def _finish_deployment(config: CentralConfig, manifest: ModelManifest, device_id: str,
+                       step: str) -> None:
+    db = CentralDB(config.database_url)
+    try:
+        db.record_deployment_event(DeploymentEvent(
+            device_id=device_id, command_id=f"deploy-{device_id}", model_name=manifest.name,
+            version=manifest.version, step=step))  # type: ignore[arg-type]
     finally:
         db.close()
 
@@ -139,5 +159,64 @@ def test_truncated_artifact_on_disk_is_never_served(
         await service.stop()
         assert inbox.messages == []
         assert service.stats.chunks_sent == 0
+
+    run(scenario())
+
+
+def test_chunks_of_an_artifact_not_deployed_to_the_device_are_refused(
+    central_config: CentralConfig, tmp_path: Path
+) -> None:
+    manifest = _publish(central_config, tmp_path, deploy_to=("gw-1",))
+
+    async def scenario() -> None:
+        service, device, inbox = await _setup(central_config, manifest.sha256)
+        request = ChunkRequest(device_id="gw-2", sha256=manifest.sha256, indices=[0, 1])
+        await device.publish(TOPICS.chunk_request("gw-2"), encode(request))
+        await service.stop()
+        assert inbox.messages == []
+        assert service.stats.chunks_refused == 1
+        assert "no deployment of it is open on device gw-2" in service.stats.last_rejection
+
+    run(scenario())
+
+
+def test_chunks_are_refused_once_the_deployment_has_finished_or_failed(
+    central_config: CentralConfig, tmp_path: Path
+) -> None:
+    manifest = _publish(central_config, tmp_path, deploy_to=("gw-1", "gw-2"))
+    _finish_deployment(central_config, manifest, "gw-1", "activated")
+    _finish_deployment(central_config, manifest, "gw-2", "failed")
+
+    async def scenario() -> None:
+        service, device, inbox = await _setup(central_config, manifest.sha256)
+        for device_id in ("gw-1", "gw-2"):
+            request = ChunkRequest(device_id=device_id, sha256=manifest.sha256, indices=[0])
+            await device.publish(TOPICS.chunk_request(device_id), encode(request))
+        await service.stop()
+        assert inbox.messages == []
+        assert service.stats.chunks_refused == 2
+
+    run(scenario())
+
+
+def test_a_device_flooding_chunk_requests_is_served_at_its_rate_only(
+    central_config: CentralConfig, tmp_path: Path
+) -> None:
+    config = central_config.model_copy(update={"ingest": central_config.ingest.model_copy(
+        update={"chunks_per_s_per_device": 1.0, "chunk_burst_per_device": 3})})
+    manifest = _publish(config, tmp_path)
+
+    async def scenario() -> None:
+        service, device, inbox = await _setup(config, manifest.sha256)
+        for _ in range(50):
+            request = ChunkRequest(device_id="gw-1", sha256=manifest.sha256,
+                                   indices=list(range(manifest.chunk_count)))
+            await device.publish(TOPICS.chunk_request("gw-1"), encode(request))
+        await wait_until_async(lambda: len(inbox.messages) >= 3, what="the burst's chunks")
+        await service.stop()
+        # The burst (3) and at most what one second of the rate refills, however many asked.
+        assert 3 <= service.stats.chunks_sent <= 5
+        assert service.stats.chunks_refused >= 45
+        assert "chunks_per_s_per_device" in service.stats.last_rejection
 
     run(scenario())

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from edge_agent.buffer import Buffer
 from edge_agent.config import UplinkConfig
 from edge_agent.kernel.contract import BatchAck, Topics, UplinkBatch, decode, encode
+from edge_agent.kernel.contract import uplink as uplink_contract
 from edge_agent.kernel.transport.memory import MemoryBroker, MemoryTransport
 from edge_agent.uplink import Uplink
 from tests.helpers import wait_until_async
@@ -15,7 +18,8 @@ from tests.helpers import wait_until_async
 TOPICS = Topics()
 
 
-async def start(tmp_path: Path, ack: bool, ack_timeout_s: float = 10.0):
+async def start(tmp_path: Path, ack: bool, ack_timeout_s: float = 10.0,
+                batch_max_bytes: int = 256 * 1024):
     broker = MemoryBroker()
     central = MemoryTransport(broker)
     await central.start()
@@ -34,7 +38,8 @@ async def start(tmp_path: Path, ack: bool, ack_timeout_s: float = 10.0):
     await device.start()
     buffer = Buffer(tmp_path / "buffer.db", 10**7)
     uplink = Uplink("gw1", TOPICS, device, buffer,
-                    UplinkConfig(batch_size=10, ack_timeout_s=ack_timeout_s))
+                    UplinkConfig(batch_size=10, ack_timeout_s=ack_timeout_s,
+                                 batch_max_bytes=batch_max_bytes))
     task = asyncio.create_task(uplink.run())
     return buffer, uplink, received, task
 
@@ -101,3 +106,24 @@ def test_uplink_stops_when_cancelled_as_it_is_woken(tmp_path: Path) -> None:
         await buffer.close()
 
     asyncio.run(scenario())
+
+
+def test_a_record_larger_than_central_accepts_is_dropped_with_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(uplink_contract, "MAX_RECORD_BYTES", 20_000)
+
+    async def scenario() -> None:
+        buffer, uplink, received, task = await start(tmp_path, ack=True, batch_max_bytes=4096)
+        await buffer.append("sample", {"image": "x" * 30_000})
+        await buffer.append("prediction", {"i": 1})
+        await wait_until_async(lambda: uplink.stats.acked_records == 1,
+                               what="the record behind it acked")
+        assert uplink.stats.records_too_large == 1
+        assert (await buffer.health()).depth == 0
+        assert [r.type for batch in received for r in batch.records] == ["prediction"]
+        task.cancel()
+        await buffer.close()
+
+    asyncio.run(scenario())
+    assert "more than the 20000 bytes central accepts" in caplog.text

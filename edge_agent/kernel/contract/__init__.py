@@ -118,12 +118,16 @@ from edge_agent.kernel.contract.topics import (
     plain_filter,
 )
 from edge_agent.kernel.contract.uplink import (
+    MAX_RECORD_BYTES,
+    MAX_RECORD_PIECE_BYTES,
     BatchAck,
     CompressedUplinkBatch,
     RecordChunk,
+    RecordTooLarge,
     UplinkBatch,
     chunked_batch_id,
     join_record,
+    record_from_pieces,
     split_record,
 )
 
@@ -136,6 +140,8 @@ __all__ = [
     "MAX_CHUNKS_PER_REQUEST",
     "MAX_PAYLOAD_BYTES",
     "MAX_RECORDS_PER_BATCH",
+    "MAX_RECORD_BYTES",
+    "MAX_RECORD_PIECE_BYTES",
     "MAX_SEQ",
     "RECORD_DEFECT",
     "RECORD_DEPLOYMENT_EVENT",
@@ -191,6 +197,7 @@ __all__ = [
     "RecommendationOutcomePayload",
     "RecommendationPayload",
     "RecordChunk",
+    "RecordTooLarge",
     "ReferenceStats",
     "Rejection",
     "RollbackCommand",
@@ -225,6 +232,7 @@ __all__ = [
     "now",
     "parse_payload",
     "plain_filter",
+    "record_from_pieces",
     "spec_differences",
     "split_record",
     "topic_table_markdown",

@@ -23,6 +23,16 @@ from edge_agent.kernel.contract.records import (
     UplinkRecord,
 )
 
+# A record too large for one batch goes in pieces. The agent's pieces are at most 3/4 of its
+# largest batch (4 MiB, before base64); central accepts a record of at most MAX_RECORD_BYTES,
+# counted as its pieces' count times a piece's size, so every piece alone shows the bound.
+MAX_RECORD_PIECE_BYTES = 3 * 1024 * 1024
+MAX_RECORD_BYTES = 64 * 1024 * 1024
+
+
+class RecordTooLarge(ValueError):
+    """A record's payload exceeds what central accepts in pieces (MAX_RECORD_BYTES)."""
+
 
 class UplinkBatch(WireMessage):
     kind: Literal["uplink_batch"] = "uplink_batch"
@@ -46,6 +56,8 @@ class RecordChunk(WireMessage):
 
     Central keeps the pieces until it has all `count` of them, stores the record and acks its
     seq with `batch_id = chunked_batch_id(seq)`; until then the agent keeps and resends it.
+    A piece holds at most MAX_RECORD_PIECE_BYTES and `count` times its size is at most
+    MAX_RECORD_BYTES, so the whole record is bounded whichever piece arrives first.
     """
 
     kind: Literal["record_chunk"] = "record_chunk"
@@ -62,7 +74,18 @@ class RecordChunk(WireMessage):
     def _index_below_count(self) -> RecordChunk:
         if self.index >= self.count:
             raise ValueError(f"chunk index {self.index} is not below count {self.count}")
+        size = self.piece_bytes
+        if size > MAX_RECORD_PIECE_BYTES:
+            raise ValueError(f"record piece of {size} bytes exceeds {MAX_RECORD_PIECE_BYTES}")
+        if self.count * size > MAX_RECORD_BYTES:
+            raise ValueError(f"record of {self.count} pieces of {size} bytes exceeds the "
+                             f"{MAX_RECORD_BYTES} bytes a record in pieces may have")
         return self
+
+    @property
+    def piece_bytes(self) -> int:
+        """This piece's size once decoded, from its base64 length alone."""
+        return len(self.data_b64) * 3 // 4 - self.data_b64[-2:].count("=")
 
 
 def chunked_batch_id(seq: int) -> str:
@@ -72,8 +95,18 @@ def chunked_batch_id(seq: int) -> str:
 
 def split_record(device_id: str, seq: int, type_: str, created_at: float, payload_json: str,
                  piece_bytes: int) -> list[RecordChunk]:
-    """A record's payload JSON cut into RecordChunks of at most `piece_bytes` bytes each."""
+    """A record's payload JSON cut into RecordChunks of at most `piece_bytes` bytes each.
+
+    Raises RecordTooLarge when the pieces would exceed MAX_RECORD_BYTES: central refuses them.
+    """
     raw = payload_json.encode("utf-8")
+    count = max(1, -(-len(raw) // min(piece_bytes, MAX_RECORD_PIECE_BYTES)))
+    piece_bytes = max(1, -(-len(raw) // count))  # equal pieces: count x size ~ the record's size
+    if count * piece_bytes > MAX_RECORD_BYTES:
+        raise RecordTooLarge(
+            f"record {seq} ({type_}) has {len(raw)} bytes, more than the {MAX_RECORD_BYTES} "
+            "bytes central accepts for one record; make the records of this kind smaller "
+            "(image size or quality)")
     digest = hashlib.sha256(raw).hexdigest()
     pieces = [raw[i:i + piece_bytes] for i in range(0, len(raw), piece_bytes)] or [b""]
     return [
@@ -86,15 +119,21 @@ def split_record(device_id: str, seq: int, type_: str, created_at: float, payloa
 
 def join_record(chunks: list[RecordChunk]) -> UplinkRecord | Rejection:
     """The record the complete, ordered list of its chunks carries, checked by its hash."""
-    first = chunks[0]
     try:
         raw = b"".join(base64.b64decode(c.data_b64, validate=True) for c in chunks)
-        if hashlib.sha256(raw).hexdigest() != first.payload_sha256:
-            return Rejection(f"record {first.seq} reassembled from {len(chunks)} chunks does "
-                             "not match its sha256; it will be sent again")
-        payload = json.loads(raw)
+    except ValueError as exc:
+        return Rejection(f"record {chunks[0].seq} has a piece that is not base64: {exc}")
+    return record_from_pieces(chunks[0], raw, len(chunks))
+
+
+def record_from_pieces(first: RecordChunk, raw: bytes, pieces: int) -> UplinkRecord | Rejection:
+    """The record whose pieces, joined in order, are `raw`; `first` is any of its pieces."""
+    if hashlib.sha256(raw).hexdigest() != first.payload_sha256:
+        return Rejection(f"record {first.seq} reassembled from {pieces} chunks does "
+                         "not match its sha256; it will be sent again")
+    try:
         return UplinkRecord(seq=first.seq, type=first.type, created_at=first.created_at,
-                            payload=payload)
+                            payload=json.loads(raw))
     except (ValueError, ValidationError) as exc:
         return Rejection(f"record {first.seq} reassembled is not a valid record: {exc}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from edge_agent.kernel.contract import (
     DeviceStatus,
     ModelManifest,
     ModelRef,
+    Rejection,
     TensorSpec,
     UplinkBatch,
     UplinkRecord,
@@ -264,16 +266,78 @@ def test_large_record_is_stored_once_all_its_chunks_arrived(db: CentralDB) -> No
     payload = prediction_payload()
     text = json.dumps({**payload, "pipeline": "p" * 3000})
     pieces = split_record("gw-1", 4, "prediction", 9.0, text, 500)
-    assert db.store_record_chunk(pieces[2]) is None
-    assert db.store_record_chunk(pieces[0]) is None
-    assert db.store_record_chunk(pieces[0]) is None, "a repeated piece changes nothing"
+    assert db.store_record_chunk(pieces[2], NO_LIMIT) is None
+    assert db.store_record_chunk(pieces[0], NO_LIMIT) is None
+    assert db.store_record_chunk(pieces[0], NO_LIMIT) is None, "a repeated piece changes nothing"
     for piece in pieces[1:-1]:
-        assert db.store_record_chunk(piece) is None
-    assert db.store_record_chunk(pieces[-1]) == [4]
+        assert db.store_record_chunk(piece, NO_LIMIT) is None
+    assert db.store_record_chunk(pieces[-1], NO_LIMIT) == [4]
     assert db.count_records("gw-1") == 1
     assert db.recent_predictions(5)[0]["pipeline"] == "p" * 3000
-    assert db.store_record_chunk(pieces[1]) == [4], "a resend after the ack is acked again"
+    assert db.store_record_chunk(pieces[1], NO_LIMIT) == [4], "a resend after the ack is acked"
     assert list(db._db.query("SELECT * FROM record_parts")) == []
+    assert list(db._db.query("SELECT * FROM record_assemblies")) == []
+
+
+NO_LIMIT = 1 << 40
+
+
+def _pieces(seq: int, size: int, piece_bytes: int) -> list:
+    from edge_agent.kernel.contract import split_record
+
+    return split_record("gw-1", seq, "sample", 9.0, json.dumps({"image": "x" * size}),
+                        piece_bytes)
+
+
+def test_pieces_of_a_new_record_beyond_the_devices_pending_limit_are_refused(
+    db: CentralDB,
+) -> None:
+    first, second = _pieces(1, 5000, 1000), _pieces(2, 5000, 1000)
+    reserved = first[0].count * first[0].piece_bytes  # about 5000 bytes
+    limit = 8 * 1000  # room for one record, not two
+    assert db.store_record_chunk(first[0], limit) is None
+    refused = db.store_record_chunk(second[0], limit)
+    assert isinstance(refused, Rejection)
+    assert "pending_record_bytes_per_device" in refused.reason
+    assert db.pending_record_bytes("gw-1") == reserved, "the refused piece reserved nothing"
+    for piece in first[1:-1]:
+        assert db.store_record_chunk(piece, limit) is None, "the started record goes on"
+    assert db.store_record_chunk(first[-1], limit) == [1]
+    assert db.pending_record_bytes("gw-1") == 0
+    for piece in second[:-1]:
+        assert db.store_record_chunk(piece, limit) is None, "room again once it is stored"
+    assert db.store_record_chunk(second[-1], limit) == [2]
+    assert db.count_records("gw-1") == 2
+
+
+def test_unfinished_records_expire_and_only_they(db: CentralDB) -> None:
+    idle, active = _pieces(1, 3000, 1000), _pieces(2, 3000, 1000)
+    assert db.store_record_chunk(idle[0], NO_LIMIT, received_at=100.0) is None
+    assert db.store_record_chunk(idle[1], NO_LIMIT, received_at=110.0) is None
+    assert db.store_record_chunk(active[0], NO_LIMIT, received_at=100.0) is None
+    assert db.store_record_chunk(active[1], NO_LIMIT, received_at=300.0) is None
+    expired = db.expire_record_assemblies(idle_since=200.0)
+    assert [(r.device_id, r.seq, r.pieces, r.count) for r in expired] == [
+        ("gw-1", 1, 2, len(idle))]
+    rows = list(db._db.query("SELECT DISTINCT seq FROM record_parts"))
+    assert [row["seq"] for row in rows] == [2], "the expired record's pieces are gone"
+    for piece in active[2:]:
+        db.store_record_chunk(piece, NO_LIMIT)
+    assert db.count_records("gw-1") == 1
+
+
+def test_a_piece_larger_than_its_record_reserved_is_refused_past_the_limit(
+    db: CentralDB,
+) -> None:
+    """A first piece of a few bytes cannot reserve little, then grow the record unbounded."""
+    from edge_agent.kernel.contract import RecordChunk
+
+    small = _pieces(1, 10, 4)[0]
+    grown = RecordChunk.model_validate({**small.model_dump(), "index": 1,
+                                        "data_b64": base64.b64encode(b"y" * 1500).decode()})
+    assert db.store_record_chunk(small, 5000) is None
+    refused = db.store_record_chunk(grown, 5000)
+    assert isinstance(refused, Rejection)
 
 
 def test_sqlite_style_sql_is_rewritten_for_postgresql() -> None:
