@@ -8,8 +8,10 @@ import asyncio
 import select
 import socket
 import ssl
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +60,7 @@ def page_of(tmp_path: Path, **ui: Any) -> Iterator[tuple[Agent, str, asyncio.Abs
     agent = Agent(agent_config(tmp_path, ui_port=free_port(), **ui),
                   transport=MemoryTransport(MemoryBroker()))
     with running(agent) as loop:
-        scheme = "https" if agent.config.ui.tls else "http"
+        scheme = "https" if "tls_cert_file" in ui else "http"
         yield agent, f"{scheme}://127.0.0.1:{agent.config.ui.port}", loop
 
 
@@ -289,21 +291,48 @@ def test_the_page_works_under_its_policy_without_a_violation(tmp_path: Path) -> 
     assert styled == "pointer", "the stylesheet did not apply"
 
 
+@contextmanager
+def another_site(html: str) -> Iterator[str]:
+    """A page of another origin (another port), served from this machine like the gateway's,
+    so that only the page's own headers decide whether it may be framed."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = html.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, name="another-site")
+    thread.start()
+    try:
+        yield f"http://localhost:{server.server_address[1]}/prize"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
 @pytest.mark.slow
 def test_another_site_cannot_frame_the_page(tmp_path: Path) -> None:
     sync_api = playwright_or_skip()
-    attacker = f"http://localhost:{free_port()}/prize"
-    with page_of(tmp_path) as (_, url, _loop), sync_api.sync_playwright() as playwright:
+    with page_of(tmp_path) as (_, url, _loop), sync_api.sync_playwright() as playwright, \
+            another_site(f'<h1>Win a prize</h1><iframe src="{url}/" width="800" height="600">'
+                         '</iframe>') as attacker:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
         page = browser.new_page()
-        page.route(attacker, lambda route: route.fulfill(
-            content_type="text/html",
-            body=f'<h1>Win a prize</h1><iframe src="{url}/" width="800" height="600"></iframe>'))
         page.goto(attacker)  # its load waits for the frame's
         frame = page.frames[1]
-        wait_until(lambda: frame.url not in ("", "about:blank"), what="the frame navigated")
-        framed_url = frame.url
-        framed = page.frame_locator("iframe").locator("h1", has_text="Gateway").count()
+        heading = page.frame_locator("iframe").locator("h1", has_text="Gateway")
+        wait_until(lambda: frame.url.startswith("chrome-error://") or heading.count(),
+                   20, what="the frame refused or showing the page")
+        framed_url, framed = frame.url, heading.count()
         browser.close()
     assert framed_url.startswith("chrome-error://"), f"the page loaded in the frame: {framed_url}"
     assert framed == 0
