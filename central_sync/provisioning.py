@@ -71,8 +71,7 @@ def acl_text(accounts: list[BrokerAccount], topics: Topics) -> str:
             lines += ["# central-sync: the whole topic tree", f"user {account.username}",
                       f"topic readwrite {topics.prefix}/#", ""]
             continue
-        labels = f" (labels: {', '.join(account.labels)})" if account.labels else ""
-        lines += [f"# device {account.username}{labels}", f"user {account.username}"]
+        lines += [f"# device {account.username}", f"user {account.username}"]
         for spec in DEVICE_TOPICS:
             access = "write" if spec.direction.startswith("agent") else "read"
             lines.append(f"topic {access} {topics.device(account.username, spec.leaf)}")

@@ -1,5 +1,8 @@
 """Staged rollouts: a canary, then waves; halt and roll back a wave that fails.
 
+A rollout's group is the devices provisioning gave its label; its canary is drawn at random
+among the healthy ones, or named. What a device reports of itself chooses neither.
+
 A rollout lives in the database, so `central-sync rollout ...` commands and a restarted
 `central-sync serve` see the same state. The `RolloutEngine` in `serve` drives every active
 rollout: it sends the current wave's deploy commands, follows each device's deployment until
@@ -13,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import random
 import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
+from central_sync.config import CentralConfig
 from central_sync.db import ROLLOUT_ACTIVE_STATES, CentralDB, Rollout, RolloutDevice
 from central_sync.deployments import (
     TamperedManifest,
@@ -43,6 +48,8 @@ DEFAULT_WAVE_TIMEOUT_S = 900.0
 # A success ratio times the wave's size is a float (0.9 * 10 = 9.000000000000002): this much
 # below it still counts as the whole number of devices needed.
 RATIO_ROUNDING_SLACK = 1e-9
+# A canary is drawn among the devices heard from within this long (the configuration's default).
+DEFAULT_OFFLINE_AFTER_S: float = CentralConfig.model_fields["offline_after_s"].default
 
 
 class RolloutError(Exception):
@@ -62,16 +69,31 @@ def parse_waves(text: str) -> list[float]:
     return shares
 
 
-def plan_waves(devices: Sequence[str], canary: int, shares: Sequence[float]) -> list[list[str]]:
-    """Split devices into a canary wave (if any) and waves reaching each cumulative share."""
+def choose_canaries(devices: Sequence[str], healthy: Collection[str], count: int,
+                    rng: random.Random) -> list[str]:
+    """`count` devices drawn at random among the healthy ones (online, no failed source): no
+    device can make itself the canary by its name or by what it reports."""
+    fit = sorted(set(devices) & set(healthy))
+    if len(fit) < count:
+        raise RolloutError(
+            f"the canary wave needs {count} healthy device(s) (online, no failed source) "
+            f"among the rollout's devices; {len(fit)} are ({', '.join(fit) or 'none'}): name "
+            "the canary with --canary-device ID, or start with --canary 0")
+    return rng.sample(fit, count)
+
+
+def plan_waves(devices: Sequence[str], canaries: Sequence[str],
+               shares: Sequence[float]) -> list[list[str]]:
+    """A canary wave of `canaries` (if any), then waves reaching each cumulative share."""
     if not devices:
         raise RolloutError("the rollout targets no device")
-    ordered = sorted(set(devices))
-    plan: list[list[str]] = []
-    done = 0
-    if canary:
-        plan.append(ordered[:canary])
-        done = len(plan[0])
+    first = list(dict.fromkeys(canaries))
+    outside = [d for d in first if d not in set(devices)]
+    if outside:
+        raise RolloutError(f"canary {', '.join(outside)} is not one of the rollout's devices")
+    ordered = first + sorted(set(devices) - set(first))
+    plan: list[list[str]] = [first] if first else []
+    done = len(first)
     for share in shares:
         upto = max(done, math.ceil(share * len(ordered)))
         if upto > done:
@@ -84,9 +106,13 @@ def start_rollout(db: CentralDB, name: str, version: str, devices: Sequence[str]
                   created_by: str, canary: int = 1, waves: str = "100%",
                   success_ratio: float = 1.0,
                   wave_timeout_s: float = DEFAULT_WAVE_TIMEOUT_S,
+                  canary_devices: Sequence[str] = (),
+                  offline_after_s: float = DEFAULT_OFFLINE_AFTER_S,
+                  rng: random.Random | None = None,
                   signer: Signer | None = None) -> Rollout:
-    """Record a new rollout; the engine in `serve` carries it out. With central's `signer`
-    the stored manifest is checked now, not only when a wave is sent."""
+    """Record a new rollout; the engine in `serve` carries it out. The canary wave is
+    `canary_devices` when named, else `canary` devices drawn among the healthy ones. With
+    central's `signer` the stored manifest is checked now, not only when a wave is sent."""
     manifest = db.get_model(name, version)
     if manifest is None:
         raise RolloutError(unknown_model_message(name, version))
@@ -102,17 +128,28 @@ def start_rollout(db: CentralDB, name: str, version: str, devices: Sequence[str]
         raise RolloutError(f"rollout {busy[0].rollout_id} of {busy[0].ref} is still "
                            f"{busy[0].state}; abort it first (`central-sync rollout abort "
                            f"{busy[0].rollout_id}`)")
-    plan = plan_waves(devices, canary, parse_waves(waves))
+    shares = parse_waves(waves)
     now = time.time()
+    canaries = list(canary_devices)
+    if not canaries and canary > 0 and devices:
+        healthy = [d.device_id for d in db.list_devices() if d.healthy(now, offline_after_s)]
+        canaries = choose_canaries(devices, healthy, canary, rng or random.SystemRandom())
+    plan = plan_waves(devices, canaries, shares)
     rollout = Rollout(
         rollout_id=uuid.uuid4().hex[:ROLLOUT_ID_CHARS], model_name=name, version=version,
-        target=target, canary=len(plan[0]) if canary else 0, waves=len(plan),
+        target=target, canary=len(plan[0]) if canaries else 0, waves=len(plan),
         success_ratio=success_ratio, wave_timeout_s=wave_timeout_s,
         state="running", current_wave=0, wave_started_at=now,
         detail=f"wave 1 of {len(plan)} ({len(plan[0])} device(s))", created_at=now,
         created_by=created_by, updated_at=now)
     db.create_rollout(rollout, plan)
     return rollout
+
+
+def group_devices(db: CentralDB, labels: Sequence[str]) -> list[str]:
+    """The provisioned devices holding any of `labels` (given by `device add --labels` or
+    `device label`), never what devices report of themselves."""
+    return sorted({device for label in labels for device in db.devices_labelled(label)})
 
 
 def change_rollout(db: CentralDB, rollout_id: str, action: str, actor: str) -> Rollout:
@@ -292,10 +329,14 @@ class RolloutEngine:
             command = self.signer.signed(RollbackCommand(
                 device_id=device.device_id, model_name=rollout.model_name,
                 issued_by=f"rollout {rollout.rollout_id}"))
+            # Recorded first: the device's steps are accepted only for commands issued to it.
+            await asyncio.to_thread(self.db.record_rollback_command, command)
             try:
                 await self.transport.publish(self.topics.commands(device.device_id),
                                              encode(command), qos=1)
             except NotConnected:
+                await asyncio.to_thread(self.db.mark_deployment, command.command_id, "failed",
+                                        "not sent: the broker is not connected")
                 return  # tried again next step
             await asyncio.to_thread(self.db.update_rollout_device, rollout.rollout_id,
                                     device.device_id, "rolled_back",

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from central_sync.artifact_server import SHORT_SHA256_CHARS, ArtifactChunkServer
 from central_sync.config import CentralConfig
-from central_sync.db import CentralDB, DatabaseError
+from central_sync.db import CentralDB, DatabaseError, DeploymentEventRefused
 from central_sync.rollouts import RolloutEngine
 from edge_agent.kernel import systemd
 from edge_agent.kernel.contract import (
@@ -339,6 +339,9 @@ class CentralService:
         assert self.db is not None
         try:
             recorded = await self.db_call(self.db.record_deployment_event, event)
+        except DeploymentEventRefused as exc:  # another device's command, or none of central's
+            self._reject(topic, "deployment", str(exc))
+            return
         except DatabaseError as exc:
             self._database_failed(topic, f"deployment step not stored command={event.command_id}"
                                   f" step={event.step}", exc)

@@ -640,7 +640,7 @@ def _assert_only_valid_rows(central: CentralWorld) -> None:
         for ref in json.loads(row["active_models"]):
             ModelRef.model_validate(ref)
         DeviceStatus(device_id=row["device_id"], state="online",
-                     labels=json.loads(row["labels"]))
+                     labels=json.loads(row["reported_labels"]))
     for row in central.rows("SELECT * FROM records"):
         assert math.isfinite(row["created_at"]), row
         UplinkBatch(device_id=row["device_id"], records=[UplinkRecord(

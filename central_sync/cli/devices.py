@@ -45,8 +45,9 @@ def cmd_devices(args: argparse.Namespace) -> int:
         devices = db.list_devices()
     now = time.time()
     table = Table(title="Devices")
-    for column in ("device", "labels", "state", "last seen", "active models", "records stored",
-                   "evicted", "buffer depth", "oldest unsent", "uplink"):
+    for column in ("device", "labels", "reported labels", "state", "last seen",
+                   "active models", "records stored", "evicted", "buffer depth", "oldest unsent",
+                   "uplink"):
         table.add_column(column)
     for d in devices:
         state = d.presence(now, config.offline_after_s)
@@ -59,7 +60,8 @@ def cmd_devices(args: argparse.Namespace) -> int:
         rate = "-" if uplink is None else (
             f"{uplink.records_per_s:g}/s"
             + ("" if uplink.round_trip_ms is None else f", rtt {uplink.round_trip_ms:.0f} ms"))
-        table.add_row(d.device_id, ", ".join(d.labels) or "-", f"[{colour}]{state}[/]",
+        reported = _reported(d.reported_labels, d.labels)
+        table.add_row(d.device_id, ", ".join(d.labels) or "-", reported, f"[{colour}]{state}[/]",
                       seconds_ago(d.last_seen, now),
                       models_text(d.active_models), f"{d.records:,}", f"{d.evicted:,}", depth,
                       oldest, rate)
@@ -71,18 +73,26 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _reported(reported: tuple[str, ...], provisioned: tuple[str, ...]) -> str:
+    """What a device says of its groups; a label provisioning did not give it in red."""
+    shown = [label if label in provisioned else f"[red]{label} (not provisioned)[/]"
+             for label in reported]
+    return ", ".join(shown) or "-"
+
+
 def _device_id(value: str) -> str:
-    if not re.match(ID_PATTERN, value):
-        raise UsageError(f"device id {value!r}: use letters, digits, . _ - (at most 64)")
+    if not re.fullmatch(ID_PATTERN, value):
+        raise UsageError(f"device id {value!r}: use letters, digits, . _ - (at most 64, "
+                         "starting with a letter or digit; no spaces or line breaks)")
     return value
 
 
 def _labels(text: str) -> list[str]:
     labels = [label.strip() for label in text.split(",") if label.strip()]
     for label in labels:
-        if not re.match(ID_PATTERN, label):
-            raise UsageError(f"label {label!r}: use letters, digits, . _ -")
-    return labels
+        if not re.fullmatch(ID_PATTERN, label):
+            raise UsageError(f"label {label!r}: use letters, digits, . _ - (no spaces)")
+    return list(dict.fromkeys(labels))
 
 
 def _apply(config: CentralConfig, db: CentralDB) -> str:
@@ -129,6 +139,34 @@ def cmd_device_add(args: argparse.Namespace) -> int:
     device, done = _issue_credentials(args, lambda db, password_hash, by: db.add_broker_account(
         args.device_id, "device", labels, password_hash, by=by))
     make_console().print(f"device {device} provisioned: {done}")
+    return EXIT_OK
+
+
+def cmd_device_label(args: argparse.Namespace) -> int:
+    device = _device_id(args.device_id)
+    if args.set is None and not args.add and not args.remove:
+        raise UsageError("say what to change: --set a,b (replace), --add a,b or --remove a,b")
+    if args.set is not None and (args.add or args.remove):
+        raise UsageError("--set replaces every label: use it alone, or --add / --remove")
+    config = load_config(args)
+    with open_database(config) as db:
+        by = acting_user(db, args, "engineer")
+        account = db.broker_account(device)
+        if account is None or not account.active or account.kind != "device":
+            raise UsageError(f"{device} is not a provisioned device; provision it with "
+                             f"`central-sync device add {device} --labels ...` (see "
+                             "`central-sync device list`)")
+        if args.set is not None:
+            labels = _labels(args.set)
+        else:
+            removed = set(_labels(args.remove or ""))
+            labels = [label for label in dict.fromkeys([*account.labels,
+                                                        *_labels(args.add or "")])
+                      if label not in removed]
+        before = db.set_device_labels(device, labels, by=by)
+    make_console().print(f"device {device}: labels {', '.join(labels) or 'none'} (were "
+                         f"{', '.join(before) or 'none'}); rollouts to a group select it by "
+                         "these labels from now on", highlight=False)
     return EXIT_OK
 
 
@@ -223,16 +261,38 @@ def add_fleet_command(commands: Subcommands) -> None:
     devices.set_defaults(func=cmd_devices)
 
 
+def _add_label_command(actions: Subcommands) -> argparse.ArgumentParser:
+    label = add_command(
+        actions, "label", help="change a provisioned device's groups (its labels); audited",
+        description="Set, add or remove the labels a rollout's --group selects the device by. "
+                    "Only these labels count: what a gateway reports of itself (its "
+                    "configuration's labels) is shown by `central-sync devices` and central's "
+                    "pages but never selects it. Recorded in the audit log.",
+        examples=["central-sync device label line3-gw1 --set line-3,extruders",
+                  "central-sync device label line3-gw1 --add oven",
+                  "central-sync device label line3-gw1 --remove extruders"])
+    label.add_argument("device_id", help="a provisioned device")
+    label.add_argument("--set", metavar="L1,L2", help="replace its labels with these "
+                       "('' for none)")
+    label.add_argument("--add", metavar="L1,L2", help="add these labels")
+    label.add_argument("--remove", metavar="L1,L2", help="remove these labels")
+    label.set_defaults(func=cmd_device_label)
+    return label
+
+
 def add_provisioning_commands(commands: Subcommands) -> None:
     """`device` (add, rotate, remove, list) and `broker init`."""
     actions = add_group(
         commands, "device",
-        help="provision gateways: add, list, rotate, remove (broker credentials and bundle)",
+        help="provision gateways: add, label, list, rotate, remove (broker credentials, "
+             "groups and bundle)",
         description="Each gateway has its own broker login, and an ACL that lets it publish "
-                    "only under its own topics and read only what is addressed to it. `add` "
+                    "only under its own topics and read only what is addressed to it; its labels "
+                    "(`add --labels`, `label`) are the groups rollouts select it by. `add` "
                     "writes a bundle (agent configuration, credentials, CA certificate, "
                     "central's signing key) for deploy/install-agent.sh on the gateway.",
         examples=["central-sync device add line3-gw1 --labels line-3",
+                  "central-sync device label line3-gw1 --add extruders",
                   "central-sync device list",
                   "central-sync device rotate line3-gw1",
                   "central-sync device remove line3-gw1"],
@@ -244,8 +304,10 @@ def add_provisioning_commands(commands: Subcommands) -> None:
                     "bundle_dir/DEVICE_ID.tar.gz. A removed device can be added again.",
         examples=["central-sync device add line3-gw1 --labels line-3,extruders"])
     add.add_argument("device_id", help="the gateway's id: letters, digits, . _ -")
-    add.add_argument("--labels", default="", help="groups for rollouts, comma-separated")
+    add.add_argument("--labels", default="",
+                     help="its groups for rollouts, comma-separated (`rollout start --group`)")
     add.set_defaults(func=cmd_device_add)
+    label = _add_label_command(actions)
     rotate = add_command(
         actions, "rotate",
         help="give the device a new password (and a new bundle); the old one stops working",
@@ -267,7 +329,7 @@ def add_provisioning_commands(commands: Subcommands) -> None:
         description="Every provisioned device, revoked ones included.",
         examples=["central-sync device list"])
     listing.set_defaults(func=cmd_device_list)
-    for parser in (add, rotate, remove):
+    for parser in (add, label, rotate, remove):
         add_by_option(parser)
 
     broker_actions = add_group(

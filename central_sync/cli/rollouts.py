@@ -37,6 +37,7 @@ from central_sync.rollouts import (
     TERMINAL_ROLLOUT_STATES,
     RolloutError,
     change_rollout,
+    group_devices,
     start_rollout,
     wave_name,
 )
@@ -59,6 +60,8 @@ def cmd_rollout_start(args: argparse.Namespace) -> int:
                                     canary=args.canary, waves=args.waves,
                                     success_ratio=args.success_ratio,
                                     wave_timeout_s=args.wave_timeout,
+                                    canary_devices=args.canary_device,
+                                    offline_after_s=config.offline_after_s,
                                     signer=config.signer())
         except RolloutError as exc:
             raise UsageError(str(exc)) from None
@@ -82,15 +85,16 @@ def _targets(db: CentralDB, args: argparse.Namespace) -> tuple[list[str], str]:
         raise UsageError("name the targets with --devices a,b,c or --group LABEL (one of them)")
     if args.devices:
         devices = [d.strip() for d in args.devices.split(",") if d.strip()]
-        bad = [d for d in devices if not re.match(ID_PATTERN, d)]
+        bad = [d for d in devices if not re.fullmatch(ID_PATTERN, d)]
         if bad:
             raise UsageError(f"device ids {bad} are not valid: use letters, digits, . _ -")
         return devices, f"devices {', '.join(devices)}"
-    devices = sorted({d for label in args.group for d in db.devices_labelled(label)})
+    devices = group_devices(db, args.group)
     if not devices:
-        raise UsageError(f"no device has the label(s) {', '.join(args.group)}; devices report "
-                         "their labels from their configuration (labels: [...]); see "
-                         "`central-sync devices`")
+        raise UsageError(f"no provisioned device has the label(s) {', '.join(args.group)}; "
+                         "groups come from provisioning, not from what gateways report: "
+                         "`central-sync device label ID --add LABEL` (see `central-sync device "
+                         "list`), or name the devices with --devices")
     return devices, f"group {', '.join(args.group)}"
 
 
@@ -251,11 +255,16 @@ def add_commands(commands: Subcommands) -> None:
 def _add_start(actions: Subcommands) -> None:
     start = add_command(
         actions, "start", help="start a rollout and follow it live",
-        description="Record a rollout of NAME@VERSION to the devices given by --group (their "
-                    "labels) or --devices, and follow it live until it completes (exit 0), "
-                    "halts or times out (exit 1).",
+        description="Record a rollout of NAME@VERSION to the devices given by --group (the "
+                    "labels provisioning gave them: `device add --labels`, `device label`; "
+                    "never what a gateway reports) or --devices, and follow it live until it "
+                    "completes (exit 0), halts or times out (exit 1). The canary is drawn at "
+                    "random among the healthy devices (online, no failed source), or named "
+                    "with --canary-device.",
         examples=["central-sync rollout start surface-defects@1.4.0 --group line-3 --canary 1 "
                   "--waves 25%,100%",
+                  "central-sync rollout start surface-defects@1.4.0 --group line-3 "
+                  "--canary-device line3-gw2",
                   "central-sync rollout start extruder-scrap@1.1.0 --devices gw1,gw2 "
                   "--canary 0 --no-follow"])
     start.add_argument("model", metavar="NAME@VERSION", help="e.g. surface-defects@1.4.0")
@@ -263,7 +272,11 @@ def _add_start(actions: Subcommands) -> None:
                        help="devices with this label (repeat for several)")
     start.add_argument("--devices", help="comma-separated device ids")
     start.add_argument("--canary", type=int, default=1,
-                       help="devices in the first wave, alone (default 1; 0: none)")
+                       help="devices in the first wave, alone, drawn at random among the "
+                       "healthy ones (default 1; 0: none)")
+    start.add_argument("--canary-device", action="append", default=[], metavar="ID",
+                       help="this device is the canary (repeat for several); it must be one "
+                       "of the rollout's devices")
     start.add_argument("--waves", default="100%",
                        help="cumulative shares after the canary, e.g. 25%%,100%% (default 100%%)")
     start.add_argument("--success-ratio", type=float, default=1.0,

@@ -4,6 +4,7 @@ from central_sync.db.connection import DatabaseError, DatabaseUrlError
 from central_sync.db.repository import CentralDB
 from central_sync.db.rows import (
     ROLLOUT_ACTIVE_STATES,
+    DeploymentEventRefused,
     DeviceSummary,
     ModelVersionExists,
     PublishedModel,
@@ -20,6 +21,7 @@ __all__ = [
     "CentralDB",
     "DatabaseError",
     "DatabaseUrlError",
+    "DeploymentEventRefused",
     "DeviceSummary",
     "ModelVersionExists",
     "PublishedModel",

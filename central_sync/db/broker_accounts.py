@@ -1,7 +1,8 @@
 """Broker accounts: central's and each provisioned device's Mosquitto login (part of CentralDB).
 
 The database is the source of truth; `central_sync.provisioning` renders Mosquitto's password
-file and ACL from it.
+file and ACL from it. A device account's labels are its trusted groups, the only ones rollouts
+select devices by.
 """
 
 from __future__ import annotations
@@ -15,6 +16,11 @@ from typing import Any
 from central_sync.db.connection import Connection, serialised
 
 KINDS = ("central", "device")
+# Whether an account's JSON labels hold the given label, per dialect.
+_HAS_LABEL = {
+    "sqlite": "EXISTS (SELECT 1 FROM json_each(b.labels) l WHERE l.value = ?)",
+    "postgresql": "CAST(b.labels AS jsonb) @> jsonb_build_array(CAST(? AS text))",
+}
 
 
 class AccountExists(Exception):
@@ -45,6 +51,7 @@ class BrokerAccountQueries:
 
     _db: Connection
     _audit: Callable[[str, str, str, str], None]
+    dialect: str
 
     @serialised
     def broker_accounts(self, include_revoked: bool = False) -> list[BrokerAccount]:
@@ -79,6 +86,30 @@ class BrokerAccountQueries:
                 (username, kind, json.dumps(labels), password_hash, now, now))
             self._audit(by, f"{kind}.provision", username, f"labels={','.join(labels)}")
         return BrokerAccount(username, kind, tuple(labels), password_hash, now, now, None)
+
+    @serialised
+    def set_device_labels(self, username: str, labels: list[str], by: str) -> tuple[str, ...]:
+        """Give a provisioned device these groups (what rollouts select it by); audited.
+        Returns the labels it had before."""
+        with self._db.atomic():
+            row = self._active_row(username)
+            if row["kind"] != "device":
+                raise UnknownAccount(f"{username} is central's broker account, not a device")
+            before = tuple(json.loads(row["labels"]))
+            self._db.execute("UPDATE broker_accounts SET labels = ? WHERE username = ?",
+                             (json.dumps(labels), username))
+            self._audit(by, "device.labels", username,
+                        f"labels={','.join(labels)} before={','.join(before)}")
+        return before
+
+    @serialised
+    def devices_labelled(self, label: str) -> list[str]:
+        """Provisioned, not revoked devices given `label` by `device add` or `device label`:
+        a rollout's group. What a device reports of itself plays no part."""
+        return [row["username"] for row in self._db.query(
+            "SELECT b.username FROM broker_accounts b WHERE b.kind = 'device' AND "
+            f"b.revoked_at IS NULL AND {_HAS_LABEL[self.dialect]} ORDER BY b.username",
+            (label,))]
 
     @serialised
     def rotate_broker_account(self, username: str, password_hash: str, by: str) -> None:

@@ -23,6 +23,7 @@ from central_sync.db.rows import (
     DEFECT_INSERT,
     MODEL_STATS_INSERT,
     PREDICTION_INSERT,
+    DeploymentEventRefused,
     DeviceSummary,
     ModelVersionExists,
     PublishedModel,
@@ -37,6 +38,7 @@ from edge_agent.kernel.contract import (
     DeviceStatus,
     ModelManifest,
     ModelStatsPayload,
+    RollbackCommand,
     UplinkBatch,
 )
 
@@ -45,6 +47,7 @@ log = logging.getLogger(__name__)
 DEPLOYMENT_ISSUED = "issued"
 # A deployment in one of these states no longer fetches its artifact.
 CLOSED_DEPLOYMENT_STATES = frozenset({"activated", "confirmed", "failed", "rolled_back"})
+ROLLBACK_TO_PREVIOUS = "previous"  # a rollback's version when it returns to the one before
 
 
 class CentralDB(ReviewQueries, RolloutQueries, AccountQueries, BrokerAccountQueries,
@@ -102,7 +105,11 @@ class CentralDB(ReviewQueries, RolloutQueries, AccountQueries, BrokerAccountQuer
                 "reported_seq) VALUES (?, ?, ?, ?, ?, ?)", rows.gaps)
             # Steps that went through the buffer while the live topic was unavailable.
             for event in rows.deployment_events:
-                self._apply_deployment_event(event)
+                try:
+                    self._apply_deployment_event(event)
+                except DeploymentEventRefused as exc:  # the rest of the batch is stored
+                    log.warning("deployment event refused device=%s command=%s reason=%s "
+                                "(uplink)", exc.device_id, exc.command_id, exc.reason)
             device = self._device_row(batch.device_id)
             if device is None:
                 self._db.execute(
@@ -134,7 +141,7 @@ class CentralDB(ReviewQueries, RolloutQueries, AccountQueries, BrokerAccountQuer
                 return
             self._db.execute(
                 "UPDATE devices SET state = ?, state_at = ?, last_seen = ?, status = ?, "
-                "agent_version = ?, active_models = ?, labels = ? WHERE device_id = ?",
+                "agent_version = ?, active_models = ?, reported_labels = ? WHERE device_id = ?",
                 (status.state, received_at, received_at, status.model_dump_json(),
                  status.agent_version,
                  json.dumps([m.model_dump() for m in status.active_models]),
@@ -217,17 +224,40 @@ class CentralDB(ReviewQueries, RolloutQueries, AccountQueries, BrokerAccountQuer
             (state, detail, time.time(), command_id))
 
     @serialised
+    def record_rollback_command(self, command: RollbackCommand) -> None:
+        """Record a rollback sent to a device, so that its steps are accepted from it."""
+        with self._db.atomic():
+            self._db.execute(
+                "INSERT INTO deployments (command_id, device_id, model_name, version, issued_at, "
+                "issued_by, state, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (command.command_id, command.device_id, command.model_name,
+                 command.to_version or ROLLBACK_TO_PREVIOUS, command.issued_at,
+                 command.issued_by, DEPLOYMENT_ISSUED, command.issued_at))
+            self._audit(command.issued_by, "model.rollback", command.model_name,
+                        f"device={command.device_id} command={command.command_id}")
+
+    @serialised
     def record_deployment_event(self, event: DeploymentEvent) -> bool:
         """Store a device's deployment step and move the deployment's state on.
 
         Idempotent on (command_id, step, at); an event older than the state already shown does
-        not move it back. Returns False when the event was a duplicate.
+        not move it back. Returns False when the event was a duplicate. Raises
+        DeploymentEventRefused, changing nothing, unless the command was issued to the device
+        that sent the step.
         """
         with self._db.atomic():
             return self._apply_deployment_event(event)
 
     def _apply_deployment_event(self, event: DeploymentEvent) -> bool:
         """record_deployment_event's work, inside the caller's transaction."""
+        issued = next(self._db.query(
+            "SELECT device_id FROM deployments WHERE command_id = ?", (event.command_id,)), None)
+        if issued is None:
+            raise DeploymentEventRefused(event.device_id, event.command_id,
+                                         "central issued no command of that id")
+        if issued["device_id"] != event.device_id:
+            raise DeploymentEventRefused(event.device_id, event.command_id,
+                                         f"the command was issued to {issued['device_id']}")
         inserted = self._db.execute(
             "INSERT OR IGNORE INTO deployment_events (command_id, device_id, step, detail, "
             "progress, at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -235,23 +265,10 @@ class CentralDB(ReviewQueries, RolloutQueries, AccountQueries, BrokerAccountQuer
              event.at))
         if not inserted:
             return False
-        known = next(self._db.query(
-            "SELECT command_id FROM deployments WHERE command_id = ?",
-            (event.command_id,)), None)
-        if known is None:
-            log.warning("deployment event for a command this central did not issue "
-                        "device=%s command=%s", event.device_id, event.command_id)
-            self._db.execute(
-                "INSERT INTO deployments (command_id, device_id, model_name, version, "
-                "state, detail, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (event.command_id, event.device_id, event.model_name, event.version,
-                 event.step, event.detail, event.at))
-        else:
-            self._db.execute(
-                "UPDATE deployments SET state = ?, detail = ?, updated_at = ? "
-                "WHERE command_id = ? AND (state = ? OR updated_at <= ?)",
-                (event.step, event.detail, event.at, event.command_id, DEPLOYMENT_ISSUED,
-                 event.at))
+        self._db.execute(
+            "UPDATE deployments SET state = ?, detail = ?, updated_at = ? "
+            "WHERE command_id = ? AND (state = ? OR updated_at <= ?)",
+            (event.step, event.detail, event.at, event.command_id, DEPLOYMENT_ISSUED, event.at))
         return True
 
     @serialised
@@ -290,8 +307,9 @@ class CentralDB(ReviewQueries, RolloutQueries, AccountQueries, BrokerAccountQuer
         rows = self._db.query(
             "SELECT d.*, (SELECT COUNT(*) FROM records r WHERE r.device_id = d.device_id) "
             "AS records, (SELECT CAST(COALESCE(SUM(g.last_seq - g.first_seq + 1), 0) AS BIGINT) "
-            "FROM gaps g WHERE g.device_id = d.device_id) AS evicted FROM devices d "
-            "ORDER BY d.device_id")
+            "FROM gaps g WHERE g.device_id = d.device_id) AS evicted, b.labels AS labels "
+            "FROM devices d LEFT JOIN broker_accounts b ON b.username = d.device_id AND "
+            "b.kind = 'device' AND b.revoked_at IS NULL ORDER BY d.device_id")
         return [device_summary(row) for row in rows]
 
     @serialised

@@ -1,5 +1,5 @@
-"""Staged rollouts as central stores them: rollouts, their devices wave by wave, the groups
-devices are in, and the lease that lets one central process drive them (part of CentralDB)."""
+"""Staged rollouts as central stores them: rollouts, their devices wave by wave, and the
+lease that lets one central process drive them (part of CentralDB)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,6 @@ from collections.abc import Callable
 
 from central_sync.db.connection import Connection, serialised
 from central_sync.db.rows import Rollout, RolloutDevice
-
-# Whether a device row's JSON labels hold the given label, per dialect.
-_HAS_LABEL = {
-    "sqlite": "EXISTS (SELECT 1 FROM json_each(d.labels) l WHERE l.value = ?)",
-    "postgresql": "CAST(d.labels AS jsonb) @> jsonb_build_array(CAST(? AS text))",
-}
 
 
 class RolloutQueries:
@@ -93,12 +87,6 @@ class RolloutQueries:
             "UPDATE rollout_devices SET state = ?, detail = ?, command_id = COALESCE(?, "
             "command_id), updated_at = ? WHERE rollout_id = ? AND device_id = ?",
             (state, detail, command_id, time.time(), rollout_id, device_id))
-
-    @serialised
-    def devices_labelled(self, label: str) -> list[str]:
-        return [row["device_id"] for row in self._db.query(
-            f"SELECT d.device_id FROM devices d WHERE {_HAS_LABEL[self.dialect]} "
-            "ORDER BY d.device_id", (label,))]
 
     @serialised
     def hold_lease(self, name: str, holder: str, ttl_s: float,

@@ -32,6 +32,18 @@ from edge_agent.kernel.contract import (
 
 log = logging.getLogger(__name__)
 
+class DeploymentEventRefused(Exception):
+    """A deployment step for a command central did not issue to the device that sent it
+    (another device's command, or an unknown one); it changed nothing."""
+
+    def __init__(self, device_id: str, command_id: str, reason: str) -> None:
+        super().__init__(f"deployment step from {device_id} for command {command_id} "
+                         f"refused: {reason}")
+        self.device_id = device_id
+        self.command_id = command_id
+        self.reason = reason
+
+
 class ModelVersionExists(Exception):
     """A name@version is already published (with other bytes); versions are immutable."""
 
@@ -50,7 +62,8 @@ class DeviceSummary:
     records: int
     status: DeviceStatus | None = None
     evicted: int = 0
-    labels: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()  # its groups, from provisioning: what rollouts select by
+    reported_labels: tuple[str, ...] = ()  # what it says of itself: shown, never trusted
 
     def presence(self, now: float, offline_after_s: float) -> str:
         """online, or offline when the device said so or has been silent too long."""
@@ -59,6 +72,18 @@ class DeviceSummary:
         if self.last_seen is None or now - self.last_seen > offline_after_s:
             return "offline"
         return "online"
+
+    @property
+    def unconfirmed_labels(self) -> tuple[str, ...]:
+        """Labels the device reports that provisioning did not give it."""
+        return tuple(label for label in self.reported_labels if label not in self.labels)
+
+    def healthy(self, now: float, offline_after_s: float) -> bool:
+        """Online, and none of its sources failed: fit to be a rollout's canary."""
+        if self.presence(now, offline_after_s) != "online":
+            return False
+        sources = self.status.sources.values() if self.status else ()
+        return not any(source.state == "failed" for source in sources)
 
     @property
     def buffer_depth(self) -> int | None:
@@ -84,7 +109,8 @@ def device_summary(row: dict[str, Any]) -> DeviceSummary:
         last_seen=row["last_seen"], agent_version=row["agent_version"],
         active_models=models, last_seq=row["last_seq"],
         records=row["records"], status=status, evicted=row.get("evicted") or 0,
-        labels=tuple(json.loads(row.get("labels") or "[]")))
+        labels=tuple(json.loads(row.get("labels") or "[]")),
+        reported_labels=tuple(json.loads(row.get("reported_labels") or "[]")))
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,9 @@ class AgentConfig(StrictModel):
     device_id: Name = Field(description="This gateway's id, unique in the plant")
     labels: list[Name] = Field(
         default_factory=list,
-        description="Groups for rollouts, e.g. [line-3, extruders]: `rollout start --group`",
+        description="What this gateway reports as its groups, e.g. [line-3]: shown on "
+        "central's pages; rollouts select devices by the labels central provisioned "
+        "(`central-sync device label`), never by these",
     )
     data_dir: Path = Field(
         Path("var/edge-agent"), validate_default=True,

@@ -52,6 +52,7 @@ from tests.conftest import free_port, wait_for_port  # noqa: E402
 
 MODEL = "big-model"
 LABEL = "bench"
+OFFLINE_AFTER_S = 120.0  # central's default: a device heard from within this long is online
 MB = 1_000_000
 BIN = Path(sys.executable).parent
 console = Console(width=110)
@@ -230,6 +231,9 @@ class Plant:
 
     def start_agents(self) -> None:
         for device in self.devices:
+            # The group a rollout selects comes from provisioning (`device add --labels`); the
+            # broker here is anonymous, so only the account's labels matter.
+            self.db.add_broker_account(device, "device", [LABEL], "unused", by="bench")
             cfg = self.workdir / f"{device}.yaml"
             cfg.write_text(
                 f"device_id: {device}\ndata_dir: {device}\nlabels: [{LABEL}]\n"
@@ -261,14 +265,16 @@ class Plant:
         last_print = 0.0
         while True:
             self.check_alive()
-            seen = self.db.devices_labelled(LABEL)
-            if seen == self.devices:
-                console.print(f"  all {len(seen)} agents reported label {LABEL!r} after "
+            now = time.time()
+            seen = sorted(d.device_id for d in self.db.list_devices()
+                          if d.presence(now, OFFLINE_AFTER_S) == "online")
+            if seen == sorted(self.devices):
+                console.print(f"  all {len(seen)} agents online after "
                               f"{time.monotonic() - started:.0f} s")
                 return
             if time.monotonic() - started > timeout_s:
-                raise RuntimeError(f"only {len(seen)} of {len(self.devices)} agents reported "
-                                   f"their labels within {timeout_s:.0f} s")
+                raise RuntimeError(f"only {len(seen)} of {len(self.devices)} agents came "
+                                   f"online within {timeout_s:.0f} s")
             if time.monotonic() - last_print > 10:
                 last_print = time.monotonic()
                 console.print(f"  {len(seen)}/{len(self.devices)} agents seen by central")

@@ -157,3 +157,58 @@ def test_unwritable_account_files_say_what_is_needed(central: Path, capsys) -> N
                                                    "password_file: /proc/no/passwd"))
     assert main(["device", "add", "gw1", "-c", str(central)]) == 2
     assert "cannot write /proc/no/passwd" in capsys.readouterr().err
+
+
+def test_device_label_sets_adds_and_removes_groups_and_is_audited(central: Path, capsys,
+                                                                   monkeypatch) -> None:
+    monkeypatch.chdir(central.parent)
+    c = ["-c", str(central)]
+    assert main(["device", "add", "gw1", "--labels", "line-3", *c]) == 0
+    assert main(["device", "label", "gw1", "--add", "oven,line-4", *c]) == 0
+    assert main(["device", "label", "gw1", "--remove", "line-3", *c]) == 0
+    assert "labels oven, line-4 (were line-3, oven, line-4)" in capsys.readouterr().out
+    db = CentralDB(config_db(central))
+    try:
+        assert db.devices_labelled("line-3") == [] and db.devices_labelled("oven") == ["gw1"]
+        assert main(["device", "label", "gw1", "--set", "line-5", *c]) == 0
+        assert db.broker_account("gw1").labels == ("line-5",)  # type: ignore[union-attr]
+        changes = [a["detail"] for a in db.list_audit() if a["action"] == "device.labels"]
+    finally:
+        db.close()
+    assert changes == ["labels=line-5 before=oven,line-4", "labels=oven,line-4 before=line-3,"
+                       "oven,line-4", "labels=line-3,oven,line-4 before=line-3"]
+    capsys.readouterr()
+    assert main(["device", "label", "gw1", *c]) == 2
+    assert "--set a,b" in capsys.readouterr().err
+    assert main(["device", "label", "gw9", "--set", "line-3", *c]) == 2
+    assert "gw9 is not a provisioned device" in capsys.readouterr().err
+
+
+def test_ids_with_a_trailing_line_break_are_refused(central: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(central.parent)
+    c = ["-c", str(central)]
+    assert main(["device", "add", "gw1\n", *c]) == 2
+    assert "device id 'gw1\\n'" in capsys.readouterr().err
+    assert not (central.parent / "mosquitto" / "passwd").exists()
+    assert main(["deploy", "m@1.0.0", "--device", "gw1\n", *c]) == 2
+    assert "gw1\\n" in capsys.readouterr().err
+    assert main(["deploy", "m\n@1.0.0", "--device", "gw1", *c]) == 2
+    assert "m\\n@1.0.0" in capsys.readouterr().err
+
+
+def test_a_rollout_group_is_what_provisioning_gave_not_what_devices_report(
+        central: Path, capsys, monkeypatch) -> None:
+    from edge_agent.kernel.contract import DeviceStatus
+
+    monkeypatch.chdir(central.parent)
+    c = ["-c", str(central)]
+    db = CentralDB(config_db(central))
+    db.update_status(DeviceStatus(device_id="gw0", state="online", labels=["line-3"]))
+    db.close()
+    assert main(["device", "add", "gw0", *c]) == 0  # provisioned without labels
+    capsys.readouterr()
+    assert main(["rollout", "start", "m@1.0.0", "--group", "line-3", *c]) == 2
+    assert "no provisioned device has the label(s) line-3" in capsys.readouterr().err
+    monkeypatch.setenv("COLUMNS", "250")
+    assert main(["devices", *c]) == 0
+    assert "line-3 (not provisioned)" in capsys.readouterr().out

@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 from central_helpers import make_batch, prediction_payload
 
-from central_sync.db import MIGRATIONS, CentralDB, DatabaseError, ModelVersionExists
+from central_sync.db import (
+    MIGRATIONS,
+    CentralDB,
+    DatabaseError,
+    DeploymentEventRefused,
+    ModelVersionExists,
+)
+from central_sync.db.broker_accounts import UnknownAccount
 from central_sync.db.schema import migrations_for
 from edge_agent.kernel.contract import (
     DeployCommand,
@@ -18,6 +25,7 @@ from edge_agent.kernel.contract import (
     ModelManifest,
     ModelRef,
     Rejection,
+    RollbackCommand,
     TensorSpec,
     UplinkBatch,
     UplinkRecord,
@@ -184,10 +192,34 @@ def test_deployment_events_move_state_forward_only_and_are_idempotent(db: Centra
         "downloading", "verifying", "activated"]
 
 
-def test_event_for_unknown_command_creates_a_deployment_row(db: CentralDB) -> None:
-    db.record_deployment_event(_event("elsewhere", "failed", 5.0))
-    assert db.get_deployment("elsewhere")["state"] == "failed"
-    assert db.list_deployments("gw-1")[0]["command_id"] == "elsewhere"
+def test_deployment_event_for_a_command_central_never_issued_is_refused(db: CentralDB) -> None:
+    with pytest.raises(DeploymentEventRefused, match="central issued no command of that id"):
+        db.record_deployment_event(_event("elsewhere", "failed", 5.0))
+    assert db.get_deployment("elsewhere") is None
+    assert db.deployment_events("elsewhere") == []
+
+
+def test_deployment_event_from_another_device_changes_nothing(db: CentralDB) -> None:
+    command = DeployCommand(device_id="gw-1", manifest=manifest(), issued_by="bob")
+    db.create_deployment(command)
+    forged = _event(command.command_id, "failed", 5.0).model_copy(update={"device_id": "gw-2"})
+    with pytest.raises(DeploymentEventRefused, match="issued to gw-1"):
+        db.record_deployment_event(forged)
+    record = UplinkRecord(seq=1, type="deployment_event", created_at=5.0,
+                          payload=forged.model_dump(mode="json"))
+    db.store_batch(UplinkBatch(device_id="gw-2", records=[record]))  # through the buffer too
+    assert db.count_records("gw-2") == 1, "the rest of the batch is stored"
+    assert db.get_deployment(command.command_id)["state"] == "issued"
+    assert db.deployment_events(command.command_id) == []
+
+
+def test_a_rollback_sent_to_a_device_accepts_that_device_s_steps(db: CentralDB) -> None:
+    command = RollbackCommand(device_id="gw-1", model_name="scrap-model", issued_by="rollout r1")
+    db.record_rollback_command(command)
+    assert db.record_deployment_event(_event(command.command_id, "rolled_back", 5.0))
+    assert db.get_deployment(command.command_id)["state"] == "rolled_back"
+    assert ("rollout r1", "model.rollback") in {(a["actor"], a["action"])
+                                                for a in db.list_audit()}
 
 
 def test_deployment_events_in_uplink_records_are_applied_once(db: CentralDB) -> None:
@@ -376,13 +408,34 @@ def test_postgresql_connection_lost_is_reopened_on_the_next_call() -> None:
         db.close()
 
 
-def test_devices_are_found_by_label(db: CentralDB) -> None:
-    db.update_status(DeviceStatus(device_id="gw-1", state="online", labels=["line-3", "oven"]))
-    db.update_status(DeviceStatus(device_id="gw-2", state="online", labels=["line-3"]))
-    db.update_status(DeviceStatus(device_id="gw-3", state="online", labels=["line-30"]))
+def test_groups_come_from_provisioning_never_from_what_a_device_reports(db: CentralDB) -> None:
+    db.add_broker_account("gw-1", "device", ["line-3", "oven"], "x", by="ann")
+    db.add_broker_account("gw-2", "device", ["line-3"], "x", by="ann")
+    db.add_broker_account("gw-3", "device", ["line-30"], "x", by="ann")
+    db.add_broker_account("gw-0", "device", [], "x", by="ann")  # provisioned without labels
+    db.add_broker_account("gw-old", "device", ["line-3"], "x", by="ann")
+    db.revoke_broker_account("gw-old", by="ann")
+    db.update_status(DeviceStatus(device_id="gw-0", state="online", labels=["line-3"]))
+    db.update_status(DeviceStatus(device_id="gw-9", state="online", labels=["line-3"]))
+    db.update_status(DeviceStatus(device_id="gw-1", state="online", labels=["line-3"]))
     assert db.devices_labelled("line-3") == ["gw-1", "gw-2"]
     assert db.devices_labelled("oven") == ["gw-1"]
     assert db.devices_labelled("line") == []
+    fleet = {d.device_id: d for d in db.list_devices()}
+    assert (fleet["gw-0"].labels, fleet["gw-0"].reported_labels) == ((), ("line-3",))
+    assert fleet["gw-0"].unconfirmed_labels == ("line-3",)
+    assert (fleet["gw-9"].labels, fleet["gw-9"].unconfirmed_labels) == ((), ("line-3",))
+    assert fleet["gw-1"].labels == ("line-3", "oven") and fleet["gw-1"].unconfirmed_labels == ()
+
+
+def test_a_device_s_groups_change_only_by_an_audited_label_command(db: CentralDB) -> None:
+    db.add_broker_account("gw-1", "device", ["line-3"], "x", by="ann")
+    assert db.set_device_labels("gw-1", ["line-4", "oven"], by="bob") == ("line-3",)
+    assert db.devices_labelled("line-3") == [] and db.devices_labelled("line-4") == ["gw-1"]
+    assert ("bob", "device.labels", "gw-1", "labels=line-4,oven before=line-3") in {
+        (a["actor"], a["action"], a["subject"], a["detail"]) for a in db.list_audit()}
+    with pytest.raises(UnknownAccount, match="not a provisioned device"):
+        db.set_device_labels("gw-9", ["line-3"], by="bob")
 
 
 def test_records_are_listed_without_their_images_which_are_served_apart(db: CentralDB) -> None:

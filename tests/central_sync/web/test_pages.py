@@ -185,3 +185,20 @@ def test_every_page_fits_a_1080p_screen_in_chromium(db: CentralDB, tmp_path: Pat
             page.screenshot(path=str(tmp_path / f"{name}.png"))
             shutil.copy(tmp_path / f"{name}.png", f"/tmp/central_{name}.png")
 
+
+
+def test_fleet_and_device_pages_show_provisioned_groups_and_mark_unprovisioned_reports(
+        db: CentralDB) -> None:
+    from edge_agent.kernel.contract import DeviceStatus
+
+    db.add_broker_account("line1-gw1", "device", ["line-1"], "x", by="admin")
+    db.update_status(DeviceStatus(device_id="line1-gw1", state="online",
+                                  labels=["line-1", "line-3"]))
+    db.add_user("otto", hash_password(PASSWORD), "viewer", by="admin")
+    client = TestClient(create_app(db, offline_after_s=120))
+    client.post("/login", data={"username": "otto", "password": PASSWORD})
+    fleet = " ".join(client.get("/").text.split())
+    assert "<td>line-1</td>" in fleet and "line-3 (not provisioned)" in fleet
+    page = " ".join(client.get("/devices/line1-gw1").text.split())
+    assert "groups line-1 (from provisioning" in page
+    assert "line-1, " in page and "line-3 (not provisioned)" in page
