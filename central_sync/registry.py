@@ -117,10 +117,10 @@ def resolve_identity(
     if not resolved["version"]:
         raise RegistryError("no model version: pass --version or put \"version\" in the metadata")
     name, version, kind = (str(resolved[k]) for k in ("name", "version", "kind"))
-    if not re.match(ID_PATTERN, name):
+    if not re.fullmatch(ID_PATTERN, name):
         raise RegistryError(f"model name {name!r} is not valid: use letters, digits, . _ - "
                             "(at most 64, starting with a letter or digit)")
-    if not re.match(SEMVER_PATTERN, version):
+    if not re.fullmatch(SEMVER_PATTERN, version):
         raise RegistryError(f"version {version!r} is not a semantic version such as 1.4.0")
     if kind not in KINDS:
         raise RegistryError(f"kind {kind!r} is not one of {', '.join(KINDS)}")

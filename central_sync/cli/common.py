@@ -101,7 +101,7 @@ def login_name() -> str:
 def parse_model_ref(text: str) -> tuple[str, str]:
     """'extruder-scrap@1.2.0' -> ('extruder-scrap', '1.2.0'), or a UsageError saying the form."""
     name, _, version = text.rpartition("@")
-    if not name or not re.match(ID_PATTERN, name) or not re.match(SEMVER_PATTERN, version):
+    if not name or not re.fullmatch(ID_PATTERN, name) or not re.fullmatch(SEMVER_PATTERN, version):
         raise UsageError(f"{text!r} is not NAME@VERSION, e.g. extruder-scrap@1.2.0; "
                          "see `central-sync model list`")
     return name, version

@@ -160,7 +160,7 @@ def _model_or_usage_error(db: CentralDB, name: str, version: str) -> ModelManife
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     name, version = parse_model_ref(args.model)
-    if not re.match(ID_PATTERN, args.device):
+    if not re.fullmatch(ID_PATTERN, args.device):
         raise UsageError(f"device id {args.device!r} is not valid: use letters, digits, . _ -")
     config = load_config(args)
     from central_sync.deployments import unknown_model_message

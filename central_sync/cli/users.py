@@ -46,7 +46,7 @@ def _password(args: argparse.Namespace) -> str:
 
 
 def cmd_users_add(args: argparse.Namespace) -> int:
-    if not re.match(ID_PATTERN, args.username):
+    if not re.fullmatch(ID_PATTERN, args.username):
         raise UsageError(f"user name {args.username!r}: use letters, digits, . _ - (at most "
                          "64 characters)")
     config = load_config(args)

@@ -101,7 +101,7 @@ def create_app(
 
     @app.get("/api/records/{device_id}/{seq}/images/{name}", dependencies=signed_in)
     def record_image(device_id: str, seq: int, name: str) -> Response:
-        if not re.match(r"^[a-z][a-z0-9_]{0,31}$", name):
+        if not re.fullmatch(r"^[a-z][a-z0-9_]{0,31}$", name):
             raise HTTPException(404, "no such image")
         encoded = db.record_image(device_id, seq, name)
         if encoded is None:

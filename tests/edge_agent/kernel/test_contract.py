@@ -211,3 +211,19 @@ def test_joined_record_with_a_wrong_piece_is_rejected() -> None:
     forged = pieces[1].model_copy(update={"data_b64": pieces[0].data_b64})
     result = contract.join_record([pieces[0], forged, *pieces[2:]])
     assert isinstance(result, Rejection) and "does not match its sha256" in result.reason
+
+
+@pytest.mark.parametrize("message", [
+    {"kind": "device_status", "device_id": "gw1\n", "state": "online"},
+    {"kind": "device_status", "device_id": "gw1", "state": "online", "labels": ["line-3\n"]},
+    {"kind": "deployment_event", "device_id": "gw1\n", "command_id": "c1",
+     "model_name": "m", "version": "1.0.0", "step": "failed"},
+    {"kind": "deployment_event", "device_id": "gw1", "command_id": "c1",
+     "model_name": "m\n", "version": "1.0.0\n", "step": "failed"},
+])
+def test_ids_with_a_trailing_line_break_are_refused_on_the_wire(message: dict) -> None:
+    """A trailing line break would pass a Python `re.match(...$)` and break Mosquitto's files."""
+    assert isinstance(decode(json.dumps(message)), Rejection)
+    assert not isinstance(decode(json.dumps({
+        k: v.strip() if isinstance(v, str) else [x.strip() for x in v] if isinstance(v, list)
+        else v for k, v in message.items()})), Rejection)
