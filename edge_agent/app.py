@@ -10,6 +10,7 @@ from typing import Any, Literal
 from edge_agent import __version__, web
 from edge_agent.buffer import Buffer
 from edge_agent.config import AgentConfig, OpcUaSourceConfig
+from edge_agent.deployment.checks import CommandWindow
 from edge_agent.deployment.deployer import Deployer
 from edge_agent.kernel import systemd
 from edge_agent.kernel.contract import (
@@ -67,8 +68,11 @@ class Agent:
                                           for p in config.pipelines]
         self.uplink = Uplink(self.device_id, self.topics, self.transport, self.buffer,
                              config.uplink)
+        security = config.security
         self.deployer = Deployer(self.device_id, self.topics, self.transport, self.store,
-                                 self.buffer, config.security.verifier(), self.watch)
+                                 self.buffer, security.verifier(), self.watch,
+                                 CommandWindow(security.command_max_age_s,
+                                               security.command_clock_skew_s))
         self.metrics = AgentMetrics(self.metrics_snapshot)
 
     async def _record_gap(self, gap: SourceGapPayload) -> None:

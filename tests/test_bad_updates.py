@@ -356,6 +356,14 @@ async def replayed_command(plant: Plant) -> tuple[str | None, str]:
     return None, ""
 
 
+async def command_from_the_future(plant: Plant) -> tuple[str | None, str]:
+    command = TEST_SIGNER.signed(DeployCommand(
+        device_id=DEVICE, manifest=manifest_for(SAMPLE_MODEL, version="1.1.0"),
+        issued_at=time.time() + 3 * 3600))  # signed now, dated for later: a held-back copy
+    await plant.send(command)
+    return command.command_id, "in the future by this gateway's clock"
+
+
 async def command_for_another_device(plant: Plant) -> tuple[str | None, str]:
     command = command_for(manifest_for(SAMPLE_MODEL, version="1.1.0"), device_id="gw2")
     await plant.send(command)  # gw2's signed command, relayed to gw1's topic
@@ -436,6 +444,7 @@ CASES: dict[str, Case] = {
     "unsigned command": unsigned_command,
     "older version": older_version,
     "replayed command": replayed_command,
+    "command from the future": command_from_the_future,
     "command for another device": command_for_another_device,
     "manifest of another model": manifest_of_another_model,
     "chunk out of range, path-like ids": chunk_out_of_range_and_path_like_ids,

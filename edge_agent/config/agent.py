@@ -51,6 +51,13 @@ class UplinkConfig(StrictModel):
     max_in_flight: int = Field(4, ge=1, le=64, description="Batches awaiting ack at once")
 
 
+# A signed command acts only this soon after central issued it: central signs each command as
+# it sends it (a rollout's too, wave by wave), and the broker keeps one for a gateway that is
+# away; a copy held back or replayed later than this is refused and must be sent again.
+DEFAULT_COMMAND_MAX_AGE_S = 24 * 3600.0
+DEFAULT_COMMAND_CLOCK_SKEW_S = 300.0  # how far central's clock may be ahead of the gateway's
+
+
 class SecurityConfig(StrictModel):
     verify_signatures: bool = Field(
         True, description="Accept only manifests and commands signed by central's key"
@@ -59,6 +66,17 @@ class SecurityConfig(StrictModel):
         None,
         description="central's signing.pub (from `central-sync keys init`); relative paths "
         "are relative to this file",
+    )
+    command_max_age_s: float = Field(
+        DEFAULT_COMMAND_MAX_AGE_S, gt=0,
+        description="A deploy or rollback command issued longer ago than this is refused, "
+        "signed or not (reported as a failed deployment step): it bounds how long a command "
+        "may wait at the broker for this gateway, and how late a recorded one can be replayed",
+    )
+    command_clock_skew_s: float = Field(
+        DEFAULT_COMMAND_CLOCK_SKEW_S, ge=0,
+        description="How far in the future, by this gateway's clock, a command's issue time "
+        "may be; keep the clocks in step with NTP rather than raising it",
     )
 
     @field_validator("central_public_key")

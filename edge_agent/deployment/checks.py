@@ -1,12 +1,16 @@
 """What a deployment must pass before its version may serve: the command's signature and
-freshness (no replay, no downgrade without a signed rollback), the artifact's sha256 and size,
-and the health check (the same model check central ran at publish, timed on this gateway)."""
+freshness (issued within the window, no replay, no downgrade without a signed rollback), the
+artifact's sha256 and size, and the health check (the same model check central ran at
+publish, timed on this gateway)."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from edge_agent.config.agent import DEFAULT_COMMAND_CLOCK_SKEW_S, DEFAULT_COMMAND_MAX_AGE_S
 from edge_agent.deployment.ledger import CommandLedger
 from edge_agent.inference.model_check import ModelCheckFailed, check_model
 from edge_agent.kernel.contract import (
@@ -19,6 +23,30 @@ from edge_agent.kernel.signing import SignatureError, Verifier
 from edge_agent.model_store import SHORT_SHA256, InstalledModel, ModelStore, sha256_of_file
 
 HEALTH_CHECK_TIMEOUT_S = 60.0  # when the manifest sets none: loading and a few inferences
+HOUR_S = 3600.0
+
+
+@dataclass(frozen=True)
+class CommandWindow:
+    """When a command may be carried out: issued at most `max_age_s` ago, and at most
+    `clock_skew_s` in the future (clocks differ a little)."""
+
+    max_age_s: float = DEFAULT_COMMAND_MAX_AGE_S
+    clock_skew_s: float = DEFAULT_COMMAND_CLOCK_SKEW_S
+
+    def refusal(self, issued_at: float, now: float) -> str | None:
+        """Why a command issued at `issued_at` must not be carried out at `now`, or None."""
+        age_s = now - issued_at
+        if age_s > self.max_age_s:
+            return (f"command issued {age_s / HOUR_S:.1f} h ago, longer than the "
+                    f"{self.max_age_s / HOUR_S:.1f} h a command stays valid "
+                    "(security.command_max_age_s); send it again from central")
+        if -age_s > self.clock_skew_s:
+            return (f"command issued {-age_s:.0f} s in the future by this gateway's clock, "
+                    f"more than the {self.clock_skew_s:g} s allowed "
+                    "(security.command_clock_skew_s); set the gateway's and central's clocks "
+                    "by NTP")
+        return None
 
 
 class DeploymentFailed(Exception):
@@ -27,8 +55,10 @@ class DeploymentFailed(Exception):
 
 def command_refusal(command: DeployCommand | RollbackCommand, device_id: str,
                     ledger: CommandLedger, verifier: Verifier | None,
-                    store: ModelStore) -> str | None:
-    """Why this command must not be carried out here, or None."""
+                    store: ModelStore, window: CommandWindow | None = None,
+                    now: float | None = None) -> str | None:
+    """Why this command must not be carried out here, or None. The signature is checked
+    before anything the command says is believed, its issue time included."""
     if command.device_id != device_id:
         return f"command is for device {command.device_id}, this is {device_id}"
     if command.command_id in ledger:
@@ -40,6 +70,10 @@ def command_refusal(command: DeployCommand | RollbackCommand, device_id: str,
                 verifier.verify(command.manifest, "manifest")
         except SignatureError as exc:
             return str(exc)
+    stale = (window or CommandWindow()).refusal(command.issued_at,
+                                                time.time() if now is None else now)
+    if stale is not None:
+        return stale
     if isinstance(command, DeployCommand):
         manifest = command.manifest
         newest = store.newest_version(manifest.name)

@@ -13,6 +13,7 @@ import math
 
 from edge_agent.buffer import Buffer
 from edge_agent.deployment.checks import (
+    CommandWindow,
     DeploymentFailed,
     command_refusal,
     timed_health_check,
@@ -46,13 +47,14 @@ class Deployer:
 
     def __init__(self, device_id: str, topics: Topics, transport: Transport, store: ModelStore,
                  buffer: Buffer, verifier: Verifier | None,
-                 watch: ModelWatch | None = None) -> None:
+                 watch: ModelWatch | None = None, window: CommandWindow | None = None) -> None:
         self.device_id = device_id
         self._topics = topics
         self._transport = transport
         self._store = store
         self._buffer = buffer
         self._verifier = verifier
+        self._window = window or CommandWindow()
         self.watch = watch or ModelWatch()
         self._ledger = CommandLedger(store.root / LEDGER_FILE)
         self._active: dict[str, asyncio.Task[None]] = {}
@@ -85,9 +87,15 @@ class Deployer:
                         self.device_id, message.command_id)
             return
         if isinstance(message, RollbackCommand):
-            await self.rollback(message)
+            await self.rollback(message)  # refused there before it changes anything
             return
         assert isinstance(message, DeployCommand)
+        # Verified before it may touch anything: a forged or stale command must not cancel
+        # the deployment or probation under way.
+        refusal = self.refusal(message)
+        if refusal is not None:
+            await self._refuse(message, refusal)
+            return
         name = message.manifest.name
         if name in self._active and not self._active[name].done():
             # A newer command for the same model supersedes the running one.
@@ -105,17 +113,22 @@ class Deployer:
     def refusal(self, command: DeployCommand | RollbackCommand) -> str | None:
         """Why this command must not be carried out, or None."""
         return command_refusal(command, self.device_id, self._ledger, self._verifier,
-                               self._store)
+                               self._store, self._window)
+
+    async def _refuse(self, command: DeployCommand, reason: str) -> None:
+        manifest = command.manifest
+        self.rejected_messages += 1
+        log.warning("deploy refused device=%s model=%s version=%s command=%s reason=%s",
+                    self.device_id, manifest.name, manifest.version, command.command_id,
+                    reason)
+        await self._report(command, "failed", f"refused: {reason}")
 
     async def deploy(self, command: DeployCommand) -> bool:
         """Run one deployment up to activation; True when the version is active."""
         manifest = command.manifest
         refusal = self.refusal(command)
         if refusal is not None:
-            self.rejected_messages += 1
-            log.warning("deploy refused device=%s model=%s version=%s reason=%s",
-                        self.device_id, manifest.name, manifest.version, refusal)
-            await self._report(command, "failed", f"refused: {refusal}")
+            await self._refuse(command, refusal)
             return False
         self._ledger.add(command.command_id)
         await self._report(command, "received", f"{manifest.name} {manifest.version}")

@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.deployment.checks import DeploymentFailed, command_refusal, verify_artifact
+from edge_agent.deployment.checks import (
+    CommandWindow,
+    DeploymentFailed,
+    command_refusal,
+    verify_artifact,
+)
 from edge_agent.deployment.ledger import CommandLedger
 from edge_agent.kernel.contract import DeployCommand, RollbackCommand
 from edge_agent.kernel.signing import Signer, Verifier
@@ -46,6 +51,43 @@ def test_a_replayed_command_is_refused_even_after_a_restart(tmp_path: Path) -> N
     CommandLedger(tmp_path / "ledger.json").add(command.command_id)
     assert refusal(command, tmp_path) == \
         f"command {command.command_id} was already carried out (replayed)"
+
+
+NOW = 1_800_000_000.0
+DAY_S = 24 * 3600.0
+
+
+def issued(at: float) -> DeployCommand:
+    return TEST_SIGNER.signed(DeployCommand(device_id="gw1", issued_at=at,
+                                            manifest=manifest_for(SAMPLE_MODEL)))
+
+
+def refusal_at(command: DeployCommand, tmp_path: Path, window: CommandWindow) -> str | None:
+    return command_refusal(command, "gw1", CommandLedger(tmp_path / "ledger.json"),
+                           TEST_VERIFIER, ModelStore(tmp_path / "models"), window=window,
+                           now=NOW)
+
+
+def test_a_signed_command_issued_longer_ago_than_the_window_is_refused(tmp_path: Path) -> None:
+    window = CommandWindow(max_age_s=DAY_S, clock_skew_s=300)
+    assert refusal_at(issued(NOW - DAY_S + 60), tmp_path, window) is None
+    reason = refusal_at(issued(NOW - 2 * DAY_S), tmp_path, window) or ""
+    assert reason.startswith("command issued 48.0 h ago, longer than the 24.0 h a command")
+    assert "security.command_max_age_s" in reason and "send it again" in reason
+
+
+def test_a_signed_command_from_the_future_beyond_the_clock_skew_is_refused(
+        tmp_path: Path) -> None:
+    window = CommandWindow(max_age_s=DAY_S, clock_skew_s=300)
+    assert refusal_at(issued(NOW + 200), tmp_path, window) is None
+    reason = refusal_at(issued(NOW + 3600), tmp_path, window) or ""
+    assert reason.startswith("command issued 3600 s in the future by this gateway's clock")
+    assert "security.command_clock_skew_s" in reason and "NTP" in reason
+
+
+def test_the_signature_is_checked_before_the_issue_time(tmp_path: Path) -> None:
+    stale = issued(NOW - 2 * DAY_S).model_copy(update={"signature": ""})
+    assert "unsigned" in (refusal_at(stale, tmp_path, CommandWindow()) or "")
 
 
 def test_an_older_version_needs_a_signed_rollback(tmp_path: Path) -> None:
