@@ -523,3 +523,35 @@ def test_systemd_analyze_verify_finds_nothing_but_the_missing_programs() -> None
     assert complaints == [], "\n".join(complaints)
     assert done.returncode == 0 or any(line.strip() in expected
                                        for line in done.stderr.splitlines())
+
+
+def test_the_broker_bounds_what_it_queues_per_client_and_expires_abandoned_sessions() -> None:
+    settings = mosquitto_conf()["settings"]
+    queued = int(settings["max_queued_bytes"])
+    assert int(settings["max_packet_size"]) * 4 <= queued <= 1024**3, \
+        "room for a few of the largest messages, yet bounded"
+    assert re.fullmatch(r"\d+[hdwmy]", settings["persistent_client_expiration"])
+    docker = dict(line.split(" ", 1) for line in
+                  (DEPLOY / "docker" / "mosquitto.conf").read_text().splitlines()
+                  if line.strip() and not line.startswith("#"))
+    for key in ("max_queued_bytes", "persistent_client_expiration"):
+        assert docker[key] == settings[key], f"{key} differs between the two broker configs"
+
+
+def test_the_broker_accepts_the_shipped_flow_control_settings(tmp_path: Path) -> None:
+    """Mosquitto itself reads them (a misspelt option stops it from starting)."""
+    conf = tmp_path / "flow.conf"
+    port = free_port()
+    wanted = ("max_inflight_messages", "max_queued_messages", "max_queued_bytes",
+              "persistent_client_expiration", "max_packet_size")
+    settings = mosquitto_conf()["settings"]
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+                    + "".join(f"{key} {settings[key]}\n" for key in wanted)
+                    + ("user root\n" if os.geteuid() == 0 else ""))
+    broker = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c",
+                               str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_port(port)
+    finally:
+        broker.terminate()
+        broker.wait(timeout=10)

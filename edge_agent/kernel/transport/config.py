@@ -15,6 +15,9 @@ class BrokerCredentialsError(Exception):
 
 
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # matches max_packet_size in deploy/mosquitto
+# Matches max_inflight_messages in deploy/mosquitto: what a client holds in memory is at most
+# this many messages (each at most max_message_bytes) waiting to be handled.
+DEFAULT_RECEIVE_MAXIMUM = 20
 
 
 class BrokerConfig(BaseModel):
@@ -42,6 +45,12 @@ class BrokerConfig(BaseModel):
     max_message_bytes: int = Field(
         DEFAULT_MAX_MESSAGE_BYTES, ge=64 * 1024,
         description="Received messages larger than this are dropped unread")
+    receive_maximum: int = Field(
+        DEFAULT_RECEIVE_MAXIMUM, ge=1, le=65535,
+        description="Received QoS 1/2 messages held unacknowledged at once (MQTT 5 Receive "
+        "Maximum); a message is acknowledged once handled and the broker keeps the rest. "
+        "With MQTT 3.1.1 the broker's max_inflight_messages applies instead. Also the most "
+        "QoS 0 messages queued; more are dropped")
 
     @field_validator("password_file", "ca_file", "cert_file", "key_file")
     @classmethod

@@ -1,10 +1,19 @@
-"""The real transport: a paho-mqtt client driven from asyncio, and topic dispatch."""
+"""The real transport: a paho-mqtt client driven from asyncio, and topic dispatch.
+
+Received messages are acknowledged to the broker only once their handlers have returned
+(paho's manual acks), and the broker is asked to send at most `receive_maximum` unacknowledged
+(MQTT 5's Receive Maximum; Mosquitto's max_inflight_messages for MQTT 3.1.1). Brokers do not
+all keep to that (Mosquitto 2.0.11 sends more after each ack), so the inbox is also bounded
+here: paho's network thread waits for room, the socket fills, and the broker holds the rest.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import ssl
+import threading
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +31,19 @@ from edge_agent.kernel.transport.config import BrokerConfig
 log = logging.getLogger(__name__)
 
 SUBACK_TIMEOUT_S = 10.0
+# How often paho's network thread, waiting for room in the inbox, looks whether it must read on.
+INBOX_RECHECK_S = 0.05
+
+
+@dataclass(frozen=True)
+class _Received:
+    """A message waiting for dispatch; acked as (mid, qos) on the connection it came on."""
+
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    connection: int
 
 
 @dataclass
@@ -66,9 +88,11 @@ class MqttTransport:
         self._subs = Subscriptions()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connected = asyncio.Event()
-        self._inbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
-        self._dispatcher: asyncio.Task[None] | None = None
         self._pubacks = _AckWaiter()
+        # A handler waiting for its own PUBACK needs the network thread to read on: then the
+        # inbox may exceed its bound by what the socket holds before that PUBACK.
+        self._inbox = _Inbox(config.receive_maximum, must_read_on=self._pubacks.waiting)
+        self._dispatcher: asyncio.Task[None] | None = None
         self._subacks = _AckWaiter()
         self._background: set[asyncio.Future[None]] = set()
         self.last_error: str = ""
@@ -81,6 +105,7 @@ class MqttTransport:
             client_id=self.client_id,
             clean_session=None if v5 else not self._persistent,
             protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+            manual_ack=True,
         )
         if self.config.username:
             client.username_pw_set(self.config.username, self.config.secret())
@@ -105,13 +130,15 @@ class MqttTransport:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._inbox.open(self._loop)
         self._dispatcher = asyncio.create_task(self._dispatch_forever(), name="mqtt-dispatch")
         properties = None
         clean_start: bool | int = paho.MQTT_CLEAN_START_FIRST_ONLY
         if self.config.protocol == "5":
             clean_start = not self._persistent
+            properties = Properties(PacketTypes.CONNECT)
+            properties.ReceiveMaximum = self.config.receive_maximum
             if self._persistent:
-                properties = Properties(PacketTypes.CONNECT)
                 properties.SessionExpiryInterval = 7 * 24 * 3600
         self._client.connect_async(
             self.config.host,
@@ -123,6 +150,7 @@ class MqttTransport:
         self._client.loop_start()
 
     async def stop(self) -> None:
+        self._inbox.close()  # a network thread waiting for room must not hold up loop_stop
         self._client.disconnect()
         await asyncio.get_running_loop().run_in_executor(None, self._client.loop_stop)
         self._connected.clear()
@@ -181,6 +209,7 @@ class MqttTransport:
             log.warning("mqtt refused client=%s reason=%s", self.client_id, reason_code)
             return
         self.last_error = ""
+        self._inbox.new_connection()  # before any message of this connection is read
         subscribed = set()
         for topic_filter, (_handler, qos) in list(self._subs.handlers.items()):
             client.subscribe(topic_filter, qos)
@@ -198,8 +227,10 @@ class MqttTransport:
         if len(message.payload) > self.config.max_message_bytes:
             log.warning("message dropped unread topic=%s bytes=%d limit=%d (max_message_bytes)",
                         message.topic, len(message.payload), self.config.max_message_bytes)
+            self._call_soon(self._ack_unread, message.mid, message.qos)
             return
-        self._call_soon(self._inbox.put_nowait, (message.topic, bytes(message.payload)))
+        # Blocks while the inbox is full: paho reads no further, so the broker keeps the rest.
+        self._inbox.put(message.topic, bytes(message.payload), message.mid, message.qos)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         self._call_soon(self._pubacks.resolve, mid)
@@ -214,6 +245,11 @@ class MqttTransport:
     def _call_soon(self, fn: Callable[..., object], *args: object) -> None:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(fn, *args)
+
+    def _ack_unread(self, mid: int, qos: int) -> None:
+        """A message refused unread is done with: acked, so the broker does not resend it."""
+        if qos > 0 and self.connected:
+            self._client.ack(mid, qos)
 
     def _set_connected(self, subscribed: set[str]) -> None:
         # A handler registered after on_connect's snapshot saw "not connected" and left its
@@ -234,8 +270,75 @@ class MqttTransport:
 
     async def _dispatch_forever(self) -> None:
         while True:
-            topic, payload = await self._inbox.get()
-            await self._subs.dispatch(topic, payload)
+            message = await self._inbox.get()
+            await self._subs.dispatch(message.topic, message.payload)
+            # Handled: now the broker may forget it and send the next. A message of an earlier
+            # connection is not acked (its id may name another message now): the broker sent
+            # it again on reconnecting, and handlers take a message twice without harm.
+            if message.qos > 0 and message.connection == self._inbox.connection and self.connected:
+                self._client.ack(message.mid, message.qos)
+
+
+class _Inbox:
+    """Received messages handed from paho's network thread to the dispatcher on the loop.
+
+    Holds at most `max_messages`: `put` waits for room, except while `must_read_on()` says a
+    handler awaits a packet that only reading on can bring.
+    """
+
+    def __init__(self, max_messages: int, must_read_on: Callable[[], bool]) -> None:
+        self._max = max_messages
+        self._must_read_on = must_read_on
+        self._items: deque[_Received] = deque()
+        self._room = threading.Condition()
+        self._connection = 0
+        self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = asyncio.Event()
+        self.most_held = 0
+
+    def open(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._room:
+            self._loop, self._closed = loop, False
+
+    def close(self) -> None:
+        with self._room:
+            self._closed = True
+            self._room.notify_all()
+
+    def new_connection(self) -> None:
+        """Network thread: count a connection; a message is acked only on the one it came on."""
+        with self._room:
+            self._connection += 1
+
+    @property
+    def connection(self) -> int:
+        return self._connection
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
+        """Network thread: add a message, first waiting while the inbox is full."""
+        with self._room:
+            while (len(self._items) >= self._max and not self._closed
+                   and not self._must_read_on()):
+                self._room.wait(INBOX_RECHECK_S)
+            self._items.append(_Received(topic, payload, mid, qos, self._connection))
+            self.most_held = max(self.most_held, len(self._items))
+            loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._ready.set)
+
+    async def get(self) -> _Received:
+        """Loop: the oldest message, waiting for one; its room goes back to the network thread."""
+        while True:
+            self._ready.clear()
+            with self._room:
+                if self._items:
+                    self._room.notify()
+                    return self._items.popleft()
+            await self._ready.wait()
 
 
 def _str(path: Path | None) -> str | None:
@@ -252,6 +355,10 @@ class _AckWaiter:
 
     def __init__(self) -> None:
         self._pending: dict[int, asyncio.Future[None]] = {}
+
+    def waiting(self) -> bool:
+        """Whether an ack is awaited (read from paho's thread: a snapshot is enough)."""
+        return bool(self._pending)
 
     def call(self, loop: asyncio.AbstractEventLoop, send: Callable[[], Any],
              track: bool = True) -> tuple[Any, int | None]:
