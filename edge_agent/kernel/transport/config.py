@@ -47,10 +47,9 @@ class BrokerConfig(BaseModel):
         description="Received messages larger than this are dropped unread")
     receive_maximum: int = Field(
         DEFAULT_RECEIVE_MAXIMUM, ge=1, le=65535,
-        description="Received QoS 1/2 messages held unacknowledged at once (MQTT 5 Receive "
-        "Maximum); a message is acknowledged once handled and the broker keeps the rest. "
-        "With MQTT 3.1.1 the broker's max_inflight_messages applies instead. Also the most "
-        "QoS 0 messages queued; more are dropped")
+        description="Received messages held at once, waiting to be handled; each is "
+        "acknowledged once handled and the broker keeps the rest (asked as MQTT 5's Receive "
+        "Maximum; Mosquitto's max_inflight_messages for MQTT 3.1.1)")
 
     @field_validator("password_file", "ca_file", "cert_file", "key_file")
     @classmethod
