@@ -139,7 +139,8 @@ class OpcUaSourceConfig(StrictModel):
 
     def summary(self) -> str:
         """One line for `edge-agent check-config`."""
-        return f"source:    {self.name} {self.endpoint} ({len(self.nodes)} tags)"
+        return (f"source:    {self.name} {redact_credentials(self.endpoint)} "
+                f"({len(self.nodes)} tags)")
 
 
 def opcua_address_problem(address: str) -> str | None:

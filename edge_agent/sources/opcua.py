@@ -24,6 +24,7 @@ from cryptography import x509
 
 from edge_agent.config import OpcUaSourceConfig
 from edge_agent.kernel.contract import SourceGapPayload, SourceState
+from edge_agent.kernel.redaction import redact_credentials
 from edge_agent.sources.opcua_trust import (
     UntrustedServerCertificate,
     trust_file,
@@ -427,6 +428,7 @@ class OpcUaSource:
         return f"{self.config.endpoint}; not good: {listed}"
 
     def _set_state(self, state: str, detail: str) -> None:
+        detail = redact_credentials(detail)  # an endpoint may name user:password@
         if state != self.state.state:
             log.info("source state source=%s state=%s detail=%s", self.name, state, detail)
         self.state = SourceState(state=state, detail=detail)  # type: ignore[arg-type]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -388,6 +389,22 @@ def test_server_certificate_is_trusted_on_first_use_and_a_replaced_one_refused(
         assert pinned.read_bytes() == second_der
     finally:
         simulator.stop()
+
+
+def test_a_password_in_the_endpoint_is_neither_shown_nor_logged(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    source = source_for(f"opc.tcp://operator:s3cret-9@127.0.0.1:{free_port()}/line-1")
+    assert "s3cret-9" not in source.state.detail and "operator:***@" in source.state.detail
+    assert "s3cret-9" not in source.config.summary()
+
+    async def scenario() -> None:
+        async with running(source):
+            await wait_until_async(lambda: source.state.state == "reconnecting", 20,
+                                   what=lambda: f"the refused connection: {source.state}")
+
+    asyncio.run(scenario())
+    assert "s3cret-9" not in caplog.text
 
 
 def test_config_requires_certificate_and_key_for_a_security_policy(tmp_path: Path) -> None:
