@@ -105,6 +105,14 @@ class Plant:
         return final
 
     async def send(self, command: DeployCommand | RollbackCommand) -> None:
+        """Send a command past central, recorded as central records what it issues: central
+        takes a device's steps, and serves it chunks, only for commands issued to it."""
+        db = self.central.db
+        assert db is not None
+        if await asyncio.to_thread(db.get_deployment, command.command_id) is None:
+            record = (db.create_deployment if isinstance(command, DeployCommand)
+                      else db.record_rollback_command)
+            await asyncio.to_thread(record, command)  # type: ignore[arg-type]
         await self.observer.publish(TOPICS.commands(DEVICE), encode(command))
 
     async def final_event(self, command_id: str, timeout_s: float = 30,
