@@ -301,7 +301,11 @@ class CentralService:
         finally:
             self._stores_in_flight.release()
         self.stats.batches += 1
-        await self._ack(batch.device_id, batch.batch_id, seqs)
+        device_id, batch_id = batch.device_id, batch.batch_id
+        # Its records may be large: not kept while the ack waits for the broker's PUBACK,
+        # which comes behind whatever the broker is sending meanwhile.
+        del batch
+        await self._ack(device_id, batch_id, seqs)
 
     async def _ack(self, device_id: str, batch_id: str, seqs: list[int]) -> None:
         ack = BatchAck(device_id=device_id, batch_id=batch_id, acked_seqs=seqs)

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import ssl
 import threading
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,11 @@ log = logging.getLogger(__name__)
 SUBACK_TIMEOUT_S = 10.0
 # How often paho's network thread, waiting for room in the inbox, looks whether it must read on.
 INBOX_RECHECK_S = 0.05
+# The dispatcher taking nothing for this long while a PUBACK is awaited: a handler may be
+# waiting for that PUBACK behind the messages not read yet, so the network thread reads on,
+# up to INBOX_OVERFLOW_FACTOR times the inbox's bound.
+INBOX_STALL_S = 0.5
+INBOX_OVERFLOW_FACTOR = 4
 
 
 @dataclass(frozen=True)
@@ -89,8 +95,6 @@ class MqttTransport:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connected = asyncio.Event()
         self._pubacks = _AckWaiter()
-        # A handler waiting for its own PUBACK needs the network thread to read on: then the
-        # inbox may exceed its bound by what the socket holds before that PUBACK.
         self._inbox = _Inbox(config.receive_maximum, must_read_on=self._pubacks.waiting)
         self._dispatcher: asyncio.Task[None] | None = None
         self._subacks = _AckWaiter()
@@ -282,8 +286,9 @@ class MqttTransport:
 class _Inbox:
     """Received messages handed from paho's network thread to the dispatcher on the loop.
 
-    Holds at most `max_messages`: `put` waits for room, except while `must_read_on()` says a
-    handler awaits a packet that only reading on can bring.
+    Holds at most `max_messages`: `put` waits for room. A handler awaiting a PUBACK
+    (`must_read_on()`) while the dispatcher takes nothing may need the packets behind: then
+    `put` reads on, up to INBOX_OVERFLOW_FACTOR times the bound.
     """
 
     def __init__(self, max_messages: int, must_read_on: Callable[[], bool]) -> None:
@@ -295,6 +300,7 @@ class _Inbox:
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = asyncio.Event()
+        self._taken = 0  # messages the dispatcher has taken: tells a slow one from a stuck one
         self.most_held = 0
 
     def open(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -321,8 +327,13 @@ class _Inbox:
     def put(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
         """Network thread: add a message, first waiting while the inbox is full."""
         with self._room:
-            while (len(self._items) >= self._max and not self._closed
-                   and not self._must_read_on()):
+            taken, since = self._taken, time.monotonic()
+            while len(self._items) >= self._max and not self._closed:
+                if self._taken != taken:
+                    taken, since = self._taken, time.monotonic()
+                elif (time.monotonic() - since >= INBOX_STALL_S and self._must_read_on()
+                      and len(self._items) < self._max * INBOX_OVERFLOW_FACTOR):
+                    break
                 self._room.wait(INBOX_RECHECK_S)
             self._items.append(_Received(topic, payload, mid, qos, self._connection))
             self.most_held = max(self.most_held, len(self._items))
@@ -336,6 +347,7 @@ class _Inbox:
             self._ready.clear()
             with self._room:
                 if self._items:
+                    self._taken += 1
                     self._room.notify()
                     return self._items.popleft()
             await self._ready.wait()
