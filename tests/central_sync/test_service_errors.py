@@ -22,6 +22,7 @@ from edge_agent.kernel.contract import (
     ChunkRequest,
     DeploymentEvent,
     DeviceStatus,
+    RollbackCommand,
     Topics,
     encode,
     split_record,
@@ -124,6 +125,9 @@ NUL_TEXT = {
                        device_id=DEVICE, command_id="c\x001", model_name="scrap-model",
                        version="1.0.0", step="failed", detail="health check\x00failed"))),
 }
+# Central takes a device's steps only for a command it issued to that device.
+ISSUED = {"deployment": RollbackCommand(device_id=DEVICE, model_name="scrap-model",
+                                        command_id="c\x001")}
 
 
 @pytest.mark.parametrize("leaf", NUL_TEXT)
@@ -137,6 +141,9 @@ def test_free_text_with_nul_is_stored_on_every_database(
         broker = MemoryBroker()
         service = CentralService(central_config, MemoryTransport(broker))
         await service.start()
+        assert service.db is not None
+        if leaf in ISSUED:
+            await service.db_call(service.db.record_rollback_command, ISSUED[leaf])
         device = MemoryTransport(broker)
         await device.start()
         try:
