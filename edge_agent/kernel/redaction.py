@@ -8,8 +8,10 @@ import re
 REDACTED = "***"
 
 # scheme://user:password@ — the password may itself hold '@' (cameras' passwords often do):
-# it runs to the last '@' before the path, the query or a blank.
-_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:]*):[^\s/?#]*@")
+# it runs to the last '@' before the path, the query or a blank. The scheme's length is
+# bounded so that text from a hostile device (say "a.a.a.a..." of 1 MiB) costs linear time.
+_URL_PASSWORD = re.compile(
+    r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]{0,31}://[^\s/?#@:]*):[^\s/?#]*@")
 _SECRET_QUERY_VALUE = re.compile(
     r"(?P<head>[?&](?:password|passwd|pwd|pass|token|access_token|api_key|apikey|key|secret|"
     r"auth|sig|signature|credentials)=)[^&#;\s]*",
