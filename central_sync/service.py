@@ -100,6 +100,7 @@ class CentralService:
         self.db: CentralDB | None = None
         self._db_executor: ThreadPoolExecutor | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._standing: set[asyncio.Task[None]] = set()  # loops that run as long as the service
         self.chunks = ArtifactChunkServer(config, transport, self.topics, self.stats,
                                           self._reject, self._spawn)
 
@@ -141,8 +142,8 @@ class CentralService:
         await self.transport.start()
         self.rollouts = RolloutEngine(self.db, self.transport, signer, self.topics,
                                       holder=self.config.central_id)
-        self._spawn(self.rollouts.run())
-        self._spawn(self._expire_unfinished_records())
+        self._standing = {self._spawn(self.rollouts.run()),
+                          self._spawn(self._expire_unfinished_records())}
         if self.config.web.port:
             from central_sync.web import OpenToTheNetwork, create_app, refuse_open_to_the_network
             from edge_agent.kernel.httpserver import WebServer
@@ -380,8 +381,13 @@ class CentralService:
         else:
             self.chunks.serve(topic, request, manifest)
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def idle(self) -> bool:
+        """No store, ack or chunk transfer under way (the standing loops aside)."""
+        return self._tasks <= self._standing
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run work beside message dispatch; stop() cancels and awaits what is left."""
         task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task

@@ -596,7 +596,7 @@ class CentralWorld:
     def settle(self) -> None:
         """Wait until every store and chunk send central started has finished."""
         async def idle() -> None:
-            await wait_until_async(lambda: all(_is_rollouts(t) for t in self.service._tasks),
+            await wait_until_async(self.service.idle,
                                    what="central's stores and chunk sends")
         self.loop.run(idle())
 
@@ -613,11 +613,6 @@ class CentralWorld:
 
         self.loop.run(stop())
         self.loop.close()
-
-
-def _is_rollouts(task: asyncio.Task[Any]) -> bool:
-    """The rollout engine's task, which runs as long as the service."""
-    return task.get_coro().__qualname__ == "RolloutEngine.run"
 
 
 @pytest.fixture

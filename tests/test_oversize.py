@@ -139,6 +139,9 @@ class Central:
             publish_model, self.service.db, self.config.artifact_dir, SAMPLE_MODEL,
             "extruder-scrap", "1.0.0", metadata=SAMPLE_METADATA, chunk_size_bytes=1024,
             signer=TEST_SIGNER)
+        # Chunks are served only for a deployment open on the asking device.
+        await self.service.db_call(self.service.db.create_deployment,
+                                   DeployCommand(device_id="gw-1", manifest=self.manifest))
         self.device = MemoryTransport(broker)
         await self.device.start()
         await self.device.subscribe(TOPICS.ack("gw-1"), self._keep(self.acks))
@@ -154,9 +157,7 @@ class Central:
 
     async def send(self, leaf: str, payload: bytes) -> None:
         await self.device.publish(TOPICS.device("gw-1", leaf), payload)
-        await wait_until_async(lambda: all(t.get_coro().__qualname__ == "RolloutEngine.run"
-                                           for t in self.service._tasks),
-                               what="central's stores")
+        await wait_until_async(self.service.idle, what="central's stores")
 
     async def stored(self) -> int:
         assert self.service.db is not None
