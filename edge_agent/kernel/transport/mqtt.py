@@ -35,10 +35,9 @@ SUBACK_TIMEOUT_S = 10.0
 # How often paho's network thread, waiting for room in the inbox, looks whether it must read on.
 INBOX_RECHECK_S = 0.05
 # The dispatcher taking nothing for this long while a PUBACK is awaited: a handler may be
-# waiting for that PUBACK behind the messages not read yet, so the network thread reads on,
-# up to INBOX_OVERFLOW_FACTOR times the inbox's bound.
-INBOX_STALL_S = 0.5
-INBOX_OVERFLOW_FACTOR = 4
+# waiting for that PUBACK behind the messages not read yet, so the network thread reads on
+# until the dispatcher takes a message again.
+INBOX_STALL_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -287,8 +286,8 @@ class _Inbox:
     """Received messages handed from paho's network thread to the dispatcher on the loop.
 
     Holds at most `max_messages`: `put` waits for room. A handler awaiting a PUBACK
-    (`must_read_on()`) while the dispatcher takes nothing may need the packets behind: then
-    `put` reads on, up to INBOX_OVERFLOW_FACTOR times the bound.
+    (`must_read_on()`) while the dispatcher takes nothing needs the packets behind: then `put`
+    reads on, and the inbox exceeds its bound by what the broker sent ahead of that PUBACK.
     """
 
     def __init__(self, max_messages: int, must_read_on: Callable[[], bool]) -> None:
@@ -331,8 +330,7 @@ class _Inbox:
             while len(self._items) >= self._max and not self._closed:
                 if self._taken != taken:
                     taken, since = self._taken, time.monotonic()
-                elif (time.monotonic() - since >= INBOX_STALL_S and self._must_read_on()
-                      and len(self._items) < self._max * INBOX_OVERFLOW_FACTOR):
+                elif time.monotonic() - since >= INBOX_STALL_S and self._must_read_on():
                     break
                 self._room.wait(INBOX_RECHECK_S)
             self._items.append(_Received(topic, payload, mid, qos, self._connection))

@@ -138,7 +138,7 @@ def test_handlers_that_publish_and_await_their_puback_go_on_with_a_full_inbox(
 
         await receiver.subscribe("asks/#", answer, qos=1)
         await sender.subscribe("answers/#", collect, qos=1)
-        sent = [str(i).encode() for i in range(100)]
+        sent = [str(i).encode() for i in range(40)]
         for payload in sent:
             await sender.publish("asks/x", payload, qos=1)
         await wait_until_async(lambda: len(answers) == len(sent), 30, what="every answer")
