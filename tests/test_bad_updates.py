@@ -426,11 +426,14 @@ async def inputs_not_matching_manifest(plant: Plant) -> tuple[str | None, str]:
 
 
 async def failing_golden_check(plant: Plant) -> tuple[str | None, str]:
-    # Central refuses to publish a wrong golden output, so this one comes signed but unpublished
+    # Central refuses to publish a wrong golden output (and serves chunks only of what it
+    # published), so this one comes signed but unpublished, its chunks served past central
     # (as from a registry whose copy differs from what the gateway's runtime computes).
     meta = metadata()
     meta["golden"] = {**meta["golden"], "output": [[999.0]]}
-    command = command_for(manifest_for(SAMPLE_MODEL, version="1.1.0", metadata=meta))
+    manifest = manifest_for(SAMPLE_MODEL, version="1.1.0", metadata=meta)
+    plant.rogue_chunks[manifest.sha256] = chunks_of(SAMPLE_MODEL.read_bytes(), manifest)
+    command = command_for(manifest)
     await plant.send(command)
     return command.command_id, "golden input gives"
 
