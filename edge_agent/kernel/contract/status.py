@@ -62,7 +62,8 @@ class DeviceStatus(WireMessage):
     sent_at: float = Field(default_factory=now)
     agent_version: str = ""
     labels: list[Annotated[str, Field(pattern=ID_PATTERN)]] = Field(
-        default_factory=list, description="Groups the device belongs to, e.g. line-3")
+        default_factory=list, description="Groups the device says it belongs to, e.g. line-3: "
+        "shown on central, never trusted (rollout groups come from provisioning)")
     active_models: list[ModelRef] = Field(default_factory=list)
     sources: dict[str, SourceState] = Field(default_factory=dict)
     buffer: BufferHealth | None = None
