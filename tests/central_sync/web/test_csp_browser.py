@@ -21,6 +21,7 @@ document.addEventListener("securitypolicyviolation",
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # headers: not the database's
 def test_every_page_runs_under_the_csp_without_a_violation(db: CentralDB) -> None:
     manifest = scrap_manifest()
     db.add_model(manifest, "data-scientist")
