@@ -17,6 +17,9 @@ import uvicorn
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024  # forms, labels and JSON answers; nothing is uploaded
+# Stopping waits this long for requests under way (a client that never finishes sending
+# its body, a page left open), then closes them: a stop is never held up by a client.
+GRACEFUL_SHUTDOWN_S = 5.0
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -104,7 +107,8 @@ class WebServer:
         self._tls = (tls_cert_file, tls_key_file) if tls_cert_file and tls_key_file else None
         self._server = _EmbeddedServer(uvicorn.Config(
             BodyLimit(app, max_body_bytes), host=host, port=port, log_level="warning",
-            lifespan="off", ssl_certfile=tls_cert_file, ssl_keyfile=tls_key_file))
+            lifespan="off", ssl_certfile=tls_cert_file, ssl_keyfile=tls_key_file,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S))
         self._task: asyncio.Task[None] | None = None
 
     @property

@@ -335,7 +335,7 @@ def running(agent: Agent) -> Iterator[asyncio.AbstractEventLoop]:
         started.set()
         await agent.run(holder["stop"])
 
-    thread = threading.Thread(target=asyncio.run, args=(main(),), name="agent")
+    thread = threading.Thread(target=asyncio.run, args=(main(),), name="agent", daemon=True)
     thread.start()
     assert started.wait(10)
     try:
@@ -344,6 +344,7 @@ def running(agent: Agent) -> Iterator[asyncio.AbstractEventLoop]:
     finally:
         holder["loop"].call_soon_threadsafe(holder["stop"].set)
         thread.join(30)
+        assert not thread.is_alive(), "the agent did not stop within 30 s of being asked"
 
 
 @contextmanager

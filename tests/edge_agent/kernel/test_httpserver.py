@@ -20,7 +20,7 @@ from cryptography.x509.oid import NameOID
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse
 
-from edge_agent.kernel.httpserver import WebServer
+from edge_agent.kernel.httpserver import GRACEFUL_SHUTDOWN_S, WebServer
 from tests.conftest import free_port
 
 LIMIT = 1000
@@ -164,3 +164,23 @@ def test_an_unusable_certificate_stops_the_start_with_what_to_set(tmp_path: Path
     with pytest.raises(OSError, match=r"cannot use the certificate .*page\.crt with the key "
                                       r".*wrong\.key.*set ui\.tls_cert_file and ui\.tls_key_file"):
         asyncio.run(start())
+
+
+def test_stopping_is_not_held_up_by_a_client_that_never_finishes_its_request() -> None:
+    async def scenario() -> float:
+        server = WebServer(echo_app(), "127.0.0.1", free_port(), max_body_bytes=LIMIT)
+        await server.start()
+        # Declares 500 bytes, sends 10, and stays: the handler waits for the rest.
+        _reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 500\r\n\r\n"
+                     + b"x" * 10)
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the request is under way (nothing to wait on: it never ends)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async with asyncio.timeout(GRACEFUL_SHUTDOWN_S + RESPONSE_WAIT_S):
+            await server.stop()
+        writer.close()
+        return loop.time() - started
+
+    assert asyncio.run(scenario()) < GRACEFUL_SHUTDOWN_S + RESPONSE_WAIT_S
