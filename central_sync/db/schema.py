@@ -173,6 +173,59 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     (12, "devices.labels renamed reported_labels: shown, never used to select devices", (
         "ALTER TABLE devices RENAME COLUMN labels TO reported_labels",
     )),
+    # The loop from labels to an approved version: samples to label beside defects, frozen
+    # dataset versions with their images, evaluations, each version's review state, and the
+    # audit log chained by hash. Versions published before approvals existed are approved on
+    # upgrade, so that a running fleet keeps its rollbacks and redeploys.
+    (13, "samples, datasets, evaluations, model review states; audit log hash chain", (
+        """CREATE TABLE samples (
+            device_id TEXT NOT NULL, seq INTEGER NOT NULL, created_at REAL NOT NULL,
+            pipeline TEXT NOT NULL, camera TEXT NOT NULL, roi TEXT NOT NULL,
+            label TEXT NOT NULL, confidence REAL NOT NULL, reason TEXT NOT NULL,
+            model_name TEXT NOT NULL, model_version TEXT NOT NULL, true_label TEXT,
+            labelled_by TEXT, labelled_at REAL, PRIMARY KEY (device_id, seq))""",
+        "CREATE INDEX samples_queue ON samples (true_label, confidence)",
+        "CREATE INDEX samples_newest ON samples (created_at, device_id, seq)",
+        "INSERT INTO samples (device_id, seq, created_at, pipeline, camera, roi, label, "
+        "confidence, reason, model_name, model_version) SELECT device_id, seq, created_at, "
+        "COALESCE(json_extract(payload, '$.pipeline'), ''), "
+        "COALESCE(json_extract(payload, '$.camera'), ''), "
+        "COALESCE(json_extract(payload, '$.roi'), ''), "
+        "COALESCE(json_extract(payload, '$.label'), ''), "
+        "COALESCE(json_extract(payload, '$.confidence'), 0), "
+        "COALESCE(json_extract(payload, '$.reason'), ''), "
+        "COALESCE(json_extract(payload, '$.model.name'), ''), "
+        "COALESCE(json_extract(payload, '$.model.version'), '') "
+        "FROM records WHERE type = 'sample'",
+        """CREATE TABLE datasets (
+            name TEXT NOT NULL, version INTEGER NOT NULL, dataset_id TEXT NOT NULL,
+            kind TEXT NOT NULL, manifest TEXT NOT NULL, items INTEGER NOT NULL,
+            created_at REAL NOT NULL, created_by TEXT NOT NULL, PRIMARY KEY (name, version))""",
+        "CREATE INDEX datasets_id ON datasets (dataset_id)",
+        """CREATE TRIGGER datasets_are_immutable BEFORE UPDATE ON datasets
+            BEGIN SELECT RAISE(ABORT, 'dataset versions are immutable'); END""",
+        """CREATE TABLE dataset_images (
+            sha256 TEXT PRIMARY KEY, data BLOB NOT NULL, width INTEGER NOT NULL,
+            height INTEGER NOT NULL, created_at REAL NOT NULL)""",
+        """CREATE TABLE evaluations (
+            evaluation_id TEXT PRIMARY KEY, model_name TEXT NOT NULL, version TEXT NOT NULL,
+            dataset TEXT NOT NULL, dataset_id TEXT NOT NULL, baseline_version TEXT NOT NULL,
+            report TEXT NOT NULL, created_at REAL NOT NULL, created_by TEXT NOT NULL)""",
+        "CREATE INDEX evaluations_model ON evaluations (model_name, version, created_at)",
+        """CREATE TABLE model_states (
+            model_name TEXT NOT NULL, version TEXT NOT NULL, state TEXT NOT NULL,
+            evaluation_id TEXT, approved_by TEXT, approved_at REAL,
+            reason TEXT NOT NULL DEFAULT '', updated_at REAL NOT NULL,
+            updated_by TEXT NOT NULL, PRIMARY KEY (model_name, version))""",
+        "INSERT INTO model_states (model_name, version, state, approved_by, approved_at, "
+        "reason, updated_at, updated_by) SELECT name, version, 'approved', 'central', "
+        "published_at, 'published before approvals: approved on upgrade', published_at, "
+        "'central' FROM models",
+        "ALTER TABLE audit_log ADD COLUMN seq INTEGER",
+        "ALTER TABLE audit_log ADD COLUMN prev_hash TEXT",
+        "ALTER TABLE audit_log ADD COLUMN entry_hash TEXT",
+        "CREATE UNIQUE INDEX audit_log_seq ON audit_log (seq)",
+    )),
 )
 
 
@@ -308,6 +361,59 @@ POSTGRES_MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     )),
     (12, "devices.labels renamed reported_labels: shown, never used to select devices", (
         "ALTER TABLE devices RENAME COLUMN labels TO reported_labels",
+    )),
+    (13, "samples, datasets, evaluations, model review states; audit log hash chain", (
+        """CREATE TABLE samples (
+            device_id TEXT NOT NULL, seq BIGINT NOT NULL, created_at DOUBLE PRECISION NOT NULL,
+            pipeline TEXT NOT NULL, camera TEXT NOT NULL, roi TEXT NOT NULL,
+            label TEXT NOT NULL, confidence DOUBLE PRECISION NOT NULL, reason TEXT NOT NULL,
+            model_name TEXT NOT NULL, model_version TEXT NOT NULL, true_label TEXT,
+            labelled_by TEXT, labelled_at DOUBLE PRECISION, PRIMARY KEY (device_id, seq))""",
+        "CREATE INDEX samples_queue ON samples (true_label, confidence)",
+        "CREATE INDEX samples_newest ON samples (created_at, device_id, seq)",
+        "INSERT INTO samples (device_id, seq, created_at, pipeline, camera, roi, label, "
+        "confidence, reason, model_name, model_version) SELECT device_id, seq, created_at, "
+        "COALESCE(CAST(payload AS jsonb) ->> 'pipeline', ''), "
+        "COALESCE(CAST(payload AS jsonb) ->> 'camera', ''), "
+        "COALESCE(CAST(payload AS jsonb) ->> 'roi', ''), "
+        "COALESCE(CAST(payload AS jsonb) ->> 'label', ''), "
+        "COALESCE(CAST(CAST(payload AS jsonb) ->> 'confidence' AS DOUBLE PRECISION), 0), "
+        "COALESCE(CAST(payload AS jsonb) ->> 'reason', ''), "
+        "COALESCE(CAST(payload AS jsonb) -> 'model' ->> 'name', ''), "
+        "COALESCE(CAST(payload AS jsonb) -> 'model' ->> 'version', '') "
+        "FROM records WHERE type = 'sample'",
+        """CREATE TABLE datasets (
+            name TEXT NOT NULL, version INTEGER NOT NULL, dataset_id TEXT NOT NULL,
+            kind TEXT NOT NULL, manifest TEXT NOT NULL, items INTEGER NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL, created_by TEXT NOT NULL,
+            PRIMARY KEY (name, version))""",
+        "CREATE INDEX datasets_id ON datasets (dataset_id)",
+        """CREATE FUNCTION datasets_are_immutable() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN RAISE EXCEPTION 'dataset versions are immutable'; END $$""",
+        """CREATE TRIGGER datasets_are_immutable BEFORE UPDATE ON datasets
+            FOR EACH ROW EXECUTE FUNCTION datasets_are_immutable()""",
+        """CREATE TABLE dataset_images (
+            sha256 TEXT PRIMARY KEY, data BYTEA NOT NULL, width INTEGER NOT NULL,
+            height INTEGER NOT NULL, created_at DOUBLE PRECISION NOT NULL)""",
+        """CREATE TABLE evaluations (
+            evaluation_id TEXT PRIMARY KEY, model_name TEXT NOT NULL, version TEXT NOT NULL,
+            dataset TEXT NOT NULL, dataset_id TEXT NOT NULL, baseline_version TEXT NOT NULL,
+            report TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL,
+            created_by TEXT NOT NULL)""",
+        "CREATE INDEX evaluations_model ON evaluations (model_name, version, created_at)",
+        """CREATE TABLE model_states (
+            model_name TEXT NOT NULL, version TEXT NOT NULL, state TEXT NOT NULL,
+            evaluation_id TEXT, approved_by TEXT, approved_at DOUBLE PRECISION,
+            reason TEXT NOT NULL DEFAULT '', updated_at DOUBLE PRECISION NOT NULL,
+            updated_by TEXT NOT NULL, PRIMARY KEY (model_name, version))""",
+        "INSERT INTO model_states (model_name, version, state, approved_by, approved_at, "
+        "reason, updated_at, updated_by) SELECT name, version, 'approved', 'central', "
+        "published_at, 'published before approvals: approved on upgrade', published_at, "
+        "'central' FROM models",
+        "ALTER TABLE audit_log ADD COLUMN seq BIGINT",
+        "ALTER TABLE audit_log ADD COLUMN prev_hash TEXT",
+        "ALTER TABLE audit_log ADD COLUMN entry_hash TEXT",
+        "CREATE UNIQUE INDEX audit_log_seq ON audit_log (seq)",
     )),
 )
 

@@ -112,6 +112,10 @@ class Lineage(BaseModel):
     code_revision: str = ""
     author: str = ""
     notes: str = ""
+    dataset: str = Field("", description="The dataset version it was trained on, NAME@N, as "
+                         "central's `dataset list` names it ('' when trained elsewhere)")
+    dataset_id: str = Field("", pattern=r"^([0-9a-f]{64})?$",
+                            description="That dataset version's id: the SHA-256 of its manifest")
 
 
 class TrainingSummary(BaseModel):
