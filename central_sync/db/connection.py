@@ -7,6 +7,7 @@ functions, upserts) the repository asks for by `dialect`. Rows come back as dict
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import re
@@ -114,7 +115,30 @@ class SQLiteConnection:
         return self._db.query(sql, tuple(params))
 
     def atomic(self) -> AbstractContextManager[Any]:
-        return self._db.atomic()
+        """A transaction (nested: a savepoint) that takes the write lock when it begins
+        (BEGIN IMMEDIATE). One that read first would fail at its first write if another
+        process wrote meanwhile; this one waits for it (busy_timeout) and reads after it, so
+        a read-then-write such as the audit chain's head cannot act on a stale read."""
+        if self._db.conn.in_transaction:
+            return self._db.atomic()
+        return self._immediate()
+
+    @contextlib.contextmanager
+    def _immediate(self) -> Iterator[Database]:
+        conn = self._db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            if conn.in_transaction:  # an error may have ended it already
+                conn.execute("ROLLBACK")
+            raise
+        try:
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         self._db.close()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from central_sync.db.accounts import AccountQueries
+from central_sync.db.audit import AuditQueries
 from central_sync.db.broker_accounts import BrokerAccountQueries
 from central_sync.db.connection import open_connection, serialised
 from central_sync.db.record_parts import RecordPartQueries
@@ -50,8 +51,8 @@ CLOSED_DEPLOYMENT_STATES = frozenset({"activated", "confirmed", "failed", "rolle
 ROLLBACK_TO_PREVIOUS = "previous"  # a rollback's version when it returns to the one before
 
 
-class CentralDB(ReviewQueries, RolloutQueries, AccountQueries, BrokerAccountQueries,
-                RecordPartQueries):
+class CentralDB(AuditQueries, ReviewQueries, RolloutQueries, AccountQueries,
+                BrokerAccountQueries, RecordPartQueries):
     """Central's database. Thread-safe: calls are serialised on one connection.
 
     Callers on an asyncio loop run these methods in a worker thread, never on the loop.
@@ -65,6 +66,7 @@ class CentralDB(ReviewQueries, RolloutQueries, AccountQueries, BrokerAccountQuer
         self._lock = threading.RLock()
         with self._lock:
             apply_migrations(self._db)
+            self._chain_unchained_audit()
 
     def close(self) -> None:
         with self._lock:
@@ -382,21 +384,6 @@ class CentralDB(ReviewQueries, RolloutQueries, AccountQueries, BrokerAccountQuer
                 for row in self._db.query(
                     f"SELECT device_id, payload FROM model_stats{where} ORDER BY ended_at",
                     params)]
-
-    @serialised
-    def audit(self, actor: str, action: str, subject: str, detail: str = "") -> None:
-        with self._db.atomic():
-            self._audit(actor, action, subject, detail)
-
-    @serialised
-    def list_audit(self, limit: int = 100) -> list[dict[str, Any]]:
-        return list(self._db.query(
-            "SELECT * FROM audit_log ORDER BY at DESC LIMIT ?", (limit,)))
-
-    def _audit(self, actor: str, action: str, subject: str, detail: str) -> None:
-        self._db.execute(
-            "INSERT INTO audit_log (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
-            (time.time(), actor or "unknown", action, subject, detail))
 
 
 # The statements that differ between SQLite and PostgreSQL: JSON functions.
