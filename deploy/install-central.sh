@@ -110,7 +110,7 @@ fi
 # --- the program -----------------------------------------------------------------------------
 if [ -n "$venv" ]; then
     [ -x "$venv/bin/central-sync" ] || die "--venv $venv: $venv/bin/central-sync not found;" \
-        "install this package there (pip install '$checkout[postgres]') or leave --venv out"
+        "install this package there (pip install '$checkout[postgres,training]') or leave --venv out"
     venv="$(cd "$venv" && pwd)"
 else
     venv="$root/opt/central-sync"

@@ -10,7 +10,8 @@ Resolves pyproject.toml's dependencies (and setuptools, to build this package) f
 and newer on every platform, and writes them with exact versions and the SHA-256 of every
 published file:
   deploy/locks/agent.txt    edge-agent: what deploy/install-agent.sh installs
-  deploy/locks/central.txt  central-sync with PostgreSQL: deploy/install-central.sh, Dockerfile
+  deploy/locks/central.txt  central-sync with PostgreSQL and `central-sync train`:
+                            deploy/install-central.sh, Dockerfile
 pip then installs them with --require-hashes: a file on the index that changed after locking,
 or a dependency nobody locked, stops the install.
 
@@ -41,5 +42,5 @@ compile() {  # output, extra options...
         "${upgrade[@]}" --output-file "$output"
 }
 compile deploy/locks/agent.txt
-compile deploy/locks/central.txt --extra postgres
+compile deploy/locks/central.txt --extra postgres --extra training
 echo "lock.sh: wrote deploy/locks/agent.txt and deploy/locks/central.txt"

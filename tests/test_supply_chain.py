@@ -52,7 +52,8 @@ def wanted(extra: str | None) -> list[Requirement]:
     return requirements
 
 
-@pytest.mark.parametrize(("lock", "extra"), [("agent.txt", None), ("central.txt", "postgres")])
+@pytest.mark.parametrize(("lock", "extra"), [("agent.txt", None), ("central.txt", "postgres"),
+                                             ("central.txt", "training")])
 def test_lock_pins_every_dependency_with_hashes_within_pyproject_bounds(
         lock: str, extra: str | None) -> None:
     entries = locked(LOCKS / lock)
