@@ -47,6 +47,20 @@ class WebConfig(BaseModel):
         "again")
 
 
+class ModelsConfig(BaseModel):
+    """What a model version must pass before it reaches a line."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    require_approval: bool = Field(
+        True, description="Deploys and rollouts take only versions that were evaluated and "
+        "then approved by a second account (engineer or admin, not the publisher); false: "
+        "any published version that was not rejected or retired")
+    max_evaluation_items: int = Field(
+        20_000, ge=1, le=1_000_000, description="Items (images, or recorded predictions of "
+        "a process model) an evaluation runs at most; a larger test split is sampled evenly")
+
+
 class ProvisioningConfig(BaseModel):
     """Where `central-sync device add|remove|rotate` keeps Mosquitto's accounts, and what the
     bundle for a new gateway says."""
@@ -113,6 +127,7 @@ class CentralConfig(BaseModel):
         "an MQTT shared subscription ($share/GROUP/...), each message going to one of them")
     web: WebConfig = Field(default_factory=WebConfig)
     ingest: IngestLimits = Field(default_factory=IngestLimits)
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
     provisioning: ProvisioningConfig = Field(
         default_factory=dict, validate_default=True)  # type: ignore[arg-type]
     signing_key_path: Path = Field(

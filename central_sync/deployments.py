@@ -70,13 +70,17 @@ def signed_manifest(manifest: ModelManifest, signer: Signer) -> ModelManifest:
 
 
 def deploy_command(db: CentralDB, signer: Signer, name: str, version: str, device_id: str,
-                   issued_by: str) -> DeployCommand:
-    """The signed command deploying name@version to one device (not yet recorded or sent)."""
+                   issued_by: str, *, approval_required: bool = True) -> DeployCommand:
+    """The signed command deploying name@version to one device (not yet recorded or sent).
+
+    NotApproved (saying what to do) unless the version may be deployed: approved, or with
+    `approval_required` off (central's `models.require_approval`) not rejected or retired."""
     manifest = db.get_model(name, version)
     if manifest is None:
         raise UnknownModel(unknown_model_message(name, version))
-    return signer.signed(DeployCommand(device_id=device_id,
-                                       manifest=signed_manifest(manifest, signer),
+    sent = signed_manifest(manifest, signer)
+    db.require_deployable(name, version, approval_required)
+    return signer.signed(DeployCommand(device_id=device_id, manifest=sent,
                                        issued_by=issued_by))
 
 
@@ -89,15 +93,18 @@ async def deploy(
     device_id: str,
     issued_by: str,
     topics: Topics | None = None,
+    *,
+    approval_required: bool = True,
 ) -> DeployCommand:
     """Record a deployment (with its audit entry) and send the signed command, QoS 1.
 
-    Database calls run in a worker thread. If the command cannot be sent the deployment is
-    marked failed and NotConnected is raised.
+    Database calls run in a worker thread. NotApproved when the version may not be deployed
+    (see deploy_command). If the command cannot be sent the deployment is marked failed and
+    NotConnected is raised.
     """
     topics = topics or Topics()
     command = await asyncio.to_thread(deploy_command, db, signer, name, version, device_id,
-                                      issued_by)
+                                      issued_by, approval_required=approval_required)
     await asyncio.to_thread(db.create_deployment, command)
     try:
         await transport.publish(topics.commands(device_id), encode(command), qos=1)
@@ -121,6 +128,8 @@ async def deploy_and_wait(
     timeout_s: float,
     on_event: Callable[[DeploymentEvent], None] | None = None,
     topics: Topics | None = None,
+    *,
+    approval_required: bool = True,
 ) -> tuple[DeployCommand, DeploymentEvent | None]:
     """Deploy, then follow the device's steps until activated, failed or rolled back.
 
@@ -140,7 +149,7 @@ async def deploy_and_wait(
     await transport.subscribe(topic, collect, qos=1)
     try:
         command = await deploy(db, transport, signer, name, version, device_id, issued_by,
-                               topics)
+                               topics, approval_required=approval_required)
         final = await _follow(events, command.command_id, timeout_s, on_event)
     finally:
         await transport.unsubscribe(topic)

@@ -24,7 +24,13 @@ from collections import Counter
 from collections.abc import Collection, Sequence
 
 from central_sync.config import CentralConfig
-from central_sync.db import ROLLOUT_ACTIVE_STATES, CentralDB, Rollout, RolloutDevice
+from central_sync.db import (
+    ROLLOUT_ACTIVE_STATES,
+    CentralDB,
+    NotApproved,
+    Rollout,
+    RolloutDevice,
+)
 from central_sync.deployments import (
     TamperedManifest,
     UnknownModel,
@@ -109,10 +115,13 @@ def start_rollout(db: CentralDB, name: str, version: str, devices: Sequence[str]
                   canary_devices: Sequence[str] = (),
                   offline_after_s: float = DEFAULT_OFFLINE_AFTER_S,
                   rng: random.Random | None = None,
-                  signer: Signer | None = None) -> Rollout:
+                  signer: Signer | None = None,
+                  approval_required: bool = True) -> Rollout:
     """Record a new rollout; the engine in `serve` carries it out. The canary wave is
     `canary_devices` when named, else `canary` devices drawn among the healthy ones. With
-    central's `signer` the stored manifest is checked now, not only when a wave is sent."""
+    central's `signer` the stored manifest is checked now, not only when a wave is sent.
+    Refused unless the version may be deployed (`approval_required`: central's
+    `models.require_approval`)."""
     manifest = db.get_model(name, version)
     if manifest is None:
         raise RolloutError(unknown_model_message(name, version))
@@ -121,6 +130,10 @@ def start_rollout(db: CentralDB, name: str, version: str, devices: Sequence[str]
             signed_manifest(manifest, signer)
         except TamperedManifest as exc:
             raise RolloutError(str(exc)) from None
+    try:
+        db.require_deployable(name, version, approval_required)
+    except NotApproved as exc:
+        raise RolloutError(str(exc)) from None
     if not 0 < success_ratio <= 1:
         raise RolloutError(f"success ratio {success_ratio} must be in (0, 1], e.g. 0.9")
     busy = [r for r in db.list_rollouts(("running", "paused")) if r.model_name == name]
@@ -188,8 +201,11 @@ class RolloutEngine:
 
     def __init__(self, db: CentralDB, transport: Transport, signer: Signer, topics: Topics,
                  interval_s: float = ROLLOUT_STEP_INTERVAL_S, holder: str = "central",
-                 lease_s: float = ROLLOUT_LEASE_S) -> None:
+                 lease_s: float = ROLLOUT_LEASE_S, approval_required: bool = True) -> None:
         self.db = db
+        # Checked again before each wave is sent: a version rejected or retired meanwhile
+        # halts its rollout. Rolling devices back never depends on it.
+        self.approval_required = approval_required
         self.transport = transport
         self.signer = signer
         self.topics = topics
@@ -262,8 +278,9 @@ class RolloutEngine:
             try:
                 command = await deploy(self.db, self.transport, self.signer, rollout.model_name,
                                        rollout.version, device.device_id,
-                                       f"rollout {rollout.rollout_id}", self.topics)
-            except (UnknownModel, TamperedManifest) as exc:
+                                       f"rollout {rollout.rollout_id}", self.topics,
+                                       approval_required=self.approval_required)
+            except (UnknownModel, TamperedManifest, NotApproved) as exc:
                 await self._set(rollout, "halted", f"cannot deploy: {exc}")
                 return
             except NotConnected:

@@ -140,8 +140,9 @@ class CentralService:
                 topic_filter = self.topics.shared(topic_filter, group)
             await self.transport.subscribe(topic_filter, handler, qos=1)
         await self.transport.start()
-        self.rollouts = RolloutEngine(self.db, self.transport, signer, self.topics,
-                                      holder=self.config.central_id)
+        self.rollouts = RolloutEngine(
+            self.db, self.transport, signer, self.topics, holder=self.config.central_id,
+            approval_required=self.config.models.require_approval)
         self._standing = {self._spawn(self.rollouts.run()),
                           self._spawn(self._expire_unfinished_records())}
         if self.config.web.port:

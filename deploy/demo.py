@@ -131,6 +131,9 @@ def write_configs(workdir: Path, ports: dict[str, int]) -> tuple[Path, Path]:
         "database_url: sqlite:///central/central.db\n"
         "artifact_dir: central/artifacts\n"
         f"web: {{host: 127.0.0.1, port: {ports['central_web']}}}\n"
+        # The demo's first versions go out before any frame is labelled, so there is nothing
+        # to evaluate them on: approvals are off here. A plant keeps them on (the default).
+        "models: {require_approval: false}\n"
         "signing_key_path: central/keys/signing.key\n"
     )
     agent_template = (REPO / "deploy" / "edge-agent.example.yaml").read_text()

@@ -101,7 +101,8 @@ class Plant:
     async def deploy(self, version: str) -> DeploymentEvent | None:
         assert self.central.db is not None
         _, final = await deploy_and_wait(self.central.db, self.cli, TEST_SIGNER, MODEL,
-                                         version, DEVICE, "test", timeout_s=30)
+                                         version, DEVICE, "test", timeout_s=30,
+                                         approval_required=False)
         return final
 
     async def send(self, command: DeployCommand | RollbackCommand) -> None:

@@ -61,6 +61,7 @@ def write_configs(workdir: Path, mqtt_port: int, opcua_endpoint: str, protocol: 
         "artifact_dir: central/artifacts\n"
         "chunk_size_bytes: 16384\n"
         "web: {port: 0}\n"
+        "models: {require_approval: false}\n"
         "signing_key_path: central/keys/signing.key\n"
     )
     agent_port = free_port()

@@ -578,7 +578,7 @@ class CentralWorld:
         assert self.service.db is not None
         self.follower = asyncio.create_task(deploy_and_wait(
             self.service.db, cli, TEST_SIGNER, self.manifest.name, self.manifest.version,
-            DEVICE, "fuzz", timeout_s=3600))
+            DEVICE, "fuzz", timeout_s=3600, approval_required=False))
         await wait_until_async(lambda: self.commands, what="the followed deployment's command")
 
     @staticmethod

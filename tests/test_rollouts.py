@@ -105,7 +105,7 @@ class Fleet:
 
     async def roll_out(self, version: str, devices: list[str], **options: object) -> str:
         rollout = start_rollout(self.db, MODEL, version, devices, "group line-3", "test",
-                                **options)  # type: ignore[arg-type]
+                                approval_required=False, **options)  # type: ignore[arg-type]
         return rollout.rollout_id
 
     async def ended(self, rollout_id: str, timeout_s: float = 60) -> str:
@@ -120,6 +120,7 @@ class Fleet:
 async def start_fleet(tmp: Path, mosquitto: Mosquitto, devices: list[str] = DEVICES) -> Fleet:
     config = CentralConfig(database_url=f"sqlite:///{tmp / 'central.db'}",
                            artifact_dir=tmp / "artifacts", web={"port": 0},
+                           models={"require_approval": False},
                            broker=BrokerConfig(port=mosquitto.port),
                            signing_key_path=write_test_keys(tmp / "keys")[0])
     fleet = Fleet(tmp, config, None, {})
@@ -190,7 +191,7 @@ def test_a_device_reporting_another_line_s_label_is_not_in_its_rollout_nor_its_c
         assert group == DEVICES
         await fleet.publish("1.1.0", metadata())
         rollout = start_rollout(fleet.db, MODEL, "1.1.0", group, "group line-3", "test",
-                                canary=1, waves="100%")
+                                canary=1, waves="100%", approval_required=False)
         devices = fleet.db.rollout_devices(rollout.rollout_id)
         assert "gw0" not in {d.device_id for d in devices}
         assert await fleet.ended(rollout.rollout_id) == "completed"
@@ -301,7 +302,7 @@ def test_paused_rollout_survives_a_central_restart_then_resumes_and_rolls_back(
         await fleet.stop_central()
         db = CentralDB(fleet.config.database_url)
         rollout = start_rollout(db, MODEL, "1.1.0", ["gw1", "gw2"], "devices gw1, gw2", "ann",
-                                canary=1)
+                                canary=1, approval_required=False)
         change_rollout(db, rollout.rollout_id, "pause", "ann")
         db.close()
         await fleet.start_central()

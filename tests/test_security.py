@@ -121,6 +121,7 @@ def plant(tmp_path: Path) -> Iterator[SecurePlant]:
         "artifact_dir: central/artifacts\n"
         "chunk_size_bytes: 16384\n"
         "web: {port: 0}\n"
+        "models: {require_approval: false}\n"
         "signing_key_path: central/keys/signing.key\n"
         "provisioning:\n"
         f"  password_file: {root}/passwd\n"

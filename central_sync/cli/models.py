@@ -30,6 +30,7 @@ from central_sync.cli.common import (
     parse_model_ref,
     seconds_ago,
 )
+from central_sync.cli.model_review import add_review_commands
 from edge_agent.kernel.contract import ID_PATTERN, DeploymentEvent, ModelManifest, Topics
 
 if TYPE_CHECKING:
@@ -72,16 +73,20 @@ def cmd_model_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_model_list(args: argparse.Namespace) -> int:
+    from central_sync.cli.model_review import state_text
+
     config = load_config(args)
     with open_database(config) as db:
         models = db.list_models()
+        states = db.model_states()
     table = Table(title=f"Models in {config.database_name}")
-    for column in ("name", "version", "kind", "sha256", "size", "inputs", "outputs",
+    for column in ("name", "version", "kind", "state", "sha256", "size", "inputs", "outputs",
                    "published", "by"):
         table.add_column(column, no_wrap=column in ("name", "version", "sha256"))
     for item in models:
         m = item.manifest
-        table.add_row(m.name, m.version, m.kind, m.sha256[:12], f"{m.size_bytes:,}",
+        table.add_row(m.name, m.version, m.kind, state_text(states.get((m.name, m.version))),
+                      m.sha256[:12], f"{m.size_bytes:,}",
                       ", ".join(s.name for s in m.inputs), ", ".join(s.name for s in m.outputs),
                       seconds_ago(m.published_at), item.published_by)
     console = make_console()
@@ -94,12 +99,15 @@ def cmd_model_list(args: argparse.Namespace) -> int:
 
 
 def cmd_model_show(args: argparse.Namespace) -> int:
+    from central_sync.cli.model_review import review_rows
+
     name, version = parse_model_ref(args.model)
     config = load_config(args)
     with open_database(config) as db:
         manifest = _model_or_usage_error(db, name, version)
         published_by = next((m.published_by for m in db.list_models()
                              if m.manifest.ref == manifest.ref), "?")
+        review = review_rows(db, name, version)
     console = make_console()
     table = Table(show_header=False, title=f"{name} {version}", title_justify="left")
     table.add_column("field", style="bold")
@@ -110,6 +118,8 @@ def cmd_model_show(args: argparse.Namespace) -> int:
     table.add_row("signed by", f"key {manifest.key_id or '(unsigned)'}")
     published = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(manifest.published_at))
     table.add_row("published", f"{published} by {published_by}")
+    for field, value in review:
+        table.add_row(field, value)
     for side, specs in (("input", manifest.inputs), ("output", manifest.outputs)):
         for spec in specs:
             table.add_row(side, f"{spec.name}: {spec.dtype} {spec.shape}")
@@ -163,24 +173,33 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     if not re.fullmatch(ID_PATTERN, args.device):
         raise UsageError(f"device id {args.device!r} is not valid: use letters, digits, . _ -")
     config = load_config(args)
+    from central_sync.db import NotApproved
     from central_sync.deployments import unknown_model_message
 
     with open_database(config) as db:
-        # Checked before connecting to the broker, so a typo fails fast.
+        # Checked before connecting to the broker, so a typo or an unapproved version fails
+        # fast; deploy() checks the approval again when it issues the command.
         if db.get_model(name, version) is None:
             raise UsageError(unknown_model_message(name, version))
+        try:
+            db.require_deployable(name, version, config.models.require_approval)
+        except NotApproved as exc:
+            make_console().print(f"[red]deploy refused[/]: {exc}", highlight=False)
+            return EXIT_FAILED
         args.by = acting_user(db, args, "engineer")
         return asyncio.run(_deploy(config, db, name, version, args))
 
 
 async def _deploy(config: CentralConfig, db: CentralDB, name: str, version: str,
                   args: argparse.Namespace) -> int:
+    from central_sync.db import NotApproved
     from central_sync.deployments import TamperedManifest, deploy, deploy_and_wait
     from edge_agent.kernel.transport import NotConnected
     from edge_agent.kernel.transport.mqtt import MqttTransport
 
     console = make_console()
     signer = config.signer()
+    approval_required = config.models.require_approval
     broker = config.broker.model_copy(update={"client_id": None})
     client_id = f"{config.central_id}-cli-{secrets.token_hex(4)}"
     transport = MqttTransport(broker, client_id=client_id, persistent_session=False)
@@ -194,17 +213,18 @@ async def _deploy(config: CentralConfig, db: CentralDB, name: str, version: str,
         try:
             if args.wait is None:
                 command = await deploy(db, transport, signer, name, version, args.device,
-                                       args.by, topics)
+                                       args.by, topics, approval_required=approval_required)
                 console.print(f"deploy {name} {version} sent to {args.device} "
                               f"(command {command.command_id}); add --wait 120 to follow it")
                 return EXIT_OK
             command, final = await deploy_and_wait(
                 db, transport, signer, name, version, args.device, args.by,
-                timeout_s=args.wait, on_event=_event_printer(console), topics=topics)
+                timeout_s=args.wait, on_event=_event_printer(console), topics=topics,
+                approval_required=approval_required)
         except NotConnected as exc:
             console.print(f"[red]deploy command not sent[/]: {exc}")
             return EXIT_FAILED
-        except TamperedManifest as exc:
+        except (TamperedManifest, NotApproved) as exc:
             console.print(f"[red]deploy refused[/]: {exc}")
             return EXIT_FAILED
     finally:
@@ -231,9 +251,13 @@ def _event_printer(console: Console) -> Callable[[DeploymentEvent], None]:
 
 def add_commands(commands: Subcommands) -> None:
     actions = add_group(
-        commands, "model", help="publish, list, show and compare model versions",
-        description="The model registry: immutable, versioned ONNX artifacts.",
+        commands, "model", help="publish, evaluate, approve, list, show and compare model "
+                                "versions",
+        description="The model registry: immutable, versioned ONNX artifacts. A version is "
+                    "published, evaluated, approved by a second account, and only then "
+                    "deployed (central's models.require_approval), or rejected or retired.",
         examples=["central-sync model publish scrap.onnx --name extruder-scrap --version 1.0.0",
+                  "central-sync model approve extruder-scrap@1.0.0",
                   "central-sync model list"],
         dest="model_command")
     _add_publish(actions)
@@ -259,6 +283,7 @@ def add_commands(commands: Subcommands) -> None:
         description="List every published model version.",
         examples=["central-sync model list -c central-sync.yaml"])
     listing.set_defaults(func=cmd_model_list)
+    add_review_commands(actions)
     _add_deploy(commands)
 
 

@@ -62,7 +62,8 @@ def cmd_rollout_start(args: argparse.Namespace) -> int:
                                     wave_timeout_s=args.wave_timeout,
                                     canary_devices=args.canary_device,
                                     offline_after_s=config.offline_after_s,
-                                    signer=config.signer())
+                                    signer=config.signer(),
+                                    approval_required=config.models.require_approval)
         except RolloutError as exc:
             raise UsageError(str(exc)) from None
         console = make_console()

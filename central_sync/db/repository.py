@@ -17,6 +17,7 @@ from central_sync.db.accounts import AccountQueries
 from central_sync.db.audit import AuditQueries
 from central_sync.db.broker_accounts import BrokerAccountQueries
 from central_sync.db.connection import open_connection, serialised
+from central_sync.db.model_states import ModelStateQueries
 from central_sync.db.record_parts import RecordPartQueries
 from central_sync.db.review import ReviewQueries
 from central_sync.db.rollouts import RolloutQueries
@@ -52,7 +53,7 @@ ROLLBACK_TO_PREVIOUS = "previous"  # a rollback's version when it returns to the
 
 
 class CentralDB(AuditQueries, ReviewQueries, RolloutQueries, AccountQueries,
-                BrokerAccountQueries, RecordPartQueries):
+                BrokerAccountQueries, RecordPartQueries, ModelStateQueries):
     """Central's database. Thread-safe: calls are serialised on one connection.
 
     Callers on an asyncio loop run these methods in a worker thread, never on the loop.
@@ -174,6 +175,7 @@ class CentralDB(AuditQueries, ReviewQueries, RolloutQueries, AccountQueries,
                 (manifest.name, manifest.version, manifest.kind, manifest.sha256,
                  manifest.size_bytes, manifest.model_dump_json(), manifest.published_at,
                  published_by))
+            self._set_published_unlocked(manifest.name, manifest.version, published_by)
             self._audit(published_by, "model.publish", f"{manifest.name}@{manifest.version}",
                         f"sha256={manifest.sha256} size_bytes={manifest.size_bytes}")
         return manifest

@@ -203,6 +203,7 @@ class Plant:
             f"central_id: bench-central\nbroker: {{port: {self.mqtt_port}}}\n"
             "database_url: sqlite:///central.db\nartifact_dir: artifacts\n"
             f"chunk_size_bytes: {self.chunk_size}\nweb: {{port: 0}}\n"
+            "models: {require_approval: false}\n"
             "signing_key_path: keys/signing.key\n")
         self.cli("keys", "init")
 

@@ -88,6 +88,7 @@ def write_config(folder: Path, broker_port: int = 1883, web_port: int = 0,
         "artifact_dir: var/artifacts\n"
         "chunk_size_bytes: 1024\n"
         f"web:\n  port: {web_port}\n"
+        "models:\n  require_approval: false\n"  # tests/central_sync/test_approvals.py: on
     )
     write_test_keys(folder / "var" / "central" / "keys")  # the default signing_key_path
     return path

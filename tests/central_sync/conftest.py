@@ -33,6 +33,7 @@ def central_config(tmp_path: Path, database_url: str) -> CentralConfig:
         artifact_dir=tmp_path / "artifacts",
         chunk_size_bytes=1024,
         web={"port": 0},
+        models={"require_approval": False},  # tests/central_sync/test_approvals.py: on
         signing_key_path=write_test_keys(tmp_path / "keys")[0],
     )
 

@@ -65,7 +65,7 @@ def test_deploy_sends_the_stored_manifest_and_records_deployment_and_audit(
         await central.start()
         db = CentralDB(published.database_url)
         command = await deploy(db, central, TEST_SIGNER, "scrap-model", "1.0.0", "gw-1",
-                               "alice")
+                               "alice", approval_required=False)
         [received] = device.commands
         assert received == command
         assert received.manifest == db.get_model("scrap-model", "1.0.0")
@@ -106,7 +106,7 @@ def test_deployment_steps_reach_the_service_and_its_database(published: CentralC
         seen: list[str] = []
         command, final = await deploy_and_wait(
             service.db, cli, TEST_SIGNER, "scrap-model", "1.0.0", "gw-1", "alice", timeout_s=5,
-            on_event=lambda e: seen.append(e.step))
+            on_event=lambda e: seen.append(e.step), approval_required=False)
         assert final is not None and final.step == "activated"
         assert seen == ["received", "downloading", "activated"]
         row = await service.db_call(service.db.get_deployment, command.command_id)
@@ -125,7 +125,7 @@ def test_failed_deployment_is_reported_with_its_detail(published: CentralConfig)
         await cli.start()
         db = CentralDB(published.database_url)
         _, final = await deploy_and_wait(db, cli, TEST_SIGNER, "scrap-model", "1.0.0", "gw-1",
-                                         "alice", timeout_s=5)
+                                         "alice", timeout_s=5, approval_required=False)
         assert final is not None
         assert (final.step, final.detail) == ("failed", "health check failed")
         db.close()
@@ -141,7 +141,7 @@ def test_silent_device_times_out_without_final_event(published: CentralConfig) -
         await cli.start()
         db = CentralDB(published.database_url)
         _, final = await deploy_and_wait(db, cli, TEST_SIGNER, "scrap-model", "1.0.0", "gw-1",
-                                         "alice", timeout_s=0.2)
+                                         "alice", timeout_s=0.2, approval_required=False)
         assert final is None
         db.close()
 

@@ -64,7 +64,8 @@ def deploy_to_device(db: CentralDB, signer: Signer, version: str) -> list[Deploy
 
         await device.subscribe(TOPICS.commands("gw-1"), on_command)
         try:
-            await deploy(db, central, signer, MODEL, version, "gw-1", "alice", TOPICS)
+            await deploy(db, central, signer, MODEL, version, "gw-1", "alice", TOPICS,
+                         approval_required=False)
         finally:
             await central.stop()
             await device.stop()

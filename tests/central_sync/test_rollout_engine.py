@@ -32,7 +32,8 @@ def _two_rollouts(config: CentralConfig, folder: Path) -> list[Rollout]:
         for index, (name, device) in enumerate((("model-a", "gw-1"), ("model-b", "gw-2"))):
             model = make_onnx_model(folder / f"{name}.onnx", weight=index + 1.0)
             publish_model(db, config.artifact_dir, model, name, "1.0.0", signer=TEST_SIGNER)
-            start_rollout(db, name, "1.0.0", [device], f"devices {device}", "test", canary=0)
+            start_rollout(db, name, "1.0.0", [device], f"devices {device}", "test", canary=0,
+                          approval_required=False)
         return db.list_rollouts()
     finally:
         db.close()

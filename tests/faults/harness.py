@@ -84,6 +84,7 @@ class Plant:
             "artifact_dir: central/artifacts\n"
             "chunk_size_bytes: 16384\n"
             "web: {port: 0}\n"
+            "models: {require_approval: false}\n"
             "signing_key_path: central/keys/signing.key\n"
         )
         nodes = ", ".join(f"{tag}: 'ns=2;s=line1.{tag}'" for tag in TAGS)
