@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from central_sync import __version__
 from central_sync.db import CentralDB, DeviceSummary
 from central_sync.metrics import central_registry
+from central_sync.web.audit import audit_router
 from central_sync.web.auth import PASSWORD_CHECKS_AT_ONCE, api_reader, login_router
 from central_sync.web.headers import SecurityHeaders
 from central_sync.web.pages import model_health, pages_router
@@ -126,6 +127,7 @@ def create_app(
 
     app.include_router(login_router(db, password_checks_at_once))
     app.include_router(review_router(db))
+    app.include_router(audit_router(db))
     app.include_router(pages_router(db, offline_after_s))
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
     return app
