@@ -1,5 +1,5 @@
 """Central's pages for engineers: the fleet, devices, models with their version history,
-lineage and drift charts, rollouts (live), recommendations, and the audit log.
+lineage and drift charts, rollouts (live) and recommendations (the audit log: web/audit.py).
 Server-rendered; charts are inline SVG made here."""
 
 import logging
@@ -107,11 +107,6 @@ def pages_router(db: CentralDB, offline_after_s: float) -> APIRouter:
     def recommendations(session: page) -> str:
         return templates.get_template("recommendations.html").render(
             session=session, rows=recommendation_rows(db))
-
-    @router.get("/audit", response_class=HTMLResponse)
-    def audit(session: page) -> str:
-        return templates.get_template("audit.html").render(session=session,
-                                                            entries=db.list_audit(500))
 
     return router
 
