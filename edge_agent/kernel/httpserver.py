@@ -7,7 +7,7 @@ import asyncio
 import logging
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -32,20 +32,29 @@ class _BodyTooLarge(Exception):
 
 class BodyLimit:
     """ASGI middleware: a request whose Content-Length is over `max_bytes` gets 413 before any
-    of its body is read; a body streamed without one (chunked) is cut off at the limit."""
+    of its body is read; a body streamed without one (chunked) is cut off at the limit.
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
+    `path_limits` names exact paths whose app refuses an oversize body itself, with its own
+    answer (an upload streamed to disk): their Content-Length is left to the app, and their
+    body is cut off at that path's limit should the app read on."""
+
+    def __init__(self, app: Any, max_bytes: int,
+                 path_limits: Mapping[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.path_limits = dict(path_limits or {})
 
     async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.path_limits.get(scope.get("path", ""))
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await self._refuse(send, scope)
+        if limit is None and declared is not None and (
+                not declared.isdigit() or int(declared) > self.max_bytes):
+            await self._refuse(send, scope, self.max_bytes)
             return
+        limit = self.max_bytes if limit is None else limit
         received = 0
         state = {"started": False, "refused": False}
 
@@ -53,10 +62,10 @@ class BodyLimit:
             nonlocal received
             message = await receive()
             received += len(message.get("body", b""))
-            if received > self.max_bytes and not state["refused"]:
+            if received > limit and not state["refused"]:
                 state["refused"] = True
                 if not state["started"]:
-                    await self._refuse(send, scope)
+                    await self._refuse(send, scope, limit)
                 raise _BodyTooLarge
             return message
 
@@ -73,10 +82,9 @@ class BodyLimit:
                 raise
             # The app failed because its body was cut off at the limit: answered already.
 
-    async def _refuse(self, send: Send, scope: Message) -> None:
-        log.info("request body refused path=%s limit_bytes=%d", scope.get("path"),
-                 self.max_bytes)
-        body = (f"request body too large: this server accepts at most {self.max_bytes} bytes "
+    async def _refuse(self, send: Send, scope: Message, limit: int) -> None:
+        log.info("request body refused path=%s limit_bytes=%d", scope.get("path"), limit)
+        body = (f"request body too large: this server accepts at most {limit} bytes "
                 "per request\n").encode()
         await send({"type": "http.response.start", "status": 413, "headers": [
             (b"content-type", b"text/plain; charset=utf-8"),
@@ -96,17 +104,19 @@ class _EmbeddedServer(uvicorn.Server):
 
 class WebServer:
     """Runs an ASGI app with uvicorn as a task of the current asyncio loop; with a certificate
-    and key it serves HTTPS."""
+    and key it serves HTTPS. Request bodies are bounded by `max_body_bytes`, or for the exact
+    paths in `body_limits` by the app itself (BodyLimit's path_limits)."""
 
     def __init__(self, app: Any, host: str, port: int, setting: str = "web.port", *,
                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                 body_limits: Mapping[str, int] | None = None,
                  tls_cert_file: Path | None = None, tls_key_file: Path | None = None) -> None:
         self.host = host
         self.port = port
         self._setting = setting
         self._tls = (tls_cert_file, tls_key_file) if tls_cert_file and tls_key_file else None
         self._server = _EmbeddedServer(uvicorn.Config(
-            BodyLimit(app, max_body_bytes), host=host, port=port, log_level="warning",
+            BodyLimit(app, max_body_bytes, body_limits), host=host, port=port, log_level="warning",
             lifespan="off", ssl_certfile=tls_cert_file, ssl_keyfile=tls_key_file,
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S))
         self._task: asyncio.Task[None] | None = None

@@ -101,24 +101,26 @@ def test_a_declared_body_over_the_limit_is_refused_after_the_headers_alone() -> 
     assert b"at most 1000 bytes per request" in response
 
 
-def test_a_streamed_body_is_cut_off_at_the_limit() -> None:
-    async def scenario(server: WebServer) -> tuple[bytes, int]:
-        reader, writer = await post_headers(server, "Transfer-Encoding: chunked\r\n")
-        answer = asyncio.create_task(reader.read())
-        sent = 0
-        try:
-            while not answer.done() and sent < 100 * LIMIT:
-                writer.write(f"{CHUNK:x}\r\n".encode() + b"x" * CHUNK + b"\r\n")
-                await writer.drain()
-                sent += CHUNK
-                await asyncio.wait({answer}, timeout=0.05)  # the server's turn to read it
-        except ConnectionError:
-            pass  # the server closed after answering; the answer is waiting to be read
-        response = await asyncio.wait_for(answer, RESPONSE_WAIT_S)
-        writer.close()
-        return response, sent
+async def stream_until_answered(server: WebServer) -> tuple[bytes, int]:
+    """Send a chunked body until the server answers: (its answer, bytes sent)."""
+    reader, writer = await post_headers(server, "Transfer-Encoding: chunked\r\n")
+    answer = asyncio.create_task(reader.read())
+    sent = 0
+    try:
+        while not answer.done() and sent < 100 * LIMIT:
+            writer.write(f"{CHUNK:x}\r\n".encode() + b"x" * CHUNK + b"\r\n")
+            await writer.drain()
+            sent += CHUNK
+            await asyncio.wait({answer}, timeout=0.05)  # the server's turn to read it
+    except ConnectionError:
+        pass  # the server closed after answering; the answer is waiting to be read
+    response = await asyncio.wait_for(answer, RESPONSE_WAIT_S)
+    writer.close()
+    return response, sent
 
-    response, sent = serving(scenario)
+
+def test_a_streamed_body_is_cut_off_at_the_limit() -> None:
+    response, sent = serving(stream_until_answered)
     assert response.startswith(b"HTTP/1.1 413"), response[:200]
     assert sent <= LIMIT + 2 * CHUNK, f"{sent} bytes went in before the server refused"
 
@@ -136,6 +138,20 @@ def test_a_body_within_the_limit_is_read_whole() -> None:
     fixed, streamed = serving(scenario)
     assert (fixed.status_code, fixed.text) == (200, str(LIMIT))
     assert (streamed.status_code, streamed.text) == (200, "900")
+
+
+def test_a_path_with_its_own_limit_reads_a_larger_body_up_to_that_limit() -> None:
+    """An upload path that bounds its body itself: more than the server's limit gets through
+    to the app, and the server still cuts a body off at the path's own limit."""
+    async def scenario(server: WebServer) -> tuple[httpx.Response, bytes, int]:
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            larger = await http.post("/echo", content=b"z" * (3 * LIMIT))
+        return (larger, *await stream_until_answered(server))
+
+    larger, over, sent = serving(scenario, body_limits={"/echo": 4 * LIMIT})
+    assert (larger.status_code, larger.text) == (200, str(3 * LIMIT))
+    assert over.startswith(b"HTTP/1.1 413") and f"at most {4 * LIMIT} bytes".encode() in over
+    assert sent <= 4 * LIMIT + 2 * CHUNK, f"{sent} bytes went in before the server refused"
 
 
 def test_with_a_certificate_the_server_speaks_https(tmp_path: Path) -> None:
