@@ -27,6 +27,7 @@ from edge_agent.kernel.contract import (
     RECORD_DEPLOYMENT_EVENT,
     RECORD_EVICTION,
     RECORD_MODEL_STATS,
+    RECORD_MODEL_WATCH,
     RECORD_PREDICTION,
     RECORD_RECOMMENDATION,
     RECORD_RECOMMENDATION_ANSWER,
@@ -48,6 +49,7 @@ DEFAULT_PRIORITIES: dict[str, int] = {
     RECORD_RECOMMENDATION_OUTCOME: 75,
     RECORD_DEFECT: 70,
     RECORD_SOURCE_GAP: 65,
+    RECORD_MODEL_WATCH: 64,  # one per model and watch window; may carry an alert
     RECORD_RECOMMENDATION: 60,
     RECORD_MODEL_STATS: 45,  # one record sums a whole interval of predictions
     RECORD_SAMPLE: 30,

@@ -29,6 +29,7 @@ from edge_agent.kernel.contract.records import (
     RECORD_DEPLOYMENT_EVENT,
     RECORD_EVICTION,
     RECORD_MODEL_STATS,
+    RECORD_MODEL_WATCH,
     RECORD_PREDICTION,
     RECORD_RECOMMENDATION,
     RECORD_RECOMMENDATION_ANSWER,
@@ -39,6 +40,7 @@ from edge_agent.kernel.contract.records import (
     DefectPayload,
     EvictionPayload,
     ModelStatsPayload,
+    ModelWatchPayload,
     PredictionPayload,
     RecommendationAnswerPayload,
     RecommendationOutcomePayload,
@@ -211,6 +213,7 @@ RECORD_PAYLOADS: dict[str, type[BaseModel]] = {
     RECORD_SETPOINT_WRITE: SetpointWritePayload,
     RECORD_SOURCE_GAP: SourceGapPayload,
     RECORD_MODEL_STATS: ModelStatsPayload,
+    RECORD_MODEL_WATCH: ModelWatchPayload,
 }
 """The payload model of every record kind the agent sends."""
 

@@ -130,14 +130,27 @@ class TrainingSummary(BaseModel):
 
 
 class ShadowPolicy(BaseModel):
-    """`metadata.shadow`: run the new version beside the active one before switching."""
+    """`metadata.shadow`: run the new version beside the active one before switching.
+
+    Process models compare the first output of each input within `tolerance`; vision models
+    compare each region's decision (its label, and the set of defect classes found)."""
 
     model_config = _STRICT
 
-    predictions: int = Field(20, ge=1, description="Inputs both versions must see")
+    predictions: int = Field(20, ge=1, description="Inputs (vision: regions) both versions "
+                             "must see; the run ends early once they have")
     duration_s: float = Field(600.0, gt=0, description="Longest wait for those inputs")
-    tolerance: float = Field(0.5, ge=0, description="Outputs this close count as agreeing")
+    tolerance: float = Field(0.5, ge=0, description="Process models: outputs this close "
+                             "count as agreeing")
     min_agreement: float = Field(0.9, ge=0, le=1, description="Share that must agree")
+    min_comparisons: int = Field(
+        5, ge=1, description="A run that compared fewer inputs (vision: regions) than this, "
+        "or than `predictions` if that is fewer, fails: a shadow run that saw nothing proves "
+        "nothing")
+
+    @property
+    def required_comparisons(self) -> int:
+        return min(self.min_comparisons, self.predictions)
 
 
 class ProbationPolicy(BaseModel):
@@ -153,6 +166,24 @@ class ProbationPolicy(BaseModel):
         2.0, gt=0, description="p99 latency may reach this multiple of latency_budget_ms")
     max_output_shift: float | None = Field(
         3.0, gt=0, description="Mean output shift vs the previous version, in its spreads")
+    max_rejection_rate: float = Field(
+        0.5, ge=0, le=1, description="Process models: share of the operators' answers to the "
+        "version's recommendations that may be rejections")
+    min_answers: int = Field(5, ge=1, description="Answers (accepted or rejected) before the "
+                             "rejection rate is judged")
+
+
+class WatchPolicy(BaseModel):
+    """`metadata.watch`: after probation, the active version's statistics are judged again, one
+    window of `interval_s` at a time, against the probation thresholds; `breaches` windows in
+    a row that breach one raise an alert to central. The version is never rolled back for it."""
+
+    model_config = _STRICT
+
+    interval_s: float = Field(300.0, ge=0, description="Length of one window (one report to "
+                              "central each); 0 turns the watch off")
+    breaches: int = Field(3, ge=1, description="Consecutive breaching windows that make a "
+                          "sustained breach, reported as an alert")
 
 
 class ReferenceStats(BaseModel):
@@ -193,6 +224,7 @@ class ModelMetadata(BaseModel):
     training: TrainingSummary | None = None
     shadow: ShadowPolicy | None = None
     probation: ProbationPolicy | None = None
+    watch: WatchPolicy | None = None
     features: list[str] | None = Field(
         None, description="Process models: the tags whose last values are the inputs, in order")
     classes: list[str | int] | None = Field(
@@ -207,6 +239,10 @@ class ModelMetadata(BaseModel):
     @property
     def probation_policy(self) -> ProbationPolicy:
         return self.probation or ProbationPolicy()
+
+    @property
+    def watch_policy(self) -> WatchPolicy:
+        return self.watch or WatchPolicy()
 
 
 class MetadataError(ValueError):

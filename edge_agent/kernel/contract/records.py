@@ -83,6 +83,10 @@ class DefectPayload(BaseModel):
     roi: str = Field(description="Region of interest, or 'frame' for the whole frame")
     roi_box: tuple[int, int, int, int] | None = Field(
         description="The region as x, y, width, height in frame pixels (None: whole frame)")
+    frame_size: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] | None = Field(
+        None, description="The camera frame's width and height in pixels, which roi_box and "
+        "boxes are measured in (the evidence images may be smaller); None from agents that "
+        "did not send it")
     label: str = Field(description="The defect class")
     confidence: float
     boxes: list[DetectedBox] = Field(default_factory=list,
@@ -266,6 +270,37 @@ class ModelStatsPayload(BaseModel):
         default_factory=dict, description="Each output (vision: the confidence)")
     labels: dict[str, int] = Field(default_factory=dict,
                                    description="Predictions per class, for classifiers")
+
+
+RECORD_MODEL_WATCH = "model_watch"  # an active version judged over a window after probation
+
+
+class ModelWatchPayload(BaseModel):
+    """The payload of a `model_watch` record: what the active version did over one window
+    after its probation, judged against the manifest's probation thresholds. Sent every
+    `watch.interval_s`; `alert` marks a sustained breach. The version is not rolled back."""
+
+    model_config = FINITE
+
+    model: ModelRef
+    started_at: float
+    ended_at: float
+    inferences: int = Field(ge=0)
+    errors: int = Field(ge=0, description="Failed inferences")
+    nonfinite: int = Field(ge=0, description="NaN or infinite outputs")
+    latency_p99_ms: float | None = Field(description="None: no successful inference")
+    output_shift: float | None = Field(
+        description="Mean output shift from the previous version's, in its spreads (None: "
+        "too few outputs, or no previous version's outputs known since the agent started)")
+    answers: int = Field(ge=0, description="Operators' answers (accepted or rejected) to the "
+                         "version's recommendations")
+    rejected: int = Field(ge=0)
+    breaches: list[str] = Field(description="Each probation threshold breached in this "
+                                "window, in words (empty: none)")
+    consecutive: int = Field(ge=0, description="Windows in a row that breached, this one "
+                             "included")
+    alert: bool = Field(description="A sustained breach: `consecutive` reached the "
+                        "manifest's watch.breaches in this window (once per breaching run)")
 
 
 class EvictionPayload(BaseModel):
