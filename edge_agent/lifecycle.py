@@ -1,9 +1,10 @@
-"""What the pipelines see of each model version, for shadow runs and probation.
+"""What the pipelines see of each model version, for shadow runs, probation and the watch after.
 
-Pipelines report every inference here (`observe`, `observe_shadow`); the deployer opens a
-shadow session before activating a version and a probation window after, and waits on them.
-Thresholds come from the manifest's typed metadata (`shadow`, `probation`), with the
-defaults of the contract's `ShadowPolicy` and `ProbationPolicy`.
+Pipelines report every inference here (`observe`, `observe_shadow`, `observe_shadow_decision`)
+and every operator answer to a recommendation (`observe_answer`); the deployer opens a shadow
+session before activating a version, a probation window after, and then watch windows for as
+long as the version serves. Thresholds come from the manifest's typed metadata (`shadow`,
+`probation`, `watch`), with the defaults of the contract's policies.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ def first_value(outputs: dict[str, np.ndarray]) -> float:
 
 
 @dataclass
-class Probation:
-    """One newly activated version under watch."""
+class VersionStats:
+    """What one version did over a span (its probation, or one watch window), judged against
+    the probation thresholds."""
 
     name: str
     sha256: str
@@ -51,8 +53,9 @@ class Probation:
     nonfinite: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     values: list[float] = field(default_factory=list)
-    verdict: str | None = None  # why it must be rolled back
-    tripped: asyncio.Event = field(default_factory=asyncio.Event)
+    answers: int = 0  # the operators' answers to the version's recommendations
+    rejected: int = 0
+    started_at: float = field(default_factory=time.time)
 
     def add(self, value: float | None, latency_ms: float, error: str | None) -> None:
         self.observations += 1
@@ -63,31 +66,42 @@ class Probation:
         else:
             self.values.append(value)
             self.latencies_ms.append(latency_ms)
-        self.verdict = self.verdict or self._judge()
-        if self.verdict:
-            self.tripped.set()
 
-    def _judge(self) -> str | None:
-        policy = self.policy
+    def add_answer(self, rejected: bool) -> None:
+        self.answers += 1
+        self.rejected += int(rejected)
+
+    def breaches(self) -> list[str]:
+        """Each threshold breached by what was seen so far, in words; empty when none."""
+        policy, found = self.policy, []
         if self.nonfinite > policy.max_nonfinite:
-            return (f"{self.nonfinite} of {self.observations} outputs were NaN or infinite "
-                    f"(at most {policy.max_nonfinite} tolerated)")
+            found.append(f"{self.nonfinite} of {self.observations} outputs were NaN or infinite "
+                         f"(at most {policy.max_nonfinite} tolerated)")
+        if self.answers >= policy.min_answers and \
+                self.rejected / self.answers > policy.max_rejection_rate:
+            found.append(f"operators rejected {self.rejected} of {self.answers} recommendations "
+                         f"({self.rejected / self.answers:.0%}), above the "
+                         f"{policy.max_rejection_rate:.0%} allowed")
         if self.observations < policy.min_observations:
-            return None
+            return found
         if self.errors / self.observations > policy.max_error_rate:
-            return (f"{self.errors} of {self.observations} inferences failed "
-                    f"(more than {policy.max_error_rate:.0%})")
-        if self.latency_budget_ms and len(self.latencies_ms) >= policy.min_observations:
-            p99 = float(np.percentile(self.latencies_ms, 99))
+            found.append(f"{self.errors} of {self.observations} inferences failed "
+                         f"(more than {policy.max_error_rate:.0%})")
+        p99 = self.latency_p99_ms()
+        if self.latency_budget_ms and p99 is not None and \
+                len(self.latencies_ms) >= policy.min_observations:
             limit = self.latency_budget_ms * policy.latency_p99_factor
             if p99 > limit:
-                return f"latency p99 {p99:.1f} ms over {limit:.1f} ms"
+                found.append(f"latency p99 {p99:.1f} ms over {limit:.1f} ms")
         shift = self.output_shift()
         if shift is not None and policy.max_output_shift is not None \
                 and shift > policy.max_output_shift:
-            return (f"outputs shifted by {shift:.1f} spreads from the previous version's "
-                    f"(at most {policy.max_output_shift})")
-        return None
+            found.append(f"outputs shifted by {shift:.1f} spreads from the previous version's "
+                         f"(at most {policy.max_output_shift})")
+        return found
+
+    def latency_p99_ms(self) -> float | None:
+        return float(np.percentile(self.latencies_ms, 99)) if self.latencies_ms else None
 
     def output_shift(self) -> float | None:
         if len(self.values) < self.policy.min_observations or \
@@ -100,17 +114,45 @@ class Probation:
 
     def summary(self) -> str:
         parts = [f"{self.observations} inferences", f"{self.errors} failed"]
-        if self.latencies_ms:
-            parts.append(f"p99 {float(np.percentile(self.latencies_ms, 99)):.1f} ms")
+        p99 = self.latency_p99_ms()
+        if p99 is not None:
+            parts.append(f"p99 {p99:.1f} ms")
         shift = self.output_shift()
         if shift is not None:
             parts.append(f"output shift {shift:.2f}")
+        if self.answers:
+            parts.append(f"{self.rejected} of {self.answers} recommendations rejected")
         return ", ".join(parts)
 
 
 @dataclass
+class Probation(VersionStats):
+    """One newly activated version under watch: the first breach trips it."""
+
+    verdict: str | None = None  # why it must be rolled back
+    tripped: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def add(self, value: float | None, latency_ms: float, error: str | None) -> None:
+        super().add(value, latency_ms, error)
+        self._judge()
+
+    def add_answer(self, rejected: bool) -> None:
+        super().add_answer(rejected)
+        self._judge()
+
+    def _judge(self) -> None:
+        if self.verdict is None:
+            self.verdict = next(iter(self.breaches()), None)
+        if self.verdict:
+            self.tripped.set()
+
+
+@dataclass
 class ShadowRun:
-    """A candidate version run beside the active one on the same inputs."""
+    """A candidate version run beside the active one on the same inputs.
+
+    Process pipelines compare outputs (`add`); vision pipelines compare each region's decision
+    (`add_decision`)."""
 
     candidate: InstalledModel
     policy: ShadowPolicy
@@ -122,25 +164,51 @@ class ShadowRun:
     enough: asyncio.Event = field(default_factory=asyncio.Event)
 
     def add(self, active: float, shadow: float | None) -> None:
-        self.compared += 1
         if shadow is None or not math.isfinite(shadow):
+            self.add_decision(None)
+            return
+        difference = abs(shadow - active)
+        self.max_difference = max(self.max_difference, difference)
+        self.add_decision(difference <= self.policy.tolerance)
+
+    def add_decision(self, agreed: bool | None) -> None:
+        """One comparison: agreed, disagreed, or None when the candidate failed on it."""
+        self.compared += 1
+        if agreed is None:
             self.errors += 1
-        else:
-            difference = abs(shadow - active)
-            self.max_difference = max(self.max_difference, difference)
-            if difference <= self.policy.tolerance:
-                self.agreed += 1
+        elif agreed:
+            self.agreed += 1
         if self.compared >= self.policy.predictions:
             self.enough.set()
+
+    @property
+    def vision(self) -> bool:
+        return self.candidate.manifest.kind == "vision"
+
+    @property
+    def unit(self) -> str:
+        return "regions" if self.vision else "inputs"
 
     @property
     def agreement(self) -> float:
         return self.agreed / self.compared if self.compared else 0.0
 
+    def shortfall(self, elapsed_s: float) -> str | None:
+        """Why the run proves nothing (too few comparisons), or None."""
+        required = self.policy.required_comparisons
+        if self.compared >= required:
+            return None
+        hint = ("is the camera delivering frames?" if self.vision
+                else "is the line delivering fresh tag values?")
+        took = f"{elapsed_s:.0f}" if elapsed_s >= 10 else f"{elapsed_s:.1f}"
+        return (f"shadow run compared {self.compared} {self.unit} in {took} s (at least "
+                f"{required} needed); {hint}")
+
     def summary(self) -> str:
-        return (f"agreement {self.agreement:.0%} over {self.compared} inputs "
-                f"(tolerance {self.policy.tolerance}, max difference "
-                f"{self.max_difference:.3g}, {self.errors} failed)")
+        how = ("label and defect classes" if self.vision else
+               f"tolerance {self.policy.tolerance}, max difference {self.max_difference:.3g}")
+        return (f"agreement {self.agreement:.0%} over {self.compared} {self.unit} "
+                f"({how}, {self.errors} failed)")
 
 
 class ModelWatch:
@@ -150,6 +218,7 @@ class ModelWatch:
         self._recent: dict[str, deque[float]] = {}  # by sha256
         self._probations: dict[str, Probation] = {}  # by model name
         self._shadows: dict[str, ShadowRun] = {}  # by model name
+        self._windows: dict[str, VersionStats] = {}  # by model name: the watch after probation
 
     # --- pipelines report ---
 
@@ -159,9 +228,17 @@ class ModelWatch:
         if outputs is not None and all_finite(outputs):
             value = first_value(outputs)
             self._recent.setdefault(sha256, deque(maxlen=_REFERENCE_OUTPUTS)).append(value)
-        probation = self._probations.get(name)
-        if probation is not None and probation.sha256 == sha256:
-            probation.add(value, latency_ms, error)
+        for stats in self._judged(name, sha256):
+            stats.add(value, latency_ms, error)
+
+    def observe_answer(self, name: str, sha256: str, rejected: bool) -> None:
+        """An operator accepted or rejected a recommendation the version `sha256` made."""
+        for stats in self._judged(name, sha256):
+            stats.add_answer(rejected)
+
+    def recent_outputs(self, sha256: str) -> list[float]:
+        """The latest outputs of version `sha256` seen since the agent started."""
+        return list(self._recent.get(sha256, ()))
 
     def shadow_candidate(self, name: str) -> InstalledModel | None:
         run = self._shadows.get(name)
@@ -175,12 +252,23 @@ class ModelWatch:
         value = first_value(shadow) if shadow is not None and all_finite(shadow) else None
         run.add(first_value(active), value)
 
+    def observe_shadow_decision(self, name: str, sha256: str, agreed: bool | None) -> None:
+        """The candidate `sha256` decided one input (a region) as the active version did, or
+        not; None: it failed on it."""
+        run = self._shadows.get(name)
+        if run is not None and run.candidate.manifest.sha256 == sha256:
+            run.add_decision(agreed)
+
+    def _judged(self, name: str, sha256: str) -> list[VersionStats]:
+        spans = (self._probations.get(name), self._windows.get(name))
+        return [s for s in spans if s is not None and s.sha256 == sha256]
+
     # --- the deployer decides ---
 
     def start_probation(self, candidate: InstalledModel, previous_sha256: str | None,
                         policy: ProbationPolicy) -> Probation:
         manifest = candidate.manifest
-        reference = list(self._recent.get(previous_sha256 or "", ()))
+        reference = self.recent_outputs(previous_sha256 or "")
         probation = Probation(manifest.name, manifest.sha256, policy,
                               manifest.meta.latency_budget_ms, reference)
         self._probations[manifest.name] = probation
@@ -198,3 +286,15 @@ class ModelWatch:
     def end_shadow(self, run: ShadowRun) -> None:
         if self._shadows.get(run.candidate.manifest.name) is run:
             del self._shadows[run.candidate.manifest.name]
+
+    def start_window(self, active: InstalledModel, reference: list[float]) -> VersionStats:
+        """Open one watch window on the active version (its probation thresholds)."""
+        manifest = active.manifest
+        window = VersionStats(manifest.name, manifest.sha256, manifest.meta.probation_policy,
+                              manifest.meta.latency_budget_ms, reference)
+        self._windows[manifest.name] = window
+        return window
+
+    def end_window(self, window: VersionStats) -> None:
+        if self._windows.get(window.name) is window:
+            del self._windows[window.name]

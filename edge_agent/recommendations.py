@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 Decision = Literal["accepted", "rejected", "expired", "superseded"]
 OnAccept = Callable[[RecommendationPayload], Awaitable[None]]
+# Told of every operator answer (accepted or rejected), e.g. to judge the model that made it.
+AnswerListener = Callable[[RecommendationPayload, RecommendationAnswerPayload], None]
 RECENT_ANSWERS = 20  # answered recommendations kept to recognise a late second answer
 DEFAULT_OUTCOME_AFTER_S = 600.0  # as recommend.outcome_after_s
 ROUNDING = 1e-9  # a setpoint exactly half way to the proposal counts as applied
@@ -59,6 +61,7 @@ class RecommendationBoard:
         self._on_accept = on_accept
         self._clock = clock
         self._due: list[tuple[float, Answered]] = []  # outcomes to record, by time
+        self.answer_listeners: list[AnswerListener] = []
 
     def knows(self, recommendation_id: str) -> bool:
         """Whether the recommendation is the open one or among the recently answered."""
@@ -88,6 +91,8 @@ class RecommendationBoard:
                               f"{self.pipeline}; reload the page to see the current one")
         recommendation = self.open
         answered = await self._close(decision, by, comment)
+        for listener in self.answer_listeners:
+            listener(recommendation, answered.answer)
         if decision == "accepted" and self._on_accept is not None:
             await self._on_accept(recommendation)
         return answered.answer

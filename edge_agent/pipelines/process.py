@@ -34,6 +34,7 @@ from edge_agent.kernel.contract import (
     RECORD_PREDICTION,
     OutputSpec,
     PredictionPayload,
+    RecommendationAnswerPayload,
     RecommendationPayload,
     SetpointChange,
 )
@@ -133,6 +134,8 @@ class ProcessPipeline(Pipeline):
                     self.name, buffer, outcome_after_s=recommend.outcome_after_s,
                     on_accept=self.apply_accepted, clock=clock)
             self.guard = SetpointGuard(self.name, recommend, writer, buffer, nodes, clock)
+        if self.board is not None:
+            self.board.answer_listeners.append(self._judge_answer)
 
     @classmethod
     def from_source(cls, config: ProcessPipelineConfig, source: TagSource,
@@ -347,6 +350,13 @@ class ProcessPipeline(Pipeline):
                                       "values": {a.tag: a.value for a in attempts},
                                       "detail": "; ".join(dict.fromkeys(
                                           a.detail for a in attempts if a.detail))}
+
+    def _judge_answer(self, recommendation: RecommendationPayload,
+                      answer: RecommendationAnswerPayload) -> None:
+        """An operator's answer counts for the version that made the recommendation (its
+        probation, then its watch)."""
+        self._watch.observe_answer(recommendation.model.name, recommendation.model.sha256,
+                                   rejected=answer.decision == "rejected")
 
     def _setpoints(self) -> dict[str, float | None]:
         """Current values of the controllable tags (None: missing or bad)."""

@@ -70,6 +70,41 @@ def test_shadow_run_counts_agreement_within_tolerance() -> None:
     assert run.enough.is_set() and run.agreement == 0.5
 
 
+def test_probation_judges_the_operators_rejections_once_enough_answers_came() -> None:
+    watch = probation(min_answers=4, max_rejection_rate=0.25)
+    for rejected in (True, False, True):
+        watch.add_answer(rejected)
+    assert watch.verdict is None  # 3 answers: too few to judge
+    watch.add_answer(False)
+    assert watch.verdict == ("operators rejected 2 of 4 recommendations (50%), above the 25% "
+                             "allowed") and watch.tripped.is_set()
+    assert "2 of 4 recommendations rejected" in watch.summary()
+
+    defaults = probation()  # at least 5 answers, at most 50% rejected
+    for rejected in (True, True, False, True, False):
+        defaults.add_answer(rejected)
+    assert defaults.verdict == ("operators rejected 3 of 5 recommendations (60%), above the "
+                                "50% allowed")
+
+
+def test_shadow_run_that_compared_too_little_says_what_to_check() -> None:
+    vision = InstalledModel(manifest_for(SAMPLE_MODEL).model_copy(update={"kind": "vision"}),
+                            SAMPLE_MODEL)
+    run = ShadowRun(vision, ShadowPolicy(predictions=20))
+    assert run.shortfall(60.02) == ("shadow run compared 0 regions in 60 s (at least 5 needed); "
+                                    "is the camera delivering frames?")
+    for agreed in (True, False, None, True, True):
+        run.add_decision(agreed)
+    assert run.shortfall(60) is None and run.agreement == 0.6
+    assert run.summary() == "agreement 60% over 5 regions (label and defect classes, 1 failed)"
+
+    process = ShadowRun(InstalledModel(manifest_for(SAMPLE_MODEL), SAMPLE_MODEL),
+                        ShadowPolicy(predictions=3, min_comparisons=10))
+    process.add(1.0, 1.0)
+    assert process.shortfall(2.5) == ("shadow run compared 1 inputs in 2.5 s (at least 3 "
+                                      "needed); is the line delivering fresh tag values?")
+
+
 def retrained_alike(path: Path) -> Path:
     """Other bytes, same answers: a retrain that changed nothing that matters."""
     model = onnx.load(SAMPLE_MODEL)
