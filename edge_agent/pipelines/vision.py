@@ -6,7 +6,8 @@ Each region of interest is judged on its own. A defect becomes one `defect` reco
 evidence and an annotated copy) once it was seen in `min_consecutive` frames in a row, then the
 same class in the same region is quiet for `cooldown_s`. Frames the model is unsure about, and a
 small random share of normal ones, become `sample` records within hourly and daily quotas, for
-labelling.
+labelling. While a candidate version runs in shadow, it sees the same regions and each region's
+decision is compared with the active version's.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from edge_agent.pipelines.snapshot import (
     RecentDefect,
     VisionDetails,
 )
+from edge_agent.pipelines.vision_shadow import ShadowFrame, ShadowLoader, same_decision
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +118,7 @@ class _Prepared:
     regions: list[tuple[str, RoiConfig | None, np.ndarray, Letterbox]] = field(
         default_factory=list)
     image_stats: dict[str, dict[str, float]] = field(default_factory=dict)  # by region
+    shadow: ShadowFrame | None = None  # a candidate in shadow sees the same regions
 
 
 class VisionPipeline(Pipeline):
@@ -137,6 +140,7 @@ class VisionPipeline(Pipeline):
         self._rng = rng or random.Random()
         self._model: VisionModel | None = None
         self._failed_sha: str | None = None
+        self._shadow = ShadowLoader(config.model, self._watch, config.runtime)
         self._rule = DefectRule(config.defects.min_consecutive, config.defects.cooldown_s)
         self._quota = Quota(config.sampling.per_hour, config.sampling.per_day)
         # OpenCV's own worker threads would take the core the model runs on: every OpenCV call
@@ -180,8 +184,9 @@ class VisionPipeline(Pipeline):
                 model = await self._current_model()
                 if model is None:
                     continue
+                shadow = await self._shadow.frame(self._prepare_pool)
                 prepared = await asyncio.get_running_loop().run_in_executor(
-                    self._prepare_pool, self._prepare, model, frame)
+                    self._prepare_pool, self._prepare, model, frame, shadow)
                 await model_thread.put(prepared)
                 in_flight += 1
                 # One frame runs while the next waits prepared; results are handled in order.
@@ -200,7 +205,9 @@ class VisionPipeline(Pipeline):
         if model is None:
             return []
         loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(self._prepare_pool, self._prepare, model, frame)
+        shadow = await self._shadow.frame(self._prepare_pool)
+        prepared = await loop.run_in_executor(self._prepare_pool, self._prepare, model, frame,
+                                              shadow)
         results = await loop.run_in_executor(self._prepare_pool, self._infer, prepared)
         return await self._handle(prepared, results)
 
@@ -226,8 +233,9 @@ class VisionPipeline(Pipeline):
                  installed.manifest.name, installed.manifest.version)
         return self._model
 
-    def _prepare(self, model: VisionModel, frame: Frame) -> _Prepared:
-        prepared = _Prepared(frame, model)
+    def _prepare(self, model: VisionModel, frame: Frame,
+                 shadow: ShadowFrame | None = None) -> _Prepared:
+        prepared = _Prepared(frame, model, shadow=shadow)
         rois = self.camera.config.rois or [None]
         for roi in rois:
             image = frame.image
@@ -239,17 +247,22 @@ class VisionPipeline(Pipeline):
             name = roi.name if roi else WHOLE_FRAME
             prepared.regions.append((name, roi, tensor, fit))
             prepared.image_stats[name] = image_stats(image)
+            if shadow is not None:
+                shadow.prepare(name, image)
         return prepared
 
     @staticmethod
     def _infer(prepared: _Prepared) -> _Results:
-        model, results = prepared.model, []
+        model, results, shapes = prepared.model, [], {}
         for name, roi, tensor, fit in prepared.regions:
             started = time.perf_counter()
             output = model.runner.run({model.input_name: tensor})
             shape = (roi.height, roi.width) if roi else prepared.frame.image.shape[:2]
             result = model.decode(next(iter(output.values())), fit, shape)
             results.append((name, result, (time.perf_counter() - started) * 1000))
+            shapes[name] = shape
+        if prepared.shadow is not None:  # after the active version: its latency is the line's
+            prepared.shadow.infer(shapes)
         return results
 
     async def _handle(self, prepared: _Prepared,
@@ -263,6 +276,11 @@ class VisionPipeline(Pipeline):
             await self.monitor.observe(model.manifest, prepared.image_stats.get(roi_name, {}),
                                        {"confidence": result.confidence}, latency_ms,
                                        label=result.label)
+            if prepared.shadow is not None:
+                self._watch.observe_shadow_decision(
+                    model.manifest.name, prepared.shadow.sha256,
+                    same_decision(result, prepared.shadow.results.get(roi_name),
+                                  lambda r: set(self._defect_labels(r))))
             hits = self._defect_labels(result)
             for label in self._rule.observe(roi_name, set(hits), now):
                 records.append(self._record(RECORD_DEFECT, prepared, roi_name, result, label,
@@ -328,6 +346,7 @@ class VisionPipeline(Pipeline):
         fields: dict[str, Any] = dict(
             pipeline=self.name, camera=self.camera.name, roi=roi_name,
             roi_box=(roi.x, roi.y, roi.width, roi.height) if roi else None,
+            frame_size=(prepared.frame.image.shape[1], prepared.frame.image.shape[0]),
             label=label, confidence=round(float(confidence), 4),
             boxes=[DetectedBox(label=d.label, confidence=round(d.confidence, 4),
                                box=to_frame(d.box, roi)) for d in result.detections],
