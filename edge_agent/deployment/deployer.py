@@ -1,7 +1,8 @@
 """Deployer: fetches a pushed model version in chunks, verifies, installs, checks and activates it.
 
 The active version keeps serving throughout; a version that fails any step never becomes active.
-Every step is reported live on the deployment topic and durably through the buffer.
+Every step is reported live on the deployment topic and durably through the buffer. After
+probation the standing watch keeps judging the active version and reports to central.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 
 from edge_agent.buffer import Buffer
 from edge_agent.deployment.checks import (
@@ -20,6 +22,7 @@ from edge_agent.deployment.checks import (
     verify_artifact,
 )
 from edge_agent.deployment.ledger import LEDGER_FILE, CommandLedger
+from edge_agent.deployment.standing_watch import StandingWatch
 from edge_agent.deployment.transfer import ArtifactFetcher, ChunkFile, ReportProgress
 from edge_agent.kernel.contract import (
     RECORD_DEPLOYMENT_EVENT,
@@ -61,17 +64,21 @@ class Deployer:
         self.fetcher = ArtifactFetcher(device_id, topics, transport, store,
                                        count_rejected=self._count_rejected)
         self.rejected_messages = 0  # commands and chunks refused
+        self.standing = StandingWatch(store, self.watch, buffer)
 
     def _count_rejected(self) -> None:
         self.rejected_messages += 1
 
     async def start(self) -> None:
+        for installed in self._store.active_models():
+            self.standing.follow(installed.manifest.name)
         await self._transport.subscribe(self._topics.commands(self.device_id), self._on_command)
 
     async def stop(self) -> None:
         for task in self._active.values():
             task.cancel()
         await asyncio.gather(*self._active.values(), return_exceptions=True)
+        await self.standing.stop()
 
     async def _on_command(self, topic: str, payload: bytes) -> None:
         message = decode(payload, expect=(DeployCommand, RollbackCommand),
@@ -101,14 +108,23 @@ class Deployer:
             # A newer command for the same model supersedes the running one.
             self._active[name].cancel()
             await asyncio.gather(self._active[name], return_exceptions=True)
+        self.standing.pause(name)  # the deployment and its probation judge the model now
         task = asyncio.create_task(self.deploy_and_watch(message), name=f"deploy-{name}")
         self._active[name] = task
 
     async def deploy_and_watch(self, command: DeployCommand) -> None:
-        """Deploy, then keep the new version on probation and roll it back if it misbehaves."""
-        previous = self._store.active(command.manifest.name)
-        if await self.deploy(command):
-            await self.probation(command, previous)
+        """Deploy, then keep the new version on probation and roll it back if it misbehaves;
+        then (or when it failed) the standing watch follows whichever version serves."""
+        name = command.manifest.name
+        previous = self._store.active(name)
+        confirmed = False
+        try:
+            if await self.deploy(command):
+                confirmed = await self.probation(command, previous)
+        finally:
+            reference = self.watch.recent_outputs(previous.manifest.sha256) \
+                if confirmed and previous is not None else None
+            self.standing.follow(name, reference)
 
     def refusal(self, command: DeployCommand | RollbackCommand) -> str | None:
         """Why this command must not be carried out, or None."""
@@ -168,7 +184,10 @@ class Deployer:
         finally:
             self.watch.end_shadow(run)
         await self._report(command, "shadow", run.summary(), progress=run.agreement)
-        if run.compared and run.agreement < policy.min_agreement:
+        shortfall = run.shortfall(time.monotonic() - run.started)
+        if shortfall is not None:
+            raise DeploymentFailed(shortfall)
+        if run.agreement < policy.min_agreement:
             raise DeploymentFailed(
                 f"shadow run: {run.summary()}, below the {policy.min_agreement:.0%} required")
 
@@ -235,6 +254,8 @@ class Deployer:
                 restored = self._store.rollback(command.model_name, command.to_version)
             except ModelStoreError as exc:
                 refusal = str(exc)
+            else:
+                self.standing.follow(command.model_name)
         if refusal is not None:
             self.rejected_messages += 1
             await self._emit(DeploymentEvent(
