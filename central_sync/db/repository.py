@@ -25,6 +25,7 @@ from central_sync.db.rows import (
     DEFECT_INSERT,
     MODEL_STATS_INSERT,
     PREDICTION_INSERT,
+    SAMPLE_INSERT,
     DeploymentEventRefused,
     DeviceSummary,
     ModelVersionExists,
@@ -33,6 +34,7 @@ from central_sync.db.rows import (
     rows_for_batch,
     version_exists_message,
 )
+from central_sync.db.samples import SampleQueries
 from central_sync.db.schema import apply_migrations
 from edge_agent.kernel.contract import (
     DeployCommand,
@@ -52,7 +54,7 @@ CLOSED_DEPLOYMENT_STATES = frozenset({"activated", "confirmed", "failed", "rolle
 ROLLBACK_TO_PREVIOUS = "previous"  # a rollback's version when it returns to the one before
 
 
-class CentralDB(AuditQueries, ReviewQueries, RolloutQueries, AccountQueries,
+class CentralDB(AuditQueries, ReviewQueries, SampleQueries, RolloutQueries, AccountQueries,
                 BrokerAccountQueries, RecordPartQueries, ModelStateQueries):
     """Central's database. Thread-safe: calls are serialised on one connection.
 
@@ -102,6 +104,7 @@ class CentralDB(AuditQueries, ReviewQueries, RolloutQueries, AccountQueries,
                 "payload) VALUES (?, ?, ?, ?, ?, ?)", rows.records)
             self._db.executemany(PREDICTION_INSERT[self.dialect], rows.predictions)
             self._db.executemany(DEFECT_INSERT, rows.defects)
+            self._db.executemany(SAMPLE_INSERT, rows.samples)
             self._db.executemany(MODEL_STATS_INSERT, rows.model_stats)
             self._db.executemany(
                 "INSERT OR IGNORE INTO gaps (device_id, first_seq, last_seq, kind, reason, "

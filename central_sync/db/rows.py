@@ -16,6 +16,7 @@ from edge_agent.kernel.contract import (
     RECORD_EVICTION,
     RECORD_MODEL_STATS,
     RECORD_PREDICTION,
+    RECORD_SAMPLE,
     DefectPayload,
     DeploymentEvent,
     DeviceStatus,
@@ -25,6 +26,7 @@ from edge_agent.kernel.contract import (
     ModelStatsPayload,
     PredictionPayload,
     Rejection,
+    SamplePayload,
     UplinkBatch,
     UplinkRecord,
     parse_payload,
@@ -128,6 +130,7 @@ class BatchRows:
     deployment_events: list[DeploymentEvent] = field(default_factory=list)
     gaps: list[tuple[Any, ...]] = field(default_factory=list)
     defects: list[tuple[Any, ...]] = field(default_factory=list)
+    samples: list[tuple[Any, ...]] = field(default_factory=list)
     model_stats: list[tuple[Any, ...]] = field(default_factory=list)
 
 
@@ -153,8 +156,8 @@ def rows_for_batch(batch: UplinkBatch, received_at: float) -> BatchRows:
     return rows
 
 
-PROJECTED = frozenset({RECORD_PREDICTION, RECORD_DEFECT, RECORD_MODEL_STATS, RECORD_EVICTION,
-                       RECORD_DEPLOYMENT_EVENT})
+PROJECTED = frozenset({RECORD_PREDICTION, RECORD_DEFECT, RECORD_SAMPLE, RECORD_MODEL_STATS,
+                       RECORD_EVICTION, RECORD_DEPLOYMENT_EVENT})
 """Record kinds that central copies into tables of their own, beside the records table."""
 
 
@@ -163,7 +166,9 @@ def _project(rows: BatchRows, device_id: str, record: UplinkRecord, payload: Bas
     match payload:
         case PredictionPayload():
             rows.predictions.append(prediction_row(device_id, record, payload, payload_json))
-        case DefectPayload():  # sample records (SamplePayload) are not in PROJECTED
+        case SamplePayload():  # before DefectPayload, which it extends
+            rows.samples.append(sample_row(device_id, record, payload))
+        case DefectPayload():
             rows.defects.append(defect_row(device_id, record, payload))
         case ModelStatsPayload():
             rows.model_stats.append(model_stats_row(device_id, record, payload, payload_json))
@@ -187,6 +192,18 @@ def defect_row(device_id: str, record: UplinkRecord, defect: DefectPayload) -> t
     return (device_id, record.seq, record.created_at, defect.pipeline, defect.camera,
             defect.roi, defect.label, defect.confidence, defect.model.name,
             defect.model.version)
+
+
+SAMPLE_INSERT = (
+    "INSERT OR IGNORE INTO samples (device_id, seq, created_at, pipeline, camera, roi, label, "
+    "confidence, reason, model_name, model_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def sample_row(device_id: str, record: UplinkRecord, sample: SamplePayload) -> tuple[Any, ...]:
+    """The samples-table row of a sample record: a frame waiting for a reviewer's class."""
+    return (device_id, record.seq, record.created_at, sample.pipeline, sample.camera,
+            sample.roi, sample.label, sample.confidence, sample.reason, sample.model.name,
+            sample.model.version)
 
 
 MODEL_STATS_INSERT = (

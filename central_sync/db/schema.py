@@ -13,6 +13,15 @@ from central_sync.db.connection import Connection
 
 log = logging.getLogger(__name__)
 
+# Same on both databases (partial indexes included).
+SAMPLE_QUEUE_INDEXES = (
+    "CREATE INDEX samples_label ON samples (label)",
+    "CREATE INDEX samples_awaiting ON samples (confidence) WHERE true_label IS NULL",
+    "CREATE INDEX samples_labelled ON samples (confidence) WHERE true_label IS NOT NULL",
+    "CREATE INDEX samples_camera ON samples (camera)",
+    "CREATE INDEX samples_model_version ON samples (model_version)",
+)
+
 # Append new migrations, never edit applied ones: databases in the field already ran them.
 MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     (1, "initial schema", (
@@ -226,6 +235,9 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
         "ALTER TABLE audit_log ADD COLUMN entry_hash TEXT",
         "CREATE UNIQUE INDEX audit_log_seq ON audit_log (seq)",
     )),
+    # The sample queue counts each class on every page, walks the samples awaiting review and
+    # the labelled ones by confidence, and fills its filter menus one value at a time.
+    (14, "indexes of the sample queue", SAMPLE_QUEUE_INDEXES),
 )
 
 
@@ -415,6 +427,7 @@ POSTGRES_MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
         "ALTER TABLE audit_log ADD COLUMN entry_hash TEXT",
         "CREATE UNIQUE INDEX audit_log_seq ON audit_log (seq)",
     )),
+    (14, "indexes of the sample queue", SAMPLE_QUEUE_INDEXES),
 )
 
 
