@@ -17,6 +17,7 @@ from central_sync.db.accounts import AccountQueries
 from central_sync.db.audit import AuditQueries
 from central_sync.db.broker_accounts import BrokerAccountQueries
 from central_sync.db.connection import open_connection, serialised
+from central_sync.db.datasets import DatasetQueries
 from central_sync.db.model_states import ModelStateQueries
 from central_sync.db.record_parts import RecordPartQueries
 from central_sync.db.review import ReviewQueries
@@ -55,7 +56,7 @@ ROLLBACK_TO_PREVIOUS = "previous"  # a rollback's version when it returns to the
 
 
 class CentralDB(AuditQueries, ReviewQueries, SampleQueries, RolloutQueries, AccountQueries,
-                BrokerAccountQueries, RecordPartQueries, ModelStateQueries):
+                BrokerAccountQueries, RecordPartQueries, ModelStateQueries, DatasetQueries):
     """Central's database. Thread-safe: calls are serialised on one connection.
 
     Callers on an asyncio loop run these methods in a worker thread, never on the loop.
