@@ -10,14 +10,25 @@ import logging
 import sys
 
 from central_sync import __version__
-from central_sync.cli import audit, contract, devices, keys, models, rollouts, serve, users
+from central_sync.cli import (
+    audit,
+    contract,
+    datasets,
+    devices,
+    keys,
+    models,
+    rollouts,
+    serve,
+    users,
+)
 from central_sync.cli.common import EXIT_USAGE, FORMATTER, UsageError, epilog
 from edge_agent.kernel.configfile import ConfigError
 from edge_agent.kernel.signing import KeyFileError
 from edge_agent.kernel.transport import BrokerCredentialsError
 
 # The order of `central-sync --help`.
-COMMAND_SETS = (serve.add_commands, models.add_commands, rollouts.add_commands,
+COMMAND_SETS = (serve.add_commands, models.add_commands, datasets.add_commands,
+                rollouts.add_commands,
                 users.add_commands, audit.add_commands,
                 devices.add_provisioning_commands, keys.add_commands,
                 devices.add_fleet_command, contract.add_commands)
