@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from central_sync.db.dataset_manifest import (
     DatasetVersion,
     Region,
 )
+from edge_agent.kernel.contract import ID_PATTERN, SHA256_PATTERN
 
 if TYPE_CHECKING:
     from central_sync.db import CentralDB
@@ -60,6 +62,7 @@ def export_dataset(db: CentralDB, dataset: DatasetVersion, layout: str, out: Pat
     if layout == "yolo" and dataset.manifest.kind != "detection":
         raise DatasetError(f"{dataset.ref} is a {dataset.manifest.kind} dataset: YOLO needs "
                            "boxes; export it with --layout imagefolder")
+    _check_names(dataset)
     _claim(out, dataset, layout)
     result = ExportResult(out, layout)
     if layout == "imagefolder":
@@ -121,6 +124,17 @@ def _claim(out: Path, dataset: DatasetVersion, layout: str) -> None:
               "created_at": dataset.created_at, "created_by": dataset.created_by,
               "manifest": dataset.manifest.to_json()}
     _write(marker, json.dumps(header, indent=1, sort_keys=True).encode())
+
+
+def _check_names(dataset: DatasetVersion) -> None:
+    """Classes and splits become folder names: checked again here, whatever the database
+    holds (creating a dataset already refuses other labels)."""
+    for item in dataset.manifest.items:
+        if item.split not in SPLITS or not re.fullmatch(ID_PATTERN, item.label) or \
+                not re.fullmatch(SHA256_PATTERN, item.image_sha256):
+            raise DatasetError(f"{dataset.ref} holds an item ({item.source}) whose class, "
+                               "split or image hash cannot be a file name; it was not made by "
+                               "`dataset create`")
 
 
 def _export_imagefolder(db: CentralDB, dataset: DatasetVersion, out: Path,

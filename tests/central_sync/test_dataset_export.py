@@ -140,3 +140,22 @@ def test_exports_refuse_what_they_cannot_write(db: CentralDB, tmp_path: Path) ->
     (tmp_path / "file").write_text("x")
     with pytest.raises(DatasetError, match="is a file"):
         export_dataset(db, dataset, "imagefolder", tmp_path / "file")
+
+
+def test_an_export_never_writes_outside_its_folder(db: CentralDB, tmp_path: Path) -> None:
+    """A manifest put into the database by other means than `dataset create` (which refuses
+    such labels) cannot make the export write above its folder."""
+    labelled_line(db)
+    good = create_dataset(db, "surface-labels", DatasetSelection(), "a")
+    hostile = good.manifest.to_json()
+    hostile["items"][0]["label"] = "../../evil"
+    db._db.execute(
+        "INSERT INTO datasets (name, version, dataset_id, kind, manifest, items, created_at, "
+        "created_by) VALUES ('forged', 1, ?, 'classification', ?, 6, 0, 'mallory')",
+        ("f" * 64, json.dumps(hostile)))
+    forged = db.find_dataset("forged@1")
+    assert forged is not None
+    with pytest.raises(DatasetError, match=r"forged@1 holds an item \(line1-gw1/1\) whose "
+                                           r"class, split or image hash cannot be a file name"):
+        export_dataset(db, forged, "imagefolder", tmp_path / "a" / "b")
+    assert not (tmp_path / "evil").exists() and not (tmp_path / "a").exists()
