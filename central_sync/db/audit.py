@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import itertools
 import json
 import logging
 import threading
@@ -26,6 +27,7 @@ MAX_FINDINGS = 100  # findings kept in a report; the rest are only counted
 MAX_FILTER_CHARS = 200
 COLUMNS = ("seq", "at", "actor", "action", "subject", "detail", "prev_hash", "entry_hash")
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM audit_log"
+_INSERT = f"INSERT INTO audit_log ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 
 
 def entry_hash(seq: int, at: float, actor: str, action: str, subject: str, detail: str,
@@ -35,6 +37,16 @@ def entry_hash(seq: int, at: float, actor: str, action: str, subject: str, detai
     canonical = json.dumps([int(seq), float(at), actor, action, subject, detail, prev_hash],
                            separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+def chained_row(head: tuple[int, str], at: float, actor: str, action: str, subject: str,
+                detail: str) -> tuple[Any, ...]:
+    """The columns of the entry that follows `head` (its seq and entry_hash), as _INSERT
+    takes them, the text as it will be stored."""
+    seq, prev_hash = head[0] + 1, head[1]
+    actor, action, subject, detail = map(_text, (actor, action, subject, detail))
+    digest = entry_hash(seq, at, actor, action, subject, detail, prev_hash)
+    return (seq, at, actor, action, subject, detail, prev_hash, digest)
 
 
 def _text(value: object) -> str:
@@ -132,12 +144,14 @@ class ChainReport:
             self.more_findings += 1
 
 
-def verify_chain(entries: Iterable[dict[str, Any]]) -> ChainReport:
+def verify_chain(entries: Iterable[dict[str, Any]],
+                 start: tuple[int, str] = (0, GENESIS_HASH)) -> ChainReport:
     """Walk chained entries in seq order; a finding for every altered entry (its hash does not
     match its contents), every run of missing seqs (deleted entries), every entry whose
-    prev_hash is not its predecessor's hash (inserted, replaced or reordered before it)."""
-    report = ChainReport()
-    expected, previous = 1, GENESIS_HASH
+    prev_hash is not its predecessor's hash (inserted, replaced or reordered before it).
+    `start`: the (seq, entry_hash) the entries follow, when they are not the whole chain."""
+    report = ChainReport(head_seq=start[0], head_hash=start[1])
+    expected, previous = start[0] + 1, start[1]
     broken = False
     for entry in entries:
         seq = entry["seq"]
@@ -176,6 +190,10 @@ def verify_chain(entries: Iterable[dict[str, Any]]) -> ChainReport:
     return report
 
 
+def _through(where: tuple[str, list[Any]], seq: int | None) -> tuple[str, list[Any]]:
+    return where if seq is None else (where[0] + " AND seq <= ?", [*where[1], seq])
+
+
 def parse_anchor(text: str) -> tuple[int, str]:
     """'1234:9f86d0…' (a seq and the entry hash recorded earlier) -> (1234, '9f86d0…')."""
     seq, _, digest = text.partition(":")
@@ -201,8 +219,9 @@ class AuditQueries:
         """Append an entry to the chain, inside the caller's transaction if one is open (the
         entry then commits or rolls back with the change it records)."""
         with self._db.atomic():
-            head = self._lock_chain_head()
-            self._append_entry(head, time.time(), actor or "unknown", action, subject, detail)
+            row = chained_row(self._lock_chain_head(), time.time(), actor or "unknown", action,
+                              subject, detail)
+            self._db.execute(_INSERT, row)
 
     def _lock_chain_head(self) -> tuple[int, str]:
         """(seq, entry_hash) of the chain's last entry, (0, GENESIS_HASH) when empty; no other
@@ -213,17 +232,6 @@ class AuditQueries:
         row = next(self._db.query("SELECT seq, entry_hash FROM audit_log WHERE seq IS NOT NULL "
                                   "ORDER BY seq DESC LIMIT 1"), None)
         return (row["seq"], row["entry_hash"]) if row else (0, GENESIS_HASH)
-
-    def _append_entry(self, head: tuple[int, str], at: float, actor: str, action: str,
-                      subject: str, detail: str) -> tuple[int, str]:
-        seq, prev_hash = head[0] + 1, head[1]
-        actor, action, subject, detail = map(_text, (actor, action, subject, detail))
-        digest = entry_hash(seq, at, actor, action, subject, detail, prev_hash)
-        self._db.execute(
-            "INSERT INTO audit_log (seq, at, actor, action, subject, detail, prev_hash, "
-            "entry_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (seq, at, actor, action, subject, detail, prev_hash, digest))
-        return seq, digest
 
     def _chain_unchained_audit(self) -> int:
         """Chain the entries written without a seq (before schema 13, or by an older
@@ -240,10 +248,15 @@ class AuditQueries:
             rows = list(self._db.query(
                 f"SELECT {row_id} AS row_id, at, actor, action, subject, detail FROM audit_log "
                 "WHERE seq IS NULL ORDER BY at, actor, action, subject, detail"))
+            chained = []
             for row in rows:
-                self._db.execute(f"DELETE FROM audit_log WHERE {by_id}", (row["row_id"],))
-                head = self._append_entry(head, float(row["at"]), row["actor"], row["action"],
-                                          row["subject"], row["detail"])
+                chained.append(chained_row(head, float(row["at"]), row["actor"], row["action"],
+                                           row["subject"], row["detail"]))
+                head = (chained[-1][0], chained[-1][-1])
+            # By id: an older central-sync beside this one may be adding unchained entries.
+            self._db.executemany(f"DELETE FROM audit_log WHERE {by_id}",
+                                 [(row["row_id"],) for row in rows])
+            self._db.executemany(_INSERT, chained)
         log.info("audit log: chained %d entries written without a seq db=%s", len(rows),
                  self._db.name)
         return len(rows)
@@ -258,30 +271,55 @@ class AuditQueries:
         return list(self._db.query(f"{_SELECT}{where} ORDER BY seq DESC LIMIT ?",
                                    (*params, limit)))
 
-    def iter_audit(self, filters: AuditFilter | None = None,
-                   page: int = VERIFY_PAGE) -> Iterator[dict[str, Any]]:
-        """Every matching chained entry, oldest first, read a page at a time (for exports)."""
-        where, params = (filters or AuditFilter()).where()
-        after = 0
+    def iter_audit(self, filters: AuditFilter | None = None, through_seq: int | None = None,
+                   page: int = VERIFY_PAGE, after_seq: int | None = None
+                   ) -> Iterator[dict[str, Any]]:
+        """Every matching chained entry after `after_seq` up to `through_seq` (None: no
+        bound), oldest first, read a page at a time (for exports and verification)."""
+        where, params = _through((filters or AuditFilter()).where(), through_seq)
+        after = after_seq
         while True:
+            more, more_params = ("", []) if after is None else (" AND seq > ?", [after])
             with self._lock:
-                rows = list(self._db.query(f"{_SELECT}{where} AND seq > ? ORDER BY seq LIMIT ?",
-                                           (*params, after, page)))
+                rows = list(self._db.query(f"{_SELECT}{where}{more} ORDER BY seq LIMIT ?",
+                                           (*params, *more_params, page)))
             yield from rows
             if len(rows) < page:
                 return
             after = rows[-1]["seq"]
 
     @serialised
-    def count_audit(self, filters: AuditFilter | None = None) -> int:
-        where, params = (filters or AuditFilter()).where()
+    def count_audit(self, filters: AuditFilter | None = None,
+                    through_seq: int | None = None) -> int:
+        where, params = _through((filters or AuditFilter()).where(), through_seq)
         return next(self._db.query(f"SELECT COUNT(*) AS n FROM audit_log{where}", params))["n"]
 
-    def verify_audit_chain(self, anchor: tuple[int, str] | None = None) -> ChainReport:
+    @serialised
+    def audit_head_seq(self) -> int:
+        """The seq of the chain's last entry; 0 when the log is empty."""
+        return next(self._db.query("SELECT MAX(seq) AS n FROM audit_log"))["n"] or 0
+
+    @serialised
+    def audit_actions(self, limit: int = 500) -> list[str]:
+        """The distinct actions in the log (model.publish, user.add, ...), sorted."""
+        return [row["action"] for row in self._db.query(
+            "SELECT DISTINCT action FROM audit_log ORDER BY action LIMIT ?", (limit,))]
+
+    def verify_audit_chain(self, anchor: tuple[int, str] | None = None,
+                           start: tuple[int, str] | None = None) -> ChainReport:
         """Verify the whole chain (read a page at a time, so writers go on meanwhile); entries
         without a seq are findings too. `anchor`: (seq, hash) recorded earlier, which must
-        still be there, unchanged: only that shows entries cut off the end."""
-        report = verify_chain(self.iter_audit())
+        still be there, unchanged: only that shows entries cut off the end. `start`: verify
+        only from the entry of this (seq, hash) on, the ones before verified already (its
+        hash is checked again, and it is taken as the anchor)."""
+        if start is None:
+            report = verify_chain(self.iter_audit())
+        else:
+            anchor, entries = start, self.iter_audit(after_seq=start[0] - 1)
+            first = next(entries, None)
+            report = ChainReport() if first is None or first["seq"] != start[0] else \
+                verify_chain(itertools.chain([first], entries),
+                             (start[0] - 1, first["prev_hash"]))
         with self._lock:
             unchained = next(self._db.query(
                 "SELECT COUNT(*) AS n FROM audit_log WHERE seq IS NULL"))["n"]

