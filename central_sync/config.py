@@ -45,6 +45,10 @@ class WebConfig(BaseModel):
         2, ge=1, le=64, description="Logins whose password is checked at the same time "
         "(each check takes 64 MiB for a moment); further attempts get 503 at once and try "
         "again")
+    max_upload_bytes: int = Field(
+        512 * 2**20, ge=1024 * 1024, description="Largest upload of a model version from the "
+        "model page (ONNX and metadata together); refused while it streams in, so a larger "
+        "one never reaches the disk whole")
 
 
 class ModelsConfig(BaseModel):

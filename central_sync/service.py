@@ -18,8 +18,8 @@ from pydantic import BaseModel
 
 from central_sync.artifact_server import SHORT_SHA256_CHARS, ArtifactChunkServer
 from central_sync.config import CentralConfig
-from central_sync.db import CentralDB, DatabaseError, DeploymentEventRefused
-from central_sync.rollouts import RolloutEngine
+from central_sync.db import CentralDB, DatabaseError, DeploymentEventRefused, Rollout
+from central_sync.rollouts import RolloutEngine, RolloutError, start_rollout
 from edge_agent.kernel import systemd
 from edge_agent.kernel.contract import (
     BatchAck,
@@ -36,10 +36,11 @@ from edge_agent.kernel.contract import (
     encode,
     expand_uplink,
 )
-from edge_agent.kernel.signing import KeyFileError
+from edge_agent.kernel.signing import KeyFileError, Signer
 from edge_agent.kernel.transport import NotConnected, Transport
 
 if TYPE_CHECKING:
+    from central_sync.web.models import ModelActions, RolloutRequest
     from edge_agent.kernel.httpserver import WebServer
 
 log = logging.getLogger(__name__)
@@ -153,9 +154,12 @@ class CentralService:
                 await self.db_call(refuse_open_to_the_network, self.db, self.config.web.host)
             except OpenToTheNetwork as exc:
                 raise ServiceStartError(str(exc)) from None
+            models = web_model_actions(self.config, signer)
             app = create_app(self.db, self.config.offline_after_s, health=self.health,
-                             password_checks_at_once=self.config.web.password_checks_at_once)
-            web = WebServer(app, self.config.web.host, self.config.web.port)
+                             password_checks_at_once=self.config.web.password_checks_at_once,
+                             model_actions=models)
+            web = WebServer(app, self.config.web.host, self.config.web.port,
+                            body_limits=models.body_limits)
             try:
                 await web.start()
             except OSError as exc:
@@ -392,3 +396,26 @@ class CentralService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+def web_model_actions(config: CentralConfig, signer: Signer) -> ModelActions:
+    """What the model pages need to publish and start rollouts, from central's
+    configuration: the web app sits beside rollouts, so their start is handed in here."""
+    from central_sync.web.models import ModelActions, RolloutRefused
+
+    def start(db: CentralDB, name: str, version: str, wanted: RolloutRequest,
+              by: str) -> Rollout:
+        try:
+            return start_rollout(
+                db, name, version, wanted.devices, wanted.target, by, canary=wanted.canary,
+                waves=wanted.waves, success_ratio=wanted.success_ratio,
+                wave_timeout_s=wanted.wave_timeout_s, canary_devices=wanted.canary_devices,
+                offline_after_s=config.offline_after_s, signer=signer,
+                approval_required=config.models.require_approval)
+        except RolloutError as exc:
+            raise RolloutRefused(str(exc)) from None
+
+    return ModelActions(
+        artifact_dir=config.artifact_dir, signer=signer, start_rollout=start,
+        require_approval=config.models.require_approval,
+        chunk_size_bytes=config.chunk_size_bytes, max_upload_bytes=config.web.max_upload_bytes)

@@ -118,7 +118,8 @@ def _output(path: Path) -> Iterator[TextIO]:
 
 def _filters(args: argparse.Namespace) -> AuditFilter:
     try:
-        return AuditFilter.from_text(args.actor, args.action, args.since, args.until)
+        return AuditFilter.from_text(args.actor, args.action, args.since, args.until,
+                                     args.subject)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
@@ -127,6 +128,8 @@ def _add_filter_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--actor", help="only entries by this user (exact name)")
     parser.add_argument("--action", help="only actions starting with this, e.g. model. or "
                                          "model.approve")
+    parser.add_argument("--subject", help="only subjects starting with this, e.g. "
+                                          "surface-defects@1.2.0 or gw-07/")
     parser.add_argument("--since", help="from this date or time, e.g. 2026-03-01 or "
                                         "2026-03-01T14:30 (central's local time)")
     parser.add_argument("--until", help="up to this time, or to the end of this date")
@@ -163,7 +166,8 @@ def add_commands(commands: Subcommands) -> None:
                     "back with --before.",
         examples=["central-sync audit list -c central-sync.yaml",
                   "central-sync audit list --actor anna --since 2026-03-01",
-                  "central-sync audit list --action dataset. --limit 20 --before 1500"])
+                  "central-sync audit list --action dataset. --limit 20 --before 1500",
+                  "central-sync audit list --subject surface-defects@1.2.0   # its lineage"])
     _add_filter_options(listing)
     listing.add_argument("--limit", type=int, default=50, help=f"at most this many (1 to "
                                                                 f"{LIST_MAX}; default 50)")

@@ -56,35 +56,40 @@ def _text(value: object) -> str:
 
 @dataclass(frozen=True)
 class AuditFilter:
-    """Which entries to list or export; every field optional. `action` is a prefix
-    ("model." matches model.publish and model.deploy); `until` is exclusive."""
+    """Which entries to list or export; every field optional. `action` and `subject` are
+    prefixes ("model." matches model.publish and model.deploy, "surface-defects@" every
+    version of that model); `until` is exclusive."""
 
     actor: str | None = None
     action: str | None = None
     since: float | None = None
     until: float | None = None
+    subject: str | None = None
 
     @classmethod
     def from_text(cls, actor: str | None = None, action: str | None = None,
-                  since: str | None = None, until: str | None = None) -> AuditFilter:
+                  since: str | None = None, until: str | None = None,
+                  subject: str | None = None) -> AuditFilter:
         """A filter from what a person typed: dates (2026-03-01, the whole day for `until`)
         or times (2026-03-01T14:30) in central's local time. ValueError says what is wrong."""
-        for name, value in (("actor", actor), ("action", action)):
+        for name, value in (("actor", actor), ("action", action), ("subject", subject)):
             if value and len(value) > MAX_FILTER_CHARS:
                 raise ValueError(f"{name} is longer than {MAX_FILTER_CHARS} characters")
         start, end = _moment(since, "since", False), _moment(until, "until", True)
         if start is not None and end is not None and start >= end:
             raise ValueError("since must be before until")
-        return cls(actor or None, action or None, start, end)
+        return cls(actor or None, action or None, start, end, subject or None)
 
     def where(self) -> tuple[str, list[Any]]:
         clauses, params = ["seq IS NOT NULL"], []
         if self.actor:
             clauses.append("actor = ?")
             params.append(self.actor)
-        if self.action:  # a literal prefix: no LIKE, whose wildcards and case rules differ
-            clauses.append(f"substr(action, 1, {len(self.action)}) = ?")
-            params.append(self.action)
+        for column in ("action", "subject"):  # literal prefixes: LIKE's wildcards and case
+            prefix = getattr(self, column)     # rules differ between the databases
+            if prefix:
+                clauses.append(f"substr({column}, 1, {len(prefix)}) = ?")
+                params.append(prefix)
         for bound, clause in (("since", "at >= ?"), ("until", "at < ?")):
             if getattr(self, bound) is not None:
                 clauses.append(clause)

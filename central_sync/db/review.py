@@ -82,6 +82,13 @@ class Defect:
 
 
 _COLUMNS = ", ".join(f.name for f in fields(Defect))
+# The model a record's payload names (`model`: name, version, sha256), per dialect.
+_RECORD_MODEL = {
+    "sqlite": ", ".join(f"json_extract(payload, '$.model.{key}') AS model_{key}"
+                        for key in ("name", "version", "sha256")),
+    "postgresql": ", ".join(f"CAST(payload AS jsonb) -> 'model' ->> '{key}' AS model_{key}"
+                            for key in ("name", "version", "sha256")),
+}
 
 
 def parse_cursor(cursor: str) -> tuple[float, str, int]:
@@ -116,6 +123,15 @@ class ReviewQueries:
         row = next(self._db.query(f"SELECT {_COLUMNS} FROM defects WHERE device_id = ? AND "
                                   "seq = ?", (device_id, seq)), None)
         return Defect(**row) if row else None
+
+    @serialised
+    def record_model(self, device_id: str, seq: int) -> dict[str, Any] | None:
+        """What a stored record says of itself for its lineage: its type, time and the model
+        it names (name, version, sha256; None where the payload names none)."""
+        model = _RECORD_MODEL[self._db.dialect]
+        return next(self._db.query(
+            f"SELECT type, created_at, {model} FROM records WHERE device_id = ? AND seq = ?",
+            (device_id, seq)), None)
 
     @serialised
     def label_defect(self, device_id: str, seq: int, verdict: str, by: str,

@@ -25,6 +25,8 @@ from central_sync.metrics import central_registry
 from central_sync.web.audit import audit_router
 from central_sync.web.auth import PASSWORD_CHECKS_AT_ONCE, api_reader, login_router
 from central_sync.web.headers import SecurityHeaders
+from central_sync.web.lineage import lineage_router
+from central_sync.web.models import ModelActions, models_router
 from central_sync.web.pages import model_health, pages_router
 from central_sync.web.review import review_router
 
@@ -62,10 +64,12 @@ def create_app(
     offline_after_s: float,
     health: Callable[[], dict[str, Any]] | None = None,
     password_checks_at_once: int = PASSWORD_CHECKS_AT_ONCE,
+    model_actions: ModelActions | None = None,
 ) -> FastAPI:
     """The FastAPI app over a CentralDB; `health` adds live service state to /healthz and
-    /metrics. No generated API docs: /docs would load scripts from a CDN, and the API is
-    described in the README."""
+    /metrics; `model_actions` lets engineers publish, evaluate, approve and roll out from the
+    model pages (without it they only show). No generated API docs: /docs would load scripts
+    from a CDN, and the API is described in the README."""
     app = FastAPI(title="central-sync", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url=None)
     app.add_middleware(SecurityHeaders)
@@ -128,6 +132,8 @@ def create_app(
     app.include_router(login_router(db, password_checks_at_once))
     app.include_router(review_router(db))
     app.include_router(audit_router(db))
+    app.include_router(models_router(db, model_actions))
+    app.include_router(lineage_router(db))
     app.include_router(pages_router(db, offline_after_s))
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
     return app

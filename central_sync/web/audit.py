@@ -50,7 +50,7 @@ def audit_router(db: CentralDB) -> APIRouter:
         more = len(entries) > limit
         entries = entries[:limit]
         query = {k: v for k, v in request.query_params.items()
-                 if k in ("actor", "action", "since", "until") and v}
+                 if k in ("actor", "action", "subject", "since", "until") and v}
         paging = {**query, **({"limit": str(limit)} if limit != PAGE_SIZE else {})}
         return templates.get_template("audit.html").render(
             session=session, entries=entries, query=query, chain=chain.report(),
@@ -87,7 +87,7 @@ def _filters(request: Request) -> AuditFilter:
     q = request.query_params
     try:
         return AuditFilter.from_text(q.get("actor"), q.get("action"), q.get("since"),
-                                     q.get("until"))
+                                     q.get("until"), q.get("subject"))
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from None
 

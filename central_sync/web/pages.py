@@ -1,6 +1,6 @@
-"""Central's pages for engineers: the fleet, devices, models with their version history,
-lineage and drift charts, rollouts (live) and recommendations (the audit log: web/audit.py).
-Server-rendered; charts are inline SVG made here."""
+"""Central's pages for engineers: the fleet, devices, rollouts (live) and recommendations
+(the audit log: web/audit.py; the models: web/models.py, with model_health from here, which
+the drift API shares). Server-rendered; charts are inline SVG made here."""
 
 import logging
 import time
@@ -17,7 +17,6 @@ from central_sync.db.accounts import Session
 from central_sync.db.review import DefectFilter
 from central_sync.drift import drift_report, latency_percentiles
 from central_sync.web.auth import session_dependencies
-from central_sync.web.charts import latency_chart, psi_chart
 from central_sync.web.rendering import templates
 from edge_agent.kernel.contract import (
     RECORD_RECOMMENDATION,
@@ -31,7 +30,6 @@ from edge_agent.kernel.contract import (
 log = logging.getLogger(__name__)
 P = TypeVar("P", bound=BaseModel)
 
-DRIFT_WINDOW_H = 24 * 7
 FLEET_REFRESH_S = 5
 
 
@@ -47,28 +45,6 @@ def pages_router(db: CentralDB, offline_after_s: float) -> APIRouter:
         return templates.get_template("fleet.html").render(
             session=session, devices=devices, predictions=db.recent_predictions(20),
             refresh_s=FLEET_REFRESH_S)
-
-    @router.get("/models", response_class=HTMLResponse)
-    def models(session: page) -> str:
-        by_name: dict[str, list[Any]] = {}
-        for published in db.list_models():
-            by_name.setdefault(published.manifest.name, []).append(published)
-        return templates.get_template("models.html").render(session=session, models=by_name)
-
-    @router.get("/models/{name}", response_class=HTMLResponse)
-    def model(name: str, session: page) -> str:
-        versions = [m for m in db.list_models() if m.manifest.name == name]
-        if not versions:
-            raise HTTPException(404, f"no model {name}; `central-sync model list` shows them")
-        health = model_health(db, name, None, time.time() - DRIFT_WINDOW_H * 3600)
-        drift, intervals = health if health else (None, [])
-        charts = {d["device_id"]: psi_chart(d["drift"]) for d in drift["devices"]} \
-            if drift else {}
-        latency = latency_chart(intervals)
-        audit = [e for e in db.list_audit(500) if e["subject"].startswith(f"{name}@")]
-        return templates.get_template("model.html").render(
-            session=session, name=name, versions=list(reversed(versions)), drift=drift,
-            charts=charts, latency=latency, audit=audit, window_h=DRIFT_WINDOW_H)
 
     @router.get("/rollouts", response_class=HTMLResponse)
     def rollouts(session: page) -> str:

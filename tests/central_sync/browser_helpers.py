@@ -21,16 +21,18 @@ CHROMIUM = Path("/usr/bin/chromium")
 
 @contextlib.contextmanager
 def logged_in_page(db: CentralDB, user: str, password: str, path: str,
-                   viewport: tuple[int, int] = (1600, 900)) -> Iterator[tuple[Any, Any]]:
-    """(page, playwright.sync_api): central serving `db` on a free port, logged in through the
-    form and back on `path`, loaded. Skips when Chromium or Playwright is missing."""
+                   viewport: tuple[int, int] = (1600, 900),
+                   app: Any = None) -> Iterator[tuple[Any, Any]]:
+    """(page, playwright.sync_api): central serving `db` (or `app`, an app made over it) on a
+    free port, logged in through the form and back on `path`, loaded. Skips when Chromium or
+    Playwright is missing."""
     if not CHROMIUM.exists():
         pytest.skip("Debian's Chromium is not installed (/usr/bin/chromium): "
                     "deploy/setup.sh --test installs it")
     sync_api = pytest.importorskip(
         "playwright.sync_api", reason="playwright is not installed: pip install -e '.[browser]'")
     port, loop = free_port(), asyncio.new_event_loop()
-    server = WebServer(create_app(db, 120), "127.0.0.1", port)
+    server = WebServer(app or create_app(db, 120), "127.0.0.1", port)
     threading.Thread(target=loop.run_forever, daemon=True).start()
     asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
     try:

@@ -90,6 +90,9 @@ def test_list_filters_by_who_what_and_when(central, capsys) -> None:
     assert main(["audit", "list", "--actor", "bob", "-c", str(config)]) == 0
     out = capsys.readouterr().out
     assert "surface-labels@1" in out and "alice" not in out
+    assert main(["audit", "list", "--subject", "scrap-model@1.0.2", "-c", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "scrap-model@1.0.2" in out and "scrap-model@1.0.1" not in out
     assert main(["audit", "list", "--since", "2999-01-01", "-c", str(config)]) == 0
     assert "no audit entries match" in capsys.readouterr().out
     assert main(["audit", "list", "--until", "last week", "-c", str(config)]) == 2

@@ -193,6 +193,8 @@ def test_filters_and_paging_by_seq(tmp_path: Path) -> None:
     assert [e["seq"] for e in db.list_audit(2, before_seq=5)] == [4, 3]
     assert [e["seq"] for e in db.list_audit(filters=AuditFilter(action="mo%"))] == []
     assert db.count_audit(AuditFilter(action="dataset.")) == 3
+    assert [e["seq"] for e in db.list_audit(filters=AuditFilter(subject="s1"))] == [2]
+    assert db.list_audit(filters=AuditFilter(subject="S1")) == []  # exact case
     assert db.list_audit(filters=AuditFilter(since=time.time() + 60)) == []
     assert len(db.list_audit(filters=AuditFilter(until=time.time() + 60))) == 7
     assert [e["seq"] for e in db.iter_audit(AuditFilter(actor="bob"), page=1)] == [1, 3, 5]

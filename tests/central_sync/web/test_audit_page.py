@@ -81,6 +81,7 @@ def test_filters_by_who_what_and_when(audited: CentralDB) -> None:
     assert seqs_on(by_bob) == [8] and "surface-labels@1" in by_bob
     assert seqs_on(web.get("/audit?action=model.").text) == [7, 6, 5, 4, 3]
     assert seqs_on(web.get("/audit?action=model.publish&actor=alice").text) == [7, 6, 5, 4, 3]
+    assert seqs_on(web.get("/audit?subject=scrap-model@1.0.4").text) == [7]
     first = time.strftime("%Y-%m-%d", time.localtime(audited.list_audit(1, before_seq=2)[0]["at"]))
     today = time.strftime("%Y-%m-%d")
     assert len(seqs_on(web.get(f"/audit?since={first}&until={today}").text)) == \
