@@ -29,6 +29,7 @@ from central_sync.web.lineage import lineage_router
 from central_sync.web.models import ModelActions, models_router
 from central_sync.web.pages import model_health, pages_router
 from central_sync.web.review import review_router
+from central_sync.web.samples import samples_router
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,7 @@ def create_app(
 
     app.include_router(login_router(db, password_checks_at_once))
     app.include_router(review_router(db))
+    app.include_router(samples_router(db))
     app.include_router(audit_router(db))
     app.include_router(models_router(db, model_actions))
     app.include_router(lineage_router(db))

@@ -67,10 +67,12 @@ def review_router(db: CentralDB) -> APIRouter:
         defects = defects[:PAGE_SIZE]
         query = {k: v for k, v in request.query_params.items() if k != "after" and v}
         since, rate = db.defect_rate(filters, RATE_BUCKET_S, RATE_BUCKETS)
+        awaiting = db.samples_awaiting()  # the samples queue's count, beside the defects
         return templates.get_template("review.html").render(
             session=session, defects=defects, summary=db.defect_summary(filters),
             choices=db.defect_choices(), query=query, verdicts=VERDICTS,
             unreviewed=UNREVIEWED, may_label=session.user.may("quality"),
+            samples_awaiting=awaiting, nav_awaiting=awaiting,
             rate_chart=defect_rate_chart(rate, since, RATE_BUCKET_S, RATE_BUCKETS),
             next_page="/review?" + urlencode({**query, "after": defects[-1].key})
             if more else None,
