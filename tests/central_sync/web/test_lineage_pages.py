@@ -53,6 +53,9 @@ def test_a_defect_leads_to_its_version_dataset_evaluation_and_approver(site: Tes
     version = site.get("/models/surface-defects/1.0.0").text
     assert 'href="/datasets/surface-labels/1"' in version and site.dataset_id in version  # type: ignore[attr-defined]
     assert "a1b2c3d" in version and "by bob" in version
+    assert 'href="/audit?subject=surface-defects%401.0.0"' in version
+    trail = site.get("/audit?subject=surface-defects%401.0.0").text
+    assert "model.publish" in trail and "model.approve" in trail
 
 
 def test_a_record_whose_bytes_central_did_not_publish_says_so(site: TestClient) -> None:
