@@ -4,13 +4,23 @@ where the shipped model is right about four times in five."""
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
 import cv2
 import numpy as np
+import onnxruntime as ort
 
 from central_sync.training import BaseModel, LabelledImage
+from edge_agent.kernel.contract import (
+    EvidenceImage,
+    ModelRef,
+    SamplePayload,
+    UplinkBatch,
+    UplinkRecord,
+    VisionSummary,
+)
 from sample_data import make_vision_data as vision
 from tests.helpers import REPO
 
@@ -18,6 +28,7 @@ SHIPPED_MODEL = REPO / "sample_data" / "surface_defects.onnx"
 SHIPPED_METADATA = REPO / "sample_data" / "surface_defects.json"
 LABELS = vision.LABELS  # ok, scratch, pit, stain
 FOCUS_BLUR_SIGMA = 1.6
+T0 = 1_800_000_000.0
 
 
 def shipped_base() -> BaseModel:
@@ -60,3 +71,39 @@ def write_folder(folder: Path, patches: list[tuple[str, np.ndarray]]) -> dict[st
         truth[name] = label
     return truth
 
+
+
+def freeze_patches(db, name: str, patches: list[tuple[str, np.ndarray]], device_id: str,
+                   by: str = "quality-eng"):
+    """The patches as a gateway's sample records (the shipped model's prediction, the JPEG
+    evidence), each labelled with its true class by a reviewer, frozen as dataset `name`
+    from this device's records. The shipped model must be published (labels are checked
+    against its classes)."""
+    from central_sync.datasets import DatasetSelection, create_dataset
+
+    session = ort.InferenceSession(str(SHIPPED_MODEL), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {"images": vision.to_tensor(np.stack([i for _, i in patches]))})[0]
+    records = []
+    for seq, ((_, image), scores) in enumerate(zip(patches, logits, strict=True), start=1):
+        best = int(np.argmax(scores))
+        confidence = float(np.exp(scores[best]) / np.exp(scores).sum())
+        label = LABELS[best]
+        payload = SamplePayload(
+            pipeline="surface", camera="strip-camera", roi="frame", roi_box=None, label=label,
+            confidence=round(confidence, 4),
+            result=VisionSummary(kind="classification", label=label,
+                                 confidence=round(confidence, 4)),
+            model=ModelRef(name="surface-defects", version="1.0.0", sha256="0" * 64),
+            frame_index=seq, captured_at=T0 + seq, reason="uncertain",
+            images={"frame": EvidenceImage(jpeg_b64=base64.b64encode(jpeg(image)).decode(),
+                                           width=image.shape[1], height=image.shape[0])})
+        records.append(UplinkRecord(seq=seq, type="sample", created_at=T0 + seq,
+                                    payload=payload.model_dump(mode="json")))
+    db.store_batch(UplinkBatch(device_id=device_id, records=records))
+    for seq, (truth, _) in enumerate(patches, start=1):
+        db.label_sample(device_id, seq, truth, by)
+    return create_dataset(db, name, DatasetSelection(device_id=device_id), by)
+
+
+def jpeg(image: np.ndarray) -> bytes:
+    return cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()

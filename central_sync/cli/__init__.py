@@ -19,6 +19,7 @@ from central_sync.cli import (
     models,
     rollouts,
     serve,
+    train,
     users,
 )
 from central_sync.cli.common import EXIT_USAGE, FORMATTER, UsageError, epilog
@@ -28,7 +29,7 @@ from edge_agent.kernel.transport import BrokerCredentialsError
 
 # The order of `central-sync --help`.
 COMMAND_SETS = (serve.add_commands, models.add_commands, datasets.add_commands,
-                rollouts.add_commands,
+                train.add_commands, rollouts.add_commands,
                 users.add_commands, audit.add_commands,
                 devices.add_provisioning_commands, keys.add_commands,
                 devices.add_fleet_command, contract.add_commands)

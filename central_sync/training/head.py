@@ -63,6 +63,8 @@ def embed(trunk: onnx.ModelProto, preprocessing: Preprocessing,
     batch_size = fixed or BATCH
     preprocess = Preprocessor(preprocessing, dtype)
     chunks, batch, done = [], [], 0
+    if progress:
+        progress(0, total)
     for load in images:
         batch.append(preprocess(load())[0])
         if len(batch) == batch_size:
