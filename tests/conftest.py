@@ -104,21 +104,39 @@ def python() -> str:
 class LineSimulatorProcess:
     port: int
     process: subprocess.Popen
+    ready: bool = False
 
     @property
     def endpoint(self) -> str:
         return f"opc.tcp://127.0.0.1:{self.port}/line-1"
+
+    def wait_ready(self) -> None:
+        """Return once the simulator has printed READY: it accepts connections."""
+        assert self.process.stdout is not None
+        while not self.ready:
+            line = self.process.stdout.readline()
+            if not line:
+                raise AssertionError(
+                    f"line simulator exited with {self.process.wait()} before READY")
+            self.ready = line.startswith("READY")
 
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
         self.process.wait(timeout=10)
 
+    def kill(self) -> None:
+        """Stop at once, for a teardown: a graceful stop takes asyncua over a second."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=10)
+
 
 def start_line_simulator(
-    port: int, interval_s: float = 0.5, extra_args: Sequence[str] = ()
+    port: int, interval_s: float = 0.5, extra_args: Sequence[str] = (), wait: bool = True
 ) -> LineSimulatorProcess:
-    """The sample OPC-UA server as a real process; returns once it prints READY.
+    """The sample OPC-UA server as a real process; returns once it prints READY, or at once
+    with `wait=False` (then call `wait_ready()` before connecting).
 
     `extra_args` go to the simulator's command line, e.g. ["--users", "operator:secret"].
     """
@@ -136,18 +154,17 @@ def start_line_simulator(
         stderr=subprocess.DEVNULL,
         text=True,
     )
-    assert process.stdout is not None
-    for line in process.stdout:
-        if line.startswith("READY"):
-            return LineSimulatorProcess(port, process)
-    raise AssertionError(f"line simulator exited with {process.wait()} before READY")
+    simulator = LineSimulatorProcess(port, process)
+    if wait:
+        simulator.wait_ready()
+    return simulator
 
 
 @pytest.fixture
 def line_simulator() -> Iterator[LineSimulatorProcess]:
     simulator = start_line_simulator(free_port())
     yield simulator
-    simulator.stop()
+    simulator.kill()
 
 
 # PostgreSQL for central's tests: each test gets a database of its own on this server

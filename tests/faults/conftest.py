@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LineSimulatorProcess, Mosquitto, free_port
-from tests.faults.harness import Plant
+from tests.conftest import LineSimulatorProcess, Mosquitto, free_port, start_line_simulator
+from tests.faults.harness import Plant, publish_sample
 
 FAILED = pytest.StashKey[bool]()
 
@@ -33,6 +33,22 @@ def _running(request: pytest.FixtureRequest, plant: Plant) -> Iterator[Plant]:
     plant.close(diagnose=request.node.stash.get(FAILED, False))
 
 
+@pytest.fixture(scope="session")
+def published(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Central's folder with its keys and the sample model published, made once: each plant
+    starts from a copy (the same files `keys init` and `model publish` would write)."""
+    return publish_sample(tmp_path_factory.mktemp("published") / "central.yaml")
+
+
+@pytest.fixture
+def line_simulator() -> Iterator[LineSimulatorProcess]:
+    """The line simulator, launched without waiting for it: the plant starts central while it
+    starts, and waits for it before starting the agent."""
+    simulator = start_line_simulator(free_port(), wait=False)
+    yield simulator
+    simulator.kill()
+
+
 @pytest.fixture
 def protocol() -> str:
     """MQTT version of central and agent; tests parametrize it where sessions matter."""
@@ -41,8 +57,9 @@ def protocol() -> str:
 
 @pytest.fixture
 def plant(request: pytest.FixtureRequest, tmp_path: Path, mosquitto: Mosquitto,
-          line_simulator: LineSimulatorProcess, protocol: str) -> Iterator[Plant]:
-    yield from _running(request, Plant(tmp_path, mosquitto, line_simulator, protocol))
+          line_simulator: LineSimulatorProcess, protocol: str, published: Path) -> Iterator[Plant]:
+    yield from _running(request, Plant(tmp_path, mosquitto, line_simulator, protocol,
+                                       published=published))
 
 
 @pytest.fixture
@@ -60,6 +77,7 @@ def small_queue_broker(tmp_path: Path) -> Iterator[Mosquitto]:
 
 @pytest.fixture
 def small_queue_plant(request: pytest.FixtureRequest, tmp_path: Path,
-                      small_queue_broker: Mosquitto,
-                      line_simulator: LineSimulatorProcess) -> Iterator[Plant]:
-    yield from _running(request, Plant(tmp_path, small_queue_broker, line_simulator))
+                      small_queue_broker: Mosquitto, line_simulator: LineSimulatorProcess,
+                      published: Path) -> Iterator[Plant]:
+    yield from _running(request, Plant(tmp_path, small_queue_broker, line_simulator,
+                                       published=published))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -53,12 +54,44 @@ class Delivery:
                 f"prediction rows {self.predictions}")
 
 
+def _central_yaml(broker: str) -> str:
+    return (f"central_id: {CENTRAL_ID}\n"
+            f"broker: {broker}\n"
+            "database_url: sqlite:///central/central.db\n"
+            "artifact_dir: central/artifacts\n"
+            "chunk_size_bytes: 16384\n"
+            "web: {port: 0}\n"
+            "models: {require_approval: false}\n"
+            "signing_key_path: central/keys/signing.key\n")
+
+
+def _central_cli(config: Path, *args: str, timeout_s: float = 90) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / CENTRAL), *args, "-c", str(config)],
+                          capture_output=True, text=True, timeout=timeout_s, cwd=REPO)
+
+
+def publish_sample(config: Path) -> Path:
+    """`central-sync keys init` and `model publish` of the sample model for the central that
+    `config` describes (written here if missing); returns central's folder beside it, which
+    `Plant(published=...)` copies instead of publishing again (the broker is not needed)."""
+    if not config.exists():
+        config.write_text(_central_yaml("{host: 127.0.0.1, port: 1883}"))
+    keys = _central_cli(config, "keys", "init")
+    assert keys.returncode == 0, keys.stdout + keys.stderr
+    published = _central_cli(config, "model", "publish", str(SAMPLE_MODEL), "--name", MODEL,
+                             "--version", VERSION, "--metadata", str(SAMPLE_METADATA))
+    assert published.returncode == 0, published.stdout + published.stderr
+    return config.parent / "central"
+
+
 class Plant:
     """Broker, line simulator, central and one agent, each a real process."""
 
     def __init__(self, workdir: Path, broker: Mosquitto, simulator: LineSimulatorProcess,
-                 protocol: str = "5", quota_bytes: int | None = None) -> None:
+                 protocol: str = "5", quota_bytes: int | None = None,
+                 published: Path | None = None) -> None:
         self.workdir = workdir
+        self.published = published
         self.broker = broker
         self.simulator = simulator
         self.protocol = protocol
@@ -77,16 +110,7 @@ class Plant:
     def _write_configs(self) -> None:
         broker = (f"{{host: 127.0.0.1, port: {self.broker.port}, protocol: '{self.protocol}', "
                   "keepalive_s: 5}")
-        self.central_config.write_text(
-            f"central_id: {CENTRAL_ID}\n"
-            f"broker: {broker}\n"
-            "database_url: sqlite:///central/central.db\n"
-            "artifact_dir: central/artifacts\n"
-            "chunk_size_bytes: 16384\n"
-            "web: {port: 0}\n"
-            "models: {require_approval: false}\n"
-            "signing_key_path: central/keys/signing.key\n"
-        )
+        self.central_config.write_text(_central_yaml(broker))
         nodes = ", ".join(f"{tag}: 'ns=2;s=line1.{tag}'" for tag in TAGS)
         self.agent_config.write_text(
             f"device_id: {DEVICE}\n"
@@ -94,7 +118,7 @@ class Plant:
             f"broker: {broker}\n"
             "sources:\n"
             f"  - {{name: line1, endpoint: '{self.simulator.endpoint}',"
-            f" sampling_interval_ms: 100, nodes: {{{nodes}}}}}\n"
+            f" sampling_interval_ms: 100, reconnect_max_backoff_s: 1, nodes: {{{nodes}}}}}\n"
             "pipelines:\n"
             f"  - {{name: scrap, source: line1, model: {MODEL}, interval_s: 0.05}}\n"
             "uplink: {batch_size: 20, ack_timeout_s: 2}\n"
@@ -107,15 +131,18 @@ class Plant:
     # --- whole plant -----------------------------------------------------------------------
 
     def start(self) -> Plant:
-        """Publish the sample model, start central and the agent, deploy, wait for records."""
-        keys = self.central_cli("keys", "init")
-        assert keys.returncode == 0, keys.stdout + keys.stderr
-        published = self.central_cli("model", "publish", str(SAMPLE_MODEL), "--name", MODEL,
-                                     "--version", VERSION, "--metadata", str(SAMPLE_METADATA))
-        assert published.returncode == 0, published.stdout + published.stderr
+        """Publish the sample model (or copy central's folder from `published`), start central
+        and the agent, deploy, wait for records."""
+        if self.published is None:
+            publish_sample(self.central_config)
+        else:
+            shutil.copytree(self.published, self.central_db_path.parent)
         self.start_central()
         self.start_agent()
         wait_until(lambda: self.device_state() == "online", 30, what="agent online in central")
+        # Launched without waiting, the line may have started along with central and the agent;
+        # the agent's source retries within a second until it can connect.
+        self.simulator.wait_ready()
         deployed = self.central_cli("deploy", f"{MODEL}@{VERSION}", "--device", DEVICE,
                                     "--wait", "60")
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr + self.log(AGENT)
@@ -148,8 +175,7 @@ class Plant:
     # --- processes -------------------------------------------------------------------------
 
     def central_cli(self, *args: str, timeout_s: float = 90) -> subprocess.CompletedProcess:
-        return subprocess.run([str(BIN / CENTRAL), *args, "-c", str(self.central_config)],
-                              capture_output=True, text=True, timeout=timeout_s, cwd=REPO)
+        return _central_cli(self.central_config, *args, timeout_s=timeout_s)
 
     def _start(self, name: str, *args: str) -> None:
         running = self.processes.get(name)
@@ -217,9 +243,11 @@ class Plant:
         os.kill(self.processes[name].pid, signal.SIGCONT)
 
     def stop_simulator(self) -> None:
+        """The line stops: killed, as its graceful stop takes asyncua over a second and what
+        the agent sees is the same, a closed connection."""
         process = self.simulator.process
         if process.poll() is None:
-            process.terminate()
+            process.kill()
             process.wait(timeout=10)
 
     def log(self, name: str, tail_chars: int = 4000) -> str:

@@ -19,9 +19,9 @@ QUOTA_BYTES = 64 * 1024  # about 160 predictions: a few seconds of this line
 
 @pytest.fixture
 def small_disk_plant(request: pytest.FixtureRequest, tmp_path: Path, mosquitto: Mosquitto,
-                     line_simulator: LineSimulatorProcess) -> Iterator[Plant]:
+                     line_simulator: LineSimulatorProcess, published: Path) -> Iterator[Plant]:
     yield from _running(request, Plant(tmp_path, mosquitto, line_simulator,
-                                       quota_bytes=QUOTA_BYTES))
+                                       quota_bytes=QUOTA_BYTES, published=published))
 
 
 def test_missing_records_are_exactly_those_counted_as_evicted(small_disk_plant: Plant) -> None:
