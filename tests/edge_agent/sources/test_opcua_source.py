@@ -9,7 +9,7 @@ import hashlib
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +61,18 @@ async def write_string(endpoint: str, node_id: str, text: str) -> None:
         )
 
 
-def test_source_reads_live_tags_with_timestamps(line_simulator: LineSimulatorProcess) -> None:
+@pytest.fixture(scope="module")
+def shared_simulator() -> Iterator[LineSimulatorProcess]:
+    """One simulator for the tests that only read from it or have their writes refused: none
+    changes what it serves. Tests that write, stop or pause the server get their own."""
+    simulator = start_line_simulator(free_port())
+    yield simulator
+    simulator.kill()
+
+
+def test_source_reads_live_tags_with_timestamps(shared_simulator: LineSimulatorProcess) -> None:
     async def scenario() -> None:
-        async with running(source_for(line_simulator.endpoint)) as source:
+        async with running(source_for(shared_simulator.endpoint)) as source:
             await wait_until_async(lambda: set(source.latest) == set(TAGS), 15, what="all tags")
             first = source.latest["zone2_temp_c"]
             assert first.good and 150 < first.value < 220
@@ -93,11 +102,11 @@ def test_source_time_is_the_servers_source_timestamp() -> None:
     try:
         asyncio.run(scenario())
     finally:
-        simulator.stop()
+        simulator.kill()
 
 
 def test_nodes_by_browse_path_and_an_unresolvable_path_is_reported(
-    line_simulator: LineSimulatorProcess,
+    shared_simulator: LineSimulatorProcess,
 ) -> None:
     nodes = {
         "zone2_temp_c": "/Objects/2:Line1/2:zone2_temp_c",
@@ -106,7 +115,7 @@ def test_nodes_by_browse_path_and_an_unresolvable_path_is_reported(
     }
 
     async def scenario() -> None:
-        async with running(source_for(line_simulator.endpoint, nodes=nodes)) as source:
+        async with running(source_for(shared_simulator.endpoint, nodes=nodes)) as source:
             await wait_until_async(
                 lambda: {"zone2_temp_c", "screw_speed_rpm"} <= set(source.latest), 15,
                 what="values by browse path and NodeId")
@@ -120,11 +129,11 @@ def test_nodes_by_browse_path_and_an_unresolvable_path_is_reported(
 
 
 def test_deadband_larger_than_the_changes_suppresses_updates(
-    line_simulator: LineSimulatorProcess,
+    shared_simulator: LineSimulatorProcess,
 ) -> None:
     async def scenario() -> None:
-        plain = source_for(line_simulator.endpoint)
-        banded = source_for(line_simulator.endpoint, deadband=1000.0)
+        plain = source_for(shared_simulator.endpoint)
+        banded = source_for(shared_simulator.endpoint, deadband=1000.0)
         async with running(plain), running(banded):
             await wait_until_async(lambda: set(plain.latest) == set(TAGS) == set(banded.latest),
                                    15, what="first values")
@@ -195,7 +204,7 @@ def test_source_reconnects_after_server_restart_and_records_one_gap(
                 # Letting time pass is the check here: a second gap would show up by now.
                 await asyncio.sleep(1.0)
             finally:
-                restarted.stop()
+                restarted.kill()
         assert len(gaps) == 1
         gap = gaps[0]
         assert gap.source == "line1" and gap.reason
@@ -210,13 +219,13 @@ def test_source_reconnects_after_server_restart_and_records_one_gap(
 
 
 def test_keepalives_confirm_a_value_that_does_not_change(
-    line_simulator: LineSimulatorProcess,
+    shared_simulator: LineSimulatorProcess,
 ) -> None:
     """A setpoint nobody writes is reported once; the server's keepalives keep confirming it."""
     nodes = {"zone2_setpoint": "ns=2;s=line1.zone2_temp_c_sp"}
 
     async def scenario() -> None:
-        async with running(source_for(line_simulator.endpoint, nodes=nodes)) as source:
+        async with running(source_for(shared_simulator.endpoint, nodes=nodes)) as source:
             await wait_until_async(lambda: "zone2_setpoint" in source.latest, 15,
                                    what="the setpoint's value")
             first = source.latest["zone2_setpoint"]
@@ -228,9 +237,9 @@ def test_keepalives_confirm_a_value_that_does_not_change(
     asyncio.run(scenario())
 
 
-def test_history_keeps_only_the_configured_seconds(line_simulator: LineSimulatorProcess) -> None:
+def test_history_keeps_only_the_configured_seconds(shared_simulator: LineSimulatorProcess) -> None:
     async def scenario() -> None:
-        async with running(source_for(line_simulator.endpoint, history_s=1.0)) as source:
+        async with running(source_for(shared_simulator.endpoint, history_s=1.0)) as source:
             await wait_until_async(lambda: set(source.latest) == set(TAGS), 15, what="all tags")
             first = source.latest["zone2_temp_c"]
             await wait_until_async(
@@ -263,11 +272,13 @@ def test_setpoint_write_returns_the_previous_value(line_simulator: LineSimulator
     asyncio.run(scenario())
 
 
-def test_refused_or_impossible_setpoint_writes_raise(line_simulator: LineSimulatorProcess) -> None:
+def test_refused_or_impossible_setpoint_writes_raise(
+    shared_simulator: LineSimulatorProcess,
+) -> None:
     setpoints = {"zone1_temp_c": "ns=2;s=line1.zone1_temp_c"}  # a measurement: read-only
 
     async def scenario() -> None:
-        source = source_for(line_simulator.endpoint, setpoints=setpoints)
+        source = source_for(shared_simulator.endpoint, setpoints=setpoints)
         with pytest.raises(SetpointWriteError, match="not connected"):
             await source.write("zone1_temp_c", 1.0)
         async with running(source):
@@ -280,18 +291,20 @@ def test_refused_or_impossible_setpoint_writes_raise(line_simulator: LineSimulat
     asyncio.run(scenario())
 
 
-@pytest.fixture
-def secure_simulator(tmp_path: Path) -> Any:
-    server_cert, server_key = write_app_certificate(tmp_path, "simulator", SIMULATOR_URI,
+@pytest.fixture(scope="module")
+def secure_simulator(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A simulator with a certificate and one user, shared by the tests that only log in."""
+    folder = tmp_path_factory.mktemp("secure-simulator")
+    server_cert, server_key = write_app_certificate(folder, "simulator", SIMULATOR_URI,
                                                     server=True)
-    client_cert, client_key = write_app_certificate(tmp_path, "agent", CLIENT_URI)
+    client_cert, client_key = write_app_certificate(folder, "agent", CLIENT_URI)
     simulator = start_line_simulator(free_port(), extra_args=[
         "--certificate", str(server_cert), "--private-key", str(server_key),
         "--users", "operator:s3cret",
     ])
     yield simulator, {"security_policy": "Basic256Sha256", "certificate": client_cert,
                       "private_key": client_key, "server_certificate": server_cert}
-    simulator.stop()
+    simulator.kill()
 
 
 def test_secure_source_connects_with_the_right_credentials(
@@ -374,7 +387,7 @@ def test_server_certificate_is_trusted_on_first_use_and_a_replaced_one_refused(
     try:
         asyncio.run(scenario("connected"))
     finally:
-        simulator.stop()
+        simulator.kill()  # the connection is closed either way; a graceful stop takes 1 s more
     assert pinned.read_bytes() == first_der
 
     simulator, second_der = simulator_with_certificate(tmp_path / "second", port)
@@ -388,7 +401,7 @@ def test_server_certificate_is_trusted_on_first_use_and_a_replaced_one_refused(
         asyncio.run(scenario("connected"))
         assert pinned.read_bytes() == second_der
     finally:
-        simulator.stop()
+        simulator.kill()
 
 
 def test_a_password_in_the_endpoint_is_neither_shown_nor_logged(
