@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import ssl
 import subprocess
@@ -104,18 +105,10 @@ class SecurePlant:
         return Probe(username=username, password=password, **kwargs)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def plant(tmp_path: Path) -> Iterator[SecurePlant]:
-    root = tmp_path / "edge-mlops"
-    root.mkdir()
-    made = subprocess.run(["bash", str(REPO / "deploy" / "make-certs.sh"), "server", "--out",
-                           str(root / "tls"), "localhost", "127.0.0.1"],
-                          capture_output=True, text=True, timeout=60)
-    assert made.returncode == 0, made.stderr
-    plant = SecurePlant(root, free_port(), free_port(), free_port(), tmp_path / "central.yaml")
-    plant.central_config.write_text(
+def central_yaml(root: Path, plain_port: int, tls_port: int, reload_command: str) -> str:
+    return (
         "central_id: central\n"
-        f"broker: {{host: 127.0.0.1, port: {plant.plain_port}, username: central,\n"
+        f"broker: {{host: 127.0.0.1, port: {plain_port}, username: central,\n"
         "         password_file: central/keys/mqtt-password}\n"
         "database_url: sqlite:///central/central.db\n"
         "artifact_dir: central/artifacts\n"
@@ -126,18 +119,48 @@ def plant(tmp_path: Path) -> Iterator[SecurePlant]:
         "provisioning:\n"
         f"  password_file: {root}/passwd\n"
         f"  acl_file: {root}/acl\n"
-        f"  reload_command: kill -HUP $(cat {root}/mosquitto.pid)\n"
+        f"  reload_command: {reload_command}\n"
         f"  bundle_dir: {root}/bundles\n"
         "  gateway_broker_host: localhost\n"
-        f"  gateway_broker_port: {plant.tls_port}\n"
+        f"  gateway_broker_port: {tls_port}\n"
         f"  ca_file: {root}/tls/ca.crt\n"
         f"  client_ca_key: {root}/tls/ca.key\n")
-    plant.ok("keys", "init")
+
+
+@pytest.fixture(scope="module")
+def initialised(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What a plant server has before its first device: the broker's certificates
+    (deploy/make-certs.sh), central's signing key (`keys init`) and central's broker account
+    in Mosquitto's password file and ACL (`broker init`). Made once; each test's plant starts
+    from a copy (no broker runs yet here, so nothing is reloaded)."""
+    folder = tmp_path_factory.mktemp("initialised")
+    root = folder / "edge-mlops"
+    root.mkdir()
+    made = subprocess.run(["bash", str(REPO / "deploy" / "make-certs.sh"), "server", "--out",
+                           str(root / "tls"), "localhost", "127.0.0.1"],
+                          capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    config = folder / "central.yaml"
+    config.write_text(central_yaml(root, free_port(), free_port(), reload_command="exit 0"))
+    template = SecurePlant(root, 0, 0, 0, config)
+    template.ok("keys", "init")
     # Mosquitto needs both account files to start; central-sync owns them from then on.
     (root / "passwd").touch()
     (root / "acl").touch()
+    template.ok("broker", "init")
+    config.unlink()
+    return folder
+
+
+@pytest.fixture
+def plant(tmp_path: Path, initialised: Path) -> Iterator[SecurePlant]:
+    shutil.copytree(initialised, tmp_path, dirs_exist_ok=True)
+    root = tmp_path / "edge-mlops"
+    plant = SecurePlant(root, free_port(), free_port(), free_port(), tmp_path / "central.yaml")
+    plant.central_config.write_text(central_yaml(
+        root, plant.plain_port, plant.tls_port,
+        reload_command=f"kill -HUP $(cat {root}/mosquitto.pid)"))
     plant.start_broker()
-    plant.ok("broker", "init")
     yield plant
     for process in [*plant.processes.values(), plant.broker]:
         if process is not None and process.poll() is None:
@@ -167,8 +190,9 @@ class Probe:
         self.dropped = threading.Event()
         self.messages: list[tuple[str, bytes]] = []
         self.acks: dict[int, list[str]] = {}
+        self.settled = threading.Event()  # answered or dropped: connect() knows its outcome
         self.client.on_connect = self._on_connect
-        self.client.on_disconnect = lambda *_args: self.dropped.set()
+        self.client.on_disconnect = self._on_disconnect
         self.client.on_message = lambda _c, _u, m: self.messages.append((m.topic, m.payload))
         self.client.on_subscribe = self._on_ack
         self.client.on_publish = lambda _c, _u, mid, code, _p: self.acks.setdefault(
@@ -179,6 +203,11 @@ class Probe:
         if not code.is_failure:
             self.connected.set()
         self.answered.set()
+        self.settled.set()
+
+    def _on_disconnect(self, *_args: object) -> None:
+        self.dropped.set()
+        self.settled.set()
 
     def _on_ack(self, _client, _userdata, mid, codes, _properties) -> None:
         self.acks[mid] = [str(c) for c in codes]
@@ -191,7 +220,9 @@ class Probe:
             self.connack = f"{type(exc).__name__}: {exc}"
             return False
         self.client.loop_start()
-        self.answered.wait(timeout_s) or self.dropped.wait(1)
+        # A broker that drops the link (no TLS, no client certificate) does so without a
+        # CONNACK: waiting for either ends the wait as soon as the outcome is known.
+        self.settled.wait(timeout_s)
         return self.connected.is_set()
 
     def subscribe(self, topic: str) -> list[str]:
