@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from central_sync.db import CentralDB
-from tests.conftest import LineSimulatorProcess, Mosquitto, free_port
+from tests.conftest import LineSimulatorProcess, Mosquitto, free_port, start_line_simulator
 from tests.helpers import REPO, SAMPLE_METADATA, SAMPLE_MODEL, wait_until
 
 pytestmark = pytest.mark.slow
@@ -32,6 +32,7 @@ class Plant:
     central_config: Path
     agent_config: Path
     agent_port: int
+    line: LineSimulatorProcess
     processes: dict[str, subprocess.Popen]
 
     def central(self, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess:
@@ -76,7 +77,7 @@ def write_configs(workdir: Path, mqtt_port: int, opcua_endpoint: str, protocol: 
         f"  - {{name: line1, endpoint: '{opcua_endpoint}', sampling_interval_ms: 100,\n"
         "      nodes: {" + ", ".join(f"{t}: 'ns=2;s=line1.{t}'" for t in tags) + "}}\n"
         "pipelines:\n"
-        "  - {name: scrap, source: line1, model: extruder-scrap, interval_s: 0.5}\n"
+        "  - {name: scrap, source: line1, model: extruder-scrap, interval_s: 0.1}\n"
         "uplink: {batch_size: 20, ack_timeout_s: 3}\n"
         f"ui: {{port: {agent_port}}}\n"
         "security: {central_public_key: central/keys/signing.pub}\n"
@@ -85,12 +86,21 @@ def write_configs(workdir: Path, mqtt_port: int, opcua_endpoint: str, protocol: 
     return central, agent, agent_port
 
 
+@pytest.fixture
+def line_simulator() -> Iterator[LineSimulatorProcess]:
+    """The line, launched without waiting for it: it starts while central and the agent do (the
+    agent's source retries until it can connect); a test that needs its values waits for it."""
+    simulator = start_line_simulator(free_port(), wait=False)
+    yield simulator
+    simulator.kill()
+
+
 @pytest.fixture(params=["5", "3.1.1"], ids=["mqtt5", "mqtt311"])
 def plant(request: pytest.FixtureRequest, tmp_path: Path, mosquitto: Mosquitto,
           line_simulator: LineSimulatorProcess) -> Iterator[Plant]:
     central_cfg, agent_cfg, agent_port = write_configs(
         tmp_path, mosquitto.port, line_simulator.endpoint, request.param)
-    plant = Plant(tmp_path, central_cfg, agent_cfg, agent_port, {})
+    plant = Plant(tmp_path, central_cfg, agent_cfg, agent_port, line_simulator, {})
     keys = plant.central("keys", "init")
     assert keys.returncode == 0, keys.stderr
     yield plant
@@ -109,6 +119,7 @@ def test_model_deployed_from_central_serves_predictions_back_to_central(plant: P
     db = plant.db()
     wait_until(lambda: any(d.device_id == DEVICE and d.state == "online"
                            for d in db.list_devices()), 30, what="agent online in central")
+    plant.line.wait_ready()
 
     deployed = plant.central("deploy", "extruder-scrap@1.0.0", "--device", DEVICE,
                              "--wait", "90")
@@ -130,8 +141,10 @@ def test_model_deployed_from_central_serves_predictions_back_to_central(plant: P
     wait_until(lambda: db.count_records(DEVICE) >= 10, 60, what="ten records stored")
     seqs = [p["seq"] for p in db.recent_predictions(limit=1000, device_id=DEVICE)]
     assert len(seqs) == len(set(seqs))
-    device = next(d for d in db.list_devices() if d.device_id == DEVICE)
-    assert [m.version for m in device.active_models] == ["1.0.0"]
+    # The agent's next status (every second) tells central what it serves.
+    wait_until(lambda: [m.version for m in next(
+        d for d in db.list_devices() if d.device_id == DEVICE).active_models] == ["1.0.0"], 10,
+        what="central showing 1.0.0 active on the device")
 
     agent = plant.processes["edge-agent"]
     os.kill(agent.pid, signal.SIGKILL)
@@ -146,6 +159,8 @@ def test_agent_stops_cleanly_on_sigterm_and_says_offline(plant: Plant) -> None:
     db = plant.db()
     wait_until(lambda: any(d.device_id == DEVICE and d.state == "online"
                            for d in db.list_devices()), 30, what="agent online")
+    wait_until(lambda: "source=line1 state=connected" in plant.log("edge-agent"), 30,
+               what="the agent's source connected to the line")
     agent.send_signal(signal.SIGTERM)
     assert agent.wait(timeout=20) == 0, plant.log("edge-agent")
     assert "Traceback" not in plant.log("edge-agent")
