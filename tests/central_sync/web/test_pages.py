@@ -69,6 +69,8 @@ def test_rollouts_and_audit_pages(site: TestClient) -> None:
 
 
 @pytest.mark.slow
+# The page's polling in a browser; the rollout queries run on both databases above.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_rollout_page_follows_the_rollout_live_in_chromium(db: CentralDB,
                                                            tmp_path: Path) -> None:
     rollout = a_rollout(db)
@@ -156,6 +158,7 @@ def test_fleet_page_escapes_what_devices_send(db: CentralDB) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # layout: not the database's
 def test_every_page_fits_a_1080p_screen_in_chromium(db: CentralDB, tmp_path: Path) -> None:
     from review_helpers import defect_batch
 

@@ -19,6 +19,9 @@ PASSWORD = "correct horse battery"
 
 
 @pytest.mark.slow
+# The page's keys in a browser; labelling, filters and export run on both databases in
+# test_review.py.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_quality_engineer_labels_defects_with_the_keyboard_in_chromium(
         db: CentralDB, tmp_path: Path) -> None:
     db.store_batch(defect_batch("gw-1", range(1, 61)))
