@@ -105,12 +105,14 @@ class _EmbeddedServer(uvicorn.Server):
 class WebServer:
     """Runs an ASGI app with uvicorn as a task of the current asyncio loop; with a certificate
     and key it serves HTTPS. Request bodies are bounded by `max_body_bytes`, or for the exact
-    paths in `body_limits` by the app itself (BodyLimit's path_limits)."""
+    paths in `body_limits` by the app itself (BodyLimit's path_limits); stopping waits at most
+    `graceful_shutdown_s` for requests under way."""
 
     def __init__(self, app: Any, host: str, port: int, setting: str = "web.port", *,
                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                  body_limits: Mapping[str, int] | None = None,
-                 tls_cert_file: Path | None = None, tls_key_file: Path | None = None) -> None:
+                 tls_cert_file: Path | None = None, tls_key_file: Path | None = None,
+                 graceful_shutdown_s: float = GRACEFUL_SHUTDOWN_S) -> None:
         self.host = host
         self.port = port
         self._setting = setting
@@ -118,7 +120,7 @@ class WebServer:
         self._server = _EmbeddedServer(uvicorn.Config(
             BodyLimit(app, max_body_bytes, body_limits), host=host, port=port, log_level="warning",
             lifespan="off", ssl_certfile=tls_cert_file, ssl_keyfile=tls_key_file,
-            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S))
+            timeout_graceful_shutdown=graceful_shutdown_s))
         self._task: asyncio.Task[None] | None = None
 
     @property

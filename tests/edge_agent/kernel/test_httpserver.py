@@ -26,6 +26,7 @@ from tests.conftest import free_port
 LIMIT = 1000
 CHUNK = 256
 RESPONSE_WAIT_S = 10.0
+GRACE_S = 0.5  # what this file's servers wait for requests under way when stopping
 
 
 def echo_app() -> FastAPI:
@@ -184,7 +185,8 @@ def test_an_unusable_certificate_stops_the_start_with_what_to_set(tmp_path: Path
 
 def test_stopping_is_not_held_up_by_a_client_that_never_finishes_its_request() -> None:
     async def scenario() -> float:
-        server = WebServer(echo_app(), "127.0.0.1", free_port(), max_body_bytes=LIMIT)
+        server = WebServer(echo_app(), "127.0.0.1", free_port(), max_body_bytes=LIMIT,
+                           graceful_shutdown_s=GRACE_S)
         await server.start()
         # Declares 500 bytes, sends 10, and stays: the handler waits for the rest.
         _reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
@@ -194,9 +196,14 @@ def test_stopping_is_not_held_up_by_a_client_that_never_finishes_its_request() -
         await asyncio.sleep(0.2)  # the request is under way (nothing to wait on: it never ends)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        async with asyncio.timeout(GRACEFUL_SHUTDOWN_S + RESPONSE_WAIT_S):
+        async with asyncio.timeout(GRACE_S + RESPONSE_WAIT_S):
             await server.stop()
         writer.close()
         return loop.time() - started
 
-    assert asyncio.run(scenario()) < GRACEFUL_SHUTDOWN_S + RESPONSE_WAIT_S
+    assert asyncio.run(scenario()) < GRACE_S + RESPONSE_WAIT_S
+
+
+def test_stopping_waits_for_requests_under_way_5_s_unless_told_otherwise() -> None:
+    assert WebServer(echo_app(), "127.0.0.1", free_port())._server.config \
+        .timeout_graceful_shutdown == GRACEFUL_SHUTDOWN_S == 5.0
