@@ -2,7 +2,8 @@
 
 `Plant` runs `central-sync serve` and `edge-agent run` as subprocesses against a real Mosquitto
 and the real OPC-UA line simulator, publishes and deploys the sample model so the agent
-predicts about 20 times a second, and lets a test stop, kill, pause and restart the parts.
+predicts about 20 times a second (by default), and lets a test stop, kill, pause and restart
+the parts.
 
 The oracle reads both SQLite databases directly. The agent's `records` table uses AUTOINCREMENT,
 so the seqs it ever accepted are exactly 1..N with N in `sqlite_sequence` (seqs are never
@@ -89,13 +90,14 @@ class Plant:
 
     def __init__(self, workdir: Path, broker: Mosquitto, simulator: LineSimulatorProcess,
                  protocol: str = "5", quota_bytes: int | None = None,
-                 published: Path | None = None) -> None:
+                 published: Path | None = None, predict_every_s: float = 0.05) -> None:
         self.workdir = workdir
         self.published = published
         self.broker = broker
         self.simulator = simulator
         self.protocol = protocol
         self.quota_bytes = quota_bytes
+        self.predict_every_s = predict_every_s
         self.central_id = CENTRAL_ID
         self.central_config = workdir / "central.yaml"
         self.agent_config = workdir / "agent.yaml"
@@ -120,7 +122,8 @@ class Plant:
             f"  - {{name: line1, endpoint: '{self.simulator.endpoint}',"
             f" sampling_interval_ms: 100, reconnect_max_backoff_s: 1, nodes: {{{nodes}}}}}\n"
             "pipelines:\n"
-            f"  - {{name: scrap, source: line1, model: {MODEL}, interval_s: 0.05}}\n"
+            f"  - {{name: scrap, source: line1, model: {MODEL},"
+            f" interval_s: {self.predict_every_s}}}\n"
             "uplink: {batch_size: 20, ack_timeout_s: 2}\n"
             "ui: {port: 0}\n"
             "security: {central_public_key: central/keys/signing.pub}\n"

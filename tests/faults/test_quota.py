@@ -15,13 +15,15 @@ from tests.helpers import wait_until
 pytestmark = pytest.mark.slow
 
 QUOTA_BYTES = 64 * 1024  # about 160 predictions: a few seconds of this line
+PREDICT_EVERY_S = 0.02  # 50 a second: the quota fills, and evictions pile up, sooner
 
 
 @pytest.fixture
 def small_disk_plant(request: pytest.FixtureRequest, tmp_path: Path, mosquitto: Mosquitto,
                      line_simulator: LineSimulatorProcess, published: Path) -> Iterator[Plant]:
     yield from _running(request, Plant(tmp_path, mosquitto, line_simulator,
-                                       quota_bytes=QUOTA_BYTES, published=published))
+                                       quota_bytes=QUOTA_BYTES, published=published,
+                                       predict_every_s=PREDICT_EVERY_S))
 
 
 def test_missing_records_are_exactly_those_counted_as_evicted(small_disk_plant: Plant) -> None:
