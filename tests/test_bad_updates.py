@@ -26,6 +26,7 @@ from central_sync.registry import artifact_path, publish_model
 from central_sync.service import CentralService
 from edge_agent.buffer import Buffer
 from edge_agent.config import ProcessPipelineConfig
+from edge_agent.deployment import transfer
 from edge_agent.deployment.deployer import Deployer
 from edge_agent.deployment.transfer import ChunkFile
 from edge_agent.kernel.contract import (
@@ -542,8 +543,11 @@ def test_agent_stopped_mid_transfer_resumes_with_only_the_missing_chunks(
 
 
 def test_transfer_interrupted_by_a_broker_outage_resumes_with_only_the_missing_chunks(
-    tmp_path: Path, mosquitto: Mosquitto
+    tmp_path: Path, mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Chunks asked for before the outage never come: asked again when overdue, after 1 s here.
+    monkeypatch.setattr(transfer, "CHUNK_WAIT_S", 1.0)
+
     async def scenario(plant: Plant) -> None:
         manifest = await plant.publish(plant.variant, "1.1.0", metadata(**NO_PROBATION),
                                        chunk_size_bytes=1024)

@@ -7,6 +7,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
+from edge_agent.deployment import transfer
 from edge_agent.kernel.contract import DeployCommand, RollbackCommand
 from edge_agent.kernel.signing import Signer
 from edge_agent.sources.opcua import TagValue
@@ -55,7 +58,10 @@ async def send_and_see_refused(plant: Plant) -> None:
 
 
 def test_forged_commands_do_not_cancel_a_deployment_under_way(
-        tmp_path: Path, mosquitto: Mosquitto) -> None:
+        tmp_path: Path, mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The transfer asks again for chunks not served yet when overdue: after 1 s here, not 5.
+    monkeypatch.setattr(transfer, "CHUNK_WAIT_S", 1.0)
+
     async def scenario(plant: Plant) -> None:
         manifest = manifest_for(plant.variant, version="1.1.0", metadata=metadata(**NO_PROBATION))
         command = command_for(manifest)

@@ -7,6 +7,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
+import edge_agent.deployment.transfer as transfer
 from edge_agent.buffer import Buffer
 from edge_agent.deployment.deployer import Deployer
 from edge_agent.deployment.transfer import ChunkFile
@@ -90,7 +93,11 @@ async def setup(tmp_path: Path, artifact: bytes, corrupt_once: int | None = None
     return Harness(central, server, deployer, store, buffer, events)
 
 
-def test_pushed_version_is_fetched_verified_and_activated(tmp_path: Path) -> None:
+def test_pushed_version_is_fetched_verified_and_activated(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The refused chunk is asked for again once its window is overdue: after 1 s here, not 5.
+    monkeypatch.setattr(transfer, "CHUNK_WAIT_S", 1.0)
+
     async def scenario() -> None:
         h = await setup(
             tmp_path, SAMPLE_MODEL.read_bytes(), corrupt_once=2)
