@@ -30,6 +30,7 @@ from central_sync.cli.common import (
     parse_model_ref,
     seconds_ago,
 )
+from central_sync.cli.evaluations import add_evaluate_command
 from central_sync.cli.model_review import add_review_commands
 from edge_agent.kernel.contract import ID_PATTERN, DeploymentEvent, ModelManifest, Topics
 
@@ -44,24 +45,39 @@ def cmd_model_publish(args: argparse.Namespace) -> int:
     config = load_config(args)
     signer = config.signer()
     started = time.time()
+    console = make_console()
     with open_database(config) as db:
+        by = acting_user(db, args, "engineer")
         try:
             metadata = load_metadata(args.metadata) if args.metadata else {}
             given = {key: getattr(args, key) for key in
                      ("training_data", "code_revision", "author", "notes")
                      if getattr(args, key) is not None}
+            given.update(_dataset_lineage(db, args.dataset))
             if given:
                 metadata["lineage"] = {**(metadata.get("lineage") or {}), **given}
             manifest = publish_model(
                 db, config.artifact_dir, args.file, signer=signer, name=args.name,
                 version=args.version, kind=args.kind, metadata=metadata,
-                chunk_size_bytes=config.chunk_size_bytes,
-                published_by=acting_user(db, args, "engineer"))
+                chunk_size_bytes=config.chunk_size_bytes, published_by=by)
         except RegistryError as exc:
             raise UsageError(str(exc)) from None
-    what = "published" if manifest.published_at >= started else "already published, unchanged:"
+        _print_published(console, manifest, manifest.published_at >= started)
+        if args.dataset and manifest.published_at >= started:
+            from central_sync.cli.evaluations import print_report, run_evaluation
+
+            print_report(console, run_evaluation(db, config, manifest.name, manifest.version,
+                                                 args.dataset, by))
+            console.print(f"{manifest.name}@{manifest.version} is evaluated: another engineer "
+                          "or admin approves it with `central-sync model approve "
+                          f"{manifest.name}@{manifest.version}` or on its model page",
+                          highlight=False)
+    return EXIT_OK
+
+
+def _print_published(console: Console, manifest: ModelManifest, new: bool) -> None:
+    what = "published" if new else "already published, unchanged:"
     chunks = f"{manifest.chunk_count} chunk{'' if manifest.chunk_count == 1 else 's'}"
-    console = make_console()
     console.print(f"{what} [bold]{manifest.name} {manifest.version}[/] ({manifest.kind}) "
                   f"sha256 {manifest.sha256[:12]}..., {manifest.size_bytes:,} bytes in {chunks}, "
                   f"signed by key {manifest.key_id}",
@@ -69,7 +85,19 @@ def cmd_model_publish(args: argparse.Namespace) -> int:
     for side, specs in (("input", manifest.inputs), ("output", manifest.outputs)):
         for spec in specs:
             console.print(f"  {side} {spec.name}: {spec.dtype} {spec.shape}", highlight=False)
-    return EXIT_OK
+
+
+def _dataset_lineage(db: CentralDB, ref: str | None) -> dict[str, str]:
+    """metadata.lineage's dataset and dataset_id for --dataset NAME@N (none without it)."""
+    if ref is None:
+        return {}
+    try:
+        dataset = db.find_dataset(ref)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if dataset is None:
+        raise UsageError(f"no dataset version {ref}; see `central-sync dataset list`")
+    return {"dataset": dataset.ref, "dataset_id": dataset.dataset_id}
 
 
 def cmd_model_list(args: argparse.Namespace) -> int:
@@ -283,6 +311,7 @@ def add_commands(commands: Subcommands) -> None:
         description="List every published model version.",
         examples=["central-sync model list -c central-sync.yaml"])
     listing.set_defaults(func=cmd_model_list)
+    add_evaluate_command(actions)
     add_review_commands(actions)
     _add_deploy(commands)
 
@@ -313,6 +342,10 @@ def _add_publish(actions: Subcommands) -> None:
     lineage.add_argument("--code-revision", help="revision of the training code")
     lineage.add_argument("--author", help="who trained the model")
     lineage.add_argument("--notes", help="free notes for reviewers")
+    lineage.add_argument("--dataset", metavar="NAME@N",
+                         help="the dataset version it was trained on (recorded with its id); "
+                              "the new version is then evaluated on its test split beside the "
+                              "version serving now")
     publish.set_defaults(func=cmd_model_publish)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,11 @@ _REJECT_FROM = (PUBLISHED, EVALUATED)
 _RETIRE_FROM = (APPROVED,)
 _EVALUATE_MOVES = (PUBLISHED, EVALUATED)  # an evaluation moves only these to 'evaluated'
 REASON_MAX_CHARS = 500
+# A measured outcome is paired with its pipeline's prediction at most this long before it: the
+# agent records both in the same tick, so a longer gap means the model did not predict then.
+OUTCOME_PAIR_WINDOW_S = 60.0
+OUTCOME_TYPE = "recommendation_outcome"
+OUTCOME_SCAN_FACTOR = 4  # pages of outcomes read at most, each as many as asked for
 
 
 class ModelStateError(Exception):
@@ -292,6 +298,70 @@ class ModelStateQueries:
         return [_evaluation(row) for row in self._db.query(
             f"SELECT * FROM evaluations WHERE {where} ORDER BY created_at DESC LIMIT ?",
             (*params, limit))]
+
+    # --- what an evaluation compares with, and evaluates on --------------------------------
+
+    @serialised
+    def serving_versions(self, name: str) -> Counter[str]:
+        """How many devices report each version of model `name` active (their last status)."""
+        counts: Counter[str] = Counter()
+        for row in self._db.query("SELECT active_models FROM devices"):
+            for model in json.loads(row["active_models"] or "[]"):
+                if model.get("name") == name:
+                    counts[str(model.get("version"))] += 1
+        return counts
+
+    @serialised
+    def measured_outcomes(self, name: str, limit: int,
+                          window_s: float = OUTCOME_PAIR_WINDOW_S) -> list[tuple[dict, float]]:
+        """Up to `limit` of the newest moments a pipeline of model `name` predicted and its
+        measured_tag read the target: (the inputs the model saw, by feature; the measured
+        value), from recommendation_outcome records paired with the prediction just before."""
+        pipelines = sorted({row["pipeline"] for row in self._db.query(
+            "SELECT DISTINCT pipeline FROM model_stats WHERE model_name = ?", (name,))})
+        if not pipelines:
+            return []
+        field = _JSON_FIELD[self.dialect]
+        marks = ", ".join("?" * len(pipelines))
+        outcomes = (
+            f"SELECT device_id, created_at, {field.format('pipeline')} AS pipeline, "
+            f"{field.format('measured')} AS measured FROM records WHERE type = ? "
+            f"AND {field.format('pipeline')} IN ({marks}) "
+            f"AND {field.format('measured')} IS NOT NULL "
+            "ORDER BY created_at DESC, device_id, seq LIMIT ? OFFSET ?")
+        page = max(limit, 100)
+        pairs: list[tuple[dict, float]] = []
+        # Outcomes without their prediction are passed over, up to OUTCOME_SCAN_FACTOR pages.
+        for offset in range(0, page * OUTCOME_SCAN_FACTOR, page):
+            rows = list(self._db.query(outcomes, (OUTCOME_TYPE, *pipelines, page, offset)))
+            for outcome in rows:
+                pair = self._prediction_before(name, outcome, window_s)
+                if pair is not None:
+                    pairs.append(pair)
+                    if len(pairs) == limit:
+                        return pairs
+            if len(rows) < page:
+                break
+        return pairs
+
+    def _prediction_before(self, name: str, outcome: dict[str, Any],
+                           window_s: float) -> tuple[dict, float] | None:
+        prediction = next(self._db.query(
+            "SELECT model_name, inputs FROM predictions WHERE created_at <= ? AND "
+            "created_at >= ? AND device_id = ? AND pipeline = ? "
+            "ORDER BY created_at DESC LIMIT 1",
+            (outcome["created_at"], outcome["created_at"] - window_s, outcome["device_id"],
+             outcome["pipeline"])), None)
+        if prediction is None or prediction["model_name"] != name:
+            return None
+        return json.loads(prediction["inputs"]), float(outcome["measured"])
+
+
+# One field of a record's JSON payload, as text.
+_JSON_FIELD = {
+    "sqlite": "json_extract(payload, '$.{0}')",
+    "postgresql": "(CAST(payload AS jsonb) ->> '{0}')",
+}
 
 
 def _evaluation(row: dict[str, Any]) -> Evaluation:
