@@ -32,6 +32,9 @@ VISION_METADATA = REPO / "sample_data" / "surface_defects.json"
 DEVICE = "line1-gw1"
 DEMO_USER, DEMO_PASSWORD = "demo", "edge-mlops-demo"  # loopback only; printed for the reader
 DEMO_ENV = {**os.environ, "CENTRAL_SYNC_USER": DEMO_USER, "CENTRAL_SYNC_PASSWORD": DEMO_PASSWORD}
+# A version is approved by a second account, never the one that published it.
+DEMO_REVIEWER = "demo-reviewer"
+REVIEWER_ENV = {**DEMO_ENV, "CENTRAL_SYNC_USER": DEMO_REVIEWER}
 VISION_MODEL = "surface-defects"
 VIDEO = REPO / "sample_data" / "surface_line.mp4"
 console = Console(soft_wrap=True)
@@ -131,9 +134,6 @@ def write_configs(workdir: Path, ports: dict[str, int]) -> tuple[Path, Path]:
         "database_url: sqlite:///central/central.db\n"
         "artifact_dir: central/artifacts\n"
         f"web: {{host: 127.0.0.1, port: {ports['central_web']}}}\n"
-        # The demo's first versions go out before any frame is labelled, so there is nothing
-        # to evaluate them on: approvals are off here. A plant keeps them on (the default).
-        "models: {require_approval: false}\n"
         "signing_key_path: central/keys/signing.key\n"
     )
     agent_template = (REPO / "deploy" / "edge-agent.example.yaml").read_text()
@@ -222,6 +222,7 @@ def run(workdir: Path, duration_s: float | None) -> int:
             if publish.returncode != 0:
                 raise RuntimeError(f"model publish failed: {publish.stderr.strip()}")
             console.print(f"[green]✓[/] published model        {name} 1.0.0 ({kind})")
+            _evaluate_and_approve(central_cfg, name)
         agent = demo.start("edge-agent", [str(BIN / "edge-agent"), "run", "-c", str(agent_cfg)])
         wait_http(f"{agent_url}/healthz", 60, agent, "edge-agent")
         console.print(f"[green]✓[/] edge-agent {DEVICE}     {agent_url}/")
@@ -248,6 +249,26 @@ def run(workdir: Path, duration_s: float | None) -> int:
     return 0
 
 
+def _central(central_cfg: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "central-sync"), *args, "-c", str(central_cfg)],
+                          capture_output=True, text=True, cwd=REPO, env=env)
+
+
+def _evaluate_and_approve(central_cfg: Path, name: str) -> None:
+    """The review every version passes before it may be deployed: evaluated beside the
+    version serving now (nothing is labelled or measured yet on a new line, and the report
+    says so), then approved by a second account."""
+    ref = f"{name}@1.0.0"
+    evaluated = _central(central_cfg, DEMO_ENV, "model", "evaluate", ref)
+    if evaluated.returncode != 0:
+        raise RuntimeError(f"model evaluate failed: {evaluated.stderr.strip()}")
+    approved = _central(central_cfg, REVIEWER_ENV, "model", "approve", ref)
+    if approved.returncode != 0 and "already approved" not in approved.stderr:
+        raise RuntimeError(f"model approve failed: {approved.stderr.strip()}")
+    console.print(f"[green]✓[/] evaluated, approved     {ref} by {DEMO_REVIEWER} (a version "
+                  "deploys once a second account approves it)")
+
+
 def _demo_account(central_cfg: Path) -> None:
     """The demo's admin account: central's pages need a login, and so does its CLI once an
     account exists (the demo's commands log in with it). Kept when the demo runs again."""
@@ -257,6 +278,10 @@ def _demo_account(central_cfg: Path) -> None:
         capture_output=True, text=True, cwd=REPO, env=DEMO_ENV)
     if added.returncode != 0 and "exists" not in added.stderr:
         raise RuntimeError(f"demo account not created: {added.stderr.strip()}")
+    reviewer = _central(central_cfg, DEMO_ENV, "users", "add", DEMO_REVIEWER, "--role",
+                        "engineer", "--password-env", "CENTRAL_SYNC_PASSWORD")
+    if reviewer.returncode != 0 and "exists" not in reviewer.stderr:
+        raise RuntimeError(f"reviewer account not created: {reviewer.stderr.strip()}")
     # Central's JSON API needs a login once accounts exist: the demo reads it with a token.
     token = subprocess.run(
         [str(BIN / "central-sync"), "users", "token", DEMO_USER, "--days", "1",
@@ -285,7 +310,7 @@ def _print_where(workdir: Path, central_cfg: Path, agent_cfg: Path, central_url:
     table.add_row("central web page", f"{central_url}/")
     table.add_row("defect review, models, rollouts",
                   f"{central_url}/review  {central_url}/models  {central_url}/rollouts  "
-                  f"(user {DEMO_USER}, password {DEMO_PASSWORD})")
+                  f"(user {DEMO_USER} or {DEMO_REVIEWER}, password {DEMO_PASSWORD})")
     table.add_row("central API", f"{central_url}/api/predictions  {central_url}/api/devices")
     table.add_row("operator page (gateway)", f"{agent_url}/  (recommendations: Accept/Reject)")
     table.add_row("central database", str(workdir / "central" / "central.db"))

@@ -251,3 +251,28 @@ def test_config_off_lets_any_published_version_deploy(tmp_path: Path) -> None:
                             approval_required=config.models.require_approval)
     assert rollout.state == "running"
     db.close()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # the engine, not SQL
+def test_a_rollout_halts_when_its_version_is_retired_before_a_wave_is_sent(
+        db: CentralDB, tmp_path: Path) -> None:
+    from central_sync.rollouts import RolloutEngine
+
+    publish(db, tmp_path)
+    db.add_evaluation(evaluation())
+    db.approve_model(MODEL, "1.0.0", "bob")
+    rollout = start_rollout(db, MODEL, "1.0.0", ["gw-1"], "devices gw-1", "bob", canary=0)
+    db.retire_model(MODEL, "1.0.0", "bob", "a fault found on line 2")
+
+    async def step() -> None:
+        transport = MemoryTransport(MemoryBroker())
+        await transport.start()
+        try:
+            await RolloutEngine(db, transport, TEST_SIGNER, Topics()).step(rollout)
+        finally:
+            await transport.stop()
+
+    run(step())
+    halted = db.get_rollout(rollout.rollout_id)
+    assert halted.state == "halted" and "is retired (a fault found on line 2)" in halted.detail
+    assert db.list_deployments() == []
