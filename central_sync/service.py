@@ -18,7 +18,14 @@ from pydantic import BaseModel
 
 from central_sync.artifact_server import SHORT_SHA256_CHARS, ArtifactChunkServer
 from central_sync.config import CentralConfig
-from central_sync.db import CentralDB, DatabaseError, DeploymentEventRefused, Rollout
+from central_sync.db import (
+    CentralDB,
+    DatabaseError,
+    DeploymentEventRefused,
+    Evaluation,
+    Rollout,
+)
+from central_sync.evaluation import EvaluationError, evaluate_model
 from central_sync.rollouts import RolloutEngine, RolloutError, start_rollout
 from edge_agent.kernel import systemd
 from edge_agent.kernel.contract import (
@@ -399,7 +406,7 @@ class CentralService:
 
 
 def web_model_actions(config: CentralConfig, signer: Signer) -> ModelActions:
-    """What the model pages need to publish and start rollouts, from central's
+    """What the model pages need to publish, evaluate and start rollouts, from central's
     configuration: the web app sits beside rollouts, so their start is handed in here."""
     from central_sync.web.models import ModelActions, RolloutRefused
 
@@ -415,7 +422,12 @@ def web_model_actions(config: CentralConfig, signer: Signer) -> ModelActions:
         except RolloutError as exc:
             raise RolloutRefused(str(exc)) from None
 
+    def evaluate(db: CentralDB, name: str, version: str, dataset: str | None,
+                 by: str) -> Evaluation:
+        return evaluate_model(db, config.artifact_dir, name, version, dataset, by,
+                              max_items=config.models.max_evaluation_items)
+
     return ModelActions(
-        artifact_dir=config.artifact_dir, signer=signer, start_rollout=start,
-        require_approval=config.models.require_approval,
+        artifact_dir=config.artifact_dir, signer=signer, start_rollout=start, evaluate=evaluate,
+        evaluation_errors=(EvaluationError,), require_approval=config.models.require_approval,
         chunk_size_bytes=config.chunk_size_bytes, max_upload_bytes=config.web.max_upload_bytes)

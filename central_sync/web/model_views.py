@@ -54,7 +54,8 @@ def report_view(report: dict[str, Any]) -> dict[str, Any]:
     candidate = report.get("candidate") or {}
     baseline = report.get("baseline") or None
     view: dict[str, Any] = {"kind": report.get("kind", "?"), "items": report.get("items"),
-                            "candidate": candidate, "baseline": baseline}
+                            "candidate": candidate, "baseline": baseline,
+                            "notes": [str(note) for note in report.get("notes") or []]}
     if view["kind"] == "process":
         view["process"] = [(title, candidate.get(key), (baseline or {}).get(key))
                            for key, title in PROCESS_METRICS]

@@ -12,12 +12,13 @@ import select
 import socket
 import threading
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from central_helpers import free_port
+from evaluation_helpers import VISION_METADATA, VISION_MODEL, freeze_samples
 from fastapi.testclient import TestClient
 from model_page_helpers import PASSWORD, add_evaluation, add_users, csrf_of, model_files
 
@@ -29,6 +30,7 @@ from central_sync.web import create_app
 from central_sync.web.auth import COOKIE
 from central_sync.web.models import ModelActions
 from edge_agent.kernel.httpserver import WebServer
+from tests.helpers import wait_until
 
 # What is tested here is the web layer; the database's part runs on both in the db tests.
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -61,6 +63,16 @@ def publish(site: TestClient, files: tuple[Path, Path], csrf: str | None,
     return site.post("/models", data=data, files={
         "model": (model.name, model.read_bytes(), "application/octet-stream"),
         "metadata": (metadata.name, metadata.read_bytes(), "application/json")})
+
+
+def page_when(site: TestClient, url: str, ready: Callable[[str], bool]) -> str:
+    """The page at `url` once `ready` holds for its text (an evaluation runs in the
+    background)."""
+    def page() -> str | None:
+        text = site.get(url).text
+        return text if ready(text) else None
+
+    return wait_until(page, what=f"{url} to be ready")
 
 
 def test_engineer_publishes_a_version_from_the_upload_form(
@@ -144,6 +156,7 @@ def test_approve_after_the_evaluation_by_a_second_engineer_only(
     assert site.post("/models/scrap-model/1.0.0/approve", data={}).status_code == 403
     page = site.get("/models/scrap-model/1.0.0").text
     assert 'id="approve" disabled' not in page
+    assert "<li>classes the candidate does not know: dent (always counted wrong)</li>" in page
     approved = site.post("/models/scrap-model/1.0.0/approve", data={"csrf": csrf})
     assert approved.status_code == 303 and approved.headers["location"].endswith("done=approved")
     state = db.model_state("scrap-model", "1.0.0")
@@ -193,6 +206,45 @@ def test_rollout_starts_only_when_approved_and_leads_to_its_page(
     assert rollout.target == "devices gw-1, gw-2"
     assert f'href="/rollouts/{rollout_id}"' in site.get("/models/scrap-model/1.0.0").text
     assert "gw-2" in site.get(started.headers["location"]).text
+
+
+def test_a_version_published_with_a_dataset_is_evaluated_and_its_report_shown(
+        site: TestClient, db: CentralDB) -> None:
+    dataset = freeze_samples(db)
+    csrf = log_in(site, "erin")
+    reply = publish(site, (VISION_MODEL, VISION_METADATA), csrf, name="surface-defects",
+                    version="1.1.0", dataset=dataset.ref)
+    assert reply.status_code == 303
+    assert reply.headers["location"] == "/models/surface-defects/1.1.0?done=evaluating"
+    evaluation = wait_until(lambda: db.list_evaluations("surface-defects", "1.1.0"),
+                            what="the evaluation the publish queued")[0]
+    assert (evaluation.dataset, evaluation.created_by) == (dataset.ref, "erin")
+    lineage = db.get_model("surface-defects", "1.1.0").meta.lineage  # type: ignore[union-attr]
+    assert (lineage.dataset, lineage.dataset_id) == (dataset.ref, dataset.dataset_id)  # type: ignore[union-attr]
+    page = page_when(site, "/models/surface-defects/1.1.0", lambda text: "Evaluating" not in text)
+    assert 'id="report-table"' in page and "<th>scratch</th>" in page
+    assert 'id="model-state" class="model-state evaluated"' in page
+    assert evaluation.evaluation_id in page and "No version was in production" in page
+
+
+def test_evaluating_asks_for_an_existing_dataset_the_role_and_the_token(
+        site: TestClient, db: CentralDB, tmp_path: Path) -> None:
+    publish(site, model_files(tmp_path), log_in(site, "erin"))
+    url = "/models/scrap-model/1.0.0/evaluate"
+    csrf = log_in(site, "quinn")
+    assert site.post(url, data={"csrf": csrf}).status_code == 403
+    csrf = log_in(site, "bob")
+    assert site.post(url, data={"dataset": "surface-labels@1"}).status_code == 403
+    unknown = site.post(url, data={"csrf": csrf, "dataset": "surface-labels@1"})
+    assert unknown.status_code == 422 and "no dataset version surface-labels@1" in unknown.text
+    malformed = site.post(url, data={"csrf": csrf, "dataset": "surface-labels"})
+    assert malformed.status_code == 422 and "is not NAME@VERSION" in malformed.text
+    dataset = freeze_samples(db)  # a process model is measured on the line, not on images
+    queued = site.post(url, data={"csrf": csrf, "dataset": dataset.ref})
+    assert queued.status_code == 303
+    page = page_when(site, "/models/scrap-model/1.0.0", lambda text: "Evaluation failed" in text)
+    assert "scrap-model is a process model" in page
+    assert db.list_evaluations("scrap-model", "1.0.0") == []
 
 
 def test_oversize_declared_upload_is_refused_before_reading(
