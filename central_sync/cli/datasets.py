@@ -169,13 +169,12 @@ def cmd_dataset_export(args: argparse.Namespace) -> int:
 
 
 def _dataset_or_usage_error(db: CentralDB, ref: str) -> DatasetVersion:
+    from central_sync.datasets import DatasetError
+
     try:
-        dataset = db.find_dataset(ref)
-    except ValueError as exc:
+        return db.require_dataset(ref)
+    except DatasetError as exc:
         raise UsageError(str(exc)) from None
-    if dataset is None:
-        raise UsageError(f"no dataset {ref}; see `central-sync dataset list`")
-    return dataset
 
 
 def _counts_table(dataset: DatasetVersion) -> Table:

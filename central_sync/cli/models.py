@@ -91,13 +91,12 @@ def _dataset_lineage(db: CentralDB, ref: str | None) -> dict[str, str]:
     """metadata.lineage's dataset and dataset_id for --dataset NAME@N (none without it)."""
     if ref is None:
         return {}
+    from central_sync.datasets import DatasetError
+
     try:
-        dataset = db.find_dataset(ref)
-    except ValueError as exc:
+        return db.require_dataset(ref).lineage
+    except DatasetError as exc:
         raise UsageError(str(exc)) from None
-    if dataset is None:
-        raise UsageError(f"no dataset version {ref}; see `central-sync dataset list`")
-    return {"dataset": dataset.ref, "dataset_id": dataset.dataset_id}
 
 
 def cmd_model_list(args: argparse.Namespace) -> int:

@@ -154,6 +154,11 @@ class DatasetVersion:
     def ref(self) -> str:
         return f"{self.name}@{self.version}"
 
+    @property
+    def lineage(self) -> dict[str, str]:
+        """What a model version trained on it records in metadata.lineage."""
+        return {"dataset": self.ref, "dataset_id": self.dataset_id}
+
 
 @dataclass(frozen=True)
 class DatasetSummary:

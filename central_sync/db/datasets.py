@@ -213,6 +213,17 @@ class DatasetQueries:
         """The version "NAME@N" names; ValueError when `ref` is not of that form."""
         return self.get_dataset(*parse_dataset_ref(ref))
 
+    def require_dataset(self, ref: str) -> DatasetVersion:
+        """The version "NAME@N" names; DatasetError, saying where to look, when `ref` is not
+        of that form or names no version."""
+        try:
+            dataset = self.find_dataset(ref)
+        except ValueError as exc:
+            raise DatasetError(str(exc)) from None
+        if dataset is None:
+            raise DatasetError(f"no dataset version {ref}; see `central-sync dataset list`")
+        return dataset
+
     @serialised
     def list_datasets(self, name: str | None = None) -> list[DatasetSummary]:
         """Every version (of one name), by name then number, without their items."""

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from central_sync.datasets import DatasetItem, DatasetVersion, load_crop
+from central_sync.datasets import DatasetError, DatasetItem, DatasetVersion, load_crop
 from central_sync.db import CentralDB, Evaluation
 from central_sync.evaluation.process import ProcessEvaluationError, ProcessRow, evaluate_process
 from central_sync.evaluation.vision import VisionSample, evaluate_vision, task_of
@@ -114,12 +114,9 @@ def _dataset(db: CentralDB, manifest: ModelManifest, ref: str | None) -> Dataset
     if ref is None:
         return None
     try:
-        dataset = db.find_dataset(ref)
-    except ValueError as exc:
+        return db.require_dataset(ref)
+    except DatasetError as exc:
         raise EvaluationError(str(exc)) from None
-    if dataset is None:
-        raise EvaluationError(f"no dataset version {ref}; see `central-sync dataset list`")
-    return dataset
 
 
 def _vision_model(artifact_dir: str | Path, manifest: ModelManifest) -> VisionModel:

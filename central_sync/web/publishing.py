@@ -11,6 +11,7 @@ from typing import Any
 
 from starlette.requests import Request
 
+from central_sync.datasets import DatasetError
 from central_sync.db import CentralDB
 from central_sync.registry import RegistryError, load_metadata, publish_model
 from central_sync.web.uploads import Upload, UploadRefused, read_upload
@@ -68,9 +69,6 @@ def _dataset_lineage(db: CentralDB, ref: str) -> dict[str, Any]:
     """lineage.dataset and dataset_id for a dataset version that exists; RegistryError
     otherwise, so a typo does not publish a version that is never evaluated."""
     try:
-        found = db.find_dataset(ref)
-    except ValueError as exc:
+        return db.require_dataset(ref).lineage
+    except DatasetError as exc:
         raise RegistryError(str(exc)) from None
-    if found is None:
-        raise RegistryError(f"no dataset version {ref}; `central-sync dataset list` shows them")
-    return {"dataset": found.ref, "dataset_id": found.dataset_id}

@@ -79,7 +79,7 @@ def test_bad_input_exits_2_saying_what_to_do(tmp_path: Path, capsys) -> None:
     assert main(["dataset", "show", "surface-labels", *config]) == 2
     assert "is not NAME@VERSION" in capsys.readouterr().err
     assert main(["dataset", "show", "surface-labels@4", *config]) == 2
-    assert "no dataset surface-labels@4; see `central-sync dataset list`" in \
+    assert "no dataset version surface-labels@4; see `central-sync dataset list`" in \
         capsys.readouterr().err
     assert main(["dataset", "list", *config]) == 0
     assert "No datasets yet" in capsys.readouterr().out
