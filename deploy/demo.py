@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 
 import yaml
+from demo_loop import DATASET, NEW_VERSION, run_loop
 from rich.console import Console
 from rich.table import Table
 
@@ -236,6 +237,9 @@ def run(workdir: Path, duration_s: float | None) -> int:
                 console.print(f"    {line}")
             if deploy.returncode != 0:
                 raise RuntimeError("deployment did not complete; see the logs below")
+        run_loop(console, lambda user, *args: _central(
+            central_cfg, {**DEMO_ENV, "CENTRAL_SYNC_USER": user}, *args),
+            central_cfg, workdir, DEVICE, labeller=DEMO_USER, reviewer=DEMO_REVIEWER)
         _print_where(workdir, central_cfg, agent_cfg, central_url, agent_url)
         _follow_predictions(demo, central_url, started, duration_s)
     except KeyboardInterrupt:
@@ -311,6 +315,13 @@ def _print_where(workdir: Path, central_cfg: Path, agent_cfg: Path, central_url:
     table.add_row("defect review, models, rollouts",
                   f"{central_url}/review  {central_url}/models  {central_url}/rollouts  "
                   f"(user {DEMO_USER} or {DEMO_REVIEWER}, password {DEMO_PASSWORD})")
+    table.add_row("the loop: new version",
+                  f"{central_url}/models/{VISION_MODEL}/{NEW_VERSION}  (evaluation beside 1.0.0, "
+                  "approver, lineage)")
+    table.add_row("the loop: labels, dataset",
+                  f"{central_url}/review/samples  {central_url}/datasets/{DATASET}/1")
+    table.add_row("the loop: audit trail",
+                  f"{central_url}/audit  and  .venv/bin/central-sync audit verify -c {central_cfg}")
     table.add_row("central API", f"{central_url}/api/predictions  {central_url}/api/devices")
     table.add_row("operator page (gateway)", f"{agent_url}/  (recommendations: Accept/Reject)")
     table.add_row("central database", str(workdir / "central" / "central.db"))
