@@ -29,7 +29,7 @@ def run_loop(console: Console, central: Central, central_cfg: Path, workdir: Pat
              device: str, labeller: str, reviewer: str) -> None:
     """`central(env_user, *args)` runs central-sync as that account (the demo's helper)."""
     started = time.monotonic()
-    console.rule("[bold]the loop: labels → dataset → retrain → evaluation → approval → rollout")
+    console.rule("[bold]the loop: labels → dataset → retrain → evaluation → approval → deployment")
     _label_second_camera(console, central_cfg, labeller)
     _freeze_dataset(console, central, labeller)
     ref = f"{MODEL}@{NEW_VERSION}"
@@ -98,7 +98,7 @@ def _train(console: Console, central: Central, workdir: Path, by: str) -> tuple[
     if model_file.exists() and metadata.exists():
         return model_file, metadata
     trained = central(by, "train", MODEL, "--dataset", f"{DATASET}@1", "--base",
-                      f"{MODEL}@1.0.0", "--version", NEW_VERSION, "--out", str(out))
+                      f"{MODEL}@1.0.0", "--version", NEW_VERSION, "--out", str(out), "--by", by)
     _require(trained, "train")
     console.print(f"[green]✓[/] retrained              {MODEL} {NEW_VERSION} on {DATASET}@1 "
                   f"(its head; the 1.0.0 trunk kept) → {model_file.relative_to(workdir)}")
