@@ -92,12 +92,18 @@ def test_central_outage_loses_and_doubles_nothing(plant: Plant) -> None:
 def test_slow_central_and_broker_dropping_messages_lose_and_double_nothing(
         small_queue_plant: Plant) -> None:
     plant = small_queue_plant
-    # Central handles one message at a time and each waits up to its 5 s busy timeout: 11 s
-    # make a store of an uplink batch fail (central must not ack it); 3.5 s only delay stores.
-    for hold_s in (11.0, 3.5):
-        plant.wait_produced(10)
-        with plant.central_db_write_lock():
-            time.sleep(hold_s)
+    # Central handles one message at a time and each waits up to its 5 s busy timeout: the
+    # lock is held until a store of an uplink batch has failed (central must not ack it;
+    # status messages may meet the lock first, so no fixed time is sure to get there); then
+    # 3.5 s that only delay stores.
+    plant.wait_produced(10)
+    with plant.central_db_write_lock():
+        wait_until(lambda: "batch not stored" in plant.log(CENTRAL, tail_chars=10**8),
+                   timeout_s=60, interval_s=0.5,
+                   what="a batch store failing while the database is locked")
+    plant.wait_produced(10)
+    with plant.central_db_write_lock():
+        time.sleep(3.5)
     # A central that reads nothing at all: the broker's queue for it overflows.
     plant.wait_produced(10)
     plant.pause(CENTRAL)
