@@ -227,23 +227,7 @@ def run(workdir: Path, duration_s: float | None) -> int:
         agent = demo.start("edge-agent", [str(BIN / "edge-agent"), "run", "-c", str(agent_cfg)])
         wait_http(f"{agent_url}/healthz", 60, agent, "edge-agent")
         console.print(f"[green]✓[/] edge-agent {DEVICE}     {agent_url}/")
-        for name in ("extruder-scrap", VISION_MODEL):
-            console.print(f"[bold]→[/] deploying {name} 1.0.0 to the gateway over MQTT ...")
-            deploy = subprocess.run(
-                [str(BIN / "central-sync"), "deploy", f"{name}@1.0.0", "--device", DEVICE,
-                 "--wait", "120", "-c", str(central_cfg)], capture_output=True, text=True,
-                cwd=REPO, env=DEMO_ENV)
-            output = deploy.stdout + deploy.stderr
-            if deploy.returncode != 0 and "already deployed here" in output:
-                # An earlier run's loop left a newer version on the gateway, which refuses
-                # to go back without a signed rollback: keep it.
-                console.print(f"[green]✓[/] {name}: {DEVICE} already runs a newer version "
-                              "(an earlier run's loop)")
-                continue
-            for line in output.strip().splitlines():
-                console.print(f"    {line}")
-            if deploy.returncode != 0:
-                raise RuntimeError("deployment did not complete; see the logs below")
+        _deploy_first_versions(central_cfg)
         run_loop(console, lambda user, *args: _central(
             central_cfg, {**DEMO_ENV, "CENTRAL_SYNC_USER": user}, *args),
             central_cfg, workdir, DEVICE, labeller=DEMO_USER, reviewer=DEMO_REVIEWER)
@@ -258,6 +242,26 @@ def run(workdir: Path, duration_s: float | None) -> int:
         return 1
     demo.stop_all()
     return 0
+
+
+def _deploy_first_versions(central_cfg: Path) -> None:
+    for name in ("extruder-scrap", VISION_MODEL):
+        console.print(f"[bold]→[/] deploying {name} 1.0.0 to the gateway over MQTT ...")
+        deploy = subprocess.run(
+            [str(BIN / "central-sync"), "deploy", f"{name}@1.0.0", "--device", DEVICE,
+             "--wait", "120", "-c", str(central_cfg)], capture_output=True, text=True,
+            cwd=REPO, env=DEMO_ENV)
+        output = deploy.stdout + deploy.stderr
+        if deploy.returncode != 0 and "already deployed here" in output:
+            # An earlier run's loop left a newer version on the gateway, which refuses
+            # to go back without a signed rollback: keep it.
+            console.print(f"[green]✓[/] {name}: {DEVICE} already runs a newer version "
+                          "(an earlier run's loop)")
+            continue
+        for line in output.strip().splitlines():
+            console.print(f"    {line}")
+        if deploy.returncode != 0:
+            raise RuntimeError("deployment did not complete; see the logs below")
 
 
 def _central(central_cfg: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
