@@ -81,6 +81,15 @@ def _publish(config, db, model_path: Path, metadata_path: Path, dataset: str, by
         raise UsageError(f"{exc} (the files stay in {model_path.parent})") from None
     console.print(f"published [bold]{manifest.name} {manifest.version}[/] sha256 "
                   f"{manifest.sha256[:12]}...", highlight=False)
+    # As `model publish --dataset`: evaluated at once beside the version serving now, on the
+    # dataset's test split, which training held out.
+    from central_sync.cli.evaluations import print_report, run_evaluation
+
+    print_report(console, run_evaluation(db, config, manifest.name, manifest.version, dataset,
+                                         by))
+    ref = f"{manifest.name}@{manifest.version}"
+    console.print(f"{ref} is evaluated: another engineer or admin approves it with "
+                  f"`central-sync model approve {ref}` or on its model page", highlight=False)
     return EXIT_OK
 
 
@@ -135,6 +144,8 @@ def add_commands(commands: Subcommands) -> None:
     train.add_argument("--out", type=Path, default=Path("."),
                        help="folder for the .onnx and .json files (default: here)")
     train.add_argument("--publish", action="store_true",
-                       help="publish the new version at once (needs an engineer's login)")
+                       help="publish the new version at once and evaluate it on the dataset's "
+                            "test split beside the version serving now, as `model publish "
+                            "--dataset` does (needs an engineer's login)")
     add_by_option(train, "who trains (the lineage's author)")
     train.set_defaults(func=cmd_train)

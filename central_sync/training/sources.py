@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections import Counter
 from pathlib import Path
 
 from central_sync.datasets import DatasetError, DatasetVersion, load_crop, parse_dataset_ref
@@ -79,8 +78,7 @@ def resolve_base(db: CentralDB, artifact_dir: str | Path, name: str,
 
 def serving_version(db: CentralDB, name: str) -> str | None:
     """The version of `name` active on most gateways (the newest on a tie); None if none."""
-    counts = Counter(ref.version for device in db.list_devices()
-                     for ref in device.active_models if ref.name == name)
+    counts = db.serving_versions(name)  # as evaluation's baseline counts them
     if not counts:
         return None
     return max(counts, key=lambda version: (counts[version], version_key(version)))

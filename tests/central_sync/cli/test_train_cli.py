@@ -114,13 +114,20 @@ def test_train_publish_needs_an_engineer_s_login(central: Path, tmp_path: Path, 
     monkeypatch.setenv("CENTRAL_SYNC_USER", "erin")
     monkeypatch.setenv("CENTRAL_SYNC_PASSWORD", "engineer-password-1")
     assert main(args) == 0, capsys.readouterr()
-    assert "published surface-defects 1.2.0" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "published surface-defects 1.2.0" in out
+    assert "surface-defects@1.2.0 is evaluated: another engineer or admin approves it" in out
     db = CentralDB(central.parent / "central.db")
     try:
         manifest = db.get_model("surface-defects", "1.2.0")
         published_by = {(m.manifest.version, m.published_by) for m in db.list_models()}
+        state = db.model_state("surface-defects", "1.2.0")
+        evaluation = db.get_evaluation(state.evaluation_id)
     finally:
         db.close()
     assert manifest.meta.lineage.dataset == "surface-labels@1"
     assert manifest.meta.lineage.author == "erin"
     assert ("1.2.0", "erin") in published_by
+    assert state.state == "evaluated" and evaluation.dataset == "surface-labels@1"
+    assert evaluation.baseline_version == "", "1.0.0 neither serves nor is approved here"
+    assert evaluation.report["items"] == manifest.meta.training.holdout_rows
