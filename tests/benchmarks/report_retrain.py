@@ -11,7 +11,7 @@ true class; they are frozen as dataset versions through central's own code:
   line1-holdout@1    other frames of line 1: does a retrained head still serve the old line?
 Every version is scored on every item of the held-out versions through the gateway's own
 path (edge_agent.inference.vision.VisionModel: preprocessing, ONNX Runtime, decoder), and,
-where central's evaluation is installed, by `evaluate_model` on each version's test split.
+by central's `evaluate_model` on each held-out version's test split beside 1.0.0 (approved).
 Not a test: run it by hand (about a minute).
 
     .venv/bin/python tests/benchmarks/report_retrain.py
@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from central_sync.datasets import DatasetSelection, DatasetVersion, create_dataset, load_crop
 from central_sync.db import CentralDB
+from central_sync.evaluation import evaluate_model
 from central_sync.registry import artifact_path, publish_model
 from central_sync.training.sources import train_on_dataset
 from edge_agent.inference.vision import VisionModel
@@ -108,10 +109,6 @@ def table(title: str, scores: list[tuple[str, dict]]) -> list[str]:
 def central_evaluation(db: CentralDB, artifact_dir: Path, dataset: str) -> list[str]:
     """Central's own evaluation (the dataset's test split) of each retrained version beside
     the version it would replace."""
-    try:
-        from central_sync.evaluation import evaluate_model
-    except ImportError:
-        return [f"  central's evaluation on {dataset}: not installed in this checkout"]
     lines = []
     for _, version in VERSIONS[1:]:
         report = evaluate_model(db, artifact_dir, MODEL, version, dataset, "report").report
@@ -132,6 +129,8 @@ def build_report(tmp: Path, per_class: int, holdout_per_class: int, started: flo
     db = CentralDB(tmp / "central.db")
     publish_model(db, artifacts, SHIPPED_MODEL, metadata=SHIPPED_METADATA, signer=TEST_SIGNER,
                   published_by="dana")
+    evaluate_model(db, artifacts, MODEL, "1.0.0", None, "dana")  # in production: approved
+    db.approve_model(MODEL, "1.0.0", "erik")
     since = time.time()
     freeze_patches(db, "surface-labels", labelled_patches(per_class, seed=31), "line2-gw1")
     freeze_patches(db, "line1-labels", sharp_patches(per_class, seed=34), "line1-gw2")
