@@ -177,6 +177,12 @@ class VisionPipeline(Pipeline):
             while True:
                 frame = await self.camera.next_frame(after, timeout_s=FRAME_WAIT_S)
                 if frame is None:
+                    # No next frame (a file that ended, a camera gone quiet): the frame
+                    # still in the model thread is judged and recorded now, not lost.
+                    while in_flight:
+                        done, results = await model_thread.result()
+                        in_flight -= 1
+                        await self._handle(done, results)
                     self._set("waiting", f"no frame from camera {self.camera.name}: "
                               f"{self.camera.state.state} {self.camera.state.detail}".rstrip())
                     continue

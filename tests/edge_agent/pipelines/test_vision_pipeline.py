@@ -147,6 +147,45 @@ def test_pipeline_runs_on_a_live_camera_with_frames_overlapping_inference(
     buffer.close_sync()
 
 
+def test_the_last_frame_of_a_video_that_ends_is_judged_too(tmp_path: Path,
+                                                           monkeypatch) -> None:
+    """Frames overlap inference, so a frame's result waits for the next frame; when none
+    comes (the file ended), the pending one is still judged and recorded."""
+    monkeypatch.setattr("edge_agent.pipelines.vision.FRAME_WAIT_S", 0.3)
+    infer = VisionPipeline._infer
+
+    def slow_infer(prepared):  # slower than the video: the last result is never ready early
+        time.sleep(0.1)
+        return infer(prepared)
+
+    monkeypatch.setattr(VisionPipeline, "_infer", staticmethod(slow_infer))
+    write_video(tmp_path / "video.avi", frames=6, fps=100)
+    pipeline, buffer = setup(tmp_path)
+    pipeline.camera.config = pipeline.camera.config.model_copy(update={"loop": False})
+    judged: list[int] = []
+    handle = pipeline._handle
+
+    async def recording_handle(prepared, results):
+        judged.append(prepared.frame.index)
+        return await handle(prepared, results)
+
+    pipeline._handle = recording_handle  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        tasks = [asyncio.create_task(pipeline.camera.run()), asyncio.create_task(pipeline.run())]
+        await wait_until_async(lambda: pipeline.camera.state.state == "stopped", 20,
+                               what="the video's end")
+        last = pipeline.camera.latest().index
+        await wait_until_async(lambda: judged and judged[-1] == last, 20,
+                               what=lambda: f"frame {last}, the last, judged: {judged}")
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(scenario())
+    buffer.close_sync()
+
+
 def test_pipeline_waits_for_its_model_and_says_so(tmp_path: Path) -> None:
     pipeline, buffer = setup(tmp_path)
     pipeline.config = pipeline.config.model_copy(update={"model": "not-deployed"})
