@@ -28,6 +28,7 @@ from central_sync.web.headers import SecurityHeaders
 from central_sync.web.lineage import lineage_router
 from central_sync.web.models import ModelActions, models_router
 from central_sync.web.pages import model_health, pages_router
+from central_sync.web.params import RecordSeq
 from central_sync.web.review import review_router
 from central_sync.web.samples import samples_router
 
@@ -106,7 +107,7 @@ def create_app(
         return db.recent_records(type, limit, device_id=device_id or None)
 
     @app.get("/api/records/{device_id}/{seq}/images/{name}", dependencies=signed_in)
-    def record_image(device_id: str, seq: int, name: str) -> Response:
+    def record_image(device_id: str, seq: RecordSeq, name: str) -> Response:
         if not re.fullmatch(r"^[a-z][a-z0-9_]{0,31}$", name):
             raise HTTPException(404, "no such image")
         encoded = db.record_image(device_id, seq, name)

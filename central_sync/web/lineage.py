@@ -12,6 +12,7 @@ from central_sync.db import CentralDB
 from central_sync.db.accounts import Session
 from central_sync.db.dataset_manifest import SPLITS
 from central_sync.web.auth import session_dependencies
+from central_sync.web.params import RecordSeq, VersionNumber
 from central_sync.web.rendering import templates
 
 
@@ -22,12 +23,12 @@ def lineage_router(db: CentralDB) -> APIRouter:
     page = Annotated[Session, Depends(viewer)]
 
     @router.get("/review/records/{device_id}/{seq}", response_class=HTMLResponse)
-    def record(device_id: str, seq: int, session: page) -> str:
+    def record(device_id: str, seq: RecordSeq, session: page) -> str:
         return templates.get_template("record.html").render(
             session=session, **record_lineage(db, device_id, seq))
 
     @router.get("/datasets/{name}/{version}", response_class=HTMLResponse)
-    def dataset(name: str, version: int, session: page) -> str:
+    def dataset(name: str, version: VersionNumber, session: page) -> str:
         found = db.get_dataset(name, version)
         if found is None:
             raise HTTPException(404, f"no dataset version {name}@{version}; `central-sync "

@@ -35,6 +35,7 @@ from central_sync.db.review import (
 )
 from central_sync.web.auth import session_dependencies
 from central_sync.web.charts import defect_rate_chart
+from central_sync.web.params import RecordSeq
 from central_sync.web.rendering import templates
 from edge_agent.kernel.contract import ID_PATTERN
 
@@ -80,7 +81,7 @@ def review_router(db: CentralDB) -> APIRouter:
             export="/review/export?" + urlencode(query))
 
     @router.post("/api/defects/{device_id}/{seq}/label")
-    def label(device_id: str, seq: int, body: LabelRequest, request: Request,
+    def label(device_id: str, seq: RecordSeq, body: LabelRequest, request: Request,
               session: Annotated[Session, Depends(quality)]) -> dict[str, Any]:
         if not csrf_ok(session, request.headers.get("X-CSRF-Token")):
             raise HTTPException(403, "missing or wrong X-CSRF-Token; reload the page")

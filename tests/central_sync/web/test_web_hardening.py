@@ -155,3 +155,20 @@ def test_the_export_manifest_csv_cannot_run_as_a_formula(site: TestClient,
     assert all(not r["seq"].startswith("'") for r in rows)
     exact = json.loads(archive.read("manifest.json"))
     assert sorted(r["label"] for r in exact) == sorted(FORMULAS)  # the JSON keeps the text
+
+
+def test_numbers_in_links_too_large_for_the_database_are_refused_as_bad_input(
+        site: TestClient) -> None:
+    """A hand-made link with a seq or version past 64 bits gets a 422 that names the bound,
+    not a database overflow (a 500 on SQLite)."""
+    site.post("/login", data={"username": "anna", "password": PASSWORD})
+    huge = 10**20
+    replies = [
+        site.post(f"/api/defects/gw-1/{huge}/label", json={"verdict": "confirmed"}),
+        site.get(f"/api/records/gw-1/{huge}/images/frame"),
+        site.get(f"/review/records/gw-1/{huge}"),
+        site.get(f"/datasets/surface-labels/{huge}"),
+    ]
+    for reply in replies:
+        assert reply.status_code == 422, (reply.request.url, reply.status_code, reply.text)
+        assert "less than or equal to 9223372036854775807" in reply.text
