@@ -12,11 +12,14 @@ from edge_agent.buffer import Buffer
 from edge_agent.config import AgentConfig, OpcUaSourceConfig
 from edge_agent.deployment.checks import CommandWindow
 from edge_agent.deployment.deployer import Deployer
+from edge_agent.fleet.router import CommandRouter
 from edge_agent.kernel import systemd
 from edge_agent.kernel.contract import (
     RECORD_SOURCE_GAP,
+    DeployCommand,
     DeviceStatus,
     RecommendationAnswerPayload,
+    RollbackCommand,
     SourceGapPayload,
     Topics,
     encode,
@@ -73,6 +76,9 @@ class Agent:
                                  self.buffer, security.verifier(), self.watch,
                                  CommandWindow(security.command_max_age_s,
                                                security.command_clock_skew_s))
+        self.router = CommandRouter(self.device_id, self.topics, self.transport)
+        self.router.register(DeployCommand, self.deployer.handle)
+        self.router.register(RollbackCommand, self.deployer.handle)
         self.metrics = AgentMetrics(self.metrics_snapshot)
 
     async def _record_gap(self, gap: SourceGapPayload) -> None:
@@ -105,7 +111,8 @@ class Agent:
             pipelines=[p.snapshot() for p in self.pipelines],
             resent_batches=self.uplink.stats.resent_batches,
             rejected_messages={"uplink": self.uplink.stats.rejected_messages,
-                               "deployer": self.deployer.rejected_messages},
+                               "deployer": self.deployer.rejected_messages,
+                               "commands": self.router.rejected_messages},
         )
 
     async def answer_recommendation(
@@ -153,7 +160,8 @@ class Agent:
             server = web.operator_server(self.status_document, self.metrics.exposition,
                                          agent=self, ui=self.config.ui)
             await server.start()
-        await self.deployer.start()
+        await self.deployer.start(subscribe=False)
+        await self.router.start()
         await self.transport.start()
         tasks = [asyncio.create_task(s.run(), name=f"source-{s.name}")
                  for s in self.sources.values()]

@@ -10,6 +10,7 @@ import logging
 import time
 
 from central_sync.db.connection import Connection
+from central_sync.db.schema_fleet import POSTGRES_FLEET_MIGRATIONS, SQLITE_FLEET_MIGRATIONS
 
 log = logging.getLogger(__name__)
 
@@ -429,6 +430,10 @@ POSTGRES_MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     )),
     (14, "indexes of the sample queue", SAMPLE_QUEUE_INDEXES),
 )
+
+# From 15 on, the migrations live in schema_fleet.py.
+MIGRATIONS += SQLITE_FLEET_MIGRATIONS
+POSTGRES_MIGRATIONS += POSTGRES_FLEET_MIGRATIONS
 
 
 MIGRATION_LOCK_KEY = 0x65646765  # any constant: one migration at a time per database

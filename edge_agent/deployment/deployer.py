@@ -69,10 +69,14 @@ class Deployer:
     def _count_rejected(self) -> None:
         self.rejected_messages += 1
 
-    async def start(self) -> None:
+    async def start(self, subscribe: bool = True) -> None:
+        """Follow the active models; with `subscribe`, take commands from the device's
+        commands topic (the agent's command router hands them to `handle` instead)."""
         for installed in self._store.active_models():
             self.standing.follow(installed.manifest.name)
-        await self._transport.subscribe(self._topics.commands(self.device_id), self._on_command)
+        if subscribe:
+            await self._transport.subscribe(self._topics.commands(self.device_id),
+                                            self._on_command)
 
     async def stop(self) -> None:
         for task in self._active.values():
@@ -87,6 +91,10 @@ class Deployer:
             self.rejected_messages += 1
             log.warning("command rejected device=%s reason=%s", self.device_id, message.reason)
             return
+        await self.handle(message)  # type: ignore[arg-type]
+
+    async def handle(self, message: DeployCommand | RollbackCommand) -> None:
+        """Carry out a decoded deploy or rollback command (refused unless signed and fresh)."""
         if message.command_id in self._ledger:
             # MQTT may deliver a command twice, and an attacker may replay an old one.
             self.rejected_messages += 1

@@ -24,6 +24,19 @@ from edge_agent.kernel.contract.fields import (
     new_id,
     now,
 )
+from edge_agent.kernel.contract.fleet import (
+    AgentRollbackCommand,
+    AgentUpdateCommand,
+    ClockProbe,
+    ClockReply,
+    ConfigDeployCommand,
+    ConfigRollbackCommand,
+    DiagnoseRequest,
+    DiagnosticReply,
+    LogBatch,
+    LogRequest,
+    RestartCommand,
+)
 from edge_agent.kernel.contract.records import (
     RECORD_DEFECT,
     RECORD_DEPLOYMENT_EVENT,
@@ -70,10 +83,30 @@ Message = Annotated[
     | RollbackCommand
     | ChunkRequest
     | ArtifactChunk
-    | DeploymentEvent,
+    | DeploymentEvent
+    | ConfigDeployCommand
+    | ConfigRollbackCommand
+    | AgentUpdateCommand
+    | AgentRollbackCommand
+    | LogRequest
+    | DiagnoseRequest
+    | RestartCommand
+    | ClockProbe
+    | ClockReply
+    | LogBatch
+    | DiagnosticReply,
     Field(discriminator="kind"),
 ]
-Command = DeployCommand | RollbackCommand
+Command = (DeployCommand | RollbackCommand | ConfigDeployCommand | ConfigRollbackCommand
+           | AgentUpdateCommand | AgentRollbackCommand | LogRequest | DiagnoseRequest
+           | RestartCommand)
+# Everything central may send on a device's commands topic.
+COMMAND_TYPES: tuple[type[BaseModel], ...] = (
+    DeployCommand, RollbackCommand, ConfigDeployCommand, ConfigRollbackCommand,
+    AgentUpdateCommand, AgentRollbackCommand, LogRequest, DiagnoseRequest, RestartCommand,
+    ClockProbe)
+# Everything a device may send on its diagnostics topic.
+DIAGNOSTIC_TYPES: tuple[type[BaseModel], ...] = (DiagnosticReply, LogBatch, ClockReply)
 _MESSAGE_ADAPTER: TypeAdapter[Any] = TypeAdapter(Message)
 
 def encode(message: BaseModel) -> bytes:

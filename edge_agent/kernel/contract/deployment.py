@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 
 from edge_agent.kernel.contract.fields import (
     MAX_CHUNKS_PER_REQUEST,
+    SEMVER_PATTERN,
     DeviceId,
     ModelName,
     Sha256,
@@ -99,12 +100,22 @@ DeploymentStep = Literal[
 ]
 
 
+DeploymentSubject = Literal["model", "config", "agent"]
+# A model or agent release's semantic version, or a configuration's number.
+SUBJECT_VERSION_PATTERN = rf"^(?:{SEMVER_PATTERN[1:-1]}|[1-9][0-9]{{0,9}})$"
+
+
 class DeploymentEvent(WireMessage):
+    """One step on the device of a deployment of a model version (`subject` model), a
+    configuration (`config`: `model_name` is the configuration's name, `version` its number)
+    or an agent release (`agent`: `model_name` is edge-agent)."""
+
     kind: Literal["deployment_event"] = "deployment_event"
     device_id: DeviceId
     command_id: str
+    subject: DeploymentSubject = "model"
     model_name: ModelName
-    version: Version
+    version: str = Field(pattern=SUBJECT_VERSION_PATTERN)
     step: DeploymentStep
     detail: str = ""
     progress: float | None = Field(None, ge=0.0, le=1.0)

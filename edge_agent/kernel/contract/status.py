@@ -14,6 +14,7 @@ from edge_agent.kernel.contract.fields import (
     WireMessage,
     now,
 )
+from edge_agent.kernel.contract.fleet import ConfigRef
 from edge_agent.kernel.redaction import redact_credentials
 
 
@@ -65,6 +66,9 @@ class DeviceStatus(WireMessage):
         default_factory=list, description="Groups the device says it belongs to, e.g. line-3: "
         "shown on central, never trusted (rollout groups come from provisioning)")
     active_models: list[ModelRef] = Field(default_factory=list)
+    config: ConfigRef | None = Field(
+        None, description="The configuration from central the gateway runs; none: only its "
+        "local file")
     sources: dict[str, SourceState] = Field(default_factory=dict)
     buffer: BufferHealth | None = None
     uplink: UplinkHealth | None = None

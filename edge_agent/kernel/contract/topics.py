@@ -30,12 +30,19 @@ DEVICE_TOPICS: tuple[TopicSpec, ...] = (
               "Buffered records (predictions, events), each with its seq; large ones in chunks"),
     TopicSpec("ack", "central → agent", 1, False, "BatchAck",
               "Seqs stored by central; the agent deletes them only now"),
-    TopicSpec("commands", "central → agent", 1, False, "DeployCommand, RollbackCommand",
-              "Deploy a model version, or roll one back"),
+    TopicSpec("commands", "central → agent", 1, False,
+              "DeployCommand, RollbackCommand, ConfigDeployCommand, ConfigRollbackCommand, "
+              "AgentUpdateCommand, AgentRollbackCommand, LogRequest, DiagnoseRequest, "
+              "RestartCommand, ClockProbe",
+              "Signed commands: deploy or roll back a model version, a configuration or the "
+              "agent; ask for logs or a diagnosis; restart; and the clock probe"),
     TopicSpec("chunk-request", "agent → central", 1, False, "ChunkRequest",
               "Chunks of an artifact the agent still lacks"),
     TopicSpec("deployment", "agent → central", 1, False, "DeploymentEvent",
-              "Every step of a deployment on the device"),
+              "Every step of a deployment (model, configuration, agent) on the device"),
+    TopicSpec("diagnostics", "agent → central", 1, False,
+              "DiagnosticReply, LogBatch, ClockReply",
+              "Answers to central's requests: log lines, diagnosis, restart, the clock"),
 )
 ARTIFACT_TOPIC = TopicSpec("artifacts/{sha256}", "central → agents", 1, False, "ArtifactChunk",
                            "Chunks of a model artifact, shared by every device fetching it")
@@ -81,6 +88,9 @@ class Topics:
 
     def deployment(self, device_id: str) -> str:
         return self.device(device_id, "deployment")
+
+    def diagnostics(self, device_id: str) -> str:
+        return self.device(device_id, "diagnostics")
 
     def artifact(self, sha256: str) -> str:
         if not re.fullmatch(SHA256_PATTERN, sha256):
