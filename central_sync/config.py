@@ -8,6 +8,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from central_sync.db.connection import POSTGRES_PREFIXES, SQLITE_PREFIX, redact
+from central_sync.db.diagnostics import DEFAULT_CLOCK_WARN_OFFSET_S
 from edge_agent.kernel.configfile import load_yaml_model, resolve_path
 from edge_agent.kernel.contract import ID_PATTERN
 from edge_agent.kernel.signing import Signer, trusted_public_pem
@@ -63,6 +64,21 @@ class ModelsConfig(BaseModel):
     max_evaluation_items: int = Field(
         20_000, ge=1, le=1_000_000, description="Items (images, or recorded predictions of "
         "a process model) an evaluation runs at most; a larger test split is sampled evenly")
+
+
+class ClockConfig(BaseModel):
+    """How central watches the gateways' clocks: a record's time is only as good as its
+    gateway's clock."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    probe_interval_s: float = Field(
+        60.0, ge=1, description="Central measures a gateway's clock offset at most this often "
+        "(a probe on the gateway's status, answered with its time)")
+    warn_offset_s: float = Field(
+        DEFAULT_CLOCK_WARN_OFFSET_S, gt=0, description="A gateway whose clock is further "
+        "than this from central's is shown with a warning, and its records are flagged as "
+        "having suspect times (as is a record made further than this in central's future)")
 
 
 class ProvisioningConfig(BaseModel):
@@ -132,6 +148,7 @@ class CentralConfig(BaseModel):
     web: WebConfig = Field(default_factory=WebConfig)
     ingest: IngestLimits = Field(default_factory=IngestLimits)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
+    clock: ClockConfig = Field(default_factory=ClockConfig)
     provisioning: ProvisioningConfig = Field(
         default_factory=dict, validate_default=True)  # type: ignore[arg-type]
     signing_key_path: Path = Field(

@@ -25,6 +25,7 @@ from central_sync.db import (
     Evaluation,
     Rollout,
 )
+from central_sync.diagnostics_inbox import DiagnosticsInbox
 from central_sync.evaluation import EvaluationError, evaluate_model
 from central_sync.rollouts import RolloutEngine, RolloutError, start_rollout
 from edge_agent.kernel import systemd
@@ -85,6 +86,10 @@ class IngestStats:
     chunks_refused: int = 0  # requests refused: no open deployment here, or over the rate
     record_pieces_refused: int = 0  # pieces of large records over a limit or not adding up
     records_expired: int = 0  # large records dropped unfinished after their expiry
+    diagnostic_replies: int = 0  # diagnose/restart/logs answers to central's requests
+    log_lines_stored: int = 0
+    clock_probes: int = 0
+    clock_readings: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     last_rejection: str = ""
     database_errors: Counter[str] = field(default_factory=Counter)  # by handler (topic leaf)
@@ -116,6 +121,7 @@ class CentralService:
         self._web: WebServer | None = None
         self._started = False  # /healthz says "starting" until start() is done
         self.rollouts: RolloutEngine | None = None
+        self.diagnostics: DiagnosticsInbox | None = None
 
     async def db_call(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run a database call on the service's database thread."""
@@ -141,6 +147,11 @@ class CentralService:
             signer = self.config.signer()
         except KeyFileError as exc:
             raise ServiceStartError(str(exc)) from None
+        self.diagnostics = DiagnosticsInbox(
+            self.db, self.config.clock, signer, self.transport, self.topics, self.stats,
+            db_call=self.db_call, decode=self._decode, reject=self._reject,
+            failed=self._database_failed)
+        handlers["diagnostics"] = self.diagnostics.on_message
         group = self.config.ingest_group
         for leaf, handler in handlers.items():
             topic_filter = self.topics.all_devices(leaf)
@@ -348,6 +359,8 @@ class CentralService:
             return
         self.stats.statuses += 1
         log.info("device status device=%s state=%s", status.device_id, status.state)
+        if self.diagnostics is not None:
+            await self.diagnostics.on_status(status)
 
     async def _on_deployment_event(self, topic: str, payload: bytes) -> None:
         event = self._decode(topic, payload, DeploymentEvent)

@@ -42,6 +42,7 @@ from edge_agent.kernel.contract import (
     BatchAck,
     BufferHealth,
     ChunkRequest,
+    ClockProbe,
     CompressedUplinkBatch,
     DeployCommand,
     DeploymentEvent,
@@ -571,8 +572,9 @@ class CentralWorld:
         await self.device.subscribe(TOPICS.ack(DEVICE), self._collect(BatchAck, self.acks))
         await self.device.subscribe(TOPICS.artifact(self.manifest.sha256),
                                     self._collect(ArtifactChunk, self.chunks))
+        # Central also probes the device's clock on its status: not collected.
         await self.device.subscribe(TOPICS.commands(DEVICE),
-                                    self._collect(DeployCommand, self.commands))
+                                    self._collect(DeployCommand, self.commands, (ClockProbe,)))
         cli = MemoryTransport(broker)
         await cli.start()
         assert self.service.db is not None
@@ -582,11 +584,13 @@ class CentralWorld:
         await wait_until_async(lambda: self.commands, what="the followed deployment's command")
 
     @staticmethod
-    def _collect(kind: type[BaseModel], into: list[Any]) -> Any:
+    def _collect(kind: type[BaseModel], into: list[Any],
+                 ignored: tuple[type[BaseModel], ...] = ()) -> Any:
         async def handler(topic: str, payload: bytes) -> None:
-            message = decode(payload, expect=(kind,))
-            assert isinstance(message, kind), message
-            into.append(message)
+            message = decode(payload, expect=(kind, *ignored))
+            assert isinstance(message, (kind, *ignored)), message
+            if isinstance(message, kind):
+                into.append(message)
         return handler
 
     def deliver(self, topic: str, payload: bytes) -> None:

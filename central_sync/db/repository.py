@@ -18,6 +18,7 @@ from central_sync.db.audit import AuditQueries
 from central_sync.db.broker_accounts import BrokerAccountQueries
 from central_sync.db.connection import open_connection, serialised
 from central_sync.db.datasets import DatasetQueries
+from central_sync.db.diagnostics import DiagnosticQueries
 from central_sync.db.model_states import ModelStateQueries
 from central_sync.db.record_parts import RecordPartQueries
 from central_sync.db.review import ReviewQueries
@@ -56,7 +57,8 @@ ROLLBACK_TO_PREVIOUS = "previous"  # a rollback's version when it returns to the
 
 
 class CentralDB(AuditQueries, ReviewQueries, SampleQueries, RolloutQueries, AccountQueries,
-                BrokerAccountQueries, RecordPartQueries, ModelStateQueries, DatasetQueries):
+                BrokerAccountQueries, RecordPartQueries, ModelStateQueries, DatasetQueries,
+                DiagnosticQueries):
     """Central's database. Thread-safe: calls are serialised on one connection.
 
     Callers on an asyncio loop run these methods in a worker thread, never on the loop.
@@ -118,6 +120,7 @@ class CentralDB(AuditQueries, ReviewQueries, SampleQueries, RolloutQueries, Acco
                     log.warning("deployment event refused device=%s command=%s reason=%s "
                                 "(uplink)", exc.device_id, exc.command_id, exc.reason)
             device = self._device_row(batch.device_id)
+            self._flag_suspect_records(batch, device, received_at)
             if device is None:
                 self._db.execute(
                     "INSERT INTO devices (device_id, state, last_seen, last_seq) "

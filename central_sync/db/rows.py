@@ -66,6 +66,9 @@ class DeviceSummary:
     evicted: int = 0
     labels: tuple[str, ...] = ()  # its groups, from provisioning: what rollouts select by
     reported_labels: tuple[str, ...] = ()  # what it says of itself: shown, never trusted
+    clock_offset_s: float | None = None  # its clock minus central's, measured by a probe
+    clock_rtt_ms: float | None = None  # the probe's round trip: the offset is +- half of it
+    clock_measured_at: float | None = None
 
     def presence(self, now: float, offline_after_s: float) -> str:
         """online, or offline when the device said so or has been silent too long."""
@@ -112,7 +115,9 @@ def device_summary(row: dict[str, Any]) -> DeviceSummary:
         active_models=models, last_seq=row["last_seq"],
         records=row["records"], status=status, evicted=row.get("evicted") or 0,
         labels=tuple(json.loads(row.get("labels") or "[]")),
-        reported_labels=tuple(json.loads(row.get("reported_labels") or "[]")))
+        reported_labels=tuple(json.loads(row.get("reported_labels") or "[]")),
+        clock_offset_s=row.get("clock_offset_s"), clock_rtt_ms=row.get("clock_rtt_ms"),
+        clock_measured_at=row.get("clock_measured_at"))
 
 
 @dataclass(frozen=True)
