@@ -15,6 +15,7 @@ from central_sync.cli import (
     contract,
     datasets,
     devices,
+    diagnostics,
     keys,
     models,
     rollouts,
@@ -31,7 +32,7 @@ from edge_agent.kernel.transport import BrokerCredentialsError
 COMMAND_SETS = (serve.add_commands, models.add_commands, datasets.add_commands,
                 train.add_commands, rollouts.add_commands,
                 users.add_commands, audit.add_commands,
-                devices.add_provisioning_commands, keys.add_commands,
+                devices.add_provisioning_commands, diagnostics.add_commands, keys.add_commands,
                 devices.add_fleet_command, contract.add_commands)
 
 

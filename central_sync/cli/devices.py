@@ -285,7 +285,7 @@ def add_provisioning_commands(commands: Subcommands) -> None:
     actions = add_group(
         commands, "device",
         help="provision gateways: add, label, list, rotate, remove (broker credentials, "
-             "groups and bundle)",
+             "groups and bundle); their logs, diagnosis and restarts",
         description="Each gateway has its own broker login, and an ACL that lets it publish "
                     "only under its own topics and read only what is addressed to it; its labels "
                     "(`add --labels`, `label`) are the groups rollouts select it by. `add` "
@@ -295,7 +295,8 @@ def add_provisioning_commands(commands: Subcommands) -> None:
                   "central-sync device label line3-gw1 --add extruders",
                   "central-sync device list",
                   "central-sync device rotate line3-gw1",
-                  "central-sync device remove line3-gw1"],
+                  "central-sync device remove line3-gw1",
+                  "central-sync device logs line3-gw1 --follow"],
         dest="device_command")
     add = add_command(
         actions, "add", help="create the device's broker login and ACL, and write its bundle",

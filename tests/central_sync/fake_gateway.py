@@ -63,6 +63,7 @@ class FakeGateway:
         self.received: list[BaseModel] = []
         self.forged: list[str] = []  # commands whose signature did not verify
         self.follows: list[LogRequest] = []
+        self.follow_batches: list[list[LogLine]] = []  # sent after a follow's tail, then final
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
@@ -115,13 +116,18 @@ class FakeGateway:
 
     async def _answer(self, message: BaseModel) -> None:
         if isinstance(message, LogRequest):
-            lines = [line for line in log_lines(self.tail)][-message.lines:] \
-                if message.lines else []
+            lines = log_lines(self.tail)[-message.lines:] if message.lines else []
             if message.follow_s:
                 self.follows.append(message)
             await self._publish(LogBatch(device_id=self.device_id,
                                          request_id=message.command_id, lines=lines,
                                          final=not message.follow_s))
+            if message.follow_s and self.follow_batches:
+                for more in self.follow_batches:
+                    await self._publish(LogBatch(device_id=self.device_id, dropped=7,
+                                                 request_id=message.command_id, lines=more))
+                await self._publish(LogBatch(device_id=self.device_id, final=True,
+                                             request_id=message.command_id))
         elif isinstance(message, DiagnoseRequest):
             await self._publish(DiagnosticReply(
                 device_id=self.device_id, request_id=message.command_id, action="diagnose",
