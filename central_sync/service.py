@@ -166,6 +166,7 @@ class CentralService:
                           self._spawn(self._expire_unfinished_records())}
         if self.config.web.port:
             from central_sync.web import OpenToTheNetwork, create_app, refuse_open_to_the_network
+            from central_sync.web.devices import DeviceActions
             from edge_agent.kernel.httpserver import WebServer
 
             try:
@@ -173,9 +174,11 @@ class CentralService:
             except OpenToTheNetwork as exc:
                 raise ServiceStartError(str(exc)) from None
             models = web_model_actions(self.config, signer)
+            devices = DeviceActions(self.transport, self.topics, signer,
+                                    self.config.clock.warn_offset_s)
             app = create_app(self.db, self.config.offline_after_s, health=self.health,
                              password_checks_at_once=self.config.web.password_checks_at_once,
-                             model_actions=models)
+                             model_actions=models, device_actions=devices)
             web = WebServer(app, self.config.web.host, self.config.web.port,
                             body_limits=models.body_limits)
             try:

@@ -24,6 +24,7 @@ from central_sync.db import CentralDB, DeviceSummary
 from central_sync.metrics import central_registry
 from central_sync.web.audit import audit_router
 from central_sync.web.auth import PASSWORD_CHECKS_AT_ONCE, api_reader, login_router
+from central_sync.web.devices import DeviceActions, devices_router
 from central_sync.web.headers import SecurityHeaders
 from central_sync.web.lineage import lineage_router
 from central_sync.web.models import ModelActions, models_router
@@ -67,11 +68,11 @@ def create_app(
     health: Callable[[], dict[str, Any]] | None = None,
     password_checks_at_once: int = PASSWORD_CHECKS_AT_ONCE,
     model_actions: ModelActions | None = None,
+    device_actions: DeviceActions | None = None,
 ) -> FastAPI:
     """The FastAPI app over a CentralDB; `health` adds live service state to /healthz and
-    /metrics; `model_actions` lets engineers publish, evaluate, approve and roll out from the
-    model pages (without it they only show). No generated API docs: /docs would load scripts
-    from a CDN, and the API is described in the README."""
+    /metrics; `model_actions` and `device_actions` let engineers act from the model and device
+    pages (without them the pages only show). No /docs (it loads a CDN's scripts): see README."""
     app = FastAPI(title="central-sync", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url=None)
     app.add_middleware(SecurityHeaders)
@@ -137,7 +138,8 @@ def create_app(
     app.include_router(audit_router(db))
     app.include_router(models_router(db, model_actions))
     app.include_router(lineage_router(db))
-    app.include_router(pages_router(db, offline_after_s))
+    app.include_router(pages_router(db, offline_after_s, device_actions))
+    app.include_router(devices_router(db, offline_after_s, device_actions))
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
     return app
 

@@ -64,6 +64,7 @@ def record_lineage(db: CentralDB, device_id: str, seq: int) -> dict[str, Any]:
     evaluation_id = state.evaluation_id if state else None
     return {
         "kind": "defect" if defect else "sample", "record": found,
+        "suspect": db.suspect_record(device_id, seq),
         "model_name": name, "version": version,
         "record_sha256": (stored or {}).get("model_sha256"), "manifest": manifest,
         "state": state, "dataset": lineage.dataset if lineage else "",

@@ -14,9 +14,10 @@ from pydantic import BaseModel, ValidationError
 
 from central_sync.db import CentralDB
 from central_sync.db.accounts import Session
-from central_sync.db.review import DefectFilter
+from central_sync.db.diagnostics import DEFAULT_CLOCK_WARN_OFFSET_S
 from central_sync.drift import drift_report, latency_percentiles
 from central_sync.web.auth import session_dependencies
+from central_sync.web.devices import DeviceActions, clock_view, device_page
 from central_sync.web.rendering import templates
 from edge_agent.kernel.contract import (
     RECORD_RECOMMENDATION,
@@ -33,15 +34,19 @@ P = TypeVar("P", bound=BaseModel)
 FLEET_REFRESH_S = 5
 
 
-def pages_router(db: CentralDB, offline_after_s: float) -> APIRouter:
+def pages_router(db: CentralDB, offline_after_s: float,
+                 device_actions: DeviceActions | None = None) -> APIRouter:
     router = APIRouter()
+    warn_offset_s = device_actions.clock_warn_offset_s if device_actions else \
+        DEFAULT_CLOCK_WARN_OFFSET_S
     _, viewer, _ = session_dependencies(db)
     page = Annotated[Session, Depends(viewer)]
 
     @router.get("/", response_class=HTMLResponse)
     def fleet(session: page) -> str:
         now = time.time()
-        devices = [(d, d.presence(now, offline_after_s)) for d in db.list_devices()]
+        devices = [(d, d.presence(now, offline_after_s), clock_view(d, warn_offset_s))
+                   for d in db.list_devices()]
         return templates.get_template("fleet.html").render(
             session=session, devices=devices, predictions=db.recent_predictions(20),
             refresh_s=FLEET_REFRESH_S)
@@ -68,16 +73,8 @@ def pages_router(db: CentralDB, offline_after_s: float) -> APIRouter:
                 "devices": [d.__dict__ for d in db.rollout_devices(rollout_id)]}
 
     @router.get("/devices/{device_id}", response_class=HTMLResponse)
-    def device(device_id: str, session: page) -> str:
-        found = next((d for d in db.list_devices() if d.device_id == device_id), None)
-        if found is None:
-            raise HTTPException(404, f"central has not heard from {device_id}")
-        now = time.time()
-        return templates.get_template("device.html").render(
-            session=session, device=found, presence=found.presence(now, offline_after_s),
-            deployments=db.list_deployments(device_id, limit=20), gaps=db.gaps(device_id),
-            accounting=db.seq_accounting(device_id),
-            defects=db.defect_summary(DefectFilter(device_id=device_id)))
+    def device(device_id: str, session: page, done: str = "") -> HTMLResponse:
+        return device_page(db, session, device_id, offline_after_s, device_actions, done=done)
 
     @router.get("/recommendations", response_class=HTMLResponse)
     def recommendations(session: page) -> str:

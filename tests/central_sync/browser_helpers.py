@@ -22,24 +22,21 @@ CHROMIUM = Path("/usr/bin/chromium")
 @contextlib.contextmanager
 def logged_in_page(db: CentralDB, user: str, password: str, path: str,
                    viewport: tuple[int, int] = (1600, 900),
-                   app: Any = None) -> Iterator[tuple[Any, Any]]:
+                   app: Any = None, server_url: str | None = None) -> Iterator[tuple[Any, Any]]:
     """(page, playwright.sync_api): central serving `db` (or `app`, an app made over it) on a
-    free port, logged in through the form and back on `path`, loaded. Skips when Chromium or
-    Playwright is missing."""
+    free port, or the central already serving at `server_url`, logged in through the form and
+    back on `path`, loaded. Skips when Chromium or Playwright is missing."""
     if not CHROMIUM.exists():
         pytest.skip("Debian's Chromium is not installed (/usr/bin/chromium): "
                     "deploy/setup.sh --test installs it")
     sync_api = pytest.importorskip(
         "playwright.sync_api", reason="playwright is not installed: pip install -e '.[browser]'")
-    port, loop = free_port(), asyncio.new_event_loop()
-    server = WebServer(app or create_app(db, 120), "127.0.0.1", port)
-    threading.Thread(target=loop.run_forever, daemon=True).start()
-    asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
-    try:
+    with contextlib.ExitStack() as stack:
+        base = server_url or stack.enter_context(_serving(app or create_app(db, 120)))
         with sync_api.sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
             page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
-            target = f"http://127.0.0.1:{port}{path}"
+            target = f"{base}{path}"
             page.goto(target)  # central sends a stranger to its login form
             page.fill("input[name=username]", user)
             page.fill("input[name=password]", password)
@@ -47,6 +44,17 @@ def logged_in_page(db: CentralDB, user: str, password: str, path: str,
             page.wait_for_url(target)  # logged in, back on the page asked for, loaded
             yield page, sync_api
             browser.close()
+
+
+@contextlib.contextmanager
+def _serving(app: Any) -> Iterator[str]:
+    """`app` served on a free port from a thread of its own; its base URL."""
+    port, loop = free_port(), asyncio.new_event_loop()
+    server = WebServer(app, "127.0.0.1", port)
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
+    try:
+        yield f"http://127.0.0.1:{port}"
     finally:
         asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
