@@ -155,5 +155,7 @@ def _device_json(device: DeviceSummary, now: float, offline_after_s: float) -> d
         "last_seq": device.last_seq,
         "records": device.records,
         "buffer_depth": device.buffer_depth,
+        "clock_offset_s": device.clock_offset_s,  # its clock minus central's
+        "clock_rtt_ms": device.clock_rtt_ms,
         "status": device.status.model_dump() if device.status else None,
     }

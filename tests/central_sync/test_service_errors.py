@@ -22,6 +22,8 @@ from edge_agent.kernel.contract import (
     ChunkRequest,
     DeploymentEvent,
     DeviceStatus,
+    DiagnosticReply,
+    LogBatch,
     RollbackCommand,
     Topics,
     encode,
@@ -64,6 +66,13 @@ CASES = {
                           lambda: encode(ChunkRequest(device_id=DEVICE, sha256="a" * 64,
                                                       indices=[0, 1])),
                           "chunk request not served"),
+    "diagnostics-logs": Case("store_log_batch", TOPICS.diagnostics(DEVICE),
+                             lambda: encode(LogBatch(device_id=DEVICE, request_id="r1")),
+                             "log lines not stored"),
+    "diagnostics-reply": Case("store_diagnostic_reply", TOPICS.diagnostics(DEVICE),
+                              lambda: encode(DiagnosticReply(
+                                  device_id=DEVICE, request_id="r1", action="diagnose",
+                                  ok=True)), "diagnostic reply not stored"),
 }
 
 

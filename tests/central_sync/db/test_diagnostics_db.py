@@ -165,3 +165,16 @@ def test_suspect_reason_allows_the_threshold_and_the_measured_offset() -> None:
     assert suspect_reason(102.5, 100.0, None, 2.0) is not None
     assert suspect_reason(103.0, 100.0, 1.5, 2.0) is None
     assert suspect_reason(50.0, 100.0, -2.5, 2.0) is not None
+
+
+def test_a_gateways_text_with_nul_is_stored_on_every_database(db: CentralDB) -> None:
+    """PostgreSQL refuses NUL in text: such an answer would fail every time it came."""
+    logs_request(db)
+    db.store_log_batch(LogBatch(device_id="gw-1", request_id="req-logs", lines=[
+        LogLine(at=1.0, level="INFO", logger="a\x00b", message="bad\x00byte")]))
+    assert db.device_logs("gw-1")[0]["message"].startswith("bad")
+    db.record_diagnostic_request("diag-1", "gw-1", "diagnose", time.time(), "erin")
+    assert db.store_diagnostic_reply(DiagnosticReply(
+        device_id="gw-1", request_id="diag-1", action="diagnose", ok=False,
+        detail="no\x00pe", report={"k\x00": "v\x00"}))
+    assert db.device_diagnosis("gw-1").report == {"k\x00": "v\x00"}
