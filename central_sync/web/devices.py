@@ -46,9 +46,11 @@ ACTIONS_PER_MINUTE = 10
 FORM_MAX_BYTES = 1024
 TAIL_LINES = 200
 PAGE_LOG_REQUEST_LINES = 200
+PAGE_FOLLOW_S = 120.0  # Fetch logs also follows the log this long: the tail below goes on live
 # What ?done= may say on a device page: a code from this list, never text from the link.
 DONE = {"diagnose": "Diagnosis requested; it shows below when the gateway answers.",
-        "logs": "Log lines requested; they show below as they arrive.",
+        "logs": f"Log lines requested; they show below as they arrive, and new ones for "
+                f"{PAGE_FOLLOW_S / 60:g} minutes.",
         "restart": "Restart requested; the gateway's reply shows below."}
 
 
@@ -162,7 +164,7 @@ def devices_router(db: CentralDB, offline_after_s: float,
     async def logs(device_id: str, request: Request, session: engineer) -> Response:
         return await act(request, session, device_id, "logs", lambda form, by:
                          diagnostics.log_request(device_id, by, _level(form),
-                                                 PAGE_LOG_REQUEST_LINES))
+                                                 PAGE_LOG_REQUEST_LINES, PAGE_FOLLOW_S))
 
     @router.post("/devices/{device_id}/restart")
     async def restart(device_id: str, request: Request, session: engineer) -> Response:

@@ -91,6 +91,7 @@ def test_an_engineer_diagnoses_fetches_logs_and_restarts_with_signed_requests(
     diagnose, logs, restart = commands.received
     assert isinstance(diagnose, DiagnoseRequest) and isinstance(restart, RestartCommand)
     assert isinstance(logs, LogRequest) and logs.level == "WARNING"
+    assert (logs.lines, logs.follow_s) == (200, 120.0)  # the page's tail goes on live
     assert restart.pipeline == "surface"
     for command in commands.received:
         TEST_SIGNER.own_keys().verify(command, "command")

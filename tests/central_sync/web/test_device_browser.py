@@ -75,6 +75,8 @@ def test_device_page_in_chromium(central, gateway: FakeGateway) -> None:
         page.click("#fetch-logs")
         wait_until(lambda: gateway.of_kind(LogRequest), what="the log request")
         expect(page.locator("#log-tail")).to_contain_text("line 2", timeout=10_000)
+        gateway.follow_lines(log_lines(1, "followed"))  # the follow goes on, over MQTT
+        expect(page.locator("#log-tail")).to_contain_text("followed 0", timeout=10_000)
 
         # New lines stored while the page is open show by themselves, at the chosen level.
         request = gateway.of_kind(LogRequest)[0]
