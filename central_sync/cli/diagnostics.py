@@ -257,9 +257,13 @@ def print_diagnosis(console: Console, device_id: str, reply: DiagnosticReply,
     console.print(_clock_text(clock, warn_offset_s))
     effective = report.pop("effective_config", None)
     for key in (*REPORT_SECTIONS, *sorted(k for k in report if k not in REPORT_SECTIONS)):
-        if key in report:
-            console.print(Text(f"{key}:", style="bold"))
-            console.print(Text(printable(_yaml(report[key]), lines=True).rstrip()))
+        if key not in report:
+            continue
+        if not isinstance(report[key], dict | list):
+            console.print(Text(printable(f"{key:<14} {report[key]}")))
+            continue
+        console.print(Text(f"{key}:", style="bold"))
+        console.print(Text(printable(_yaml(report[key]), lines=True).rstrip()))
     if effective is not None:
         console.print(Text("effective configuration (secrets redacted by the gateway):",
                            style="bold"))

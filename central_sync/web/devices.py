@@ -105,10 +105,14 @@ def report_view(diagnosis: Diagnosis | None) -> dict[str, Any]:
         p["name"] for p in pipelines or [] if isinstance(p, dict) and "name" in p] \
         if isinstance(pipelines, list) else []
     effective = report.pop("effective_config", None)
-    return {"versions": versions, "config": report.pop("config", None),
+    config = report.pop("config", None)
+    return {"versions": versions, "config": config,
             "pipelines": [str(name) for name in names],
             "effective": None if effective is None else _yaml(effective),
-            "sections": {key: _yaml(value) for key, value in report.items()}}
+            "facts": {key: value for key, value in report.items()
+                      if not isinstance(value, dict | list)},
+            "sections": {key: _yaml(value) for key, value in report.items()
+                         if isinstance(value, dict | list)}}
 
 
 def _yaml(value: Any) -> str:

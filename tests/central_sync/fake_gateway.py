@@ -35,12 +35,14 @@ from tests.helpers import TEST_SIGNER
 TOPICS = Topics()
 REPORT = {
     "agent_version": "1.4.2", "python": "3.11.9", "platform": "Linux-6.1-aarch64",
+    "libraries": {"onnxruntime": "1.18.0"}, "uptime_s": 5321.5,
     "config": {"name": "line-3-vision", "version": 4, "sha256": "b" * 64},
     "effective_config": {"device_id": "gw-1", "broker": {"host": "mqtt.plant",
                                                          "password": "***"},
                          "sources": {"cam1": {"kind": "camera", "url": "rtsp://***@cam1/"}}},
     "sources": {"cam1": {"state": "connected", "detail": ""}},
-    "pipelines": {"surface": {"model": "surface-defects@1.2.0", "errors": 0}},
+    "pipelines": [{"name": "surface", "type": "vision", "model": "surface-defects",
+                   "state": "running", "detail": ""}],
     "buffer": {"depth": 12, "bytes_used": 4096, "quota_bytes": 1048576},
 }
 

@@ -88,6 +88,7 @@ def test_diagnose_prints_versions_configuration_clock_and_the_effective_config(
     assert "line-3-vision@4 (sha256 bbbbbbbbbbbb)" in out
     assert "+30.250 s (round trip 4 ms" in out and "more than 2 s off" in out
     assert "cam1:\n  state: connected" in out and "depth: 12" in out
+    assert "uptime_s       5321.5" in out and "- name: surface" in out
     assert "effective configuration (secrets redacted by the gateway):" in out
     assert "password: '***'" in out
     assert cli(config, "diagnose", "gw-1", "--json") == 0

@@ -153,7 +153,7 @@ def test_the_page_shows_clock_configuration_diagnosis_and_the_log_tail(
     db.record_diagnostic_request("diag-1", "gw-1", "diagnose", time.time(), "erin")
     db.store_diagnostic_reply(DiagnosticReply(
         device_id="gw-1", request_id="diag-1", action="diagnose", ok=True, report={
-            "agent_version": "1.4.2", "pipelines": {"surface": {}, "oven": {}},
+            "agent_version": "1.4.2", "pipelines": {"surface": {}, "oven": {}}, "uptime_s": 61.5,
             "effective_config": {"broker": {"password": "***"}}, "buffer": {"depth": 3}}))
     db.record_diagnostic_request("logs-1", "gw-1", "logs", time.time(), "erin")
     db.store_log_batch(LogBatch(device_id="gw-1", request_id="logs-1", lines=[
@@ -165,6 +165,7 @@ def test_the_page_shows_clock_configuration_diagnosis_and_the_log_tail(
     assert "line-3-vision@4" in page
     assert 'id="agent-version">1.4.2' in page and "password: &#39;***&#39;" in page
     assert "Restart pipeline surface" in page and "Restart pipeline oven" in page
+    assert "<th>uptime s</th><td>61.5</td>" in page and "<h3>Buffer</h3>" in page
     live = site.get("/api/devices/gw-1/diagnostics?level=INFO").json()
     assert [line["message"] for line in live["logs"]] == ["a INFO", "a ERROR"]
     assert live["diagnosis"]["request_id"] == "diag-1"
