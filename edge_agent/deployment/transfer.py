@@ -12,13 +12,13 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from edge_agent.deployment.checks import DeploymentFailed
 from edge_agent.kernel.contract import (
     MAX_CHUNKS_PER_REQUEST,
     ArtifactChunk,
     ChunkRequest,
-    ModelManifest,
     Rejection,
     Topics,
     decode,
@@ -39,6 +39,24 @@ PROGRESS_STEP = 0.1  # "downloading" is reported every tenth of the artifact
 ReportProgress = Callable[[str, float], Awaitable[None]]  # (detail, share done)
 
 
+class Artifact(Protocol):
+    """What a transfer needs to know of what it fetches: a model manifest or an agent
+    package."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def sha256(self) -> str: ...
+    @property
+    def size_bytes(self) -> int: ...
+    @property
+    def chunk_size_bytes(self) -> int: ...
+    @property
+    def chunk_count(self) -> int: ...
+
+
 class ForeignChunk(ValueError):
     """A chunk on the artifact's topic that cannot be one of its chunks: ignored."""
 
@@ -46,7 +64,7 @@ class ForeignChunk(ValueError):
 class ChunkFile:
     """A partially downloaded artifact that survives restarts: data file plus a received list."""
 
-    def __init__(self, path: Path, manifest: ModelManifest) -> None:
+    def __init__(self, path: Path, manifest: Artifact) -> None:
         self.path = path
         self.manifest = manifest
         self._index_path = path.with_suffix(".chunks")
@@ -128,10 +146,11 @@ class ArtifactFetcher:
         self._count_rejected = count_rejected
         self.transfers: dict[str, Transfer] = {}  # by sha256
 
-    async def fetch(self, manifest: ModelManifest, report: ReportProgress) -> ChunkFile:
-        """The whole artifact on disk (resumed where a previous try stopped), or
-        DeploymentFailed saying why not."""
-        chunks = ChunkFile(self._store.download_path(manifest.sha256), manifest)
+    async def fetch(self, manifest: Artifact, report: ReportProgress,
+                    path: Path | None = None) -> ChunkFile:
+        """The whole artifact on disk at `path` (by default in the model store's downloads),
+        resumed where a previous try stopped, or DeploymentFailed saying why not."""
+        chunks = ChunkFile(path or self._store.download_path(manifest.sha256), manifest)
         transfer = Transfer(chunks)
         self.transfers[manifest.sha256] = transfer
         topic = self._topics.artifact(manifest.sha256)
