@@ -9,18 +9,28 @@ from typing import Any, Literal
 
 from edge_agent import __version__, web
 from edge_agent.buffer import Buffer
-from edge_agent.config import AgentConfig, OpcUaSourceConfig
+from edge_agent.config import AgentConfig
 from edge_agent.deployment.checks import CommandWindow
 from edge_agent.deployment.deployer import Deployer
+from edge_agent.fleet.configs import ConfigManager
+from edge_agent.fleet.diagnostics import DIAGNOSTICS_FOLDER, Diagnostics, request_window
+from edge_agent.fleet.logtail import LogTail
 from edge_agent.fleet.router import CommandRouter
+from edge_agent.fleet.workload import Workload
 from edge_agent.kernel import systemd
 from edge_agent.kernel.contract import (
-    RECORD_SOURCE_GAP,
+    AgentRollbackCommand,
+    AgentUpdateCommand,
+    ClockProbe,
+    ConfigDeployCommand,
+    ConfigRollbackCommand,
     DeployCommand,
     DeviceStatus,
+    DiagnoseRequest,
+    LogRequest,
     RecommendationAnswerPayload,
+    RestartCommand,
     RollbackCommand,
-    SourceGapPayload,
     Topics,
     encode,
 )
@@ -29,12 +39,12 @@ from edge_agent.kernel.transport.mqtt import MqttTransport
 from edge_agent.lifecycle import ModelWatch
 from edge_agent.metrics import AgentMetrics, AgentSnapshot
 from edge_agent.model_store import ModelStore
-from edge_agent.pipelines.base import Pipeline, PipelineContext
-from edge_agent.pipelines.registry import build_pipeline
+from edge_agent.pipelines.base import Pipeline
 from edge_agent.recommendations import AnswerError
 from edge_agent.sources.camera import CameraSource
 from edge_agent.sources.opcua import OpcUaSource
-from edge_agent.sources.opcua_trust import TRUST_FOLDER
+from edge_agent.updates.layout import ReleaseLayout
+from edge_agent.updates.updater import AgentUpdater
 from edge_agent.uplink import Uplink
 
 log = logging.getLogger(__name__)
@@ -57,32 +67,60 @@ class Agent:
             will=Will(self.topics.status(self.device_id), encode(offline)),
             on_connected=self.publish_status,
         )
-        self.sources: dict[str, OpcUaSource | CameraSource] = {
-            s.name: OpcUaSource(s, on_gap=self._record_gap,
-                                trust_dir=config.data_dir / TRUST_FOLDER)
-            if isinstance(s, OpcUaSourceConfig)
-            else CameraSource(s)
-            for s in config.sources
-        }
         self.watch = ModelWatch()
-        context = PipelineContext(self.store, self.buffer, self.watch,
-                                  config.monitoring_interval_s)
-        self.pipelines: list[Pipeline] = [build_pipeline(p, self.sources[p.source], context)
-                                          for p in config.pipelines]
+        security = config.security
+        verifier = security.verifier()
+        window = CommandWindow(security.command_max_age_s, security.command_clock_skew_s)
+        # The sources and pipelines come from the last good configuration central sent, or
+        # from the local file; `config` stays the local file, `effective` what runs.
+        self.configs = ConfigManager(config, self.topics, self.transport, self.buffer,
+                                     verifier, window)
+        self.workload = Workload(self.configs.effective, self.store, self.buffer, self.watch)
+        self.configs.workload = self.workload
         self.uplink = Uplink(self.device_id, self.topics, self.transport, self.buffer,
                              config.uplink)
-        security = config.security
         self.deployer = Deployer(self.device_id, self.topics, self.transport, self.store,
-                                 self.buffer, security.verifier(), self.watch,
-                                 CommandWindow(security.command_max_age_s,
-                                               security.command_clock_skew_s))
+                                 self.buffer, verifier, self.watch, window)
         self.router = CommandRouter(self.device_id, self.topics, self.transport)
         self.router.register(DeployCommand, self.deployer.handle)
         self.router.register(RollbackCommand, self.deployer.handle)
+        self.router.register(ConfigDeployCommand, self.configs.handle)
+        self.router.register(ConfigRollbackCommand, self.configs.handle)
+        self.logtail = LogTail()  # what central reads with `central-sync device logs`
+        self.diagnostics = Diagnostics(self, self.device_id, self.topics, self.transport,
+                                       self.logtail, verifier, request_window(security),
+                                       config.data_dir / DIAGNOSTICS_FOLDER)
+        self.router.register(LogRequest, self.diagnostics.on_log_request)
+        self.router.register(DiagnoseRequest, self.diagnostics.on_diagnose_request)
+        self.router.register(RestartCommand, self.diagnostics.on_restart)
+        self.router.register(ClockProbe, self.diagnostics.on_clock_probe)
+        # Agent releases from central, installed beside this one; a new one on trial must be
+        # healthy_since_start in time.
+        self.updater = AgentUpdater(self.device_id, self.topics, self.transport, self.buffer,
+                                    self.deployer.fetcher, verifier,
+                                    ReleaseLayout(config.data_dir), self.request_exit,
+                                    self.healthy_since_start, window)
+        self.router.register(AgentUpdateCommand, self.updater.handle)
+        self.router.register(AgentRollbackCommand, self.updater.handle)
+        self.restart_exit_code: int | None = None  # another than EXIT_RESTART (an update's)
+        self.online_since: float | None = None  # status published online since this start
+        self.restart_reason: str | None = None  # set when the agent is to be started again
+        self._restart = asyncio.Event()
         self.metrics = AgentMetrics(self.metrics_snapshot)
 
-    async def _record_gap(self, gap: SourceGapPayload) -> None:
-        await self.buffer.append(RECORD_SOURCE_GAP, gap.model_dump())
+    @property
+    def effective(self) -> AgentConfig:
+        """The configuration in force: the local file with central's sources and pipelines
+        when a configuration from central is applied."""
+        return self.configs.effective
+
+    @property
+    def sources(self) -> dict[str, OpcUaSource | CameraSource]:
+        return self.workload.sources
+
+    @property
+    def pipelines(self) -> list[Pipeline]:
+        return self.workload.pipelines
 
     async def status(self, state: str = "online") -> DeviceStatus:
         return DeviceStatus(
@@ -91,6 +129,7 @@ class Agent:
             agent_version=__version__,
             labels=self.config.labels,
             active_models=[m.ref for m in self.store.active_models()],
+            config=self.configs.current.ref if self.configs.current is not None else None,
             sources={name: source.state for name, source in self.sources.items()},
             buffer=await self.buffer.health(),
             uplink=self.uplink.health(),
@@ -112,6 +151,9 @@ class Agent:
             resent_batches=self.uplink.stats.resent_batches,
             rejected_messages={"uplink": self.uplink.stats.rejected_messages,
                                "deployer": self.deployer.rejected_messages,
+                               "configs": self.configs.rejected_messages,
+                               "diagnostics": self.diagnostics.rejected_messages,
+                               "updates": self.updater.rejected_messages,
                                "commands": self.router.rejected_messages},
         )
 
@@ -132,6 +174,8 @@ class Agent:
             status = await self.status(state)
             await self.transport.publish(self.topics.status(self.device_id), encode(status),
                                          qos=1, retain=True)
+            if state == "online" and self.online_since is None:
+                self.online_since = status.sent_at
         except NotConnected:
             log.debug("status not published: broker not connected")
 
@@ -151,8 +195,36 @@ class Agent:
             if systemd.enabled():
                 systemd.notify_status(await self.service_status())
 
+    def request_restart(self, reason: str) -> None:
+        """Stop cleanly, as on `stop`, and have `edge-agent run` exit with EXIT_RESTART so
+        that systemd (or the launcher) starts the agent again."""
+        log.warning("agent restart requested device=%s reason=%s", self.device_id, reason)
+        self.restart_reason = reason
+        self._restart.set()
+
+    def request_exit(self, code: int, reason: str) -> None:
+        """`request_restart`, with `edge-agent run` exiting `code` (an agent update's: 75 to
+        start the new release, 76 when a release on trial was not healthy in time)."""
+        self.restart_exit_code = code
+        self.request_restart(reason)
+
+    def healthy_since_start(self) -> bool:
+        """Connected, status published online, every pipeline running: what a new agent
+        release on trial must reach to be confirmed."""
+        return self.transport.connected and self.online_since is not None and all(
+            (task := self.workload.task(p.name)) is not None and not task.done()
+            for p in self.pipelines)
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Run until `stop` is set, then shut down cleanly."""
+        """Run until `stop` is set or a restart is requested, then shut down cleanly. The
+        log tail keeps the agent's log lines meanwhile."""
+        self.logtail.install()
+        try:
+            await self._serve(stop)
+        finally:
+            self.logtail.remove()
+
+    async def _serve(self, stop: asyncio.Event) -> None:
         log.info("agent starting device=%s broker=%s:%s data_dir=%s", self.device_id,
                  self.config.broker.host, self.config.broker.port, self.config.data_dir)
         server = None
@@ -163,10 +235,10 @@ class Agent:
         await self.deployer.start(subscribe=False)
         await self.router.start()
         await self.transport.start()
-        tasks = [asyncio.create_task(s.run(), name=f"source-{s.name}")
-                 for s in self.sources.values()]
-        tasks += [asyncio.create_task(p.run(), name=f"pipeline-{p.name}") for p in self.pipelines]
-        tasks.append(asyncio.create_task(self.uplink.run(), name="uplink"))
+        await self.workload.start()
+        await self.configs.start()
+        await self.updater.start()  # after the pipelines: a trial waits for them
+        tasks = [asyncio.create_task(self.uplink.run(), name="uplink")]
         tasks.append(asyncio.create_task(self._status_loop(), name="status"))
         # Until READY, systemd's TimeoutStartSec covers a stalled startup; then the watchdog.
         watchdog = systemd.start_watchdog()
@@ -174,23 +246,31 @@ class Agent:
             tasks.append(watchdog)
         systemd.notify_ready(f"started: {len(self.sources)} sources, "
                              f"{len(self.pipelines)} pipelines; broker connecting")
+        self.diagnostics.started()
         stopped = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait({stopped, *tasks}, return_when=asyncio.FIRST_COMPLETED)
-        failure = next((t for t in done if t is not stopped and t.exception()), None)
+        restart = asyncio.create_task(self._restart.wait())
+        done, _ = await asyncio.wait({stopped, restart, *tasks},
+                                     return_when=asyncio.FIRST_COMPLETED)
+        failure = next((t for t in done if t not in (stopped, restart) and t.exception()),
+                       None)
         systemd.notify_stopping(f"stopping: {failure.exception()}" if failure else "stopping")
         if server is not None:
             await server.stop()
-        await self._shutdown([*tasks, stopped])
+        await self._shutdown([*tasks, stopped, restart])
         if failure is not None:
             raise failure.exception()  # type: ignore[misc]
 
     async def _shutdown(self, tasks: list[asyncio.Task[Any]]) -> None:
         log.info("agent stopping device=%s", self.device_id)
+        await self.diagnostics.stop()  # log follows end with their final lines
         # A clean disconnect suppresses the last will, so say offline ourselves.
         with contextlib.suppress(Exception):
             async with asyncio.timeout(OFFLINE_PUBLISH_TIMEOUT_S):
                 await self.publish_status("offline")
         await self.deployer.stop()
+        await self.updater.stop()
+        await self.configs.stop()
+        await self.workload.stop()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -14,6 +15,7 @@ from edge_agent import __version__
 from edge_agent.config import (
     AgentConfig,
     load_agent_config,
+    remote_config_json_schema,
 )
 from edge_agent.kernel.configfile import ConfigError
 from edge_agent.kernel.signing import KeyFileError
@@ -21,6 +23,9 @@ from edge_agent.kernel.transport import BrokerCredentialsError
 
 DEFAULT_CONFIG = "edge-agent.yaml"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2  # 2: the configuration or a file it names is wrong
+# The agent asks to be started again (a restart requested from central): systemd's
+# Restart=on-failure and the update launcher start it again.
+EXIT_RESTART = 75
 
 _EPILOGS = {
     "main": """examples:
@@ -28,9 +33,22 @@ _EPILOGS = {
   edge-agent check-config -c edge-agent.yaml
   edge-agent status -c edge-agent.yaml
 """,
-    "run": """examples:
+    "run": """Exits 0 when stopped, 75 when central asked for a restart of the agent
+(`central-sync device restart ID`; systemd starts it again), 2 when the configuration
+is wrong. Central reads the lines logged at --log-level and above.
+
+examples:
   edge-agent run -c edge-agent.yaml
   EDGE_AGENT_CONFIG=/etc/edge-agent/edge-agent.yaml edge-agent run --log-level debug
+""",
+    "launch": """What systemd runs: the agent release that is current (an update central sent,
+under <data_dir>/agent/current) or this install when there is none. A release on
+trial that does not come up healthy is replaced by the previous one. --supervise
+keeps the launcher as the parent: it restarts the agent when it exits 75.
+
+examples:
+  edge-agent launch -c /etc/edge-agent/edge-agent.yaml --supervise
+  edge-agent launch -c edge-agent.yaml
 """,
     "check-config": """examples:
   edge-agent check-config -c edge-agent.yaml
@@ -38,6 +56,15 @@ _EPILOGS = {
 """,
     "status": """examples:
   edge-agent status -c edge-agent.yaml
+""",
+    "config-schema": """What central may set on gateways (sources, pipelines,
+monitoring_interval_s), as JSON Schema: check a configuration body before
+`central-sync config publish`, or point an editor's YAML support at it. Everything else
+stays in each gateway's own YAML file.
+
+examples:
+  edge-agent config-schema > gateway-config.schema.json
+  edge-agent config-schema | python -m json.tool | less
 """,
 }
 
@@ -64,13 +91,25 @@ def _parser() -> argparse.ArgumentParser:
     run = add("run", "Run the agent until Ctrl-C or SIGTERM.")
     run.add_argument("--log-level", default="info",
                      choices=["debug", "info", "warning", "error"])
+    launch = add("launch", "Start the current agent release and go back to the previous "
+                 "one if it is not healthy.")
+    launch.add_argument("--supervise", action="store_true",
+                        help="stay the parent: restart the agent on exit 75, judge its trial")
+    launch.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"])
     add("check-config", "Validate a configuration file and summarise it.")
     add("status", "Show the local buffer and the installed models (works while running).")
+    schema_help = "Print the JSON Schema of the configuration central may send."
+    sub.add_parser("config-schema", help=schema_help, description=schema_help,
+                   formatter_class=fmt, epilog=_EPILOGS["config-schema"])
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "config-schema":  # needs no configuration file
+        print(json.dumps(remote_config_json_schema(), indent=2))
+        return EXIT_OK
     try:
         config = load_agent_config(args.config)
     except ConfigError as exc:
@@ -78,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     if args.command == "run":
         return _run(config, args.log_level)
+    if args.command == "launch":
+        from edge_agent.updates.launcher import launch
+
+        return launch(args.config, config.data_dir, args.supervise, args.log_level)
     if args.command == "check-config":
         return _check_config(config, args.config)
     return _status(config)
@@ -91,15 +134,17 @@ def _run(config: AgentConfig, log_level: str) -> int:
 
     tune_for_service()
 
-    async def main_async() -> None:
+    async def main_async() -> tuple[str | None, int | None]:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await Agent(config).run(stop)
+        agent = Agent(config)
+        await agent.run(stop)
+        return agent.restart_reason, agent.restart_exit_code
 
     try:
-        asyncio.run(main_async())
+        restart_reason, exit_code = asyncio.run(main_async())
     except KeyFileError as exc:
         print(f"edge-agent: security.central_public_key: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -109,6 +154,10 @@ def _run(config: AgentConfig, log_level: str) -> int:
     except OSError as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    if restart_reason is not None:
+        exit_code = exit_code or EXIT_RESTART  # 76 from an update's trial
+        print(f"edge-agent: restarting ({restart_reason}): exit {exit_code}", file=sys.stderr)
+        return exit_code
     return EXIT_OK
 
 

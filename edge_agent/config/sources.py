@@ -21,6 +21,11 @@ from edge_agent.config.common import Name, StrictModel, require_unique
 from edge_agent.kernel.configfile import resolve_path
 from edge_agent.kernel.redaction import redact_credentials
 
+# Validation context keys of a body from central (see config/remote.py): the body's file paths
+# are the gateway's; with REMOTE_CHECK_ONLY (central checking at publish) they are not looked for.
+REMOTE_BODY = "remote_body"
+REMOTE_CHECK_ONLY = "remote_check_only"
+
 
 class OpcUaSourceConfig(StrictModel):
     """Tags read from an OPC-UA server through a subscription, and setpoints written back."""
@@ -96,7 +101,16 @@ class OpcUaSourceConfig(StrictModel):
     def _security_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         if value is None:
             return None
-        path = resolve_path(value, info.context)
+        context = info.context or {}
+        if context.get(REMOTE_BODY):
+            # From central: a path on the gateway, relative to nothing central knows; central
+            # checks the body without the gateway's files, the gateway checks they exist.
+            if not value.is_absolute():
+                raise ValueError(f"{value} is relative; in a configuration from central give "
+                                 "the absolute path of the file on the gateway")
+            if context.get(REMOTE_CHECK_ONLY):
+                return value
+        path = resolve_path(value, context)
         if not path.is_file():
             raise ValueError(f"file {path} does not exist; give the path of a PEM or DER file")
         return path
