@@ -27,18 +27,11 @@ from central_sync.config import CentralConfig
 from central_sync.db import (
     ROLLOUT_ACTIVE_STATES,
     CentralDB,
-    NotApproved,
     Rollout,
     RolloutDevice,
 )
-from central_sync.deployments import (
-    TamperedManifest,
-    UnknownModel,
-    deploy,
-    signed_manifest,
-    unknown_model_message,
-)
-from edge_agent.kernel.contract import RollbackCommand, Topics, encode
+from central_sync.rollout_kinds import ROLLOUT_KINDS, RolloutKind
+from edge_agent.kernel.contract import Command, Topics, encode
 from edge_agent.kernel.signing import Signer
 from edge_agent.kernel.transport import NotConnected, Transport
 
@@ -116,31 +109,22 @@ def start_rollout(db: CentralDB, name: str, version: str, devices: Sequence[str]
                   offline_after_s: float = DEFAULT_OFFLINE_AFTER_S,
                   rng: random.Random | None = None,
                   signer: Signer | None = None,
-                  approval_required: bool = True) -> Rollout:
-    """Record a new rollout; the engine in `serve` carries it out. The canary wave is
-    `canary_devices` when named, else `canary` devices drawn among the healthy ones. With
-    central's `signer` the stored manifest is checked now, not only when a wave is sent.
-    Refused unless the version may be deployed (`approval_required`: central's
-    `models.require_approval`)."""
-    manifest = db.get_model(name, version)
-    if manifest is None:
-        raise RolloutError(unknown_model_message(name, version))
-    if signer is not None:
-        try:
-            signed_manifest(manifest, signer)
-        except TamperedManifest as exc:
-            raise RolloutError(str(exc)) from None
+                  approval_required: bool = True,
+                  kind: str = "model") -> Rollout:
+    """Record a new rollout of name@version (a model's by default, a configuration's with
+    `kind` config); the engine in `serve` carries it out. The canary wave is `canary_devices`
+    when named, else `canary` devices drawn among the healthy ones. With central's `signer`
+    the stored version's signature is checked now, not only when a wave is sent. A model
+    version is refused unless it may be deployed (`approval_required`: central's
+    `models.require_approval`); a configuration needs no approval."""
+    behaviour = rollout_kind(kind)
     try:
-        db.require_deployable(name, version, approval_required)
-    except NotApproved as exc:
+        behaviour.check(db, signer, name, version, approval_required)
+    except behaviour.refusals as exc:
         raise RolloutError(str(exc)) from None
     if not 0 < success_ratio <= 1:
         raise RolloutError(f"success ratio {success_ratio} must be in (0, 1], e.g. 0.9")
-    busy = [r for r in db.list_rollouts(("running", "paused")) if r.model_name == name]
-    if busy:
-        raise RolloutError(f"rollout {busy[0].rollout_id} of {busy[0].ref} is still "
-                           f"{busy[0].state}; abort it first (`central-sync rollout abort "
-                           f"{busy[0].rollout_id}`)")
+    _refuse_when_busy(db, kind, name, devices, behaviour.one_per_device)
     shares = parse_waves(waves)
     now = time.time()
     canaries = list(canary_devices)
@@ -154,9 +138,33 @@ def start_rollout(db: CentralDB, name: str, version: str, devices: Sequence[str]
         success_ratio=success_ratio, wave_timeout_s=wave_timeout_s,
         state="running", current_wave=0, wave_started_at=now,
         detail=f"wave 1 of {len(plan)} ({len(plan[0])} device(s))", created_at=now,
-        created_by=created_by, updated_at=now)
+        created_by=created_by, updated_at=now, kind=kind)
     db.create_rollout(rollout, plan)
     return rollout
+
+
+def rollout_kind(kind: str) -> RolloutKind:
+    """The kind's behaviour; RolloutError for a kind this central does not know."""
+    if kind not in ROLLOUT_KINDS:
+        raise RolloutError(f"central does not know rollouts of kind {kind!r} (it knows "
+                           f"{', '.join(ROLLOUT_KINDS)}); is central up to date?")
+    return ROLLOUT_KINDS[kind]
+
+
+def _refuse_when_busy(db: CentralDB, kind: str, name: str, devices: Sequence[str],
+                      one_per_device: bool) -> None:
+    """One running rollout per name and kind; for a kind a device runs one of at a time (its
+    configuration), none sharing a device with another running rollout of that kind."""
+    busy = [r for r in db.list_rollouts(("running", "paused")) if r.kind == kind]
+    for other in busy:
+        shared = sorted(set(devices) & {d.device_id for d in db.rollout_devices(
+            other.rollout_id)}) if one_per_device else []
+        if other.model_name != name and not shared:
+            continue
+        on = f" on {', '.join(shared[:5])}{' ...' if len(shared) > 5 else ''}" if shared else ""
+        raise RolloutError(f"rollout {other.rollout_id} of {other.what} is still "
+                           f"{other.state}{on}; abort it first (`central-sync rollout abort "
+                           f"{other.rollout_id}`)")
 
 
 def group_devices(db: CentralDB, labels: Sequence[str]) -> list[str]:
@@ -253,13 +261,19 @@ class RolloutEngine:
                               self.step_failures[rollout.rollout_id], self.interval_s)
 
     async def step(self, rollout: Rollout) -> None:
+        try:
+            rollout_kind(rollout.kind)
+        except RolloutError as exc:  # written by a newer central: halted, never guessed at
+            if rollout.state == "running":
+                await self._set(rollout, "halted", f"halted: {exc}")
+            return
         devices = await asyncio.to_thread(self.db.rollout_devices, rollout.rollout_id)
         if await self._follow(rollout, devices):
             devices = await asyncio.to_thread(self.db.rollout_devices, rollout.rollout_id)
         if rollout.state == "rolling_back":
             await self._roll_back(rollout, [d for d in devices if d.state == "succeeded"])
             await self._set(rollout, "rolled_back", "rolled back: every device that took "
-                            f"{rollout.ref} was sent back to its previous version")
+                            f"{rollout.what} was sent back to its previous one")
             return
         if rollout.state == "halted":
             # A deployment still under way when the wave halted may succeed later: undo it.
@@ -274,22 +288,35 @@ class RolloutEngine:
         await self._judge(rollout, devices)  # sending moves no device to success or failure
 
     async def _send(self, rollout: Rollout, pending: list[RolloutDevice]) -> None:
+        kind = ROLLOUT_KINDS[rollout.kind]
         for device in pending:
             try:
-                command = await deploy(self.db, self.transport, self.signer, rollout.model_name,
-                                       rollout.version, device.device_id,
-                                       f"rollout {rollout.rollout_id}", self.topics,
-                                       approval_required=self.approval_required)
-            except (UnknownModel, TamperedManifest, NotApproved) as exc:
+                command = await asyncio.to_thread(
+                    kind.deploy, self.db, self.signer, rollout, device.device_id,
+                    f"rollout {rollout.rollout_id}", self.approval_required)
+            except kind.refusals as exc:
                 await self._set(rollout, "halted", f"cannot deploy: {exc}")
                 return
-            except NotConnected:
-                return  # marked failed by deploy(); sent again next step, as a new command
+            if not await self._publish(command):
+                return  # marked failed; sent again next step, as a new command
             await asyncio.to_thread(self.db.update_rollout_device, rollout.rollout_id,
                                     device.device_id, "sent", "deploy command sent",
                                     command.command_id)
-            log.info("rollout deploy sent rollout=%s device=%s wave=%d", rollout.rollout_id,
-                     device.device_id, device.wave + 1)
+            log.info("rollout deploy sent rollout=%s kind=%s device=%s wave=%d command=%s",
+                     rollout.rollout_id, rollout.kind, device.device_id, device.wave + 1,
+                     command.command_id)
+
+    async def _publish(self, command: Command) -> bool:
+        """Send a recorded command; False (its deployment marked failed) when the broker is
+        not connected."""
+        try:
+            await self.transport.publish(self.topics.commands(command.device_id),
+                                         encode(command), qos=1)
+        except NotConnected as exc:
+            await asyncio.to_thread(self.db.mark_deployment, command.command_id, "failed",
+                                    f"command not sent: {exc}")
+            return False
+        return True
 
     async def _follow(self, rollout: Rollout, devices: list[RolloutDevice]) -> bool:
         """Bring each sent device's state up to date from its deployment; True if any moved."""
@@ -319,7 +346,7 @@ class RolloutEngine:
         if len(succeeded) >= needed:
             if rollout.current_wave + 1 >= rollout.waves:
                 await self._set(rollout, "completed",
-                                f"all {rollout.waves} waves done: {rollout.ref} confirmed on "
+                                f"all {rollout.waves} waves done: {rollout.what} confirmed on "
                                 f"{sum(d.state == 'succeeded' for d in devices)} device(s)")
                 return
             following = rollout.current_wave + 1
@@ -342,24 +369,18 @@ class RolloutEngine:
             await self._roll_back(rollout, succeeded)
 
     async def _roll_back(self, rollout: Rollout, devices: list[RolloutDevice]) -> None:
+        kind = ROLLOUT_KINDS[rollout.kind]
         for device in devices:
-            command = self.signer.signed(RollbackCommand(
-                device_id=device.device_id, model_name=rollout.model_name,
-                issued_by=f"rollout {rollout.rollout_id}"))
             # Recorded first: the device's steps are accepted only for commands issued to it.
-            await asyncio.to_thread(self.db.record_rollback_command, command)
-            try:
-                await self.transport.publish(self.topics.commands(device.device_id),
-                                             encode(command), qos=1)
-            except NotConnected:
-                await asyncio.to_thread(self.db.mark_deployment, command.command_id, "failed",
-                                        "not sent: the broker is not connected")
+            command = await asyncio.to_thread(kind.roll_back, self.db, self.signer, rollout,
+                                              device.device_id, f"rollout {rollout.rollout_id}")
+            if not await self._publish(command):
                 return  # tried again next step
             await asyncio.to_thread(self.db.update_rollout_device, rollout.rollout_id,
                                     device.device_id, "rolled_back",
                                     f"rollback sent ({rollout.state})")
-            log.info("rollout rollback sent rollout=%s device=%s", rollout.rollout_id,
-                     device.device_id)
+            log.info("rollout rollback sent rollout=%s kind=%s device=%s", rollout.rollout_id,
+                     rollout.kind, device.device_id)
 
     async def _set(self, rollout: Rollout, state: str, detail: str,
                    current_wave: int | None = None, wave_started_at: float | None = None) -> None:

@@ -11,7 +11,9 @@ import sys
 
 from central_sync import __version__
 from central_sync.cli import (
+    agent_releases,
     audit,
+    config_rollouts,
     contract,
     datasets,
     devices,
@@ -30,7 +32,8 @@ from edge_agent.kernel.transport import BrokerCredentialsError
 
 # The order of `central-sync --help`.
 COMMAND_SETS = (serve.add_commands, models.add_commands, datasets.add_commands,
-                train.add_commands, rollouts.add_commands,
+                train.add_commands, rollouts.add_commands, config_rollouts.add_commands,
+                agent_releases.add_commands,
                 users.add_commands, audit.add_commands,
                 devices.add_provisioning_commands, diagnostics.add_commands, keys.add_commands,
                 devices.add_fleet_command, contract.add_commands)

@@ -11,9 +11,9 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
@@ -62,6 +62,27 @@ def open_database(config: CentralConfig) -> Iterator[CentralDB]:
         yield db
     finally:
         db.close()
+
+
+@contextlib.asynccontextmanager
+async def broker_session(config: CentralConfig, connect_timeout_s: float) -> AsyncIterator[Any]:
+    """A short-lived MQTT session of the command's own (not the service's client id);
+    ConnectionError saying so when the broker does not answer in time."""
+    import secrets
+
+    from edge_agent.kernel.transport.mqtt import MqttTransport
+
+    broker = config.broker.model_copy(update={"client_id": None})
+    client_id = f"{config.central_id}-cli-{secrets.token_hex(4)}"
+    transport = MqttTransport(broker, client_id=client_id, persistent_session=False)
+    await transport.start()
+    try:
+        if not await transport.wait_connected(connect_timeout_s):
+            raise ConnectionError(f"cannot reach the MQTT broker at {broker.host}:{broker.port} "
+                                  f"({transport.last_error or 'no answer'}); is it running?")
+        yield transport
+    finally:
+        await transport.stop()
 
 
 def acting_user(db: CentralDB, args: argparse.Namespace, role: str) -> str:

@@ -78,7 +78,7 @@ def cmd_rollout_start(args: argparse.Namespace) -> int:
             console.print(f"follow it with `central-sync rollout status {rollout.rollout_id} "
                           "--follow`")
             return EXIT_OK
-        return _follow(db, rollout.rollout_id, args.timeout)
+        return follow_rollout(db, rollout.rollout_id, args.timeout)
 
 
 def _targets(db: CentralDB, args: argparse.Namespace) -> tuple[list[str], str]:
@@ -108,7 +108,7 @@ def cmd_rollout_status(args: argparse.Namespace) -> int:
         if db.get_rollout(args.rollout_id) is None:
             raise UsageError(f"no rollout {args.rollout_id}; see `central-sync rollout status`")
         if args.follow:
-            return _follow(db, args.rollout_id, args.timeout)
+            return follow_rollout(db, args.rollout_id, args.timeout)
         make_console().print(_rollout_view(db, args.rollout_id))
     return EXIT_OK
 
@@ -121,7 +121,7 @@ def cmd_rollout_change(args: argparse.Namespace) -> int:
                                      acting_user(db, args, "engineer"))
         except RolloutError as exc:
             raise UsageError(str(exc)) from None
-    make_console().print(f"rollout {rollout.rollout_id} of {rollout.ref} is now "
+    make_console().print(f"rollout {rollout.rollout_id} of {rollout.what} is now "
                          f"[bold]{rollout.state}[/]", highlight=False)
     return EXIT_OK
 
@@ -134,11 +134,11 @@ def _print_rollouts(db: CentralDB) -> None:
                       "--group LABEL`.")
         return
     table = Table(title="Rollouts")
-    for column in ("rollout", "model", "target", "state", "wave", "started", "by", "detail"):
+    for column in ("rollout", "deploys", "target", "state", "wave", "started", "by", "detail"):
         table.add_column(column)
     for r in rollouts:
         colour = ROLLOUT_COLOURS.get(r.state, "white")
-        table.add_row(r.rollout_id, r.ref, r.target, f"[{colour}]{r.state}[/]",
+        table.add_row(r.rollout_id, r.what, r.target, f"[{colour}]{r.state}[/]",
                       f"{r.current_wave + 1}/{r.waves}",
                       time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created_at)),
                       r.created_by, r.detail)
@@ -150,7 +150,7 @@ def _rollout_view(db: CentralDB, rollout_id: str) -> Group:
     assert rollout is not None
     colour = ROLLOUT_COLOURS.get(rollout.state, "white")
     header = Text.from_markup(
-        f"rollout [bold]{rollout.rollout_id}[/] {rollout.ref} → {rollout.target}: "
+        f"rollout [bold]{rollout.rollout_id}[/] {rollout.what} → {rollout.target}: "
         f"[{colour}]{rollout.state}[/] — {rollout.detail}")
     table = Table(show_edge=False)
     for column in ("device", "wave", "state", "transfer", "last step"):
@@ -177,7 +177,7 @@ def _transfer_progress(db: CentralDB, command_id: str | None) -> float:
     return progress
 
 
-def _follow(db: CentralDB, rollout_id: str, timeout_s: float) -> int:
+def follow_rollout(db: CentralDB, rollout_id: str, timeout_s: float) -> int:
     """Show the rollout live until it ends; exit 0 when completed."""
     console = make_console()
     deadline = time.monotonic() + timeout_s

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from central_sync.db.accounts import AccountQueries
+from central_sync.db.agent_releases import AgentReleaseQueries
 from central_sync.db.audit import AuditQueries
 from central_sync.db.broker_accounts import BrokerAccountQueries
+from central_sync.db.configs import ConfigQueries
 from central_sync.db.connection import open_connection, serialised
 from central_sync.db.datasets import DatasetQueries
 from central_sync.db.diagnostics import DiagnosticQueries
@@ -25,8 +27,10 @@ from central_sync.db.review import ReviewQueries
 from central_sync.db.rollouts import RolloutQueries
 from central_sync.db.rows import (
     DEFECT_INSERT,
+    DEPLOYMENT_ISSUED,
     MODEL_STATS_INSERT,
     PREDICTION_INSERT,
+    ROLLBACK_TO_PREVIOUS,
     SAMPLE_INSERT,
     DeploymentEventRefused,
     DeviceSummary,
@@ -50,15 +54,13 @@ from edge_agent.kernel.contract import (
 
 log = logging.getLogger(__name__)
 
-DEPLOYMENT_ISSUED = "issued"
 # A deployment in one of these states no longer fetches its artifact.
 CLOSED_DEPLOYMENT_STATES = frozenset({"activated", "confirmed", "failed", "rolled_back"})
-ROLLBACK_TO_PREVIOUS = "previous"  # a rollback's version when it returns to the one before
 
 
 class CentralDB(AuditQueries, ReviewQueries, SampleQueries, RolloutQueries, AccountQueries,
                 BrokerAccountQueries, RecordPartQueries, ModelStateQueries, DatasetQueries,
-                DiagnosticQueries):
+                DiagnosticQueries, ConfigQueries, AgentReleaseQueries):
     """Central's database. Thread-safe: calls are serialised on one connection.
 
     Callers on an asyncio loop run these methods in a worker thread, never on the loop.
@@ -262,13 +264,18 @@ class CentralDB(AuditQueries, ReviewQueries, SampleQueries, RolloutQueries, Acco
     def _apply_deployment_event(self, event: DeploymentEvent) -> bool:
         """record_deployment_event's work, inside the caller's transaction."""
         issued = next(self._db.query(
-            "SELECT device_id FROM deployments WHERE command_id = ?", (event.command_id,)), None)
+            "SELECT device_id, kind FROM deployments WHERE command_id = ?",
+            (event.command_id,)), None)
         if issued is None:
             raise DeploymentEventRefused(event.device_id, event.command_id,
                                          "central issued no command of that id")
         if issued["device_id"] != event.device_id:
             raise DeploymentEventRefused(event.device_id, event.command_id,
                                          f"the command was issued to {issued['device_id']}")
+        if issued["kind"] != event.subject:  # a model's step cannot move a config's state
+            raise DeploymentEventRefused(event.device_id, event.command_id,
+                                         f"the command deploys a {issued['kind']}, the step "
+                                         f"is of a {event.subject}")
         inserted = self._db.execute(
             "INSERT OR IGNORE INTO deployment_events (command_id, device_id, step, detail, "
             "progress, at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -290,7 +297,8 @@ class CentralDB(AuditQueries, ReviewQueries, SampleQueries, RolloutQueries, Acco
         marks = ", ".join("?" * len(closed))
         return next(self._db.query(
             "SELECT 1 AS found FROM deployments d JOIN models m ON m.name = d.model_name "
-            f"AND m.version = d.version WHERE d.device_id = ? AND m.sha256 = ? "
+            f"AND m.version = d.version WHERE d.kind = 'model' AND d.device_id = ? "
+            "AND m.sha256 = ? "
             f"AND d.state NOT IN ({marks}) LIMIT 1", (device_id, sha256, *closed)),
             None) is not None
 

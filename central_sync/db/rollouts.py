@@ -22,13 +22,13 @@ class RolloutQueries:
         """Record a rollout and its devices, wave by wave, with its audit entry."""
         with self._db.atomic():
             self._db.execute(
-                "INSERT INTO rollouts (rollout_id, model_name, version, target, canary, waves, "
-                "success_ratio, wave_timeout_s, state, current_wave, wave_started_at, detail, "
-                "created_at, created_by, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-                "?, ?, ?, ?)",
-                (rollout.rollout_id, rollout.model_name, rollout.version, rollout.target,
-                 rollout.canary, rollout.waves, rollout.success_ratio, rollout.wave_timeout_s,
-                 rollout.state,
+                "INSERT INTO rollouts (rollout_id, kind, model_name, version, target, canary, "
+                "waves, success_ratio, wave_timeout_s, state, current_wave, wave_started_at, "
+                "detail, created_at, created_by, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, "
+                "?, ?, ?, ?, ?, ?, ?)",
+                (rollout.rollout_id, rollout.kind, rollout.model_name, rollout.version,
+                 rollout.target, rollout.canary, rollout.waves, rollout.success_ratio,
+                 rollout.wave_timeout_s, rollout.state,
                  rollout.current_wave, rollout.wave_started_at, rollout.detail,
                  rollout.created_at, rollout.created_by, rollout.updated_at))
             self._db.executemany(
@@ -37,7 +37,8 @@ class RolloutQueries:
                 [(rollout.rollout_id, device, wave, rollout.created_at)
                  for wave, devices in enumerate(plan) for device in devices])
             self._audit(rollout.created_by, "rollout.start", rollout.ref,
-                        f"rollout={rollout.rollout_id} target={rollout.target} waves="
+                        f"rollout={rollout.rollout_id} kind={rollout.kind} "
+                        f"target={rollout.target} waves="
                         + " | ".join(",".join(w) for w in plan))
 
     @serialised

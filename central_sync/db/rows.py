@@ -34,6 +34,10 @@ from edge_agent.kernel.contract import (
 
 log = logging.getLogger(__name__)
 
+DEPLOYMENT_ISSUED = "issued"  # a deployment's state from its command until its first step
+ROLLBACK_TO_PREVIOUS = "previous"  # a rollback's version when it returns to the one before
+
+
 class DeploymentEventRefused(Exception):
     """A deployment step for a command central did not issue to the device that sent it
     (another device's command, or an unknown one); it changed nothing."""
@@ -276,9 +280,15 @@ def _next_patch(version: str) -> str:
 ROLLOUT_ACTIVE_STATES = ("running", "paused", "halted", "rolling_back")
 
 
+ROLLOUT_KINDS = ("model", "config", "agent")
+"""What a rollout (and a deployment) sends: a model version, a configuration version, or an
+agent release; `model_name` and `version` name it in each kind's terms."""
+
+
 @dataclass(frozen=True)
 class Rollout:
-    """A staged deployment of one model version to a set of devices, wave after wave."""
+    """A staged deployment of one version (of a model, a configuration or the agent) to a set
+    of devices, wave after wave."""
 
     rollout_id: str
     model_name: str
@@ -295,10 +305,20 @@ class Rollout:
     created_at: float
     created_by: str
     updated_at: float
+    kind: str = "model"  # one of ROLLOUT_KINDS
 
     @property
     def ref(self) -> str:
         return f"{self.model_name}@{self.version}"
+
+    @property
+    def what(self) -> str:
+        """What it deploys, for people: 'model surface-defects@1.4.0', 'configuration
+        line-3-vision@2'."""
+        return f"{KIND_NOUNS.get(self.kind, self.kind)} {self.ref}"
+
+
+KIND_NOUNS = {"model": "model", "config": "configuration", "agent": "agent release"}
 
 
 @dataclass(frozen=True)

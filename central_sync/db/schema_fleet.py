@@ -5,6 +5,35 @@ statements), with one list per dialect."""
 from __future__ import annotations
 
 
+def _configs(real: str, immutable: tuple[str, ...]) -> tuple[str, ...]:
+    """Migration 15 in one dialect: `real` a timestamp's type, `immutable` the statements that
+    refuse any change to a published version (a trigger; PostgreSQL's needs its function)."""
+    return (
+        f"""CREATE TABLE configs (
+            name TEXT NOT NULL, version INTEGER NOT NULL, sha256 TEXT NOT NULL,
+            body TEXT NOT NULL, document TEXT NOT NULL, probation_s {real} NOT NULL,
+            notes TEXT NOT NULL DEFAULT '', published_at {real} NOT NULL,
+            published_by TEXT NOT NULL, PRIMARY KEY (name, version))""",
+        *immutable,
+        "ALTER TABLE deployments ADD COLUMN kind TEXT NOT NULL DEFAULT 'model'",
+        "ALTER TABLE rollouts ADD COLUMN kind TEXT NOT NULL DEFAULT 'model'",
+    )
+
+
+_CONFIGS = "configs: signed configuration versions; deployments and rollouts have a kind " \
+    "(model, config, agent)"
+_SQLITE_CONFIGS_IMMUTABLE = (
+    """CREATE TRIGGER configs_are_immutable BEFORE UPDATE ON configs
+        BEGIN SELECT RAISE(ABORT, 'published configuration versions are immutable'); END""",
+)
+_POSTGRES_CONFIGS_IMMUTABLE = (
+    """CREATE FUNCTION configs_are_immutable() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'published configuration versions are immutable'; END $$""",
+    """CREATE TRIGGER configs_are_immutable BEFORE UPDATE ON configs
+        FOR EACH ROW EXECUTE FUNCTION configs_are_immutable()""",
+)
+
+
 def _diagnostics(real: str, seq: str, log_id: str) -> tuple[str, ...]:
     """Migration 16 in one dialect: `real` a timestamp's type, `seq` a record seq's, `log_id`
     the log lines' own key (they arrive in order; the newest are kept)."""
@@ -36,10 +65,39 @@ def _diagnostics(real: str, seq: str, log_id: str) -> tuple[str, ...]:
 _DIAGNOSTICS = "diagnostics: requests to gateways, their log lines and newest diagnosis, " \
     "each gateway's clock offset, and records whose times are suspect"
 
+def _agent_packages(real: str, immutable: tuple[str, ...]) -> tuple[str, ...]:
+    """Migration 17 in one dialect: `real` a timestamp's type, `immutable` the statements that
+    refuse any change to a published release."""
+    return (
+        f"""CREATE TABLE agent_packages (
+            version TEXT PRIMARY KEY, sha256 TEXT NOT NULL, size_bytes BIGINT NOT NULL,
+            filename TEXT NOT NULL, package TEXT NOT NULL, published_at {real} NOT NULL,
+            published_by TEXT NOT NULL)""",
+        "CREATE INDEX agent_packages_sha256 ON agent_packages (sha256)",
+        *immutable,
+    )
+
+
+_AGENT_PACKAGES = "agent_packages: signed agent releases (the wheel and its dependency list)"
+_SQLITE_AGENT_IMMUTABLE = (
+    """CREATE TRIGGER agent_packages_are_immutable BEFORE UPDATE ON agent_packages
+        BEGIN SELECT RAISE(ABORT, 'published agent releases are immutable'); END""",
+)
+_POSTGRES_AGENT_IMMUTABLE = (
+    """CREATE FUNCTION agent_packages_are_immutable() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'published agent releases are immutable'; END $$""",
+    """CREATE TRIGGER agent_packages_are_immutable BEFORE UPDATE ON agent_packages
+        FOR EACH ROW EXECUTE FUNCTION agent_packages_are_immutable()""",
+)
+
 SQLITE_FLEET_MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
+    (15, _CONFIGS, _configs("REAL", _SQLITE_CONFIGS_IMMUTABLE)),
     (16, _DIAGNOSTICS, _diagnostics("REAL", "INTEGER", "INTEGER PRIMARY KEY")),
+    (17, _AGENT_PACKAGES, _agent_packages("REAL", _SQLITE_AGENT_IMMUTABLE)),
 )
 
 POSTGRES_FLEET_MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
+    (15, _CONFIGS, _configs("DOUBLE PRECISION", _POSTGRES_CONFIGS_IMMUTABLE)),
     (16, _DIAGNOSTICS, _diagnostics("DOUBLE PRECISION", "BIGINT", "BIGSERIAL PRIMARY KEY")),
+    (17, _AGENT_PACKAGES, _agent_packages("DOUBLE PRECISION", _POSTGRES_AGENT_IMMUTABLE)),
 )

@@ -79,7 +79,7 @@ def version_page(db: CentralDB, session: Session, name: str, version: str, *,
         lineage=lineage_rows(published.manifest, published.published_by,
                              shown.evaluation_id if shown else None),
         rollouts=[r for r in db.list_rollouts(limit=200)
-                  if r.model_name == name and r.version == version],
+                  if r.kind == "model" and r.model_name == name and r.version == version],
         may_act=may_act, may_evaluate=may_act and may_evaluate, error=error, done=done,
         approve_blocked=approve_blocked(session, published.published_by, state),
         reject_blocked=reject_blocked(session, state),
