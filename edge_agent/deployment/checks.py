@@ -14,9 +14,9 @@ from edge_agent.config.agent import DEFAULT_COMMAND_CLOCK_SKEW_S, DEFAULT_COMMAN
 from edge_agent.deployment.ledger import CommandLedger
 from edge_agent.inference.model_check import ModelCheckFailed, check_model
 from edge_agent.kernel.contract import (
+    Command,
     DeployCommand,
     ModelManifest,
-    RollbackCommand,
     version_key,
 )
 from edge_agent.kernel.signing import SignatureError, Verifier
@@ -33,6 +33,7 @@ class CommandWindow:
 
     max_age_s: float = DEFAULT_COMMAND_MAX_AGE_S
     clock_skew_s: float = DEFAULT_COMMAND_CLOCK_SKEW_S
+    max_age_setting: str = "security.command_max_age_s"  # what a refusal names as the bound
 
     def refusal(self, issued_at: float, now: float) -> str | None:
         """Why a command issued at `issued_at` must not be carried out at `now`, or None."""
@@ -40,7 +41,7 @@ class CommandWindow:
         if age_s > self.max_age_s:
             return (f"command issued {age_s / HOUR_S:.1f} h ago, longer than the "
                     f"{self.max_age_s / HOUR_S:.1f} h a command stays valid "
-                    "(security.command_max_age_s); send it again from central")
+                    f"({self.max_age_setting}); send it again from central")
         if -age_s > self.clock_skew_s:
             return (f"command issued {-age_s:.0f} s in the future by this gateway's clock, "
                     f"more than the {self.clock_skew_s:g} s allowed "
@@ -53,12 +54,14 @@ class DeploymentFailed(Exception):
     """A deployment step failed; the message is reported to central as the reason."""
 
 
-def command_refusal(command: DeployCommand | RollbackCommand, device_id: str,
+def command_refusal(command: Command, device_id: str,
                     ledger: CommandLedger, verifier: Verifier | None,
-                    store: ModelStore, window: CommandWindow | None = None,
+                    store: ModelStore | None = None, window: CommandWindow | None = None,
                     now: float | None = None) -> str | None:
     """Why this command must not be carried out here, or None. The signature is checked
-    before anything the command says is believed, its issue time included."""
+    before anything the command says is believed, its issue time included. A deploy
+    command's manifest is verified too and, given the model `store`, refused as a downgrade
+    when an older version than one already deployed."""
     if command.device_id != device_id:
         return f"command is for device {command.device_id}, this is {device_id}"
     if command.command_id in ledger:
@@ -74,7 +77,7 @@ def command_refusal(command: DeployCommand | RollbackCommand, device_id: str,
                                                 time.time() if now is None else now)
     if stale is not None:
         return stale
-    if isinstance(command, DeployCommand):
+    if isinstance(command, DeployCommand) and store is not None:
         manifest = command.manifest
         newest = store.newest_version(manifest.name)
         if newest is not None and version_key(manifest.version) < version_key(newest):
