@@ -12,10 +12,15 @@ import platform
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from edge_agent import __version__
+from edge_agent.app import Agent
 from edge_agent.cli import EXIT_RESTART
+from edge_agent.config import AgentConfig
 from edge_agent.fleet.diagnostics import AGENT_RESTARTS, AgentRestarts
 from edge_agent.kernel.contract import DiagnoseRequest, DiagnosticReply, RestartCommand
+from edge_agent.kernel.transport.memory import MemoryBroker, MemoryTransport
 from tests.conftest import REPO, Mosquitto
 from tests.edge_agent.fleet.diagnostics_parts import (
     BROKER_PASSWORD,
@@ -24,9 +29,10 @@ from tests.edge_agent.fleet.diagnostics_parts import (
     UI_TOKEN,
     Central,
     Gateway,
+    gateway_config,
     running_gateway,
 )
-from tests.helpers import wait_until_async
+from tests.helpers import TEST_SIGNER, wait_until_async
 
 
 async def ask(central: Central, command: Any) -> DiagnosticReply:
@@ -160,3 +166,21 @@ def test_systemd_starts_the_agent_again_after_exit_75() -> None:
     assert settings["Restart"] in ("on-failure", "always")
     assert str(EXIT_RESTART) not in settings.get("RestartPreventExitStatus", "").split()
     assert str(EXIT_RESTART) not in settings.get("SuccessExitStatus", "").split()
+
+
+def test_an_answer_that_cannot_be_sent_is_logged_never_buffered(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    agent = Agent(AgentConfig.model_validate(gateway_config(tmp_path, 1883)),
+                  transport=MemoryTransport(MemoryBroker()))  # never connected
+
+    async def scenario() -> int:
+        try:
+            await agent.diagnostics.on_diagnose_request(
+                TEST_SIGNER.signed(DiagnoseRequest(device_id=DEVICE)))
+            return (await agent.buffer.health()).depth
+        finally:
+            await agent.buffer.close()
+
+    assert asyncio.run(scenario()) == 0
+    assert any("diagnostic answer not sent" in r.getMessage() and "diagnostic_reply" in
+               r.getMessage() for r in caplog.records)
