@@ -62,7 +62,9 @@ def pages_router(db: CentralDB, offline_after_s: float,
         if found is None:
             raise HTTPException(404, f"no rollout {rollout_id}")
         return templates.get_template("rollout.html").render(
-            session=session, rollout=found, devices=db.rollout_devices(rollout_id))
+            session=session, rollout=found, devices=db.rollout_devices(rollout_id),
+            config=db.get_config(found.model_name, int(found.version))
+            if found.kind == "config" and found.version.isdigit() else None)
 
     @router.get("/api/rollouts/{rollout_id}")
     def rollout_json(rollout_id: str, session: page) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from central_sync.cli import main
 from central_sync.config import load_central_config
+from central_sync.configs import config_deploy_command
 from central_sync.db import CentralDB
 from edge_agent.kernel.contract import (
     ConfigDeployCommand,
@@ -25,7 +26,7 @@ from edge_agent.kernel.contract import (
     decode,
     encode,
 )
-from tests.helpers import TEST_VERIFIER
+from tests.helpers import TEST_SIGNER, TEST_VERIFIER
 
 TOPICS = Topics()
 
@@ -131,10 +132,6 @@ def test_push_publishes_when_changed_and_starts_a_config_rollout(
 
 def test_where_shows_what_each_gateway_runs_and_was_sent(config_file: Path, tmp_path: Path,
                                                          capsys, monkeypatch) -> None:
-    from central_sync.configs import config_deploy_command
-
-    from tests.helpers import TEST_SIGNER
-
     monkeypatch.setenv("COLUMNS", "200")
     conf = ["-c", str(config_file)]
     assert main(["config", "publish", str(_write(tmp_path / "a.yaml")), "--name", "line-3",
