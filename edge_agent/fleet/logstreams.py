@@ -1,7 +1,7 @@
 """Answering a log request: the tail at once, then with `follow_s` the new lines every half
 second until it ends. Bounded: each message holds at most MAX_LOG_LINES lines and
-MAX_BATCH_BYTES; a follow sends at most LINES_PER_S (the rest counted as dropped); at most
-MAX_FOLLOWS follows run at once (a new one ends the oldest)."""
+MAX_BATCH_BYTES; the follows send at most LINES_PER_S together (the rest counted as dropped);
+at most MAX_FOLLOWS follows run at once (a new one ends the oldest)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from edge_agent.kernel.contract import MAX_LOG_LINES, LogBatch, LogLine, LogRequ
 log = logging.getLogger(__name__)
 
 MAX_FOLLOWS = 2
-LINES_PER_S = 50.0  # what a person can read, and what central takes per gateway
+LINES_PER_S = 50.0  # what a person can read, and within what central takes per gateway
 FOLLOW_INTERVAL_S = 0.5
 MAX_BATCH_BYTES = 256 * 1024  # far under the broker's and the contract's message limit
 STOP_WAIT_S = 2.0  # at shutdown, a follow has this long to send its final batch
@@ -148,6 +148,8 @@ class LogStreams:
         """Send what came since the last batch, within the allowance. False when it could
         not be sent (the follow then ends)."""
         records = follow.follower.take(FOLLOW_QUEUE_RECORDS)
+        # Follows share the rate: central takes only so many lines a second per gateway.
+        allowance.rate = allowance.burst = self.lines_per_s / max(1, self.following)
         granted = allowance.take(len(records), asyncio.get_running_loop().time())
         dropped = len(records) - granted + follow.follower.take_dropped()
         if not records and not dropped and not final:

@@ -186,23 +186,28 @@ def test_a_third_follow_ends_the_oldest_and_stopping_ends_the_rest(
         assert central.batches(request.command_id)[-1].final
 
 
-def test_a_follow_sends_at_most_about_fifty_lines_a_second(tmp_path: Path,
-                                                           mosquitto: Mosquitto) -> None:
-    async def scenario() -> tuple[list[LogBatch], float]:
+def test_follows_send_at_most_about_fifty_lines_a_second_together(
+        tmp_path: Path, mosquitto: Mosquitto) -> None:
+    async def scenario() -> tuple[list[list[LogBatch]], float]:
         async with running_gateway(tmp_path, mosquitto.port) as gateway:
             central = gateway.central
-            request = await central.send(LogRequest(device_id=DEVICE, lines=0, follow_s=1.5))
-            await wait_until_async(lambda: central.batches(request.command_id), 10)
+            follows = [await central.send(LogRequest(device_id=DEVICE, lines=0, follow_s=1.5))
+                       for _ in range(2)]
+            for request in follows:
+                await wait_until_async(lambda r=request: central.batches(r.command_id), 10)
             loop = asyncio.get_running_loop()
             started = loop.time()
             for number in range(1000):
                 line.info("burst %d", number)
-            await wait_until_async(lambda: central.answered(request.command_id), 10)
-            return central.batches(request.command_id), loop.time() - started
+            for request in follows:
+                await wait_until_async(lambda r=request: central.answered(r.command_id), 10)
+            return [central.batches(r.command_id) for r in follows], loop.time() - started
 
-    batches, took_s = asyncio.run(scenario())
-    sent = sum(len(b.lines) for b in batches)
-    dropped = sum(b.dropped for b in batches)
-    assert sent <= LINES_PER_S * (took_s + 1)
-    assert dropped > 0 and len(ours(batches)) + dropped >= 1000
-    assert batches[-1].final
+    each, took_s = asyncio.run(scenario())
+    sent = sum(len(b.lines) for batches in each for b in batches)
+    # Both together within what central takes: the rate, and what a second saves up.
+    assert sent <= LINES_PER_S * (took_s + 1.5)
+    for batches in each:
+        dropped = sum(b.dropped for b in batches)
+        assert dropped > 0 and len(ours(batches)) + dropped >= 1000
+        assert len(ours(batches)) > 0 and batches[-1].final
