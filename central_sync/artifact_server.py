@@ -18,6 +18,7 @@ from central_sync.config import CentralConfig
 from central_sync.ratelimit import TokenBuckets
 from central_sync.registry import artifact_path
 from edge_agent.kernel.contract import (
+    AgentPackage,
     ArtifactChunk,
     ChunkRequest,
     ModelManifest,
@@ -36,6 +37,7 @@ SHORT_SHA256_CHARS = 12
 # Out-of-range chunk indices quoted in a rejection; the count says how many there were.
 INDICES_QUOTED = 5
 
+Artifact = ModelManifest | AgentPackage  # a model version, or an agent release's wheel
 Reject = Callable[[str, str, str], None]  # (topic, handler leaf, reason)
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
 
@@ -69,7 +71,7 @@ class ArtifactChunkServer:
         self.stats.chunks_refused += 1
         self._reject(topic, "chunk-request", reason)
 
-    def serve(self, topic: str, request: ChunkRequest, manifest: ModelManifest) -> None:
+    def serve(self, topic: str, request: ChunkRequest, manifest: Artifact) -> None:
         short = request.sha256[:SHORT_SHA256_CHARS]
         wanted = sorted(set(request.indices))
         beyond = [i for i in wanted if i >= manifest.chunk_count]
@@ -93,7 +95,7 @@ class ArtifactChunkServer:
         self._queued.update((request.sha256, i) for i in indices)
         self._spawn(self._send_chunks(manifest, indices, request.device_id))
 
-    async def _send_chunks(self, manifest: ModelManifest, indices: list[int],
+    async def _send_chunks(self, manifest: Artifact, indices: list[int],
                            device_id: str) -> None:
         path = artifact_path(self.config.artifact_dir, manifest.sha256)
         topic = self.topics.artifact(manifest.sha256)

@@ -398,6 +398,11 @@ class CentralService:
             manifest = await self.db_call(self.db.get_model_by_sha256, request.sha256)
             deploying = await self.db_call(self.db.deployment_open_for, request.device_id,
                                            request.sha256)
+            if manifest is None:  # an agent release's wheel, served like a model
+                manifest = await self.db_call(self.db.get_agent_package_by_sha256,
+                                              request.sha256)
+                deploying = await self.db_call(self.db.agent_deployment_open_for,
+                                               request.device_id, request.sha256)
         except DatabaseError as exc:
             self._database_failed(topic, f"chunk request not served sha256={short}", exc)
             return

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.agent_wheels import AgentWheels, build_agent_wheels
 from tests.helpers import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -215,3 +216,12 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         return
     with postgres_database() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def agent_wheels(tmp_path_factory: pytest.TempPathFactory) -> AgentWheels:
+    """Two releases of this checkout built as real wheels once per session (about 2 s): a good
+    0.1.1 and a 0.1.2 whose agent crashes at start."""
+    wheels = build_agent_wheels(tmp_path_factory.mktemp("agent-wheels"))
+    print(f"agent wheels built in {wheels.build_s:.1f} s")
+    return wheels

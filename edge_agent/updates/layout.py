@@ -157,6 +157,7 @@ class ReleaseLayout:
         return _read(self.failed_trial_path, FailedTrial)
 
     def write_failed_trial(self, failed: FailedTrial) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
         write_atomically(self.failed_trial_path, failed.model_dump_json(), mode=0o640)
 
     def clear_failed_trial(self) -> None:
