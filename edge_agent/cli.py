@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from edge_agent import __version__
@@ -20,12 +21,12 @@ from edge_agent.config import (
 from edge_agent.kernel.configfile import ConfigError
 from edge_agent.kernel.signing import KeyFileError
 from edge_agent.kernel.transport import BrokerCredentialsError
+from edge_agent.updates.layout import EXIT_RESTART
 
 DEFAULT_CONFIG = "edge-agent.yaml"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2  # 2: the configuration or a file it names is wrong
-# The agent asks to be started again (a restart requested from central): systemd's
-# Restart=on-failure and the update launcher start it again.
-EXIT_RESTART = 75
+# EXIT_RESTART (75): the agent asks to be started again (a restart from central, an
+# update); systemd's Restart=on-failure and the launcher start it again.
 
 _EPILOGS = {
     "main": """examples:
@@ -210,6 +211,7 @@ def _status(config: AgentConfig) -> int:
                   f"{health.depth} records waiting, oldest {age}, "
                   f"{health.bytes_used / 1e6:.2f} MB of {health.quota_bytes / 1e6:.0f} MB, "
                   f"{health.evicted} evicted")
+    console.print(_configuration_line(config))
     table = Table("model", "active version", "sha256", "installed versions")
     store = ModelStore(config.model_store_path)
     for installed in store.active_models():
@@ -217,6 +219,19 @@ def _status(config: AgentConfig) -> int:
         table.add_row(m.name, m.version, m.sha256[:12], ", ".join(store.versions(m.name)))
     console.print(table)
     return EXIT_OK
+
+
+def _configuration_line(config: AgentConfig) -> str:
+    """Where the sources and pipelines come from: central's last good document, or the file."""
+    from edge_agent.fleet.config_files import last_good_document
+
+    document = last_good_document(config.data_dir)
+    if document is None:
+        return "sources and pipelines: from this file (no configuration from central)"
+    published = time.strftime("%Y-%m-%d %H:%M", time.localtime(document.published_at))
+    by = f" by {document.published_by}" if document.published_by else ""
+    return (f"sources and pipelines: {document.label} from central (published {published}{by}), "
+            "in place of this file's")
 
 
 if __name__ == "__main__":
