@@ -11,16 +11,27 @@ from pathlib import Path
 
 import pytest
 
+from edge_agent.app import Agent
+from edge_agent.config import AgentConfig
 from edge_agent.kernel.contract import (
     ClockProbe,
     ClockReply,
     DiagnoseRequest,
+    DiagnosticReply,
     LogRequest,
     RestartCommand,
+    decode,
 )
 from edge_agent.kernel.signing import Signer
+from edge_agent.kernel.transport.memory import MemoryBroker, MemoryTransport
 from tests.conftest import Mosquitto
-from tests.edge_agent.fleet.diagnostics_parts import DEVICE, Central, running_gateway
+from tests.edge_agent.fleet.diagnostics_parts import (
+    DEVICE,
+    TOPICS,
+    Central,
+    gateway_config,
+    running_gateway,
+)
 from tests.helpers import TEST_SIGNER, Scrape, wait_until_async
 
 HOUR_S = 3600.0
@@ -99,3 +110,30 @@ def test_clock_probe_is_answered_with_the_gateway_time_at_most_once_a_second(
     assert dropped == 4
     assert second.device_time - first.device_time >= 0.9
 
+
+
+def test_unsigned_requests_are_answered_only_where_signature_checks_are_off(
+        tmp_path: Path) -> None:
+    raw = gateway_config(tmp_path, 1883)
+    raw["security"] = {"verify_signatures": False}
+    broker = MemoryBroker()
+    agent = Agent(AgentConfig.model_validate(raw), transport=MemoryTransport(broker))
+    central = MemoryTransport(broker)
+    answers: list[bytes] = []
+
+    async def collect(_topic: str, payload: bytes) -> None:
+        answers.append(payload)
+
+    async def scenario() -> None:
+        await central.subscribe(TOPICS.diagnostics(DEVICE), collect)
+        await central.start()
+        await agent.transport.start()
+        try:
+            await agent.diagnostics.on_diagnose_request(DiagnoseRequest(device_id=DEVICE))
+        finally:
+            await agent.buffer.close()
+
+    asyncio.run(scenario())
+    [reply] = [decode(a, expect=(DiagnosticReply,)) for a in answers]
+    assert isinstance(reply, DiagnosticReply) and reply.ok
+    assert reply.report["effective_config"]["security"]["verify_signatures"] is False
