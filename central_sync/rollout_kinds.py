@@ -1,5 +1,5 @@
-"""What each kind of rollout sends: a model version, a configuration version (and, added the
-same way, an agent release).
+"""What each kind of rollout sends: a model version, a configuration version or an agent
+release.
 
 The rollout engine asks the rollout's kind for the signed command that deploys its version to
 one device and for the one that takes it back; each is recorded (with its audit entry) before
@@ -12,6 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from central_sync.agent_releases import (
+    AgentReleaseError,
+    agent_rollback_command,
+    agent_update_command,
+    require_release,
+)
 from central_sync.configs import (
     ConfigError,
     config_deploy_command,
@@ -108,9 +114,31 @@ def config_version(version: str) -> int:
     return int(version)
 
 
+def _check_agent(db: CentralDB, signer: Signer | None, name: str, version: str,
+                 approval_required: bool) -> None:
+    """An agent release needs no model approval: it must be published, as central signed it."""
+    require_release(db, version, signer)
+
+
+def _deploy_agent(db: CentralDB, signer: Signer, rollout: Rollout, device_id: str,
+                  issued_by: str, approval_required: bool) -> Command:
+    command = agent_update_command(db, signer, rollout.version, device_id, issued_by)
+    db.create_agent_deployment(command)
+    return command
+
+
+def _roll_back_agent(db: CentralDB, signer: Signer, rollout: Rollout, device_id: str,
+                     issued_by: str) -> Command:
+    command = agent_rollback_command(signer, device_id, issued_by)
+    db.record_agent_rollback(command)
+    return command
+
+
 ROLLOUT_KINDS: dict[str, RolloutKind] = {
     "model": RolloutKind(_check_model, _deploy_model, _roll_back_model,
                          (UnknownModel, TamperedManifest, NotApproved)),
     "config": RolloutKind(_check_config, _deploy_config, _roll_back_config, (ConfigError,),
                           one_per_device=True),
+    "agent": RolloutKind(_check_agent, _deploy_agent, _roll_back_agent, (AgentReleaseError,),
+                         one_per_device=True),
 }

@@ -88,3 +88,20 @@ def test_deploy_and_rollback_send_signed_recorded_commands(
     finally:
         db.close()
     assert "add --wait 300 to follow it" in capsys.readouterr().out
+
+
+def test_rollout_records_an_agent_rollout_for_serve_to_carry_out(
+        tmp_path: Path, agent_wheels: AgentWheels, capsys) -> None:
+    config = write_config(tmp_path)
+    assert main(["agent", "publish", str(agent_wheels.good), "-c", str(config)]) == 0
+    assert main(["agent", "rollout", GOOD_VERSION, "--device", "gw-1", "--device", "gw-2",
+                 "--canary", "0", "--no-follow", "-c", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert f"of edge-agent {GOOD_VERSION} to devices gw-1, gw-2: 2 device(s)" in out
+    db = CentralDB(f"sqlite:///{tmp_path / 'var' / 'central.db'}")
+    try:
+        [rollout] = db.list_rollouts(("running",))
+        assert (rollout.kind, rollout.model_name, rollout.version) == (
+            "agent", "edge-agent", GOOD_VERSION)
+    finally:
+        db.close()
