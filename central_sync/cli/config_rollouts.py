@@ -34,12 +34,17 @@ from central_sync.cli.configs import (
 )
 from central_sync.cli.rollouts import follow_rollout
 from central_sync.rollouts import DEFAULT_WAVE_TIMEOUT_S
-from edge_agent.kernel.contract import ID_PATTERN, DeploymentEvent, Topics
+from edge_agent.kernel.contract import (
+    ID_PATTERN,
+    ConfigDeployCommand,
+    ConfigRollbackCommand,
+    DeploymentEvent,
+    Topics,
+)
 
 if TYPE_CHECKING:
     from central_sync.config import CentralConfig
     from central_sync.db import CentralDB
-    from edge_agent.kernel.contract import ConfigDeployCommand, ConfigRollbackCommand
 
 FOLLOW_MARGIN_S = 120.0  # --wait alone: the probation and this long for the switch itself
 DEFAULT_PUSH_WAIT_S = 3600.0
@@ -181,8 +186,11 @@ def _send(config: CentralConfig, db: CentralDB,
                       "be offline (the command waits at the broker) or still in probation; "
                       "see `central-sync config where`", highlight=False)
         return EXIT_FAILED
-    if final.step == "confirmed":
-        console.print(f"[green]{what}: confirmed[/]", highlight=False)
+    # A deployment ends confirmed after its probation; a rollback once it is rolled back.
+    done = "confirmed" if isinstance(command, ConfigDeployCommand) else "rolled_back"
+    if final.step == done:
+        console.print(f"[green]{what}: {final.step}[/] {final.detail}".rstrip(),
+                      highlight=False)
         return EXIT_OK
     console.print(f"[red]{what}: {final.step}[/] {final.detail}", highlight=False)
     return EXIT_FAILED

@@ -104,7 +104,8 @@ class FakeGateways:
                 name, version = command.document.name, str(command.document.version)
                 steps = self.answer(device, command)
             else:
-                name, version, steps = command.name, "1", [("activated", ""), ("confirmed", "")]
+                name, version = command.name, "1"  # as the agent answers a rollback
+                steps = [("rolled_back", "from line-3@1 to the gateway's own file")]
             for step, detail in steps:
                 event = DeploymentEvent(device_id=device, command_id=command.command_id,
                                         subject="config", model_name=name, version=version,
@@ -194,8 +195,9 @@ def test_a_wave_that_rolls_back_halts_and_sends_its_successes_back(
         assert not gateways.sent_to("gw3", ConfigDeployCommand), "the next wave never started"
         rollbacks = [d for d in db.list_deployments("gw1") if d["version"] == "previous"]
         assert [(d["kind"], d["model_name"]) for d in rollbacks] == [("config", "line-3")]
-        await wait_until_async(lambda: db.get_deployment(back.command_id)["state"] == "confirmed",
-                               10, what="gw1's rollback steps accepted")
+        await wait_until_async(
+            lambda: db.get_deployment(back.command_id)["state"] == "rolled_back", 10,
+            what="gw1's rollback step accepted")
 
     _fleet(central_config, ["gw1", "gw2", "gw3"], answer, scenario)
 

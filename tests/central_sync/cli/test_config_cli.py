@@ -179,8 +179,14 @@ class ConfigGateway:
         assert isinstance(command, ConfigDeployCommand | ConfigRollbackCommand)
         TEST_VERIFIER.verify(command, "command")
         self.commands.append(command)
-        name = command.document.name if isinstance(command, ConfigDeployCommand) \
-            else command.name
+        if isinstance(command, ConfigRollbackCommand):  # as the agent answers one
+            event = DeploymentEvent(
+                device_id=self.device_id, command_id=command.command_id, subject="config",
+                model_name=command.name, version="1", step="rolled_back",
+                detail="from line-3@2 to line-3@1")
+            client.publish(TOPICS.deployment(self.device_id), encode(event), qos=1)
+            return
+        name = command.document.name
         for step in self.steps:
             event = DeploymentEvent(
                 device_id=self.device_id, command_id=command.command_id, subject="config",
@@ -235,6 +241,7 @@ def test_rollback_names_the_configuration_the_gateway_runs(mosquitto, tmp_path: 
     gateway = ConfigGateway(mosquitto.port, ["received", "activated", "confirmed"])
     try:
         assert main(["config", "rollback", "--device", "gw1", "--wait", *conf]) == 0
+        assert "rolled_back from line-3@2 to line-3@1" in _one_line(capsys.readouterr().out)
         assert main(["config", "rollback", "--device", "gw1", "--to", "4", *conf]) == 2
     finally:
         gateway.close()
