@@ -214,10 +214,16 @@ if [ "$start" = yes ] && [ -z "$root" ] && [ -d /run/systemd/system ]; then
     fi
     echo "  follow it with: journalctl -u edge-agent -f   (systemctl status edge-agent)"
 elif [ -n "$root" ]; then
-    echo "  staged under $root; run it there with: $agent run -c $etc/edge-agent.yaml"
+    echo "  staged under $root; run it there with: $agent launch --supervise -c $etc/edge-agent.yaml"
 elif [ -d /run/systemd/system ]; then
     echo "  start it with: systemctl daemon-reload && systemctl enable --now edge-agent"
 else
     echo "  systemd is not running here; start it with:"
-    echo "  runuser -u edge-agent -- $agent run -c $etc/edge-agent.yaml"
+    echo "  runuser -u edge-agent -- $agent launch --supervise -c $etc/edge-agent.yaml"
+fi
+if [ -L "$state/agent/current" ]; then
+    # An agent release central sent runs instead of this install until it is taken back.
+    echo "  note: the agent runs release $(basename "$(readlink "$state/agent/current")") that" \
+        "central sent; to run this install instead: central-sync agent rollback --device" \
+        "$device (or remove $state/agent/current and restart edge-agent)"
 fi

@@ -431,10 +431,14 @@ def test_edge_agent_unit_is_notify_with_watchdog_and_runs_the_real_command() -> 
     assert value(sections, "Service", "WatchdogSec") == "30"
     assert value(sections, "Service", "User") == "edge-agent"
     command = shlex.split(value(sections, "Service", "ExecStart") or "")
-    assert command == ["/opt/edge-agent/bin/edge-agent", "run", "-c",
+    assert command == ["/opt/edge-agent/bin/edge-agent", "launch", "--supervise", "-c",
                        "/etc/edge-agent/edge-agent.yaml"]
     arguments = _parser().parse_args(command[1:])
-    assert arguments.command == "run" and str(arguments.config) == command[-1]
+    assert arguments.command == "launch" and arguments.supervise
+    assert str(arguments.config) == command[-1]
+    # The launcher passes the agent's notifications on as the main process's own.
+    assert value(sections, "Service", "NotifyAccess") == "main"
+    assert value(sections, "Service", "KillMode") == "mixed"
     assert value(sections, "Service", "StateDirectory") == "edge-agent"
     assert value(sections, "Service", "ConfigurationDirectory") == "edge-agent"
     assert "/var/lib/edge-agent" in (value(sections, "Service", "ReadWritePaths") or "").split()

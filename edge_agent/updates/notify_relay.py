@@ -67,10 +67,12 @@ class NotifyRelay:
         systemd.notify("WATCHDOG=1")
 
     def _serve(self) -> None:
-        while not self._closed:
+        while True:
             try:
                 data = self._socket.recv(DATAGRAM_BYTES)
             except TimeoutError:
+                if self._closed:  # only once nothing is left to pass on
+                    return
                 continue
             except OSError:
                 return

@@ -176,3 +176,47 @@ def test_without_supervise_a_trial_started_twice_is_replaced_by_the_previous_rel
     assert len(runs(old)) == 1 and layout.target(layout.current) == old
     failed = layout.read_failed_trial()
     assert failed is not None and "stopped before it was healthy" in failed.reason
+
+
+NOTIFYING_STAND_IN = """#!{python}
+import os, socket, sys
+from pathlib import Path
+release = Path(sys.argv[0]).resolve().parent.parent
+runs = release / "ran"
+count = len(runs.read_text().splitlines()) if runs.exists() else 0
+runs.write_text("ran\\n" * (count + 1))
+assert "WATCHDOG_PID" not in os.environ
+with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+    for message in ("READY=1\\nSTATUS=started", "WATCHDOG=1", "MAINPID=1", "STOPPING=1"):
+        sock.sendto(message.encode(), os.environ["NOTIFY_SOCKET"])
+sys.exit(75 if count == 0 else 0)
+"""
+
+
+def test_under_systemd_the_agents_notifications_are_passed_on_as_the_launchers_own(
+        layout: ReleaseLayout, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    release = stand_in(layout, "2.0.0")
+    (release / "bin" / "python").write_text(NOTIFYING_STAND_IN.format(python=sys.executable))
+    layout.switch(layout.current, release)
+    systemd_socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    address = tmp_path / "notify"
+    systemd_socket.bind(str(address))
+    systemd_socket.settimeout(0.2)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(address))
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    assert Supervisor(layout, tmp_path / "agent.yaml").run() == 0
+    assert len(runs(release)) == 2, "restarted once on 75"
+    received = []
+    while True:
+        try:
+            received.append(systemd_socket.recv(4096).decode())
+        except TimeoutError:
+            break
+    systemd_socket.close()
+    lines = [line for message in received for line in message.split("\n")]
+    assert lines.count("READY=1") == 1, received  # the second start is no news to systemd
+    assert lines.count("WATCHDOG=1") == 2 and "STATUS=started" in lines
+    assert not any(line.startswith("MAINPID") for line in lines), received
+    assert received[-1].startswith("STOPPING=1") and lines.count("STOPPING=1") == 1, received
