@@ -77,6 +77,7 @@ class Agent:
                                      verifier, window)
         self.workload = Workload(self.configs.effective, self.store, self.buffer, self.watch)
         self.configs.workload = self.workload
+        self.configs.on_switched = self.publish_status
         self.uplink = Uplink(self.device_id, self.topics, self.transport, self.buffer,
                              config.uplink)
         self.deployer = Deployer(self.device_id, self.topics, self.transport, self.store,

@@ -30,6 +30,12 @@ KEEP_VERSIONS = 5  # per name; the newest always among them, so a downgrade stay
 _PRIVATE = 0o600
 
 
+def last_good_document(data_dir: Path) -> ConfigDocument | None:
+    """The configuration from central last confirmed on this gateway, read without changing
+    anything (for `edge-agent status`); None when it runs its own file."""
+    return ConfigFiles._read(data_dir / CONFIG_FOLDER / CURRENT)
+
+
 @dataclass(frozen=True)
 class PendingSwitch:
     """A switch under way: the command that asked for it and the document switched to."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from edge_agent.buffer import Buffer
 from edge_agent.config import AgentConfig, RemoteConfigError, effective_config
@@ -55,6 +56,8 @@ class ConfigManager:
         self.files = ConfigFiles(local.data_dir)
         self._ledger = CommandLedger(self.files.folder / LEDGER_FILE)
         self.workload: Workload | None = None  # the agent hands it over once built
+        # Told after each switch (the agent publishes its status: central sees what runs).
+        self.on_switched: Callable[[], Awaitable[None]] | None = None
         self.rejected_messages = 0  # commands refused: forged, stale, replayed, downgrades
         self.probation_poll_s = PROBATION_POLL_S
         self._task: asyncio.Task[None] | None = None
@@ -95,7 +98,8 @@ class ConfigManager:
         interrupted, self._interrupted = self._interrupted, None
         if interrupted is not None:
             await self._report(interrupted.command_id, interrupted.document, "rolled_back",
-                               f"the agent restarted during the switch; {self._running()}")
+                               f"the agent restarted during the switch; {self._running()} "
+                               "runs")
             self.files.end_switch()
 
     async def stop(self) -> None:
@@ -239,6 +243,11 @@ class ConfigManager:
             self.current, self.effective = document, config
             log.info("configuration switched device=%s config=%s change=%s", self.device_id,
                      document.label if document else "local file", change.summary())
+            if self.on_switched is not None:
+                try:
+                    await self.on_switched()
+                except Exception:  # the status is sent again soon; the switch is done
+                    log.exception("status after a configuration switch not sent")
             return change.summary()
 
         self._switching = asyncio.ensure_future(switch())

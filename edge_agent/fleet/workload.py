@@ -54,7 +54,7 @@ class Change:
         return (*self.handed_over, *self.restarted, *self.started)
 
     def summary(self) -> str:
-        parts = [f"{label} {', '.join(names)}" for label, names in (
+        parts = [f"{label}: {', '.join(names)}" for label, names in (
             ("kept", self.kept), ("replaced beside the old", self.handed_over),
             ("restarted with their source", self.restarted), ("started", self.started),
             ("stopped", self.stopped), ("sources started", self.sources_started),

@@ -15,6 +15,7 @@ from edge_agent.kernel.contract import (
     ConfigDocument,
     ConfigRollbackCommand,
     DeploymentEvent,
+    DeviceStatus,
     Topics,
     config_body_sha256,
     decode,
@@ -90,10 +91,17 @@ class Central:
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
         self.events: list[DeploymentEvent] = []
+        self.statuses: list[DeviceStatus] = []
 
     async def start(self) -> None:
         await self.transport.start()
         await self.transport.subscribe(TOPICS.all_devices("deployment"), self._on_event)
+        await self.transport.subscribe(TOPICS.status(DEVICE), self._on_status)
+
+    async def _on_status(self, topic: str, payload: bytes) -> None:
+        status = decode(payload)
+        if isinstance(status, DeviceStatus):
+            self.statuses.append(status)
 
     async def _on_event(self, topic: str, payload: bytes) -> None:
         event = decode(payload)

@@ -127,13 +127,16 @@ def test_signed_configuration_is_applied_watched_and_confirmed(
             assert outcome.subject == "config" and outcome.model_name == "line-3"
             assert outcome.version == "1" and outcome.detail == "probation passed"
             activated = next(e for e in central.events if e.step == "activated")
-            assert "started surface" in activated.detail and "stopped local" in activated.detail
+            assert activated.detail == "started: surface; stopped: local; sources started: cam1; " \
+                "sources stopped: local-cam"
             await judging(agent, "surface")
             assert [p.name for p in agent.pipelines] == ["surface"]
             assert list(agent.sources) == ["cam1"]
             assert agent.effective.pipelines[0].name == "surface"
             assert agent.effective.device_id == config.device_id
             assert (await agent.status()).config == doc.ref
+            # Told at once, not at the next status (every 10 s): central sees what runs.
+            await wait_until_async(lambda: central.statuses[-1].config == doc.ref, 5)
             folder = config.data_dir / "config"
             assert ConfigDocument.model_validate_json((folder / "current.json").read_text()) \
                 == doc
@@ -222,6 +225,30 @@ def test_unhealthy_first_configuration_goes_back_to_the_gateways_own_file(
          pipelines=[vision("local", "local-cam")])
 
 
+def test_a_newer_configuration_supersedes_one_on_probation(tmp_path: Path) -> None:
+    async def scenario(central: Central, broker: MemoryBroker, config: AgentConfig) -> None:
+        async with running(config, MemoryTransport(broker)) as agent:
+            await applied(central, agent, document(GOOD))
+            slow = deploy(document(SURFACE_ONLY_PITS, 2, probation_s=600))
+            await central.send(slow)
+            await wait_until_async(lambda: "activated" in central.steps(slow.command_id))
+            unhealthy = {"sources": [camera("cam1", tmp_path / "none.avi")],
+                         "pipelines": [vision("surface", "cam1")]}
+            newer = deploy(document(unhealthy, 3))
+            await central.send(newer)
+            superseded = await central.outcome(slow.command_id)
+            assert superseded.step == "failed"
+            assert superseded.detail == "superseded by line-3@3 before its probation ended"
+            outcome = await central.outcome(newer.command_id)
+            assert outcome.step == "rolled_back"
+            assert outcome.detail.endswith("; line-3@1 back"), "the last good, not line-3@2"
+            assert agent.configs.current == document(GOOD)
+            assert agent.effective.pipelines[0].defects.classes == ["scratch", "pit", "stain"]
+            assert not (config.data_dir / "config" / "pending.json").exists()
+
+    play(tmp_path, scenario)
+
+
 def test_forged_replayed_stale_and_downgrade_commands_change_nothing(tmp_path: Path) -> None:
     intruder = Signer.generate()
     good, newer = document(GOOD), document(SURFACE_ONLY_PITS, 2)
@@ -293,7 +320,7 @@ def test_restart_during_a_switch_runs_the_last_good_and_reports_the_switch_rolle
         async with running(config, MemoryTransport(broker)) as again:
             outcome = await central.outcome(command.command_id)
             assert outcome.step == "rolled_back"
-            assert outcome.detail == "the agent restarted during the switch; line-3@1"
+            assert outcome.detail == "the agent restarted during the switch; line-3@1 runs"
             assert again.configs.current == document(GOOD)
             assert again.effective.pipelines[0].defects.classes == ["scratch", "pit", "stain"]
             assert (await again.status()).config == document(GOOD).ref

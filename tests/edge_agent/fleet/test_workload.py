@@ -5,6 +5,7 @@ beside the old one, a changed source restarts with its pipelines."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -16,8 +17,15 @@ from edge_agent.fleet.workload import Workload
 from edge_agent.lifecycle import ModelWatch
 from edge_agent.model_store import ModelStore
 from edge_agent.pipelines.vision import VisionPipeline
-from tests.edge_agent.fleet.fleet_parts import camera, install_surface_model, local_config, vision
-from tests.helpers import wait_until_async
+from tests.edge_agent.fleet.fleet_parts import (
+    SURFACE_META,
+    SURFACE_MODEL,
+    camera,
+    install_surface_model,
+    local_config,
+    vision,
+)
+from tests.helpers import manifest_of, wait_until_async
 
 
 def run(tmp_path: Path, body: dict,
@@ -179,6 +187,28 @@ def test_a_pipeline_that_died_is_a_problem_and_the_others_serve_on(
         found = await wait_until_async(workload.problems, 10)
         assert found == ["pipeline edges stopped: RuntimeError('decoder exploded')"]
         assert workload.pipelines[0].status.state == "error"
+
+    run(tmp_path, {}, scenario)
+
+
+def test_a_pipeline_producing_only_errors_is_a_problem_at_the_end_of_probation(
+        tmp_path: Path) -> None:
+    async def scenario(workload: Workload, local: AgentConfig) -> None:
+        broken = tmp_path / "broken.onnx"
+        broken.write_bytes(b"these bytes are no ONNX model")
+        manifest = manifest_of(SURFACE_MODEL, SURFACE_META, name="broken").model_copy(update={
+            "sha256": hashlib.sha256(broken.read_bytes()).hexdigest(),
+            "size_bytes": broken.stat().st_size})
+        store = ModelStore(local.model_store_path)
+        store.install(manifest, broken)
+        store.activate("broken", "1.0.0")
+        await workload.apply(effective_config(local, {
+            "sources": [camera()], "pipelines": [vision(model="broken")]}))
+        pipeline = workload.pipelines[0]
+        await wait_until_async(lambda: pipeline.status.state == "error", 10)
+        assert workload.problems() == [], "it may still recover within the probation"
+        [problem] = workload.problems(final=True)
+        assert problem.startswith("pipeline surface produced only errors: ")
 
     run(tmp_path, {}, scenario)
 
