@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -124,6 +125,18 @@ class ReleaseLayout:
         self.switch(self.current, back)
         self.switch(self.previous, None)
         return back
+
+    def prune(self, running: Path) -> list[str]:
+        """Remove the releases that are neither current, previous nor `running` (releases
+        only accumulate otherwise); the versions removed."""
+        keep = {p.resolve() for p in (self.target(self.current), self.target(self.previous),
+                                      running) if p is not None}
+        removed = []
+        for release in sorted(self.releases.iterdir()) if self.releases.is_dir() else []:
+            if release.is_dir() and release.resolve() not in keep:
+                shutil.rmtree(release, ignore_errors=True)
+                removed.append(release.name)
+        return removed
 
     # --- the base install ------------------------------------------------------------------
 

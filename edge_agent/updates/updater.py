@@ -85,6 +85,7 @@ class AgentUpdater:
             await self._emit(trial.command_id, trial.version, step,
                              f"{failed.reason}; {self.version} serving again")
             self.layout.clear_failed_trial()
+            self._prune()
         trial = self.layout.read_trial()
         if trial is None:
             return
@@ -123,6 +124,13 @@ class AgentUpdater:
             await self._emit(trial.command_id, trial.version, "rolled_back",
                              f"from {trial.previous}; {self.version} online and healthy")
         self.layout.clear_trial()
+        self._prune()
+
+    def _prune(self) -> None:
+        removed = self.layout.prune(running_environment())
+        if removed:
+            log.info("agent releases removed (neither current nor previous) versions=%s",
+                     ",".join(removed))
 
     async def stop(self) -> None:
         if self._task is not None:

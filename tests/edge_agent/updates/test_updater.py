@@ -270,3 +270,22 @@ def test_a_rollback_puts_the_previous_release_on_trial_and_it_confirms_as_rolled
         await restarted.buffer.close()
 
     asyncio.run(scenario())
+
+
+def test_only_the_current_and_previous_releases_are_kept_once_a_trial_is_settled(
+        tmp_path: Path) -> None:
+    async def scenario() -> None:
+        g = await gateway(tmp_path, version=GOOD_VERSION)
+        for version in ("0.0.7", "0.0.8", "0.0.9", GOOD_VERSION):
+            (g.layout.release(version) / "bin").mkdir(parents=True)
+            (g.layout.release(version) / "bin" / "python").write_text("")
+        g.layout.activate(g.layout.release(GOOD_VERSION), g.layout.release("0.0.9"))
+        g.layout.write_trial(Trial(version=GOOD_VERSION, previous="0.0.9", command_id="c-1",
+                                   healthy_within_s=10))
+        g.healthy.append(True)
+        await g.updater.start()
+        await wait_until_async(lambda: g.events, 5, what="the confirmation")
+        assert sorted(p.name for p in g.layout.releases.iterdir()) == ["0.0.9", GOOD_VERSION]
+        await g.buffer.close()
+
+    asyncio.run(scenario())
