@@ -199,8 +199,9 @@ def cmd_config_where(args: argparse.Namespace) -> int:
                       f"{' of ' + args.name if args.name else ''}.", highlight=False)
         return EXIT_OK
     table = Table(title="Configurations on the gateways")
-    for column in ("device", "state", "runs", "last sent", "its state", "when", "detail"):
-        table.add_column(column, no_wrap=column in ("device", "runs", "last sent"))
+    for column in ("device", "state", "reports running", "last sent", "its state", "when",
+                   "detail"):
+        table.add_column(column, no_wrap=column in ("device", "reports running", "last sent"))
     for row in rows:
         last = row.last
         runs = row.reported.label if row.reported else "local YAML only"
