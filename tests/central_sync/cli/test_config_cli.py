@@ -121,9 +121,10 @@ def test_push_publishes_when_changed_and_starts_a_config_rollout(
     db.close()
 
     assert main(["config", "push", str(file), "--name", "line-3", "--device", "gw1",
-                 "--canary", "0", *conf]) == 2
+                 "--canary", "0", "--probation-s", "5", *conf]) == 2
     captured = capsys.readouterr()
     assert "unchanged: line-3@1 already has this body" in _one_line(captured.out)
+    assert "rolled out with its own probation (60 s)" in _one_line(captured.out)
     assert f"rollout {rollout.rollout_id} of configuration line-3@1 is still running on gw1" \
         in _one_line(captured.err)
     assert main(["rollout", "status", *conf]) == 0
