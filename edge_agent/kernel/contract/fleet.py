@@ -81,7 +81,7 @@ class ConfigDocument(BaseModel):
     name: ModelName = Field(description="e.g. line-3-vision; versions count up per name")
     version: ConfigVersion
     body: dict[str, Any] = Field(description="sources, pipelines and the other settings central "
-                                 "may set (see `edge-agent config schema`)")
+                                 "may set (see `edge-agent config-schema`)")
     sha256: Sha256 = Field(description="SHA-256 of the body, canonically encoded")
     probation_s: float = Field(
         DEFAULT_CONFIG_PROBATION_S, ge=0, le=MAX_CONFIG_PROBATION_S,
