@@ -87,7 +87,7 @@ def cmd_config_push(args: argparse.Namespace) -> int:
         document, new = publish_file(db, args, found, by)
         print_published(console, document, new)
         if not new and (args.probation_s, args.notes) != (document.probation_s, document.notes):
-            console.print(f"  rolled out with its own probation ({document.probation_s:g} s) "
+            console.print(f"  it keeps its own probation ({document.probation_s:g} s) "
                           "and notes: a version is immutable; change the file's body to "
                           "publish a new one", highlight=False)
         try:

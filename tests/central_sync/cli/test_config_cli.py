@@ -124,7 +124,7 @@ def test_push_publishes_when_changed_and_starts_a_config_rollout(
                  "--canary", "0", "--probation-s", "5", *conf]) == 2
     captured = capsys.readouterr()
     assert "unchanged: line-3@1 already has this body" in _one_line(captured.out)
-    assert "rolled out with its own probation (60 s)" in _one_line(captured.out)
+    assert "it keeps its own probation (60 s) and notes" in _one_line(captured.out)
     assert f"rollout {rollout.rollout_id} of configuration line-3@1 is still running on gw1" \
         in _one_line(captured.err)
     assert main(["rollout", "status", *conf]) == 0
