@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterator
 
 import pytest
+import yaml
 
 from central_sync.cli import build_parser as central_parser
 from edge_agent.cli import _parser as agent_parser
@@ -49,3 +50,12 @@ def test_every_agent_command_has_help_with_examples(command: list[str], capsys) 
         main([*command, "--help"])
     assert exited.value.code == 0
     assert "examples:" in capsys.readouterr().out
+
+
+def test_readme_configuration_walkthrough_passes_centrals_check() -> None:
+    from edge_agent.config.remote import check_remote_body
+
+    section = README[README.index("## Change a line's configuration"):]
+    block = re.search(r"```yaml\n(.*?)```", section, re.DOTALL)
+    assert block, "the configuration walkthrough lost its YAML example"
+    check_remote_body(yaml.safe_load(block.group(1)))
