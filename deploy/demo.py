@@ -231,6 +231,8 @@ def run(workdir: Path, duration_s: float | None) -> int:
         run_loop(console, lambda user, *args: _central(
             central_cfg, {**DEMO_ENV, "CENTRAL_SYNC_USER": user}, *args),
             central_cfg, workdir, DEVICE, labeller=DEMO_USER, reviewer=DEMO_REVIEWER)
+        _push_line_configuration(central_cfg, agent_cfg, workdir)
+        _diagnose_gateway(central_cfg)
         _print_where(workdir, central_cfg, agent_cfg, central_url, agent_url)
         _follow_predictions(demo, central_url, started, duration_s)
     except KeyboardInterrupt:
@@ -262,6 +264,43 @@ def _deploy_first_versions(central_cfg: Path) -> None:
             console.print(f"    {line}")
         if deploy.returncode != 0:
             raise RuntimeError("deployment did not complete; see the logs below")
+
+
+def _push_line_configuration(central_cfg: Path, agent_cfg: Path, workdir: Path) -> None:
+    """The gateway's sources and pipelines, from now on a configuration from central: the
+    camera pipeline's defects count from a confidence of 0.75, pushed as line1@N."""
+    document = yaml.safe_load(agent_cfg.read_text())
+    for pipeline in document["pipelines"]:
+        if pipeline["type"] == "vision":
+            pipeline["defects"]["min_confidence"] = 0.75
+    line = workdir / "line1-config.yaml"
+    line.write_text("# The line's sources and pipelines, pushed from central by deploy/demo.py\n"
+                    + yaml.safe_dump({k: document[k] for k in ("sources", "pipelines")},
+                                     sort_keys=False))
+    console.print(f"[bold]→[/] pushing the line's configuration from central ({line.name}) ...")
+    pushed = _central(central_cfg, DEMO_ENV, "config", "push", str(line), "--name", "line1",
+                      "--device", DEVICE, "--canary", "0", "--probation-s", "10",
+                      "--notes", "surface defects from 0.75 confidence", "--wait",
+                      "--timeout", "120")
+    if pushed.returncode != 0:
+        raise RuntimeError(f"config push failed: {(pushed.stdout + pushed.stderr).strip()}")
+    where = _central(central_cfg, DEMO_ENV, "config", "where", "line1")
+    console.print(f"[green]✓[/] configuration line1     confirmed on {DEVICE} "
+                  "(`central-sync config where line1`):")
+    for text in where.stdout.strip().splitlines():
+        console.print(f"    {text}", highlight=False)
+
+
+def _diagnose_gateway(central_cfg: Path) -> None:
+    """What `device diagnose` tells about the gateway, over MQTT: versions, clock, sources."""
+    diagnosed = _central(central_cfg, DEMO_ENV, "device", "diagnose", DEVICE)
+    if diagnosed.returncode != 0:
+        raise RuntimeError(f"device diagnose failed: "
+                           f"{(diagnosed.stdout + diagnosed.stderr).strip()}")
+    console.print(f"[green]✓[/] diagnosed {DEVICE}      (`central-sync device diagnose "
+                  f"{DEVICE}`; logs: `device logs {DEVICE} --follow`):")
+    for text in diagnosed.stdout.strip().splitlines()[:4]:
+        console.print(f"    {text}", highlight=False)
 
 
 def _central(central_cfg: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -333,6 +372,10 @@ def _print_where(workdir: Path, central_cfg: Path, agent_cfg: Path, central_url:
                   f"{central_url}/review/samples  {central_url}/datasets/{DATASET}/1")
     table.add_row("the loop: audit trail",
                   f"{central_url}/audit  and  .venv/bin/central-sync audit verify -c {central_cfg}")
+    table.add_row("the gateway from central",
+                  f"{central_url}/devices/{DEVICE}  (configuration line1, clock, log tail; "
+                  "Diagnose, Fetch logs, Restart)  and  .venv/bin/central-sync config where "
+                  f"-c {central_cfg}")
     table.add_row("central API", f"{central_url}/api/predictions  {central_url}/api/devices")
     table.add_row("operator page (gateway)", f"{agent_url}/  (recommendations: Accept/Reject)")
     table.add_row("central database", str(workdir / "central" / "central.db"))
