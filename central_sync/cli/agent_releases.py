@@ -25,6 +25,7 @@ from central_sync.cli.common import (
     load_config,
     make_console,
     open_database,
+    rollout_targets,
     seconds_ago,
 )
 from edge_agent.kernel.contract import (
@@ -124,21 +125,11 @@ def cmd_agent_rollback(args: argparse.Namespace) -> int:
 
 def cmd_agent_rollout(args: argparse.Namespace) -> int:
     from central_sync.cli.rollouts import follow_rollout
-    from central_sync.rollouts import RolloutError, group_devices, start_rollout, wave_name
+    from central_sync.rollouts import RolloutError, start_rollout, wave_name
 
-    if bool(args.device) == bool(args.group):
-        raise UsageError("name the targets with --group LABEL or --device ID (one of them)")
-    for device in args.device:
-        _check_device(device)
     config = load_config(args)
     with open_database(config) as db:
-        devices = list(dict.fromkeys(args.device)) or group_devices(db, args.group)
-        if not devices:
-            raise UsageError(f"no provisioned device has the label(s) {', '.join(args.group)}; "
-                             "`central-sync device label ID --add LABEL`, or name them with "
-                             "--device")
-        target = f"group {', '.join(args.group)}" if args.group else \
-            f"devices {', '.join(devices)}"
+        devices, target = rollout_targets(db, args.group, args.device)
         try:
             rollout = start_rollout(db, AGENT_PACKAGE_NAME, args.version, devices, target,
                                     acting_user(db, args, "engineer"), canary=args.canary,

@@ -180,3 +180,33 @@ def add_group(subcommands: Subcommands, name: str, *, help: str, description: st
 
 def add_by_option(parser: argparse.ArgumentParser, who: str = "who does it") -> None:
     parser.add_argument("--by", default=login_name(), help=f"{who}, for the audit log")
+
+
+def device_ids(ids: list[str]) -> list[str]:
+    """Device ids given on the command line, each checked, without repeats."""
+    bad = [d for d in ids if not re.fullmatch(ID_PATTERN, d)]
+    if bad:
+        raise UsageError(f"device ids {bad} are not valid: use letters, digits, . _ -")
+    return list(dict.fromkeys(ids))
+
+
+def rollout_targets(db: CentralDB, groups: list[str],
+                    devices: list[str]) -> tuple[list[str], str]:
+    """The gateways a rollout goes to, from --group LABEL or --device ID (one of them, each
+    repeatable), and the target as the rollout names it. Groups come from provisioning."""
+    from central_sync.rollouts import group_devices
+
+    if bool(devices) == bool(groups):
+        raise UsageError("name the gateways with --group LABEL or --device ID (one of them; "
+                         "each may be repeated)")
+    if devices:
+        chosen = device_ids(devices)
+        return chosen, f"devices {', '.join(chosen)}"
+    chosen = group_devices(db, groups)
+    if not chosen:
+        raise UsageError(f"no provisioned device has the label(s) {', '.join(groups)}; "
+                         "groups come from provisioning, not from what gateways report: "
+                         "`central-sync device label ID --add LABEL`, or name them with "
+                         "--device ID")
+    return chosen, f"group {', '.join(groups)}"
+

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -20,9 +19,11 @@ from central_sync.cli.common import (
     add_by_option,
     add_command,
     broker_session,
+    device_ids,
     load_config,
     make_console,
     open_database,
+    rollout_targets,
 )
 from central_sync.cli.configs import (
     add_file_options,
@@ -35,7 +36,6 @@ from central_sync.cli.configs import (
 from central_sync.cli.rollouts import follow_rollout
 from central_sync.rollouts import DEFAULT_WAVE_TIMEOUT_S
 from edge_agent.kernel.contract import (
-    ID_PATTERN,
     ConfigDeployCommand,
     ConfigRollbackCommand,
     DeploymentEvent,
@@ -50,31 +50,6 @@ FOLLOW_MARGIN_S = 120.0  # --wait alone: the probation and this long for the swi
 DEFAULT_PUSH_WAIT_S = 3600.0
 
 
-def _device_ids(ids: list[str]) -> list[str]:
-    bad = [d for d in ids if not re.fullmatch(ID_PATTERN, d)]
-    if bad:
-        raise UsageError(f"device ids {bad} are not valid: use letters, digits, . _ -")
-    return list(dict.fromkeys(ids))
-
-
-def _targets(db: CentralDB, args: argparse.Namespace) -> tuple[list[str], str]:
-    from central_sync.rollouts import group_devices
-
-    if bool(args.device) == bool(args.group):
-        raise UsageError("name the gateways with --group LABEL or --device ID (one of them; "
-                         "each may be repeated)")
-    if args.device:
-        devices = _device_ids(args.device)
-        return devices, f"devices {', '.join(devices)}"
-    devices = group_devices(db, args.group)
-    if not devices:
-        raise UsageError(f"no provisioned device has the label(s) {', '.join(args.group)}; "
-                         "groups come from provisioning, not from what gateways report: "
-                         "`central-sync device label ID --add LABEL`, or name them with "
-                         "--device ID")
-    return devices, f"group {', '.join(args.group)}"
-
-
 def cmd_config_push(args: argparse.Namespace) -> int:
     from central_sync.rollouts import RolloutError, start_rollout, wave_name
 
@@ -83,7 +58,8 @@ def cmd_config_push(args: argparse.Namespace) -> int:
     console = make_console()
     with open_database(config) as db:
         by = acting_user(db, args, "engineer")
-        devices, target = _targets(db, args)  # before publishing: a typo publishes nothing
+        # Before publishing: a mistyped group publishes nothing.
+        devices, target = rollout_targets(db, args.group, args.device)
         document, new = publish_file(db, args, found, by)
         print_published(console, document, new)
         if not new and (args.probation_s, args.notes) != (document.probation_s, document.notes):
@@ -115,7 +91,7 @@ def cmd_config_push(args: argparse.Namespace) -> int:
 def cmd_config_deploy(args: argparse.Namespace) -> int:
     from central_sync.configs import ConfigError, config_deploy_command
 
-    device_id = _device_ids([args.device])[0]
+    device_id = device_ids([args.device])[0]
     config = load_config(args)
     with open_database(config) as db:
         document = require(db, args.config_ref)
@@ -134,7 +110,7 @@ def cmd_config_deploy(args: argparse.Namespace) -> int:
 def cmd_config_rollback(args: argparse.Namespace) -> int:
     from central_sync.configs import config_rollback_command
 
-    device_id = _device_ids([args.device])[0]
+    device_id = device_ids([args.device])[0]
     config = load_config(args)
     with open_database(config) as db:
         name = args.name or _running_name(db, device_id)
