@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import re
-import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -30,6 +28,7 @@ from central_sync.cli.common import (
     acting_user,
     add_by_option,
     add_command,
+    broker_session,
     load_config,
     make_console,
     open_database,
@@ -107,31 +106,13 @@ async def _send(config: CentralConfig, db: CentralDB, command: DiagnosticCommand
                 on_answer: Callable[[Answer], None], args: argparse.Namespace) -> Answer | None:
     from edge_agent.kernel.transport import NotConnected
 
-    async with _broker(config, args.connect_timeout) as transport:
+    async with broker_session(config, args.connect_timeout) as transport:
         try:
             return await send_and_follow(db, transport, config.signer(),
                                          Topics(config.broker.topic_prefix), command,
                                          on_answer, timeout_s=args.timeout)
         except NotConnected as exc:
             raise ConnectionError(f"request not sent: {exc}") from None
-
-
-@contextlib.asynccontextmanager
-async def _broker(config: CentralConfig, connect_timeout: float) -> AsyncIterator[Any]:
-    """A short-lived MQTT session of its own (not the service's client id)."""
-    from edge_agent.kernel.transport.mqtt import MqttTransport
-
-    broker = config.broker.model_copy(update={"client_id": None})
-    client_id = f"{config.central_id}-cli-{secrets.token_hex(4)}"
-    transport = MqttTransport(broker, client_id=client_id, persistent_session=False)
-    await transport.start()
-    try:
-        if not await transport.wait_connected(connect_timeout):
-            raise ConnectionError(f"cannot reach the MQTT broker at {broker.host}:{broker.port} "
-                                  f"({transport.last_error or 'no answer'}); is it running?")
-        yield transport
-    finally:
-        await transport.stop()
 
 
 def _no_reply(console: Console, device_id: str, timeout_s: float) -> int:
