@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
 OUT = REPO / "deploy" / "screenshots"
 # (file, path, height in px or None for the full page): the pages the README shows for the
-# loop and the gateway run from central. The long pages are cut to their top, which says what they are, to keep the PNGs small.
+# loop and the gateway run from central. The long pages are cut to their top, which says what
+# they are, to keep the PNGs small.
 PAGES = [
     ("central_model_version.png", "/models/surface-defects/1.1.0", None),
     ("central_samples.png", "/review/samples", 1000),
