@@ -146,6 +146,8 @@ def write_configs(workdir: Path, ports: dict[str, int]) -> tuple[Path, Path]:
         .replace("interval_s: 5 ", "interval_s: 2 ")
         .replace("port: 8080 ", f"port: {ports['agent_web']} ")
         .replace("status_interval_s: 10", "status_interval_s: 5")
+        # model_stats (latency, drift) every 30 s, so the model pages have data at once.
+        .replace("monitoring_interval_s: 300", "monitoring_interval_s: 30")
         .replace("central_public_key: central-signing.pub",
                  "central_public_key: central/keys/signing.pub")
     )
