@@ -102,6 +102,13 @@ def check_body(body: Any) -> None:
         raise ConfigInvalid([f"the configuration is {size:,} bytes as JSON, more than "
                              f"{MAX_CONFIG_BODY_BYTES:,}; split the line's gateways into "
                              "several configurations"])
+    secrets = [f"sources.{i}.password: a configuration from central is stored on central and "
+               "sent to every gateway it targets; give the password with password_env (the "
+               "name of an environment variable set on the gateway) instead"
+               for i, source in enumerate(body.get("sources") or [])
+               if isinstance(source, dict) and source.get("password") is not None]
+    if secrets:
+        raise ConfigInvalid(secrets)
     try:
         check_remote_body(body)
     except RemoteConfigError as exc:

@@ -84,6 +84,21 @@ def test_broker_settings_stay_in_the_gateway_s_file(db: CentralDB) -> None:
         publish_config(db, TEST_SIGNER, "line-3", {**line_body(), "broker": {}}, "alice")
 
 
+def test_a_password_in_the_body_is_refused_pointing_at_password_env(db: CentralDB) -> None:
+    body = line_body()
+    source = {**body["sources"][0], "security_policy": "Basic256Sha256",
+              "certificate": "/etc/edge-agent/opcua/agent.pem",
+              "private_key": "/etc/edge-agent/opcua/agent-key.pem",
+              "username": "edge", "password": "s3cret"}
+    with pytest.raises(ConfigInvalid, match=r"sources\.0\.password: .* password_env"):
+        publish_config(db, TEST_SIGNER, "line-3", {**body, "sources": [source]}, "alice")
+    assert db.list_configs() == []
+    source = {**source, "password": None, "password_env": "LINE3_OPCUA_PASSWORD"}
+    del source["password"]
+    assert publish_config(db, TEST_SIGNER, "line-3", {**body, "sources": [source]},
+                          "alice").version == 1
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"name": "line 3"}, "not valid"),
     ({"probation_s": -1.0}, "between 0 and"),
