@@ -61,6 +61,24 @@ def session_dependencies(db: CentralDB) -> tuple[Callable[[Request], Session | N
     return session_of, viewer, quality
 
 
+def engineer_dependency(session_of: Callable[[Request], Session | None],
+                        doing: str = "this") -> Callable[[Request], Session]:
+    """An action that needs the engineer (or admin) role; 401 without a session, 403 with
+    another role, saying that `doing` needs it."""
+
+    def engineer(request: Request) -> Session:
+        session = session_of(request)
+        if session is None:
+            raise HTTPException(401, "log in first (/login)")
+        if not session.user.may("engineer"):
+            raise HTTPException(403, f"user {session.user.username} is a {session.user.role}; "
+                                f"{doing} needs the engineer or admin role (central-sync users "
+                                "role)")
+        return session
+
+    return engineer
+
+
 def api_reader(db: CentralDB) -> Callable[[Request], Session | None]:
     """Who may read the JSON API and /metrics: once central has accounts, a logged-in browser
     (the session cookie) or a script with `Authorization: Bearer TOKEN` (`central-sync users

@@ -28,7 +28,7 @@ from central_sync.db.accounts import Session
 from central_sync.db.diagnostics import DEFAULT_CLOCK_WARN_OFFSET_S, Diagnosis
 from central_sync.db.review import DefectFilter
 from central_sync.ratelimit import TokenBuckets
-from central_sync.web.auth import session_dependencies
+from central_sync.web.auth import engineer_dependency, session_dependencies
 from central_sync.web.rendering import templates
 from edge_agent.kernel.contract import (
     ID_PATTERN,
@@ -126,7 +126,7 @@ def devices_router(db: CentralDB, offline_after_s: float,
     router = APIRouter()
     session_of, viewer, _ = session_dependencies(db)
     page = Annotated[Session, Depends(viewer)]
-    engineer = Annotated[Session, Depends(_engineer(session_of))]
+    engineer = Annotated[Session, Depends(engineer_dependency(session_of, "acting on gateways"))]
     buckets = TokenBuckets(ACTIONS_PER_MINUTE / 60, ACTIONS_PER_MINUTE, max_keys=10_000)
 
     @router.get("/api/devices/{device_id}/diagnostics")
@@ -203,20 +203,6 @@ def _pipeline(form: dict[str, str]) -> str | None:
     if name is not None and not re.fullmatch(ID_PATTERN, name):
         raise HTTPException(422, "a pipeline name is letters, digits, . _ -")
     return name
-
-
-def _engineer(session_of: Callable[[Request], Session | None]) -> Callable[[Request], Session]:
-    def engineer(request: Request) -> Session:
-        session = session_of(request)
-        if session is None:
-            raise HTTPException(401, "log in first (/login)")
-        if not session.user.may("engineer"):
-            raise HTTPException(403, f"user {session.user.username} is a {session.user.role}; "
-                                "acting on gateways needs the engineer or admin role "
-                                "(central-sync users role)")
-        return session
-
-    return engineer
 
 
 async def _small_form(request: Request, session: Session) -> dict[str, str]:

@@ -28,7 +28,7 @@ from central_sync.db import CentralDB, Rollout
 from central_sync.db.accounts import Session
 from central_sync.db.model_states import ModelStateError
 from central_sync.registry import DEFAULT_CHUNK_SIZE_BYTES
-from central_sync.web.auth import session_dependencies
+from central_sync.web.auth import engineer_dependency, session_dependencies
 from central_sync.web.evaluation_queue import EvaluationQueue, QueueFull
 from central_sync.web.model_pages import model_page, models_page, version_page
 from central_sync.web.publishing import UploadedVersion, publish_upload, read_version_upload
@@ -102,7 +102,7 @@ def models_router(db: CentralDB, actions: ModelActions | None) -> APIRouter:
     session_of, viewer, _ = session_dependencies(db)
     desk = _Desk(db, actions)
     page = Annotated[Session, Depends(viewer)]
-    engineer = Annotated[Session, Depends(_engineer(session_of))]
+    engineer = Annotated[Session, Depends(engineer_dependency(session_of))]
 
     @router.get("/models", response_class=HTMLResponse)
     def models(session: page) -> HTMLResponse:
@@ -306,20 +306,6 @@ def _number(form: dict[str, str], key: str, default: float,
         return kind(text)
     except ValueError:
         raise RolloutRefused(f"{key.replace('_', ' ')} must be a number, got {text!r}") from None
-
-
-def _engineer(session_of: Callable[[Request], Session | None]) -> Callable[[Request], Session]:
-    def engineer(request: Request) -> Session:
-        session = session_of(request)
-        if session is None:
-            raise HTTPException(401, "log in first (/login)")
-        if not session.user.may("engineer"):
-            raise HTTPException(403, f"user {session.user.username} is a {session.user.role}; "
-                                "this needs the engineer or admin role (central-sync users "
-                                "role)")
-        return session
-
-    return engineer
 
 
 def _require_csrf(session: Session, request: Request, fields: dict[str, str]) -> None:
