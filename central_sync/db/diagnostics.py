@@ -270,8 +270,9 @@ class DiagnosticQueries:
                                     self.clock_warn_offset_s)
             if reason is not None:
                 flagged.append((batch.device_id, record.seq, reason[:MAX_REASON_CHARS]))
-        self._db.executemany("INSERT OR IGNORE INTO suspect_records (device_id, seq, reason) "
-                             "VALUES (?, ?, ?)", flagged)
+        if flagged:  # most batches: none, and no statement at all
+            self._db.executemany("INSERT OR IGNORE INTO suspect_records (device_id, seq, "
+                                 "reason) VALUES (?, ?, ?)", flagged)
 
     @serialised
     def suspect_record(self, device_id: str, seq: int) -> str | None:
