@@ -7,6 +7,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from central_sync.alert_rules import AlertsConfig
 from central_sync.db.connection import POSTGRES_PREFIXES, SQLITE_PREFIX, redact
 from central_sync.db.diagnostics import DEFAULT_CLOCK_WARN_OFFSET_S
 from edge_agent.kernel.configfile import load_yaml_model, resolve_path
@@ -50,6 +51,9 @@ class WebConfig(BaseModel):
         512 * 2**20, ge=1024 * 1024, description="Largest upload of a model version from the "
         "model page (ONNX and metadata together); refused while it streams in, so a larger "
         "one never reaches the disk whole")
+    public_url: str = Field(
+        "", description="Address people reach central's pages at (https://central.plant."
+        "example); notifications link to an alert's page with it. Empty: no link")
 
 
 class ModelsConfig(BaseModel):
@@ -149,6 +153,7 @@ class CentralConfig(BaseModel):
     ingest: IngestLimits = Field(default_factory=IngestLimits)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     clock: ClockConfig = Field(default_factory=ClockConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     provisioning: ProvisioningConfig = Field(
         default_factory=dict, validate_default=True)  # type: ignore[arg-type]
     signing_key_path: Path = Field(

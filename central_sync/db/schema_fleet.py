@@ -1,5 +1,5 @@
 """Migrations from 15 on: running the fleet from central (configurations, diagnostics, agent
-releases). Appended to the lists in `schema.py`; each entry is (version, description,
+releases, alerts). Appended to the lists in `schema.py`; each entry is (version, description,
 statements), with one list per dialect."""
 
 from __future__ import annotations
@@ -90,14 +90,61 @@ _POSTGRES_AGENT_IMMUTABLE = (
         FOR EACH ROW EXECUTE FUNCTION agent_packages_are_immutable()""",
 )
 
+def _alerts(real: str) -> tuple[str, ...]:
+    """Migration 18 in one dialect: `real` a timestamp's type."""
+    return (
+        f"""CREATE TABLE alerts (
+            alert_id TEXT PRIMARY KEY, rule TEXT NOT NULL, kind TEXT NOT NULL,
+            group_key TEXT NOT NULL, severity TEXT NOT NULL, state TEXT NOT NULL,
+            summary TEXT NOT NULL, devices TEXT NOT NULL DEFAULT '[]',
+            labels TEXT NOT NULL DEFAULT '{{}}', operator INTEGER NOT NULL DEFAULT 0,
+            value {real}, threshold {real}, started_at {real} NOT NULL,
+            fired_at {real} NOT NULL, resolved_at {real}, updated_at {real} NOT NULL,
+            acked_by TEXT, acked_at {real}, ack_reason TEXT)""",
+        # One open alert per rule and group, whichever central process fires it.
+        "CREATE UNIQUE INDEX alerts_one_open ON alerts (rule, group_key) "
+        "WHERE state = 'firing'",
+        "CREATE INDEX alerts_newest ON alerts (fired_at)",
+        f"""CREATE TABLE alert_conditions (
+            rule TEXT NOT NULL, group_key TEXT NOT NULL, breach_since {real},
+            clear_since {real}, PRIMARY KEY (rule, group_key))""",
+        f"""CREATE TABLE alert_events (
+            alert_id TEXT NOT NULL, at {real} NOT NULL, event TEXT NOT NULL,
+            actor TEXT NOT NULL DEFAULT '', detail TEXT NOT NULL DEFAULT '')""",
+        "CREATE INDEX alert_events_alert ON alert_events (alert_id, at)",
+        f"""CREATE TABLE alert_silences (
+            rule TEXT NOT NULL, group_key TEXT NOT NULL, until {real} NOT NULL,
+            reason TEXT NOT NULL, created_by TEXT NOT NULL, created_at {real} NOT NULL,
+            PRIMARY KEY (rule, group_key))""",
+        f"""CREATE TABLE alert_notifications (
+            notification_id TEXT PRIMARY KEY, alert_id TEXT NOT NULL, event TEXT NOT NULL,
+            route TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at {real} NOT NULL, created_at {real} NOT NULL,
+            delivered_at {real}, last_error TEXT NOT NULL DEFAULT '', payload TEXT NOT NULL)""",
+        "CREATE INDEX alert_notifications_due ON alert_notifications (state, next_attempt_at)",
+        "CREATE INDEX alert_notifications_alert ON alert_notifications (alert_id)",
+        f"""CREATE TABLE alert_attempts (
+            notification_id TEXT NOT NULL, at {real} NOT NULL, ok INTEGER NOT NULL,
+            duration_ms {real}, detail TEXT NOT NULL DEFAULT '')""",
+        "CREATE INDEX alert_attempts_notification ON alert_attempts (notification_id, at)",
+        f"""CREATE TABLE alert_observations (
+            key TEXT PRIMARY KEY, value {real} NOT NULL, changed_at {real} NOT NULL)""",
+    )
+
+
+_ALERTS = "alerts: open and past alerts, the conditions held towards them, silences, " \
+    "notifications with every delivery attempt"
+
 SQLITE_FLEET_MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     (15, _CONFIGS, _configs("REAL", _SQLITE_CONFIGS_IMMUTABLE)),
     (16, _DIAGNOSTICS, _diagnostics("REAL", "INTEGER", "INTEGER PRIMARY KEY")),
     (17, _AGENT_PACKAGES, _agent_packages("REAL", _SQLITE_AGENT_IMMUTABLE)),
+    (18, _ALERTS, _alerts("REAL")),
 )
 
 POSTGRES_FLEET_MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     (15, _CONFIGS, _configs("DOUBLE PRECISION", _POSTGRES_CONFIGS_IMMUTABLE)),
     (16, _DIAGNOSTICS, _diagnostics("DOUBLE PRECISION", "BIGINT", "BIGSERIAL PRIMARY KEY")),
     (17, _AGENT_PACKAGES, _agent_packages("DOUBLE PRECISION", _POSTGRES_AGENT_IMMUTABLE)),
+    (18, _ALERTS, _alerts("DOUBLE PRECISION")),
 )
