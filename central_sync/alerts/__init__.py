@@ -1,0 +1,1 @@
+"""Central's alerting: rule evaluation and notification delivery."""
