@@ -21,6 +21,9 @@ RuleKind = Literal["gateway_offline", "buffer_filling", "buffer_evicting", "sour
 Template = Literal["json", "slack", "teams", "google_chat", "mattermost"]
 Name = Annotated[str, Field(pattern=ID_PATTERN)]
 _CLOCK = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+# The built-in route of the SCADA topic (alerts.mqtt_topic): delivered through the same outbox
+# as the configured routes, so a broker outage is retried and every attempt recorded.
+SCADA_ROUTE = "scada-topic"
 
 
 class Targets(BaseModel):
@@ -179,6 +182,9 @@ class RouteConfig(BaseModel):
         absent = [name for name, value in missing if not value]
         if absent:
             raise ValueError(f"route {self.name} ({self.kind}) needs " + ", ".join(absent))
+        if self.name == SCADA_ROUTE:
+            raise ValueError(f"route name {SCADA_ROUTE} is the built-in SCADA topic's "
+                             "(alerts.mqtt_topic); choose another")
         if self.url is not None and not self.url.startswith(("http://", "https://")):
             raise ValueError(f"route {self.name}: url must start with http:// or https://")
         return self
