@@ -15,6 +15,7 @@ from typing import Any
 
 from central_sync.db.accounts import AccountQueries
 from central_sync.db.agent_releases import AgentReleaseQueries
+from central_sync.db.alert_deliveries import AlertDeliveryQueries
 from central_sync.db.alerts import AlertQueries
 from central_sync.db.audit import AuditQueries
 from central_sync.db.broker_accounts import BrokerAccountQueries
@@ -61,7 +62,8 @@ CLOSED_DEPLOYMENT_STATES = frozenset({"activated", "confirmed", "failed", "rolle
 
 class CentralDB(AuditQueries, ReviewQueries, SampleQueries, RolloutQueries, AccountQueries,
                 BrokerAccountQueries, RecordPartQueries, ModelStateQueries, DatasetQueries,
-                DiagnosticQueries, ConfigQueries, AgentReleaseQueries, AlertQueries):
+                DiagnosticQueries, ConfigQueries, AgentReleaseQueries, AlertQueries,
+                AlertDeliveryQueries):
     """Central's database. Thread-safe: calls are serialised on one connection.
 
     Callers on an asyncio loop run these methods in a worker thread, never on the loop.
