@@ -63,14 +63,19 @@ class AlertDeliveryQueries:
     @serialised
     def due_notifications(self, now: float, limit: int = 50,
                           hold_s: float | None = None) -> list[Notification]:
-        """Pending notifications whose time has come, oldest first. With `hold_s` they are
+        """Pending notifications whose time has come, oldest first, each only once those
+        enqueued before it for its alert and route are settled. With `hold_s` they are
         claimed: not due again for `hold_s`, so a send that never reports back (the process
         died) is retried then rather than lost, and no second sender takes them meanwhile."""
         with self._db.atomic():
+            # One at a time per alert and route, in order: a "resolved" never overtakes the
+            # "fired" still being retried (the SCADA topic's retained alert would stay).
             due = [_notification(row) for row in self._db.query(
-                f"SELECT {_COLUMNS} FROM alert_notifications WHERE state = 'pending' AND "
-                "next_attempt_at <= ? ORDER BY next_attempt_at, created_at LIMIT ?",
-                (now, limit))]
+                f"SELECT {_COLUMNS} FROM alert_notifications n WHERE state = 'pending' AND "
+                "next_attempt_at <= ? AND NOT EXISTS (SELECT 1 FROM alert_notifications o "
+                "WHERE o.alert_id = n.alert_id AND o.route = n.route AND o.state = 'pending' "
+                "AND o.created_at < n.created_at) "
+                "ORDER BY next_attempt_at, created_at LIMIT ?", (now, limit))]
             if hold_s is not None and due:
                 self._db.executemany(
                     "UPDATE alert_notifications SET next_attempt_at = ? "

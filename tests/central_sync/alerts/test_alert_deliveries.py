@@ -78,3 +78,16 @@ def test_notifications_of_an_alert_in_the_order_enqueued(db: CentralDB) -> None:
     ids = [enqueue(db, route) for route in ("a", "b")]
     db.enqueue_notification("a2", "fired", "a", "{}", 0.0)
     assert [n.notification_id for n in db.notifications_for("a1")] == ids
+
+
+def test_a_resolved_notification_waits_for_the_fired_one_of_its_alert_and_route(
+        db: CentralDB) -> None:
+    fired = enqueue(db, "scada")
+    other_route = enqueue(db, "ops")
+    resolved = db.enqueue_notification("a1", "resolved", "scada", "{}", 0.0)
+    now = time.time() + 1
+    assert {n.notification_id for n in db.due_notifications(now)} == {fired, other_route}
+    db.record_attempt(fired, now, False, 1.0, "broker down", next_attempt_at=now + 60)
+    assert {n.notification_id for n in db.due_notifications(now)} == {other_route}
+    db.record_attempt(fired, now, False, 1.0, "broker down", dead=True)
+    assert {n.notification_id for n in db.due_notifications(now)} == {other_route, resolved}
