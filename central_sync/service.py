@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from pydantic import BaseModel
 
+from central_sync.alerts.engine import AlertEngine
 from central_sync.artifact_server import SHORT_SHA256_CHARS, ArtifactChunkServer
 from central_sync.config import CentralConfig
 from central_sync.db import (
@@ -30,6 +31,9 @@ from central_sync.evaluation import EvaluationError, evaluate_model
 from central_sync.rollouts import RolloutEngine, RolloutError, start_rollout
 from edge_agent.kernel import systemd
 from edge_agent.kernel.contract import (
+    RECORD_DEFECT,
+    RECORD_EVICTION,
+    RECORD_MODEL_STATS,
     BatchAck,
     ChunkRequest,
     CompressedUplinkBatch,
@@ -56,6 +60,8 @@ log = logging.getLogger(__name__)
 # Batches decoded but not yet stored: enough to overlap decoding with the one database
 # thread, few enough that a slow database pushes back on the broker instead of piling up.
 STORES_IN_FLIGHT = 4
+# Records that the alert rules read: a batch with one of them has the rules evaluated soon.
+ALERTING_RECORD_TYPES = frozenset({RECORD_DEFECT, RECORD_MODEL_STATS, RECORD_EVICTION})
 # Unfinished large records are looked for this often (a share of their expiry, within bounds).
 EXPIRY_CHECKS_PER_EXPIRY = 4
 EXPIRY_CHECK_BOUNDS_S = (0.1, 60.0)
@@ -122,6 +128,7 @@ class CentralService:
         self._started = False  # /healthz says "starting" until start() is done
         self.rollouts: RolloutEngine | None = None
         self.diagnostics: DiagnosticsInbox | None = None
+        self.alerts: AlertEngine | None = None
 
     async def db_call(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run a database call on the service's database thread."""
@@ -164,6 +171,11 @@ class CentralService:
             approval_required=self.config.models.require_approval)
         self._standing = {self._spawn(self.rollouts.run()),
                           self._spawn(self._expire_unfinished_records())}
+        if self.config.alerts.enabled:
+            self.alerts = AlertEngine(self.db, self.config.alerts, self.config.offline_after_s,
+                                      holder=self.config.central_id,
+                                      public_url=self.config.web.public_url)
+            self._standing.add(self._spawn(self.alerts.run()))
         if self.config.web.port:
             from central_sync.web import OpenToTheNetwork, create_app, refuse_open_to_the_network
             from central_sync.web.devices import DeviceActions
@@ -328,6 +340,9 @@ class CentralService:
         finally:
             self._stores_in_flight.release()
         self.stats.batches += 1
+        if self.alerts is not None and any(r.type in ALERTING_RECORD_TYPES
+                                           for r in batch.records):
+            self.alerts.poke()
         device_id, batch_id = batch.device_id, batch.batch_id
         # Its records may be large: not kept while the ack waits for the broker's PUBACK,
         # which comes behind whatever the broker is sending meanwhile.
@@ -362,6 +377,8 @@ class CentralService:
             return
         self.stats.statuses += 1
         log.info("device status device=%s state=%s", status.device_id, status.state)
+        if self.alerts is not None:
+            self.alerts.poke()
         if self.diagnostics is not None:
             await self.diagnostics.on_status(status)
 
@@ -381,6 +398,8 @@ class CentralService:
             return
         if recorded:
             self.stats.deployment_events += 1
+            if self.alerts is not None:
+                self.alerts.poke()
             log.info("deployment step device=%s model=%s version=%s command=%s step=%s %s",
                      event.device_id, event.model_name, event.version, event.command_id,
                      event.step, event.detail)
