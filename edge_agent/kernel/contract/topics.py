@@ -92,6 +92,17 @@ class Topics:
     def diagnostics(self, device_id: str) -> str:
         return self.device(device_id, "diagnostics")
 
+    def alerts_open(self, alert_id: str) -> str:
+        """Central's open alert, retained for SCADA; an empty retained payload clears it."""
+        if not re.fullmatch(ID_PATTERN, alert_id):
+            raise ValueError(f"alert id {alert_id!r} is not valid: use letters, digits, . _ -")
+        return f"{self.prefix}/alerts/open/{alert_id}"
+
+    def alerts_events(self, root: str | None = None) -> str:
+        """Every change of central's alerts (not retained); under `root` instead of
+        `{prefix}/alerts` for an mqtt route that names its own topic."""
+        return f"{(root or self.prefix + '/alerts').rstrip('/')}/events"
+
     def artifact(self, sha256: str) -> str:
         if not re.fullmatch(SHA256_PATTERN, sha256):
             raise ValueError(f"{sha256!r} is not a lower-case hex SHA-256")
