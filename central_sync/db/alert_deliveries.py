@@ -18,6 +18,12 @@ MAX_DETAIL_CHARS = 500  # an attempt's detail (a receiver's error body is cut to
 _COLUMNS = ("notification_id, alert_id, event, route, state, attempts, next_attempt_at, "
             "created_at, delivered_at, last_error, payload")
 
+# One at a time per alert and route, in order: a "resolved" never overtakes the "fired" still
+# being retried (the SCADA topic's retained alert would stay).
+_NOTHING_BEFORE = ("NOT EXISTS (SELECT 1 FROM alert_notifications o WHERE o.alert_id = "
+                   "n.alert_id AND o.route = n.route AND o.state = 'pending' AND "
+                   "o.created_at < n.created_at)")
+
 
 class NotificationNotFound(LookupError):
     """No notification with that id; the message says where to find them."""
@@ -68,13 +74,9 @@ class AlertDeliveryQueries:
         claimed: not due again for `hold_s`, so a send that never reports back (the process
         died) is retried then rather than lost, and no second sender takes them meanwhile."""
         with self._db.atomic():
-            # One at a time per alert and route, in order: a "resolved" never overtakes the
-            # "fired" still being retried (the SCADA topic's retained alert would stay).
             due = [_notification(row) for row in self._db.query(
                 f"SELECT {_COLUMNS} FROM alert_notifications n WHERE state = 'pending' AND "
-                "next_attempt_at <= ? AND NOT EXISTS (SELECT 1 FROM alert_notifications o "
-                "WHERE o.alert_id = n.alert_id AND o.route = n.route AND o.state = 'pending' "
-                "AND o.created_at < n.created_at) "
+                f"next_attempt_at <= ? AND {_NOTHING_BEFORE} "
                 "ORDER BY next_attempt_at, created_at LIMIT ?", (now, limit))]
             if hold_s is not None and due:
                 self._db.executemany(
@@ -86,8 +88,9 @@ class AlertDeliveryQueries:
     @serialised
     def next_notification_due(self) -> float | None:
         """When the next pending notification is due (epoch seconds); None when none is."""
-        row = next(self._db.query("SELECT MIN(next_attempt_at) AS at FROM alert_notifications "
-                                  "WHERE state = 'pending'"))
+        row = next(self._db.query(
+            "SELECT MIN(next_attempt_at) AS at FROM alert_notifications n WHERE "
+            f"state = 'pending' AND {_NOTHING_BEFORE}"))
         return row["at"]
 
     @serialised
