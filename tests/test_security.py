@@ -432,3 +432,27 @@ def test_central_can_share_ingest_through_shared_subscriptions(plant: SecurePlan
     wait_until(lambda: sum(len(m.messages) for m in members) >= 13, 10,
                what="uplinks still reaching central")
     assert device.messages == []
+
+
+def test_a_device_reads_its_lines_alerts_and_cannot_forge_them(plant: SecurePlant) -> None:
+    a = plant.probe("gw-a", password_of(plant.add_device("gw-a", "line-1")))
+    b = plant.probe("gw-b", password_of(plant.add_device("gw-b", "line-1")))
+    central = plant.probe("central", central_password(plant), port=plant.plain_port,
+                          use_tls=False)
+    for client in (a, b, central):
+        assert client.connect(), client.connack
+    a.subscribe("edge-mlops/devices/gw-a/alerts")
+    a.subscribe("edge-mlops/devices/gw-b/alerts")  # another device's: delivers nothing
+    b.subscribe("edge-mlops/devices/gw-b/alerts")
+    assert a.publish("edge-mlops/devices/gw-a/alerts", b"a-clears-its-alerts") == \
+        ["Not authorized"]
+    assert a.publish("edge-mlops/devices/gw-b/alerts", b"a-forges-b") == ["Not authorized"]
+    central.publish("edge-mlops/devices/gw-a/alerts", b"for-a")
+    central.publish("edge-mlops/devices/gw-b/alerts", b"for-b")
+    wait_until(lambda: ("edge-mlops/devices/gw-a/alerts", b"for-a") in a.messages
+               and ("edge-mlops/devices/gw-b/alerts", b"for-b") in b.messages,
+               10, what="central's alerts reaching each device")
+    assert a.messages == [("edge-mlops/devices/gw-a/alerts", b"for-a")], a.messages
+    assert b.messages == [("edge-mlops/devices/gw-b/alerts", b"for-b")], b.messages
+    for client in (a, b, central):
+        client.close()

@@ -109,6 +109,8 @@ def test_the_acl_follows_the_contract() -> None:
         assert f"topic {access} plant7/devices/gw-a/{spec.leaf}" in device_lines
     assert device_lines[-1] == "topic read plant7/artifacts/+"
     assert not any("readwrite" in line or "#" in line for line in device_lines)
+    # Its line's operator alerts come from central: the device reads them, never writes them.
+    assert "topic read plant7/devices/gw-a/alerts" in device_lines
 
 
 def test_hash_matches_mosquitto_passwd(tmp_path: Path) -> None:

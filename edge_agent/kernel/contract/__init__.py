@@ -2,10 +2,16 @@
 
 The only place where topic strings and message shapes are defined, split by subject:
 `fields` (identifiers, limits), `status`, `records` (each record kind and its payload),
-`uplink`, `manifest`, `deployment`, `codec` (encode, decode), `topics`, `docs`. It imports only
-pydantic and the standard library, so any tool, test or the central service can use it.
+`uplink`, `manifest`, `deployment`, `alerts`, `codec` (encode, decode), `topics`, `docs`. It
+imports only pydantic and the standard library, so any tool, test or the central service can
+use it.
 """
 
+from edge_agent.kernel.contract.alerts import (
+    MAX_OPERATOR_ALERTS,
+    DeviceAlerts,
+    OperatorAlert,
+)
 from edge_agent.kernel.contract.codec import (
     COMMAND_TYPES,
     DIAGNOSTIC_TYPES,
@@ -183,6 +189,7 @@ __all__ = [
     "MAX_FOLLOW_S",
     "MAX_LOG_LINES",
     "MAX_LOG_LINE_CHARS",
+    "MAX_OPERATOR_ALERTS",
     "MAX_PAYLOAD_BYTES",
     "MAX_RECORDS_PER_BATCH",
     "MAX_RECORD_BYTES",
@@ -233,6 +240,7 @@ __all__ = [
     "DeploymentSubject",
     "DetectedBox",
     "DetectionDecoder",
+    "DeviceAlerts",
     "DeviceId",
     "DeviceStatus",
     "DiagnoseRequest",
@@ -254,6 +262,7 @@ __all__ = [
     "ModelRef",
     "ModelStatsPayload",
     "ModelWatchPayload",
+    "OperatorAlert",
     "OutputSpec",
     "PredictionPayload",
     "Preprocessing",

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
+from edge_agent.kernel.contract.alerts import DeviceAlerts
 from edge_agent.kernel.contract.deployment import (
     ArtifactChunk,
     ChunkRequest,
@@ -94,7 +95,8 @@ Message = Annotated[
     | ClockProbe
     | ClockReply
     | LogBatch
-    | DiagnosticReply,
+    | DiagnosticReply
+    | DeviceAlerts,
     Field(discriminator="kind"),
 ]
 Command = (DeployCommand | RollbackCommand | ConfigDeployCommand | ConfigRollbackCommand

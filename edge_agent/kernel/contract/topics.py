@@ -43,6 +43,9 @@ DEVICE_TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("diagnostics", "agent → central", 1, False,
               "DiagnosticReply, LogBatch, ClockReply",
               "Answers to central's requests: log lines, diagnosis, restart, the clock"),
+    TopicSpec("alerts", "central → agent", 1, True, "DeviceAlerts",
+              "Open alerts of the device's line that an operator can act on, shown on its "
+              "operator page"),
 )
 ARTIFACT_TOPIC = TopicSpec("artifacts/{sha256}", "central → agents", 1, False, "ArtifactChunk",
                            "Chunks of a model artifact, shared by every device fetching it")
@@ -91,6 +94,10 @@ class Topics:
 
     def diagnostics(self, device_id: str) -> str:
         return self.device(device_id, "diagnostics")
+
+    def alerts(self, device_id: str) -> str:
+        """The open operator alerts of the device's line, retained (central → agent)."""
+        return self.device(device_id, "alerts")
 
     def alerts_open(self, alert_id: str) -> str:
         """Central's open alert, retained for SCADA; an empty retained payload clears it."""
