@@ -90,8 +90,10 @@ class Plant:
 
     def __init__(self, workdir: Path, broker: Mosquitto, simulator: LineSimulatorProcess,
                  protocol: str = "5", quota_bytes: int | None = None,
-                 published: Path | None = None, predict_every_s: float = 0.05) -> None:
+                 published: Path | None = None, predict_every_s: float = 0.05,
+                 central_extra: str = "") -> None:
         self.workdir = workdir
+        self.central_extra = central_extra  # more of central's YAML (alerts, offline_after_s)
         self.published = published
         self.broker = broker
         self.simulator = simulator
@@ -112,7 +114,7 @@ class Plant:
     def _write_configs(self) -> None:
         broker = (f"{{host: 127.0.0.1, port: {self.broker.port}, protocol: '{self.protocol}', "
                   "keepalive_s: 5}")
-        self.central_config.write_text(_central_yaml(broker))
+        self.central_config.write_text(_central_yaml(broker) + self.central_extra)
         nodes = ", ".join(f"{tag}: 'ns=2;s=line1.{tag}'" for tag in TAGS)
         self.agent_config.write_text(
             f"device_id: {DEVICE}\n"
