@@ -21,6 +21,8 @@ from edge_agent.kernel.contract import Topics
 from edge_agent.kernel.transport import BrokerConfig
 from edge_agent.kernel.transport.mqtt import MqttTransport
 from edge_agent.uplink import Uplink
+from tests.central_sync.alerts.alert_receivers import WebhookReceiver
+from tests.central_sync.fake_gateway import FakeGateway
 from tests.conftest import Mosquitto, postgres_database
 from tests.helpers import REPO, wait_until, wait_until_async, write_test_keys
 
@@ -29,7 +31,7 @@ RECORDS = 400
 
 
 def start_central(folder: Path, name: str, broker_port: int, database_url: str,
-                  web_port: int) -> subprocess.Popen:
+                  web_port: int, extra: str = "") -> subprocess.Popen:
     folder.mkdir(parents=True)
     write_test_keys(folder / "keys")
     config = folder / "central-sync.yaml"
@@ -40,7 +42,7 @@ def start_central(folder: Path, name: str, broker_port: int, database_url: str,
         "ingest_group: central\n"
         "artifact_dir: artifacts\n"
         "signing_key_path: keys/signing.key\n"
-        f"web:\n  port: {web_port}\n")
+        f"web:\n  port: {web_port}\n" + extra)
     log = (folder / "central.log").open("w")
     return subprocess.Popen([sys.executable, "-m", "central_sync.cli", "serve", "-c", str(config)],
                             stdout=log, stderr=subprocess.STDOUT,
@@ -130,3 +132,45 @@ def test_two_centrals_share_ingest_and_one_killed_mid_stream_loses_nothing(
             assert len(db.recent_predictions(10_000)) == len(DEVICES) * RECORDS
         finally:
             db.close()
+
+
+@pytest.mark.slow
+def test_of_two_centrals_one_fires_each_alert_once_and_the_other_resolves_it_after_a_kill(
+        mosquitto: Mosquitto, tmp_path: Path) -> None:
+    webhook = WebhookReceiver().start()
+    alerts = {"evaluate_interval_s": 1, "routes": [
+        {"name": "hook", "kind": "webhook", "url": webhook.url}],
+        "rules": [{"name": "gateway-offline", "kind": "gateway_offline", "for_s": 1,
+                   "resolve_after_s": 0}]}
+    extra = f"alerts: {json.dumps(alerts)}\n"
+    gateway = FakeGateway(mosquitto.port, "gw-1")
+    with postgres_database() as url:
+        ports = [free_port(), free_port()]
+        names = ["central-a", "central-b"]
+        centrals = [start_central(tmp_path / name, name, mosquitto.port, url, port, extra)
+                    for name, port in zip(names, ports, strict=True)]
+        db = CentralDB(url)
+        try:
+            for port in ports:
+                wait_until(lambda port=port: ingest_stats(port), 30,
+                           what=f"central on port {port}")
+
+            def told(event: str) -> list[dict]:
+                return [r.json() for r in list(webhook.received) if r.json()["event"] == event]
+
+            gateway.status("offline")  # as the broker's last will says it
+            wait_until(lambda: told("fired"), 30, what="the offline alert")
+            leader = next(db._db.query("SELECT holder FROM leases WHERE name = 'alerts'"))
+            centrals[names.index(leader["holder"])].kill()
+            gateway.status("online")
+            wait_until(lambda: told("resolved"), 60, what="resolved by the other central")
+            assert len(told("fired")) == len(told("resolved")) == 1
+            assert len(db.list_alerts()) == 1
+            assert told("resolved")[0]["central_id"] != leader["holder"]
+        finally:
+            db.close()
+            gateway.stop()
+            webhook.stop()
+            for process in centrals:
+                process.kill()
+                process.wait(10)
