@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from pydantic import BaseModel
 
+from central_sync.alerts.delivery import DeliveryWorker
 from central_sync.alerts.engine import AlertEngine
 from central_sync.artifact_server import SHORT_SHA256_CHARS, ArtifactChunkServer
 from central_sync.config import CentralConfig
@@ -129,6 +130,7 @@ class CentralService:
         self.rollouts: RolloutEngine | None = None
         self.diagnostics: DiagnosticsInbox | None = None
         self.alerts: AlertEngine | None = None
+        self.delivery: DeliveryWorker | None = None
 
     async def db_call(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run a database call on the service's database thread."""
@@ -175,7 +177,13 @@ class CentralService:
             self.alerts = AlertEngine(self.db, self.config.alerts, self.config.offline_after_s,
                                       holder=self.config.central_id,
                                       public_url=self.config.web.public_url)
-            self._standing.add(self._spawn(self.alerts.run()))
+            delivery = DeliveryWorker(self.db_call, self.db, self.config.alerts, self.transport,
+                                      self.topics, self.config.central_id,
+                                      self.config.web.public_url)
+            self.alerts.listeners.append(self._alerts_changed)
+            self.delivery = delivery
+            self._standing |= {self._spawn(self.alerts.run()),
+                               self._spawn(delivery.run(lambda: self._leading_alerts))}
         if self.config.web.port:
             from central_sync.web import OpenToTheNetwork, create_app, refuse_open_to_the_network
             from central_sync.web.devices import DeviceActions
@@ -233,6 +241,15 @@ class CentralService:
         finally:
             systemd.notify_stopping("stopping")
             await self.stop()
+
+    @property
+    def _leading_alerts(self) -> bool:
+        return self.alerts is not None and self.alerts.leading
+
+    async def _alerts_changed(self, changed: list[Any]) -> None:
+        """The engine fired or resolved alerts: their notifications go out now."""
+        if changed and self.delivery is not None:
+            self.delivery.poke()
 
     def health(self) -> dict[str, Any]:
         step_failures = self.rollouts.step_failures.total() if self.rollouts else 0
