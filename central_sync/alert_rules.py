@@ -73,9 +73,13 @@ class RuleConfig(BaseModel):
     fixed_per_hour: float | None = Field(
         None, gt=0, description="defect_rate: compare against this rate instead of the "
         "baseline (then `threshold` multiplies it)")
+    baseline_min_hours: float = Field(
+        24.0, ge=0, description="defect_rate: a camera and class with less history than this "
+        "have no baseline yet and are not judged, unless `fixed_per_hour` is set (a new line "
+        "pages nobody for its ordinary defects)")
     baseline_floor_per_hour: float = Field(
-        1.0, gt=0, description="defect_rate: a baseline below this counts as this (a camera "
-        "with no history is compared with a small rate, not with zero)")
+        1.0, gt=0, description="defect_rate: a baseline below this counts as this (a class "
+        "that hardly ever occurs is compared with a small rate, not with zero)")
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> RuleConfig:

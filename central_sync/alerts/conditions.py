@@ -50,6 +50,8 @@ class Facts:
     defects: dict[str, dict[tuple[str, str, str], int]] = field(default_factory=dict)
     # rule name -> (device, camera, class) -> defects per hour over the baseline days
     defect_baselines: dict[str, dict[tuple[str, str, str], float]] = field(default_factory=dict)
+    # rule name -> (device, camera) with enough history for a baseline
+    defect_cameras: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
     # device -> when its buffer last evicted records (seen growing), and how many in all
     evictions: dict[str, tuple[float, int]] = field(default_factory=dict)
 
@@ -170,10 +172,12 @@ def _defect_rate(rule: RuleConfig, facts: Facts) -> dict[str, Observation]:
         rate = count / hours
         if rule.fixed_per_hour is not None:
             against, what = rule.fixed_per_hour, "the fixed rate"
-        else:
+        elif (device_id, camera) in facts.defect_cameras.get(rule.name, ()):
             against = max(baselines.get((device_id, camera, label), 0.0),
                           rule.baseline_floor_per_hour)
             what = f"the {rule.baseline_days:g}-day baseline"
+        else:
+            continue  # a camera without history yet: nothing to compare with
         ratio = rate / against if count >= rule.min_count else 0.0
         out[f"device={device_id}/camera={camera}/class={label}"] = Observation(
             ratio, f"{label} on {camera} ({device_id}): {count} in the last "

@@ -31,6 +31,7 @@ POKE_DEBOUNCE_S = 0.3  # news from ingest comes in bursts: one evaluation for th
 MIN_GAP_S = 1.0  # at most one evaluation a second, however busy ingest is
 BASELINE_REFRESH_S = 600.0  # the defect baselines (days of history) change slowly
 DAY_S = 86400.0
+HOUR_S = 3600.0
 
 Held = tuple[float | None, float | None]  # (breach_since, clear_since)
 ChangeListener = Callable[[list[Alert]], Awaitable[None]]
@@ -99,7 +100,8 @@ class AlertEngine:
         self.failures = 0
         self.listeners: list[ChangeListener] = []
         self._poked = asyncio.Event()
-        self._baselines: dict[str, tuple[float, dict[tuple[str, str, str], float]]] = {}
+        self._baselines: dict[str, tuple[float, tuple[dict[tuple[str, str, str], float],
+                                                          set[tuple[str, str]]]]] = {}
 
     def poke(self) -> None:
         """Ingest brought news (a status, defects, statistics, a deployment step)."""
@@ -253,7 +255,8 @@ class AlertEngine:
             if rule.kind == "defect_rate":
                 assert rule.window_s is not None
                 facts.defects[rule.name] = self.db.defect_counts(now - rule.window_s, now + 1)
-                facts.defect_baselines[rule.name] = self._baseline(rule, now)
+                facts.defect_baselines[rule.name], facts.defect_cameras[rule.name] = \
+                    self._baseline(rule, now)
         return facts
 
     def _drift(self, since: float) -> dict[tuple[str, str, str], tuple[float, str]]:
@@ -301,17 +304,26 @@ class AlertEngine:
             self.db.save_observations(changed)
         return out
 
-    def _baseline(self, rule: RuleConfig, now: float) -> dict[tuple[str, str, str], float]:
-        """Defects per hour per device, camera and class over the days before the window."""
+    def _baseline(self, rule: RuleConfig, now: float
+                  ) -> tuple[dict[tuple[str, str, str], float], set[tuple[str, str]]]:
+        """Defects per hour per device, camera and class over the days before the window,
+        counted from the camera's first defect in that period; and the cameras with at least
+        `baseline_min_hours` of history (the others have no baseline yet: not judged)."""
         if rule.fixed_per_hour is not None:
-            return {}
+            return {}, set()
         cached = self._baselines.get(rule.name)
         if cached is not None and now - cached[0] < BASELINE_REFRESH_S:
             return cached[1]
         assert rule.window_s is not None
         until = now - rule.window_s
-        counts = self.db.defect_counts(until - rule.baseline_days * DAY_S, until)
-        hours = rule.baseline_days * 24
-        baseline = {key: count / hours for key, count in counts.items()}
-        self._baselines[rule.name] = (now, baseline)
-        return baseline
+        history = self.db.defect_history(until - rule.baseline_days * DAY_S, until)
+        first: dict[tuple[str, str], float] = {}
+        for (device_id, camera, _), (_, first_at) in history.items():
+            first[(device_id, camera)] = min(first_at, first.get((device_id, camera), until))
+        hours = {camera: (until - at) / HOUR_S for camera, at in first.items()}
+        judged = {camera for camera, h in hours.items() if h >= max(rule.baseline_min_hours,
+                                                                     1e-9)}
+        baseline = {key: count / hours[key[:2]] for key, (count, _) in history.items()
+                    if key[:2] in judged}
+        self._baselines[rule.name] = (now, (baseline, judged))
+        return baseline, judged

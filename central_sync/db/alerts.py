@@ -432,6 +432,16 @@ class AlertQueries:
             "SELECT DISTINCT model_name FROM model_stats WHERE ended_at >= ?", (since,))]
 
     @serialised
+    def defect_history(self, since: float, until: float
+                       ) -> dict[tuple[str, str, str], tuple[int, float]]:
+        """(device, camera, class) -> (defects made in [since, until), the first one's time)."""
+        return {(row["device_id"], row["camera"], row["label"]): (row["n"], row["first_at"])
+                for row in self._db.query(
+                    "SELECT device_id, camera, label, COUNT(*) AS n, MIN(created_at) AS "
+                    "first_at FROM defects WHERE created_at >= ? AND created_at < ? "
+                    "GROUP BY device_id, camera, label", (since, until))}
+
+    @serialised
     def defect_counts(self, since: float, until: float
                       ) -> dict[tuple[str, str, str], int]:
         """(device, camera, class) -> defects made in [since, until)."""

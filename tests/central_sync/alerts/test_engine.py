@@ -237,3 +237,21 @@ def test_a_silenced_alert_shows_but_notifies_no_route(db: CentralDB) -> None:
     db.update_status(status("gw-1", "offline", at=T0))
     assert len(evaluate(engine, T0)) == 1
     assert notifications(db) == []
+
+
+def test_a_new_camera_is_not_judged_until_it_has_a_day_of_history_but_a_rare_class_is(
+        db: CentralDB) -> None:
+    engine = AlertEngine(db, config({
+        "name": "defect-rate", "kind": "defect_rate", "window_s": 3600, "min_count": 5}),
+        OFFLINE_AFTER_S)
+    # cam-new started 2 hours ago with 30 scratches an hour: no baseline yet, no alert.
+    db.store_batch(defects("gw-1", "cam-new", "scratch",
+                           [T0 - 60 * i for i in range(120)], 1))
+    # cam-old has two days of scratches; a burst of a class it never had (pit) is judged
+    # against the floor of 1 an hour.
+    db.store_batch(defects("gw-1", "cam-old", "scratch",
+                           [T0 - 3600 - 3600 * h for h in range(48)], 1000))
+    db.store_batch(defects("gw-1", "cam-old", "pit", [T0 - 30 * i for i in range(6)], 2000))
+    fired = evaluate(engine, T0)
+    assert [a.group_key for a in fired] == ["device=gw-1/camera=cam-old/class=pit"]
+    assert "against 1.0/h" in fired[0].summary
