@@ -12,6 +12,7 @@ from edge_agent.buffer import Buffer
 from edge_agent.config import AgentConfig
 from edge_agent.deployment.checks import CommandWindow
 from edge_agent.deployment.deployer import Deployer
+from edge_agent.fleet.alerts import LineAlerts
 from edge_agent.fleet.configs import ConfigManager
 from edge_agent.fleet.diagnostics import DIAGNOSTICS_FOLDER, Diagnostics, request_window
 from edge_agent.fleet.logtail import LogTail
@@ -88,6 +89,7 @@ class Agent:
         self.router.register(ConfigDeployCommand, self.configs.handle)
         self.router.register(ConfigRollbackCommand, self.configs.handle)
         self.logtail = LogTail()  # what central reads with `central-sync device logs`
+        self.line_alerts = LineAlerts(self.device_id, self.topics, self.transport)
         self.diagnostics = Diagnostics(self, self.device_id, self.topics, self.transport,
                                        self.logtail, verifier, request_window(security),
                                        config.data_dir / DIAGNOSTICS_FOLDER)
@@ -141,6 +143,7 @@ class Agent:
         return {
             "device": (await self.status()).model_dump(mode="json"),
             "pipelines": [p.snapshot().document() for p in self.pipelines],
+            "alerts": self.line_alerts.document(),
         }
 
     async def metrics_snapshot(self) -> AgentSnapshot:
@@ -155,7 +158,8 @@ class Agent:
                                "configs": self.configs.rejected_messages,
                                "diagnostics": self.diagnostics.rejected_messages,
                                "updates": self.updater.rejected_messages,
-                               "commands": self.router.rejected_messages},
+                               "commands": self.router.rejected_messages,
+                               "alerts": self.line_alerts.rejected_messages},
         )
 
     async def answer_recommendation(
@@ -235,6 +239,7 @@ class Agent:
             await server.start()
         await self.deployer.start(subscribe=False)
         await self.router.start()
+        await self.line_alerts.start()
         await self.transport.start()
         await self.workload.start()
         await self.configs.start()

@@ -155,6 +155,18 @@ def health_item(what: str, name: str, state: str, detail: str) -> dict[str, str]
 
 
 BUFFER_WARN_PCT, BUFFER_BAD_PCT = 50, 90  # share of the quota used: eviction draws near
+_SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
+ALERTS_SHOWN = 4  # the band stays a band: the rest are counted, and listed on central
+
+
+def alert_band(alerts: Sequence[dict[str, Any]], now: float) -> list[dict[str, Any]]:
+    """The line's open alerts as the band atop the page: most severe, then newest, first."""
+    ordered = sorted(alerts, key=lambda a: (_SEVERITY_RANK.get(a["severity"], 3),
+                                            -a["fired_at"]))
+    return [{"id": a["alert_id"], "severity": a["severity"], "summary": a["summary"],
+             "since": time.strftime("%H:%M", time.localtime(a["fired_at"])),
+             "ago": duration(now - a["fired_at"]), "acked": a["acked"]} for a in ordered]
+
 
 
 def operator_view(status: dict[str, Any], pipelines: Sequence[PipelineSnapshot], ui: UiConfig,
@@ -195,4 +207,6 @@ def operator_view(status: dict[str, Any], pipelines: Sequence[PipelineSnapshot],
         "process": process,
         "has_vision": any(p["type"] == "vision" for p in status["pipelines"]),
         "defects": defects[:RECENT_DEFECTS],
+        "alerts": alert_band(status.get("alerts", []), now),
+        "alerts_shown": ALERTS_SHOWN,
     }

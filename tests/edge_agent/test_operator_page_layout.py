@@ -9,6 +9,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,14 @@ import pytest
 from edge_agent import web
 from edge_agent.app import Agent
 from edge_agent.config import UiConfig
-from edge_agent.kernel.contract import ModelRef, RecommendationPayload, SetpointChange
+from edge_agent.kernel.contract import (
+    DeviceAlerts,
+    ModelRef,
+    OperatorAlert,
+    RecommendationPayload,
+    SetpointChange,
+    encode,
+)
 from edge_agent.kernel.httpserver import WebServer
 from edge_agent.kernel.transport.memory import MemoryBroker, MemoryTransport
 from edge_agent.pipelines.snapshot import RecentDefect
@@ -52,7 +60,8 @@ MEASURE = """limits => {
         [...parts].some(p => p.getClientRects().length !== 1))
       problems.pairs.push(name(row) + ' tops ' + tops.map(Math.round));
   }
-  for (const card of document.querySelectorAll('.recommendation, .defects, .login main')) {
+  for (const card of document.querySelectorAll(
+      '.recommendation, .defects, .login main, .line-alert')) {
     const box = r(card);
     for (const e of card.querySelectorAll('*')) {
       const b = r(e);
@@ -183,3 +192,53 @@ def test_page_reads_right_on_every_common_screen(tmp_path: Path, browser: Any) -
     wrong = {screen: {k: v for k, v in problems.items() if v}
              for screen, problems in found.items()}
     assert not {s: p for s, p in wrong.items() if p}, json.dumps(wrong, indent=1)
+
+
+def receive_line_alerts(agent: Agent) -> None:
+    """Three open alerts of the line, the longest summary the contract allows among them."""
+    long_summary = ("defect-rate: surface_pit_cluster_large on camera cam-1 of gw-7 at 14.2 per "
+                    "hour, 4.7 times the 7-day baseline of 3.0 per hour; check the die lip and "
+                    "the cooling water temperature before the next coil change, then tell the "
+                    "line lead on shift what was found and done")[:300]
+    alerts = [OperatorAlert(alert_id="a1", rule="source-down", severity="critical",
+                            summary="Camera cam-1 down on gw-7", fired_at=time.time() - 90,
+                            devices=["gw-7"]),
+              OperatorAlert(alert_id="a2", rule="defect-rate", severity="warning",
+                            summary=long_summary, fired_at=time.time() - 4000, acked=True,
+                            devices=["gw-7", "gw-8"]),
+              OperatorAlert(alert_id="a3", rule="buffer-filling", severity="info",
+                            summary="Buffer of gw-8 84 % full", fired_at=time.time() - 600,
+                            devices=["gw-8"])]
+    received = agent.line_alerts.on_message("", encode(DeviceAlerts(device_id="gw-7",
+                                                                    alerts=alerts)))
+    with ThreadPoolExecutor(1) as pool:  # Playwright's sync API holds this thread's loop
+        pool.submit(asyncio.run, received).result(10)
+
+
+@pytest.mark.parametrize(("width", "height"), [(1366, 768), (1024, 768)])
+def test_alert_band_reads_right_with_the_page(tmp_path: Path, browser: Any, width: int,
+                                              height: int) -> None:
+    agent = Agent(agent_config(tmp_path), transport=MemoryTransport(MemoryBroker()))
+    fill_trend(process_pipeline(agent))
+    add_long_named_defects(agent)
+    receive_line_alerts(agent)
+    with serving_page(agent) as url:
+        context = browser.new_context(viewport={"width": width, "height": height})
+        page = context.new_page()
+        page.goto(url + "/login")
+        page.fill("#secret", PASSWORD)
+        with page.expect_navigation():
+            page.click("text=Log in")
+        assert page.locator(".line-alert").count() == 3
+        assert page.locator(".changes li").count() == 4
+        band, top = page.evaluate("""() => [
+            document.querySelector('.alerts').getBoundingClientRect().top,
+            document.querySelector('.grid').getBoundingClientRect().top]""")
+        assert band < top, "the alerts are not above the rest of the page"
+        colours = page.evaluate("""() => [...document.querySelectorAll('.line-alert')].map(
+            e => getComputedStyle(e).borderLeftColor)""")
+        assert len(set(colours)) == 3, f"severities are not told apart by colour: {colours}"
+        page.wait_for_function("() => [...document.images].every(i => i.complete)")
+        problems = measure(page, tmp_path / f"alerts-{width}.png")
+        context.close()
+    assert not {k: v for k, v in problems.items() if v}, json.dumps(problems, indent=1)
