@@ -253,9 +253,15 @@ class CentralService:
 
     def health(self) -> dict[str, Any]:
         step_failures = self.rollouts.step_failures.total() if self.rollouts else 0
+        alerts = None
+        if self.alerts is not None and self.delivery is not None:
+            alerts = {"leading": self.alerts.leading, "evaluations": self.alerts.evaluations,
+                      "evaluation_failures": self.alerts.failures,
+                      "delivered": self.delivery.delivered, "failed": self.delivery.failed,
+                      "dead": self.delivery.dead}
         return {"status": "ok" if self._started else "starting",
                 "broker_connected": self.transport.connected, "ingest": self.stats.as_dict(),
-                "rollout_step_failures": step_failures}
+                "rollout_step_failures": step_failures, "alerts": alerts}
 
     @property
     def web_url(self) -> str | None:

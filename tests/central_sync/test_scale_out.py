@@ -49,6 +49,11 @@ def start_central(folder: Path, name: str, broker_port: int, database_url: str,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
+def health(web_port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/healthz", timeout=5) as reply:
+        return json.loads(reply.read())
+
+
 def ingest_stats(web_port: int) -> dict | None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/healthz", timeout=1) as reply:
@@ -160,6 +165,8 @@ def test_of_two_centrals_one_fires_each_alert_once_and_the_other_resolves_it_aft
 
             gateway.status("offline")  # as the broker's last will says it
             wait_until(lambda: told("fired"), 30, what="the offline alert")
+            leading = [health(port)["alerts"]["leading"] for port in ports]
+            assert sorted(leading) == [False, True], leading  # one evaluates and delivers
             leader = next(db._db.query("SELECT holder FROM leases WHERE name = 'alerts'"))
             centrals[names.index(leader["holder"])].kill()
             gateway.status("online")
