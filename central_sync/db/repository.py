@@ -24,6 +24,7 @@ from central_sync.db.connection import open_connection, serialised
 from central_sync.db.datasets import DatasetQueries
 from central_sync.db.diagnostics import DiagnosticQueries
 from central_sync.db.model_states import ModelStateQueries
+from central_sync.db.overview import OverviewQueries
 from central_sync.db.record_parts import RecordPartQueries
 from central_sync.db.review import ReviewQueries
 from central_sync.db.rollouts import RolloutQueries
@@ -63,7 +64,7 @@ CLOSED_DEPLOYMENT_STATES = frozenset({"activated", "confirmed", "failed", "rolle
 class CentralDB(AuditQueries, ReviewQueries, SampleQueries, RolloutQueries, AccountQueries,
                 BrokerAccountQueries, RecordPartQueries, ModelStateQueries, DatasetQueries,
                 DiagnosticQueries, ConfigQueries, AgentReleaseQueries, AlertQueries,
-                AlertDeliveryQueries):
+                AlertDeliveryQueries, OverviewQueries):
     """Central's database. Thread-safe: calls are serialised on one connection.
 
     Callers on an asyncio loop run these methods in a worker thread, never on the loop.

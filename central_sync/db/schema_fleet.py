@@ -135,11 +135,17 @@ def _alerts(real: str) -> tuple[str, ...]:
 _ALERTS = "alerts: open and past alerts, the conditions held towards them, silences, " \
     "notifications with every delivery attempt"
 
+# Migration 4 rebuilt `records` without its index by type: the plant overview reads the
+# recommendation records of the last day, which must not scan every record ever stored.
+_RECORDS_BY_TYPE = "records by type and time: a day of one kind is read without a scan"
+_RECORDS_BY_TYPE_INDEX = ("CREATE INDEX records_type_time ON records (type, created_at)",)
+
 SQLITE_FLEET_MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     (15, _CONFIGS, _configs("REAL", _SQLITE_CONFIGS_IMMUTABLE)),
     (16, _DIAGNOSTICS, _diagnostics("REAL", "INTEGER", "INTEGER PRIMARY KEY")),
     (17, _AGENT_PACKAGES, _agent_packages("REAL", _SQLITE_AGENT_IMMUTABLE)),
     (18, _ALERTS, _alerts("REAL")),
+    (19, _RECORDS_BY_TYPE, _RECORDS_BY_TYPE_INDEX),
 )
 
 POSTGRES_FLEET_MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
@@ -147,4 +153,5 @@ POSTGRES_FLEET_MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     (16, _DIAGNOSTICS, _diagnostics("DOUBLE PRECISION", "BIGINT", "BIGSERIAL PRIMARY KEY")),
     (17, _AGENT_PACKAGES, _agent_packages("DOUBLE PRECISION", _POSTGRES_AGENT_IMMUTABLE)),
     (18, _ALERTS, _alerts("DOUBLE PRECISION")),
+    (19, _RECORDS_BY_TYPE, _RECORDS_BY_TYPE_INDEX),
 )
