@@ -20,6 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from central_sync import __version__
+from central_sync.alert_rules import AlertsConfig
 from central_sync.db import CentralDB, DeviceSummary
 from central_sync.metrics import central_registry
 from central_sync.web.audit import audit_router
@@ -28,6 +29,7 @@ from central_sync.web.devices import DeviceActions, devices_router
 from central_sync.web.headers import SecurityHeaders
 from central_sync.web.lineage import lineage_router
 from central_sync.web.models import ModelActions, models_router
+from central_sync.web.overview import overview_router
 from central_sync.web.pages import model_health, pages_router
 from central_sync.web.params import RecordSeq
 from central_sync.web.review import review_router
@@ -69,10 +71,13 @@ def create_app(
     password_checks_at_once: int = PASSWORD_CHECKS_AT_ONCE,
     model_actions: ModelActions | None = None,
     device_actions: DeviceActions | None = None,
+    alerts_config: AlertsConfig | None = None,
 ) -> FastAPI:
     """The FastAPI app over a CentralDB; `health` adds live service state to /healthz and
     /metrics; `model_actions` and `device_actions` let engineers act from the model and device
-    pages (without them the pages only show). No /docs (it loads a CDN's scripts): see README."""
+    pages (without them the pages only show); `alerts_config` tells the plant overview how
+    to find a gateway's line and mark defect rates (the defaults without it). No /docs (it
+    loads a CDN's scripts): see README."""
     app = FastAPI(title="central-sync", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url=None)
     app.add_middleware(SecurityHeaders)
@@ -138,6 +143,7 @@ def create_app(
     app.include_router(audit_router(db))
     app.include_router(models_router(db, model_actions))
     app.include_router(lineage_router(db))
+    app.include_router(overview_router(db, offline_after_s, alerts_config))
     app.include_router(pages_router(db, offline_after_s, device_actions))
     app.include_router(devices_router(db, offline_after_s, device_actions))
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")

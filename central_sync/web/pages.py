@@ -1,6 +1,7 @@
-"""Central's pages for engineers: the fleet, devices, rollouts (live) and recommendations
-(the audit log: web/audit.py; the models: web/models.py, with model_health from here, which
-the drift API shares). Server-rendered; charts are inline SVG made here."""
+"""Central's pages for engineers: the fleet table, devices, rollouts (live) and
+recommendations (the plant overview: web/overview.py; the audit log: web/audit.py; the models:
+web/models.py, with model_health from here, which the drift API and the overview share).
+Server-rendered; charts are inline SVG made here."""
 
 import logging
 import time
@@ -42,7 +43,7 @@ def pages_router(db: CentralDB, offline_after_s: float,
     _, viewer, _ = session_dependencies(db)
     page = Annotated[Session, Depends(viewer)]
 
-    @router.get("/", response_class=HTMLResponse)
+    @router.get("/fleet", response_class=HTMLResponse)
     def fleet(session: page) -> str:
         now = time.time()
         devices = [(d, d.presence(now, offline_after_s), clock_view(d, warn_offset_s))

@@ -63,7 +63,7 @@ def test_api_and_fleet_page_show_devices_predictions_and_models(
         assert [p["seq"] for p in predictions] == [3, 2]
         assert await _get_json(base + "api/predictions?device_id=nobody") == []
         assert await _get_json(base + "api/models") == []
-        status, content_type, page = await _get(base)  # the fleet page: log in first
+        status, content_type, page = await _get(base)  # the plant overview: log in first
         assert status == 200 and content_type.startswith("text/html")
         assert "<h1>Log in</h1>" in page
         await service.stop()

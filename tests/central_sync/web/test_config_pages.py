@@ -59,7 +59,7 @@ def test_the_fleet_and_device_pages_show_the_configuration_each_gateway_runs(
         device_id="gw2", command_id=command.command_id, subject="config", model_name="line-3",
         version="1", step="rolled_back", detail="source line1 failed in probation"))
     site = _site(db)
-    fleet = site.get("/").text
+    fleet = site.get("/fleet").text
     assert '<td class="configuration"><span title="sha256 ' + document.sha256 + '">line-3@1' \
         in fleet
     assert '<td class="configuration">local YAML</td>' in fleet

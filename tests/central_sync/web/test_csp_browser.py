@@ -29,7 +29,7 @@ def test_every_page_runs_under_the_csp_without_a_violation(db: CentralDB) -> Non
     db.store_batch(defect_batch("line1-gw1", range(1, 6)))
     rollout = a_rollout(db)
     db.add_user("anna", hash_password(PASSWORD), "quality", by="admin")
-    pages = ["/", "/devices/line1-gw1", "/models", "/models/extruder-scrap", "/rollouts",
+    pages = ["/", "/fleet", "/devices/line1-gw1", "/models", "/models/extruder-scrap", "/rollouts",
              f"/rollouts/{rollout.rollout_id}", "/recommendations", "/audit", "/review"]
     with logged_in_page(db, "anna", PASSWORD, "/review") as (page, sync_api):
         console = []

@@ -171,7 +171,7 @@ def test_the_page_shows_clock_configuration_diagnosis_and_the_log_tail(
     assert live["diagnosis"]["request_id"] == "diag-1"
     assert site.get("/api/devices/gw-1/diagnostics?level=LOUD").status_code == 422
     assert site.get("/api/devices").json()[0]["clock_offset_s"] == 30.0
-    fleet = site.get("/").text
+    fleet = site.get("/fleet").text
     assert 'class="clock bad"' in fleet and "+30.0 s" in fleet
 
 

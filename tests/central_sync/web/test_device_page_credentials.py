@@ -41,7 +41,7 @@ def pages(db: CentralDB, device_id: str) -> str:
     client.post("/login", data={"username": "otto", "password": PASSWORD})
     device = client.get(f"/devices/{device_id}")
     assert device.status_code == 200
-    return client.get("/").text + device.text
+    return client.get("/fleet").text + device.text
 
 
 def assert_redacted(text: str) -> None:

@@ -132,7 +132,7 @@ def test_device_page_shows_models_sources_buffer_deployments_and_defects(
     db.add_user("otto", hash_password(PASSWORD), "viewer", by="admin")
     client = TestClient(create_app(db, offline_after_s=120))
     client.post("/login", data={"username": "otto", "password": PASSWORD})
-    fleet = client.get("/").text
+    fleet = client.get("/fleet").text
     assert 'href="/devices/line1-gw1"' in fleet and '<meta http-equiv="refresh"' in fleet
     assert "strip-camera reconnecting" in fleet
     page = " ".join(client.get("/devices/line1-gw1").text.split())
@@ -152,7 +152,7 @@ def test_fleet_page_escapes_what_devices_send(db: CentralDB) -> None:
     db.add_user("otto", hash_password(PASSWORD), "viewer", by="admin")
     client = TestClient(create_app(db, offline_after_s=120))
     client.post("/login", data={"username": "otto", "password": PASSWORD})
-    page = client.get("/").text
+    page = client.get("/fleet").text
     assert "<script>alert" not in page and "&lt;script&gt;alert(1)" in page
     assert "scrap_rate_pct=4.2" in page
 
@@ -174,8 +174,9 @@ def test_every_page_fits_a_1080p_screen_in_chromium(db: CentralDB, tmp_path: Pat
     db.store_batch(defect_batch("line1-gw1", range(1000, 1030)))
     rollout = a_rollout(db)
     db.add_user("otto", hash_password(PASSWORD), "viewer", by="admin")
-    pages = ["/", "/devices/line1-gw1", "/models", "/models/extruder-scrap", "/rollouts",
-             f"/rollouts/{rollout.rollout_id}", "/recommendations", "/audit", "/review"]
+    pages = ["/", "/fleet", "/devices/line1-gw1", "/models", "/models/extruder-scrap",
+             "/rollouts", f"/rollouts/{rollout.rollout_id}", "/recommendations", "/audit",
+             "/review"]
     with logged_in_page(db, "otto", PASSWORD, "/", (1920, 1080)) as (page, sync_api):
         for path in pages:
             url = page.url.split("/", 3)[0] + "//" + page.url.split("/", 3)[2] + path
@@ -184,7 +185,7 @@ def test_every_page_fits_a_1080p_screen_in_chromium(db: CentralDB, tmp_path: Pat
             sync_api.expect(page.locator("h1")).to_be_visible()
             width = page.evaluate("() => document.documentElement.scrollWidth")
             assert width <= 1920, f"{path} is {width} px wide"
-            name = path.strip("/").replace("/", "_") or "fleet"
+            name = path.strip("/").replace("/", "_") or "overview"
             page.screenshot(path=str(tmp_path / f"{name}.png"))
             shutil.copy(tmp_path / f"{name}.png", f"/tmp/central_{name}.png")
 
@@ -200,7 +201,7 @@ def test_fleet_and_device_pages_show_provisioned_groups_and_mark_unprovisioned_r
     db.add_user("otto", hash_password(PASSWORD), "viewer", by="admin")
     client = TestClient(create_app(db, offline_after_s=120))
     client.post("/login", data={"username": "otto", "password": PASSWORD})
-    fleet = " ".join(client.get("/").text.split())
+    fleet = " ".join(client.get("/fleet").text.split())
     assert "<td>line-1</td>" in fleet and "line-3 (not provisioned)" in fleet
     page = " ".join(client.get("/devices/line1-gw1").text.split())
     assert "groups line-1 (from provisioning" in page

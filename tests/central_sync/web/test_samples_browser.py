@@ -46,7 +46,7 @@ def test_quality_engineer_labels_samples_with_the_keyboard_and_the_count_drops(
         expect(cards.nth(0).locator(".verdict")).to_have_text("ok")
         expect(cards.nth(1)).to_be_focused()
         expect(count).to_have_text("2")
-        page.goto(page.url.replace("/review/samples", "/"))  # the fleet page asks for the count
+        page.goto(page.url.replace("/review/samples", "/fleet"))  # the fleet page asks for it
         expect(page.locator("#awaiting")).to_have_text("2")
     assert {seq: db.get_sample("gw-1", seq).true_label  # type: ignore[union-attr]
             for seq in (1, 2, 3, 4)} == {1: None, 2: "ok", 3: "ok", 4: None}

@@ -79,7 +79,7 @@ def test_a_quality_user_labels_with_the_csrf_header_and_the_count_drops(
 def test_the_navigation_counts_awaiting_samples_for_quality_users_on_every_page(
         web: TestClient) -> None:
     logged_in(web, "anna")
-    fleet = web.get("/").text  # a page that does not know the count: nav.js asks for it
+    fleet = web.get("/fleet").text  # a page that does not know the count: nav.js asks
     assert '<span id="awaiting" class="count" title="samples awaiting review"></span>' in fleet
     assert '<script src="/static/nav.js"></script>' in fleet
     assert "/api/samples/awaiting" in web.get("/static/nav.js").text
