@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from pydantic import BaseModel
 
 from central_sync.alerts.delivery import DeliveryWorker
+from central_sync.alerts.device_alerts import DeviceAlertPublisher
 from central_sync.alerts.engine import AlertEngine
 from central_sync.artifact_server import SHORT_SHA256_CHARS, ArtifactChunkServer
 from central_sync.config import CentralConfig
@@ -180,7 +181,8 @@ class CentralService:
             delivery = DeliveryWorker(self.db_call, self.db, self.config.alerts, self.transport,
                                       self.topics, self.config.central_id,
                                       self.config.web.public_url)
-            self.alerts.listeners.append(self._alerts_changed)
+            self.alerts.listeners += [self._alerts_changed, DeviceAlertPublisher(
+                self.db, self.transport, self.topics, self.config.alerts.line_label_prefix)]
             self.delivery = delivery
             self._standing |= {self._spawn(self.alerts.run()),
                                self._spawn(delivery.run(lambda: self._leading_alerts))}

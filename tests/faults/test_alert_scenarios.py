@@ -34,13 +34,22 @@ from tests.central_sync.alerts.alert_receivers import (
 from tests.central_sync.fake_gateway import FakeGateway
 from tests.central_sync.review_helpers import defect_payload
 from tests.conftest import LineSimulatorProcess, Mosquitto, start_line_simulator
-from tests.faults.harness import AGENT, MODEL, VERSION, Plant
+from tests.faults.harness import AGENT, DEVICE, MODEL, VERSION, Plant
 from tests.helpers import SAMPLE_METADATA, wait_until
 
 pytestmark = pytest.mark.slow
 
 OTHER = "line2-gw1"  # a gateway speaking the contract from the test, for the other causes
 WINDOW_S = 15  # of the rollback, drift and defect-rate rules: each resolves this long after
+
+
+def operator_page_alerts(listener: ScadaListener, device_id: str) -> list[str] | None:
+    """The rules of the alerts central last published for the device's operator page."""
+    topic = f"edge-mlops/devices/{device_id}/alerts"
+    payloads = [payload for _, t, payload, _ in list(listener.messages) if t == topic]
+    if not payloads:
+        return None
+    return [alert["rule"] for alert in json.loads(payloads[-1])["alerts"]]
 
 
 def central_alerts_yaml(webhook: WebhookReceiver, mail: SmtpReceiver, ca_file: Path) -> str:
@@ -50,7 +59,7 @@ def central_alerts_yaml(webhook: WebhookReceiver, mail: SmtpReceiver, ca_file: P
         {"name": "buffer-filling", "kind": "buffer_filling", "for_s": 1, "resolve_after_s": 1},
         {"name": "buffer-evicting", "kind": "buffer_evicting", "enabled": False},
         {"name": "source-down", "kind": "source_down", "severity": "critical", "for_s": 2,
-         "resolve_after_s": 1},
+         "resolve_after_s": 1, "operator": True},
         {"name": "model-rolled-back", "kind": "model_rolled_back", "window_s": WINDOW_S,
          "resolve_after_s": 0},
         {"name": "drift", "kind": "drift", "window_s": WINDOW_S, "resolve_after_s": 0},
@@ -77,7 +86,8 @@ class ScadaListener:
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="scada-host")
         self.client.on_message = lambda _c, _u, m: self.messages.append(
             (time.time(), m.topic, m.payload, bool(m.retain)))
-        self.client.on_connect = lambda c, *_: c.subscribe("edge-mlops/alerts/#", qos=1)
+        self.client.on_connect = lambda c, *_: c.subscribe(
+            [("edge-mlops/alerts/#", 1), ("edge-mlops/devices/+/alerts", 1)])
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
 
@@ -244,9 +254,13 @@ def test_each_cause_is_told_once_on_every_route_and_resolves_by_itself(
         port = plant.simulator.port
         plant.stop_simulator()
         told("source-down", "fired")
+        wait_until(lambda: operator_page_alerts(listener, DEVICE) == ["source-down"], 10,
+                   what="the source-down alert on the gateway's alerts topic")
         causes[("source-down", "resolved")] = time.time()
         plant.simulator = start_line_simulator(port)
         told("source-down", "resolved", timeout_s=40)
+        wait_until(lambda: operator_page_alerts(listener, DEVICE) == [], 10,
+                   what="the gateway's alerts topic cleared")
 
         # 3. The other gateway's buffer fills to 85 % of its quota, then drains.
         causes[("buffer-filling", "fired")] = time.time()
