@@ -23,6 +23,7 @@ from central_sync import __version__
 from central_sync.alert_rules import AlertsConfig
 from central_sync.db import CentralDB, DeviceSummary
 from central_sync.metrics import central_registry
+from central_sync.web.alerts import alerts_router
 from central_sync.web.audit import audit_router
 from central_sync.web.auth import PASSWORD_CHECKS_AT_ONCE, api_reader, login_router
 from central_sync.web.devices import DeviceActions, devices_router
@@ -144,6 +145,7 @@ def create_app(
     app.include_router(models_router(db, model_actions))
     app.include_router(lineage_router(db))
     app.include_router(overview_router(db, offline_after_s, alerts_config))
+    app.include_router(alerts_router(db, alerts_config))
     app.include_router(pages_router(db, offline_after_s, device_actions))
     app.include_router(devices_router(db, offline_after_s, device_actions))
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
