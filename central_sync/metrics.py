@@ -1,4 +1,5 @@
-"""Prometheus metrics of central: the fleet as the database knows it, and the ingest counters.
+"""Prometheus metrics of central: the fleet as the database knows it, the ingest counters and
+the open alerts.
 
 Read at scrape time; `collect()` queries the database, so it runs in the web app's thread pool.
 """
@@ -14,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from central_sync.db import CentralDB, DeviceSummary
+from central_sync.db.alerts import Alert
 
 HealthProvider = Callable[[], dict[str, Any]]
 MS_PER_S = 1000  # devices report milliseconds; Prometheus wants base units
@@ -67,6 +69,7 @@ class CentralCollector(Collector):
             yield from service_metric_families(self._health())
         yield from device_metric_families(self._db.list_devices(), self._clock(),
                                           self._offline_after_s)
+        yield from alert_metric_families(self._db.open_alerts(), self._db.delivery_summary())
 
 
 def service_metric_families(health: dict[str, Any]) -> Iterator[Any]:
@@ -130,3 +133,26 @@ def device_metric_families(devices: list[DeviceSummary], now: float, offline_aft
                 status.uplink.round_trip_ms is not None):
             round_trip.add_metric(labels, status.uplink.round_trip_ms / MS_PER_S)
     yield from (online, age, last_seq, stored, depth, evicted, round_trip)
+
+
+def alert_metric_families(open_alerts: list[Alert], notifications: dict[str, int]
+                          ) -> Iterator[Any]:
+    """Open alerts counted by rule, severity and acknowledgement (only the combinations that
+    have some), and the notifications waiting or given up."""
+    counts: dict[tuple[str, str, str], int] = {}
+    for alert in open_alerts:
+        key = (alert.rule, alert.severity, "true" if alert.acked_at is not None else "false")
+        counts[key] = counts.get(key, 0) + 1
+    alerts = GaugeMetricFamily(
+        "central_sync_alerts_open", "Open (firing) alerts, by rule, severity and whether "
+        "someone acknowledged them", labels=["rule", "severity", "acked"])
+    for labels, count in sorted(counts.items()):
+        alerts.add_metric(list(labels), count)
+    yield alerts
+    by_state = GaugeMetricFamily(
+        "central_sync_alert_notifications", "Alert notifications by state: pending (waiting "
+        "for their first or next attempt), dead (given up after the last attempt; retried "
+        "from the alerts page)", labels=["state"])
+    for state in ("pending", "dead"):
+        by_state.add_metric([state], notifications.get(state, 0))
+    yield by_state
