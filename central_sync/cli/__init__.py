@@ -12,6 +12,7 @@ import sys
 from central_sync import __version__
 from central_sync.cli import (
     agent_releases,
+    alerts,
     audit,
     config_rollouts,
     contract,
@@ -36,7 +37,7 @@ COMMAND_SETS = (serve.add_commands, models.add_commands, datasets.add_commands,
                 agent_releases.add_commands,
                 users.add_commands, audit.add_commands,
                 devices.add_provisioning_commands, diagnostics.add_commands, keys.add_commands,
-                devices.add_fleet_command, contract.add_commands)
+                devices.add_fleet_command, alerts.add_commands, contract.add_commands)
 
 
 def build_parser() -> argparse.ArgumentParser:

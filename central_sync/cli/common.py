@@ -139,6 +139,21 @@ def seconds_ago(at: float | None, now: float | None = None) -> str:
     return f"{int(age)} s ago"
 
 
+def duration_text(seconds: float | None) -> str:
+    """'45 s', '12 min', '3 h 5 min', '2 d 4 h': how long something lasts."""
+    if seconds is None:
+        return "-"
+    seconds = max(0, int(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days} d {hours} h" if hours else f"{days} d"
+    if hours:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    return f"{minutes} min" if minutes else f"{secs} s"
+
+
 def models_text(active_models: list[ModelRef]) -> str:
     """'scrap-model 1.0.0, surface-defects 1.4.0', or '-' when none is active."""
     names = [f"{ref.name} {ref.version}" for ref in active_models]
