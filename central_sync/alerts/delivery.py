@@ -104,6 +104,11 @@ class DeliveryWorker:
     def _done(self, task: asyncio.Task[bool]) -> None:
         self.in_flight.discard(task)
         self._wake.set()  # a slot is free: the next due one may go
+        if not task.cancelled() and task.exception() is not None:
+            # The attempt was not recorded (the database failed): the claim runs out, and
+            # the notification is tried again then.
+            log.error("alert notification attempt not recorded: %r; tried again in %g s",
+                      task.exception(), self.claim_s)
 
     async def _wait_s(self) -> float:
         if len(self.in_flight) >= SENDS_AT_ONCE:
@@ -125,6 +130,11 @@ class DeliveryWorker:
                 detail, ok, dead = str(exc), False, True
             except DeliveryError as exc:
                 detail, ok = str(exc), False
+                dead = notification.attempts + 1 >= self.config.max_attempts
+            except Exception as exc:  # a fault of central's own: recorded, retried like others
+                log.exception("alert notification not sent notification=%s route=%s",
+                              notification.notification_id, notification.route)
+                detail, ok = f"central failed to send it: {exc!r}", False
                 dead = notification.attempts + 1 >= self.config.max_attempts
             duration_ms = (time.monotonic() - clock) * 1000
         attempts = notification.attempts + 1

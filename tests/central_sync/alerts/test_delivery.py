@@ -16,6 +16,7 @@ from alert_receivers import WebhookReceiver, alert_message
 from central_helpers import Inbox, run
 
 from central_sync.alert_rules import SCADA_ROUTE, AlertMessage, AlertsConfig
+from central_sync.alerts import templates
 from central_sync.alerts.channels import DeliveryError
 from central_sync.alerts.delivery import DeliveryWorker, retry_delay_s, send_test
 from central_sync.config import CentralConfig
@@ -129,6 +130,25 @@ def test_a_notification_for_a_route_no_longer_configured_is_dead_at_once(
     dead = db.get_notification(notification_id)
     assert dead is not None and dead.state == "dead"
     assert "route removed is no longer configured" in dead.last_error
+    executor.shutdown()
+
+
+def test_a_fault_in_central_while_sending_is_recorded_and_retried(
+        db: CentralDB, receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    delivery, executor = worker(db, alerts_config(receiver.url))
+    notification_id = enqueue(db)
+
+    def broken(template: str, message: AlertMessage) -> dict[str, Any]:
+        raise KeyError("severity")
+
+    monkeypatch.setattr(templates, "webhook_body", broken)
+    now = time.time()
+    assert run(delivery.run_once(now)) == 0
+    failed = db.get_notification(notification_id)
+    assert failed is not None and failed.state == "pending"
+    assert failed.last_error == "central failed to send it: KeyError('severity')"
+    monkeypatch.undo()
+    assert run(delivery.run_once(now + 60)) == 1
     executor.shutdown()
 
 
