@@ -9,6 +9,7 @@ import os
 import smtplib
 import ssl
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Awaitable, Callable
 from email import policy
@@ -50,6 +51,13 @@ def _secret(variable: str, what: str) -> str:
     return value
 
 
+def _site(url: str) -> str:
+    """scheme://host[:port] of a URL: a chat service's webhook path is its secret, and the
+    error is shown on the alerts page and logged."""
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+
+
 def _post(route: RouteConfig, message: AlertMessage) -> str:
     assert route.url is not None  # RouteConfig requires it for webhooks
     headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
@@ -65,9 +73,9 @@ def _post(route: RouteConfig, message: AlertMessage) -> str:
         raise DeliveryError(f"HTTP {exc.code}: {' '.join(answer.split())[:ERROR_BODY_CHARS]}"
                             ) from None
     except urllib.error.URLError as exc:
-        raise DeliveryError(f"cannot reach {route.url}: {exc.reason}") from None
+        raise DeliveryError(f"cannot reach {_site(route.url)}: {exc.reason}") from None
     except (TimeoutError, OSError) as exc:
-        raise DeliveryError(f"{route.url}: {exc or 'timed out'} after "
+        raise DeliveryError(f"{_site(route.url)}: {exc or 'timed out'} after "
                             f"{route.timeout_s:g} s") from None
 
 
