@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
+from rich.text import Text
 
 from central_sync.alert_rules import SCADA_ROUTE, SEVERITY_RANK, AlertsConfig, default_rules
 from central_sync.cli.alerts_rules import add_rules_command
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 
 MIN_SILENCE_H, MAX_SILENCE_H = 0.25, 168.0  # a quarter of an hour to a week, as on the page
 TEST_CONNECT_TIMEOUT_S = 10.0
+SEVERITY_STYLES = {"critical": "bold red", "warning": "yellow", "info": ""}
 
 
 def _clock(at: float | None) -> str:
@@ -64,7 +66,8 @@ def cmd_alerts_list(args: argparse.Namespace) -> int:
     console = make_console()
     if not alerts:
         console.print("no alerts match" if args.all else
-                      "no open alerts (`--all` shows resolved ones too)", highlight=False)
+                      "no open alerts (`--all` shows resolved ones too)", highlight=False,
+                      markup=False)
         return EXIT_OK
     now = time.time()
     what = "Alerts" if args.all else "Open alerts"
@@ -73,13 +76,14 @@ def cmd_alerts_list(args: argparse.Namespace) -> int:
                    "acknowledged", "silenced"):
         table.add_column(column, no_wrap=column in ("id", "severity", "rule"))
     for alert in alerts:
+        # Text, not markup: a summary or a reason may hold [brackets] of its own.
         table.add_row(
-            alert.alert_id, alert.severity, alert.rule, alert.summary,
-            ", ".join(alert.devices) or "-", seconds_ago(alert.fired_at, now),
-            duration_text(alert.duration_s(now)), alert.state,
-            f"{alert.acked_by}: {alert.ack_reason}" if alert.acked_by else "-",
-            f"until {_clock(alert.silenced_until)}: {alert.silence_reason}"
-            if alert.silenced_until else "-")
+            Text(alert.alert_id), Text(alert.severity, style=SEVERITY_STYLES[alert.severity]),
+            Text(alert.rule), Text(alert.summary), Text(", ".join(alert.devices) or "-"),
+            seconds_ago(alert.fired_at, now), duration_text(alert.duration_s(now)), alert.state,
+            Text(f"{alert.acked_by}: {alert.ack_reason}" if alert.acked_by else "-"),
+            Text(f"until {_clock(alert.silenced_until)}: {alert.silence_reason}"
+                 if alert.silenced_until else "-"))
     console.print(table)
     return EXIT_OK
 
@@ -103,7 +107,7 @@ def cmd_alerts_ack(args: argparse.Namespace) -> int:
         except (AlertNotFound, ValueError) as exc:
             raise UsageError(str(exc)) from None
     make_console().print(f"acknowledged {alert.alert_id} ({alert.rule}: {alert.summary}) by "
-                         f"{by}: {alert.ack_reason}", highlight=False)
+                         f"{by}: {alert.ack_reason}", highlight=False, markup=False)
     return EXIT_OK
 
 
@@ -132,7 +136,7 @@ def cmd_alerts_silence(args: argparse.Namespace) -> int:
     make_console().print(
         f"silenced {_silence_target(silence.rule, silence.group_key)} until "
         f"{_clock(silence.until)}: no notification goes out meanwhile (its alerts still show)",
-        highlight=False)
+        highlight=False, markup=False)
     return EXIT_OK
 
 
@@ -155,12 +159,13 @@ def cmd_alerts_unsilence(args: argparse.Namespace) -> int:
         silences = db.active_silences()
     console = make_console()
     if lifted:
-        console.print(f"lifted the silence on {_silence_target(rule, group)}", highlight=False)
+        console.print(f"lifted the silence on {_silence_target(rule, group)}",
+                      highlight=False, markup=False)
         return EXIT_OK
     in_force = ", ".join(f"{_silence_target(s.rule, s.group_key)} until {_clock(s.until)}"
                          for s in silences) or "none"
     console.print(f"no silence in force on {_silence_target(rule, group)}; silences in "
-                  f"force: {in_force}", highlight=False)
+                  f"force: {in_force}", highlight=False, markup=False)
     return EXIT_FAILED
 
 
@@ -193,10 +198,11 @@ def cmd_alerts_test(args: argparse.Namespace) -> int:
         except (DeliveryError, ConnectionError) as exc:
             db.audit(by, "alert.test", args.route, f"failed: {exc}")
             make_console().print(f"test message through {args.route} did not get through: "
-                                 f"{exc}", highlight=False)
+                                 f"{exc}", highlight=False, markup=False)
             return EXIT_FAILED
         db.audit(by, "alert.test", args.route, answer)
-    make_console().print(f"test message sent through {args.route}: {answer}", highlight=False)
+    make_console().print(f"test message sent through {args.route}: {answer}",
+                         highlight=False, markup=False)
     return EXIT_OK
 
 
@@ -241,7 +247,8 @@ def add_commands(commands: Subcommands) -> None:
         actions, "test", help="send a test message through one route",
         description="Send one test message (event \"test\") through a configured route, or "
                     f"{SCADA_ROUTE} (only its events topic, nothing retained), and print the "
-                    "receiver's answer; exit status 1 when it did not get through. Audited.",
+                    "receiver's answer; exit status 1 when it did not get through. Needs the "
+                    "engineer role once central has accounts. Audited.",
         examples=["central-sync alerts test ops-webhook -c central-sync.yaml",
                   "central-sync alerts test shift-mail",
                   f"central-sync alerts test {SCADA_ROUTE}"])
@@ -316,7 +323,8 @@ def _add_unsilence(actions: Subcommands) -> None:
         actions, "unsilence", help="lift a silence before it ends",
         description="Lift a silence of a rule (every group, or --group KEY), or the one of "
                     "an alert's rule and group; notifications go out again. Exit status 1 "
-                    "when no such silence is in force. Audited.",
+                    "when no such silence is in force. Needs the engineer role once central "
+                    "has accounts. Audited.",
         examples=["central-sync alerts unsilence --rule source-down -c central-sync.yaml",
                   "central-sync alerts unsilence --rule gateway-offline "
                   "--group device=line2-gw1",

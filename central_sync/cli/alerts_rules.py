@@ -7,6 +7,7 @@ import argparse
 import json
 
 from rich.table import Table
+from rich.text import Text
 
 from central_sync.alert_rules import (
     SCADA_ROUTE,
@@ -69,12 +70,12 @@ def cmd_alerts_rules(args: argparse.Namespace) -> int:
                    "resolves after", "window", "per", "targets", "operator", "routes"):
         table.add_column(column, no_wrap=column in ("rule", "kind"))
     for rule in rules:
-        table.add_row(
+        table.add_row(*map(Text, (
             rule.name, rule.kind, rule.severity, f"{rule.threshold:g}",
             f"{rule.resolve_threshold:g}", _value_text(rule), duration_text(rule.for_s),
             duration_text(rule.resolve_after_s), duration_text(rule.window_s), rule.group_by,
             _targets_text(rule), "yes" if rule.operator else "no",
-            ", ".join(routes_of(rule, alerts)) or "none (shown on the pages only)")
+            ", ".join(routes_of(rule, alerts)) or "none (shown on the pages only)")))
     console.print(table)
     console.print(_routes_table(alerts))
     return EXIT_OK
@@ -105,11 +106,11 @@ def _routes_table(alerts: AlertsConfig) -> Table:
                       "{prefix}/alerts/events", "info", "all", "all", "yes", "-")
     for route in alerts.routes:
         quiet = route.quiet_hours
-        table.add_row(
+        table.add_row(*map(Text, (
             route.name + ("" if route.enabled else " (disabled)"), route.kind,
             _destination(route), route.min_severity, ", ".join(route.rules) or "all",
             ", ".join(route.labels) or "all", "yes" if route.send_resolved else "no",
-            f"{quiet.start}-{quiet.end} (below {quiet.min_severity})" if quiet else "-")
+            f"{quiet.start}-{quiet.end} (below {quiet.min_severity})" if quiet else "-")))
     return table
 
 

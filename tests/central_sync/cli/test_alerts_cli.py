@@ -123,7 +123,7 @@ def test_list_shows_open_alerts_and_all_with_history(central, capsys) -> None:
     config, db = central
     assert main(["alerts", "list", "-c", str(config)]) == 0
     assert "no open alerts" in capsys.readouterr().out
-    down = _fire(db, "source-down", "line1-gw1", summary="camera cam1 on line1-gw1 down")
+    down = _fire(db, "source-down", "line1-gw1", summary="camera [cam1] on line1-gw1 down")
     filling = _fire(db, "buffer-filling", "line2-gw1", severity="warning")
     gone = _fire(db, "gateway-offline", "line1-gw2")
     db.resolve_alert(gone.alert_id)
@@ -131,7 +131,7 @@ def test_list_shows_open_alerts_and_all_with_history(central, capsys) -> None:
     assert main(["alerts", "list", "-c", str(config)]) == 0
     out = capsys.readouterr().out
     assert down.alert_id in out and filling.alert_id in out and gone.alert_id not in out
-    assert "camera cam1 on line1-gw1 down" in out and "firing" in out
+    assert "camera [cam1] on line1-gw1 down" in out and "firing" in out  # not markup
     assert main(["alerts", "list", "--all", "-c", str(config)]) == 0
     out = capsys.readouterr().out
     assert gone.alert_id in out and "resolved" in out
