@@ -182,7 +182,8 @@ class CentralService:
                                       self.topics, self.config.central_id,
                                       self.config.web.public_url)
             self.alerts.listeners += [self._alerts_changed, DeviceAlertPublisher(
-                self.db, self.transport, self.topics, self.config.alerts.line_label_prefix)]
+                self.db, self.transport, self.topics, self.config.alerts.line_label_prefix,
+                self.config.alerts.evaluate_interval_s)]
             self.delivery = delivery
             self._standing |= {self._spawn(self.alerts.run()),
                                self._spawn(delivery.run(lambda: self._leading_alerts))}

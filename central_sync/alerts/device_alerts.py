@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 UNASSIGNED = ""  # the devices_by_line key of devices on no line: each sees only its own alerts
 PUBLISH_TIMEOUT_S = 10.0  # a broker that stops answering must not stall the alert engine
 PUBLISHES_AT_ONCE = 32
+REFRESH_S = 600.0  # every gateway's topic is published again this often, changed or not
 
 Published = dict[str, DeviceAlerts]  # device -> what its alerts topic holds now
 
@@ -87,10 +89,10 @@ def _operator_alert(alert: Alert) -> OperatorAlert:
 
 async def publish_device_alerts(transport: Transport, topics: Topics,
                                 messages: Mapping[str, DeviceAlerts],
-                                previous: Published) -> Published:
+                                previous: Published, *, every: bool = False) -> Published:
     """Publish, retained, each message whose alerts differ from what `previous` says the
-    device's topic holds, and clear the topic of a device no longer known. Returns what the
-    topics hold now; a publish that failed is tried again on the next call."""
+    device's topic holds (`every`: all of them), and clear the topic of a device no longer
+    known. Returns what the topics hold now; a failed publish is tried again next call."""
     held = dict(previous)
     gate = asyncio.Semaphore(PUBLISHES_AT_ONCE)
 
@@ -111,7 +113,7 @@ async def publish_device_alerts(transport: Transport, topics: Topics,
             held[device] = message
 
     changed = [(d, m) for d, m in messages.items()
-               if d not in previous or previous[d].alerts != m.alerts]
+               if every or d not in previous or previous[d].alerts != m.alerts]
     gone = [(d, None) for d in previous if d not in messages]
     await asyncio.gather(*(put(d, m) for d, m in [*changed, *gone]))
     if changed or gone:
@@ -124,12 +126,18 @@ class DeviceAlertPublisher:
     the open operator alerts of its line (acknowledgements included)."""
 
     def __init__(self, db: CentralDB, transport: Transport, topics: Topics,
-                 line_label_prefix: str) -> None:
+                 line_label_prefix: str, evaluate_interval_s: float = 10.0,
+                 refresh_s: float = REFRESH_S) -> None:
         self.db = db
         self.transport = transport
         self.topics = topics
         self.line_label_prefix = line_label_prefix
+        # Called less often than this, the process did not lead meanwhile: another one may
+        # have published since, so what this one published last is not what the topics hold.
+        self.gap_s = 2 * evaluate_interval_s
+        self.refresh_s = refresh_s
         self.published: Published = {}
+        self._last_call = self._last_refresh = -math.inf
 
     async def __call__(self, changed: list[Alert]) -> None:
         open_alerts, rows = await asyncio.to_thread(self._read)
@@ -137,8 +145,16 @@ class DeviceAlertPublisher:
         lines = devices_by_line({d.device_id: d.labels for d in devices},
                                 self.line_label_prefix)
         messages = device_alert_messages(open_alerts, lines)
+        started = time.monotonic()
+        # All again after a gap, and now and then for a broker that lost its retained
+        # messages (restarted without persistence).
+        every = started - self._last_call > self.gap_s or \
+            started - self._last_refresh > self.refresh_s
+        if every:
+            self._last_refresh = started
+        self._last_call = started
         self.published = await publish_device_alerts(self.transport, self.topics, messages,
-                                                     self.published)
+                                                     self.published, every=every)
 
     def _read(self) -> tuple[list[Alert], list[dict[str, Any]]]:
         return self.db.open_alerts(operator_only=True), self.db.alert_devices()

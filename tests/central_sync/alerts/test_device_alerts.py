@@ -8,6 +8,7 @@ import time
 from dataclasses import replace
 
 from central_sync.alerts.device_alerts import (
+    REFRESH_S,
     UNASSIGNED,
     DeviceAlertPublisher,
     device_alert_messages,
@@ -19,6 +20,7 @@ from central_sync.db.alerts import Alert
 from edge_agent.fleet.alerts import LineAlerts
 from edge_agent.kernel.contract import MAX_OPERATOR_ALERTS, DeviceStatus, Topics
 from edge_agent.kernel.transport import BrokerConfig
+from edge_agent.kernel.transport.memory import MemoryBroker, MemoryTransport
 from edge_agent.kernel.transport.mqtt import MqttTransport
 from tests.conftest import Mosquitto
 from tests.helpers import wait_until_async
@@ -192,3 +194,28 @@ def test_a_failed_publish_is_retried_and_a_removed_device_is_cleared(
     retained, failed = asyncio.run(scenario())
     assert failed == set(), "a publish that failed counted as held"
     assert retained[0] == ("plant/devices/gw-2/alerts", b"marker"), retained
+
+
+def test_after_a_gap_every_gateway_is_published_again(db: CentralDB) -> None:
+    """Another central process may have led meanwhile: what this one sent last is not what
+    the topics hold, so it sends all again (and now and then anyway)."""
+    provision(db)
+    broker = MemoryBroker()
+    central, watcher, seen = MemoryTransport(broker), MemoryTransport(broker), Received()
+    publisher = DeviceAlertPublisher(db, central, TOPICS, "line", evaluate_interval_s=10)
+
+    async def scenario() -> list[int]:
+        await watcher.subscribe("plant/devices/+/alerts", seen)
+        for client in (central, watcher):
+            await client.start()
+        counts = []
+        for gap_s in (0, 0, 25, 0):
+            publisher._last_call -= gap_s  # as if the last round were that long ago
+            await publisher([])
+            counts.append(len(seen.messages))
+        publisher._last_refresh -= REFRESH_S + 1
+        await publisher([])
+        counts.append(len(seen.messages))
+        return counts
+
+    assert asyncio.run(scenario()) == [3, 3, 6, 6, 9]
