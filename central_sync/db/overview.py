@@ -1,12 +1,11 @@
 """What the plant overview reads: every gateway without counting its records, defects per class
-in the last hour and over the baseline days, and the recommendation records of the last day
-(part of CentralDB). Each read is bounded in time and served by an index."""
+in a period, and the recommendation records of the last day (part of CentralDB). Each read is
+bounded in time and served by an index."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from central_sync.db.connection import Connection, serialised
@@ -15,16 +14,6 @@ from central_sync.db.rows import DeviceSummary, device_summary
 # A wall screen refreshes every few seconds: a day of recommendations is far below this, and
 # a runaway gateway must not make the page read without end.
 MAX_RECOMMENDATION_RECORDS = 5000
-
-
-@dataclass(frozen=True)
-class DefectCounts:
-    """Defects of one class on one gateway: in the last period and over the baseline before."""
-
-    device_id: str
-    label: str
-    recent: int
-    baseline: int
 
 
 class OverviewQueries:
@@ -45,17 +34,9 @@ class OverviewQueries:
         return [device_summary(row) for row in rows]
 
     @serialised
-    def defect_counts_by_class(self, recent_since: float, baseline_since: float,
-                               until: float) -> list[DefectCounts]:
-        """Per gateway and class: defects made in [recent_since, until) and in
-        [baseline_since, recent_since), by their time of making (index defects_newest)."""
-        recent = self._defects_grouped(recent_since, until)
-        baseline = self._defects_grouped(baseline_since, recent_since)
-        return [DefectCounts(device_id, label, recent.get((device_id, label), 0),
-                             baseline.get((device_id, label), 0))
-                for device_id, label in sorted(set(recent) | set(baseline))]
-
-    def _defects_grouped(self, since: float, until: float) -> dict[tuple[str, str], int]:
+    def defect_counts_by_class(self, since: float, until: float) -> dict[tuple[str, str], int]:
+        """(device, class) -> defects made in [since, until), by their time of making (index
+        defects_newest)."""
         return {(row["device_id"], row["label"]): row["n"] for row in self._db.query(
             "SELECT device_id, label, COUNT(*) AS n FROM defects WHERE created_at >= ? AND "
             "created_at < ? GROUP BY device_id, label", (since, until))}
@@ -65,7 +46,7 @@ class OverviewQueries:
                               limit: int = MAX_RECOMMENDATION_RECORDS
                               ) -> list[tuple[str, str, dict[str, Any]]]:
         """(device_id, type, payload) of the records of these types made since `since`,
-        oldest first; at most `limit` of each type, the newest (index records_type)."""
+        oldest first; at most `limit` of each type, the newest (index records_type_time)."""
         out: list[tuple[str, str, dict[str, Any]]] = []
         for record_type in types:
             rows = list(self._db.query(
