@@ -49,11 +49,13 @@ def alerts_router(db: CentralDB, alerts_config: AlertsConfig | None = None) -> A
                     done: str = "") -> str:
         now = time.time()
         alerts = filters.alerts(db, PAGE_LIMIT)
+        dead = db.dead_letters()
+        dead_alerts = {i: a for i in {n.alert_id for n in dead} if (a := db.get_alert(i))}
         return templates.get_template("alerts.html").render(
             session=session, alerts=[_row(a, now) for a in alerts], filters=filters,
             rules=sorted({*rule_names, *(a.rule for a in alerts)}),
             severities=list(SEVERITY_RANK), silences=db.active_silences(now),
-            dead=db.dead_letters(), delivery=db.delivery_summary(), limit=PAGE_LIMIT,
+            dead=dead, dead_alerts=dead_alerts, delivery=db.delivery_summary(), limit=PAGE_LIMIT,
             done=DONE.get(done, ""), may_ack=session.user.may("quality"),
             may_engineer=session.user.may("engineer"), back=_back_of(filters))
 
