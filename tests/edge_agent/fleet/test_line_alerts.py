@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,6 +70,19 @@ def test_an_empty_list_or_a_cleared_topic_removes_the_band() -> None:
     receive(alerts, DeviceAlerts(device_id="gw-7", sent_at=3.0, alerts=[operator_alert(1)]))
     receive(alerts, b"")
     assert alerts.latest is None
+
+
+def test_mangled_payloads_are_refused_without_an_exception() -> None:
+    alerts = line_alerts()
+    valid = encode(DeviceAlerts(device_id="gw-7", sent_at=5.0, alerts=[operator_alert(1)]))
+    rng = random.Random(7)
+    for _ in range(500):
+        mangled = bytearray(valid)
+        for _ in range(rng.randint(1, 4)):
+            mangled[rng.randrange(len(mangled))] = rng.randrange(256)
+        receive(alerts, bytes(mangled))  # raises nothing into the transport
+        assert alerts.latest is None or alerts.latest.device_id == "gw-7"
+    assert alerts.rejected_messages > 400
 
 
 def test_page_without_alerts_has_no_band(tmp_path: Path) -> None:
