@@ -54,6 +54,14 @@ def test_the_newest_alerts_are_kept_and_an_older_copy_is_ignored() -> None:
     assert alerts.latest == newer and alerts.rejected_messages == 1
 
 
+def test_alerts_held_from_a_clock_far_ahead_do_not_block_the_next() -> None:
+    alerts = line_alerts()
+    receive(alerts, DeviceAlerts(device_id="gw-7", sent_at=time.time() + 86400,
+                                 alerts=[operator_alert(1)]))
+    receive(alerts, DeviceAlerts(device_id="gw-7"))  # central's clock was set right since
+    assert alerts.document() == [] and alerts.rejected_messages == 0
+
+
 def test_another_devices_alerts_and_garbage_are_refused() -> None:
     alerts = line_alerts()
     receive(alerts, DeviceAlerts(device_id="gw-8", alerts=[operator_alert(1)]))
