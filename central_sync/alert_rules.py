@@ -156,6 +156,9 @@ class RouteConfig(BaseModel):
     quiet_hours: QuietHours | None = None
     # webhook
     url: str | None = Field(None, description="webhook: http(s) URL that receives a POST")
+    url_env: str | None = Field(
+        None, description="webhook: environment variable holding the URL instead (a chat "
+        "service's webhook URL carries its token: keep it out of this file)")
     template: Template = Field("json", description="webhook: body shape: json (the alert as "
                                "documented), slack, teams, google_chat, mattermost")
     headers_env: dict[str, str] = Field(
@@ -180,7 +183,7 @@ class RouteConfig(BaseModel):
 
     @model_validator(mode="after")
     def _complete(self) -> RouteConfig:
-        missing = {"webhook": [("url", self.url)],
+        missing = {"webhook": [("url or url_env", self.url or self.url_env)],
                    "smtp": [("host", self.host), ("from", self.sender), ("to", self.to)],
                    "mqtt": []}[self.kind]
         absent = [name for name, value in missing if not value]
@@ -191,6 +194,8 @@ class RouteConfig(BaseModel):
                              "(alerts.mqtt_topic); choose another")
         if self.url is not None and not self.url.startswith(("http://", "https://")):
             raise ValueError(f"route {self.name}: url must start with http:// or https://")
+        if self.url and self.url_env:
+            raise ValueError(f"route {self.name}: give url or url_env, not both")
         return self
 
 

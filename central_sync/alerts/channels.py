@@ -58,13 +58,24 @@ def _site(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
 
 
+def webhook_url(route: RouteConfig) -> str:
+    """The route's URL, from the file or from the environment variable it names."""
+    if route.url_env is not None:
+        url = _secret(route.url_env, "the webhook's URL")
+        if not url.startswith(("http://", "https://")):
+            raise DeliveryError(f"{route.url_env} holds no http:// or https:// URL")
+        return url
+    assert route.url is not None  # RouteConfig requires one of the two for webhooks
+    return route.url
+
+
 def _post(route: RouteConfig, message: AlertMessage) -> str:
-    assert route.url is not None  # RouteConfig requires it for webhooks
+    url = webhook_url(route)
     headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
     headers.update({name: _secret(variable, f"header {name}")
                     for name, variable in route.headers_env.items()})
     body = json.dumps(templates.webhook_body(route.template, message)).encode()
-    request = urllib.request.Request(route.url, data=body, headers=headers, method="POST")
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
     try:
         with _OPENER.open(request, timeout=route.timeout_s) as response:
             return f"HTTP {response.status}"
@@ -73,9 +84,9 @@ def _post(route: RouteConfig, message: AlertMessage) -> str:
         raise DeliveryError(f"HTTP {exc.code}: {' '.join(answer.split())[:ERROR_BODY_CHARS]}"
                             ) from None
     except urllib.error.URLError as exc:
-        raise DeliveryError(f"cannot reach {_site(route.url)}: {exc.reason}") from None
+        raise DeliveryError(f"cannot reach {_site(url)}: {exc.reason}") from None
     except (TimeoutError, OSError) as exc:
-        raise DeliveryError(f"{_site(route.url)}: {exc or 'timed out'} after "
+        raise DeliveryError(f"{_site(url)}: {exc or 'timed out'} after "
                             f"{route.timeout_s:g} s") from None
 
 

@@ -108,13 +108,18 @@ class AlertEngine:
         self._poked.set()
 
     async def run(self) -> None:
-        last = 0.0
+        """Evaluate at once (what a restart left pending goes out now), then on the timer and
+        soon after each poke."""
+        last, first = 0.0, True
         while True:
-            try:
-                await asyncio.wait_for(self._poked.wait(), self.config.evaluate_interval_s)
-                await asyncio.sleep(max(POKE_DEBOUNCE_S, last + MIN_GAP_S - time.monotonic()))
-            except TimeoutError:
-                pass
+            if not first:
+                try:
+                    await asyncio.wait_for(self._poked.wait(), self.config.evaluate_interval_s)
+                    await asyncio.sleep(max(POKE_DEBOUNCE_S,
+                                            last + MIN_GAP_S - time.monotonic()))
+                except TimeoutError:
+                    pass
+            first = False
             last = time.monotonic()
             self._poked.clear()
             try:

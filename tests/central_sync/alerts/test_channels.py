@@ -102,6 +102,23 @@ def test_a_missing_header_variable_is_named_and_nothing_is_sent(
     assert receiver.received == []
 
 
+def test_a_webhook_url_from_the_environment_stays_out_of_the_file_and_the_errors(
+        receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    route = RouteConfig(name="chat", kind="webhook", url_env="CHAT_HOOK")
+    with pytest.raises(DeliveryError, match="CHAT_HOOK"):
+        run(send(route, alert_message()))
+    monkeypatch.setenv("CHAT_HOOK", f"{receiver.url}/T000/B000/s3cret")
+    assert run(send(route, alert_message())) == "HTTP 200"
+    assert receiver.received[0].path.endswith("/T000/B000/s3cret")
+    receiver.stop()
+    with pytest.raises(DeliveryError) as caught:
+        run(send(route, alert_message()))
+    assert "s3cret" not in str(caught.value)
+    monkeypatch.setenv("CHAT_HOOK", "ftp://elsewhere")
+    with pytest.raises(DeliveryError, match="no http"):
+        run(send(route, alert_message()))
+
+
 def test_a_refusing_webhook_reports_the_status_and_the_start_of_its_answer(
         receiver: WebhookReceiver) -> None:
     receiver.status, receiver.answer = 503, b"upstream busy, " + b"x" * 1000

@@ -255,3 +255,22 @@ def test_a_new_camera_is_not_judged_until_it_has_a_day_of_history_but_a_rare_cla
     fired = evaluate(engine, T0)
     assert [a.group_key for a in fired] == ["device=gw-1/camera=cam-old/class=pit"]
     assert "against 1.0/h" in fired[0].summary
+
+
+def test_a_started_engine_evaluates_at_once_not_after_its_first_interval(
+        db: CentralDB) -> None:
+    engine = AlertEngine(db, config({"name": "gateway-offline", "kind": "gateway_offline"},
+                                    evaluate_interval_s=3600), OFFLINE_AFTER_S)
+    db.update_status(status("gw-1", "offline"))
+
+    async def started() -> None:
+        task = asyncio.create_task(engine.run())
+        try:
+            async with asyncio.timeout(10):
+                while not db.open_alerts():
+                    await asyncio.sleep(0.02)
+        finally:
+            task.cancel()
+
+    asyncio.run(started())
+    assert engine.evaluations == 1 and engine.leading
