@@ -28,9 +28,14 @@ def test_every_page_runs_under_the_csp_without_a_violation(db: CentralDB) -> Non
     db.store_batch(stats_batch("line1-gw1", intervals(manifest, 2.0, seed=2)))
     db.store_batch(defect_batch("line1-gw1", range(1, 6)))
     rollout = a_rollout(db)
+    alert = db.fire_alert("source-down", "device=line1-gw1/source=cam1", kind="source_down",
+                          severity="critical", summary="source cam1 on line1-gw1 reconnecting",
+                          devices=["line1-gw1"])
+    assert alert is not None
     db.add_user("anna", hash_password(PASSWORD), "quality", by="admin")
     pages = ["/", "/fleet", "/devices/line1-gw1", "/models", "/models/extruder-scrap", "/rollouts",
-             f"/rollouts/{rollout.rollout_id}", "/recommendations", "/audit", "/review"]
+             f"/rollouts/{rollout.rollout_id}", "/recommendations", "/audit", "/review",
+             "/alerts", f"/alerts/{alert.alert_id}", "/alerts?state=all"]
     with logged_in_page(db, "anna", PASSWORD, "/review") as (page, sync_api):
         console = []
         page.on("console", lambda message: console.append(message.text))
