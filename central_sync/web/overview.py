@@ -69,7 +69,7 @@ class ClassRate:
     count: int  # in the last hour: also the rate per hour
     baseline_per_hour: float  # mean hourly rate over the baseline days, floored
     ratio: float
-    mark: str  # "" | "above" (above its baseline) | "alert" (at the defect-rate threshold)
+    mark: str  # "" | "above" (above its baseline) | "alert" (the defect-rate rule fired)
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,7 @@ def plant_overview(db: CentralDB, now: float, offline_after_s: float, config: Al
     drift_rule = next((r for r in rules if r.kind == "drift"), None)
     devices = db.overview_devices()
     open_alerts = db.open_alerts()
-    rates = _class_rates(db, now, defect_rule, baseline or BaselineCache())
+    rates = _class_rates(db, now, defect_rule, baseline or BaselineCache(), open_alerts)
     recommendations = _recommendations(db, now - RECOMMENDATIONS_S)
     drift = _drift(db, devices, now - (drift_rule.window_s if drift_rule and
                                        drift_rule.window_s else HOUR_S))
@@ -226,30 +226,25 @@ def _worst(alerts: list[Alert]) -> str | None:
                default=None)
 
 
-def _class_rates(db: CentralDB, now: float, rule: RuleConfig | None,
-                 baseline: BaselineCache) -> dict[str, list[ClassRate]]:
+def _class_rates(db: CentralDB, now: float, rule: RuleConfig | None, baseline: BaselineCache,
+                 open_alerts: list[Alert]) -> dict[str, list[ClassRate]]:
     """Per gateway, its defect classes of the last hour and baseline days, highest ratio first.
-    The baseline and its floor are the defect-rate rule's, so that the page marks "alert" when
-    the rule sees a breach."""
+    The baseline days and floor are the defect-rate rule's; "alert" marks a class the rule
+    has an open alert for, so the page and the alerts never disagree."""
     days = rule.baseline_days if rule else 7.0
     floor = rule.baseline_floor_per_hour if rule else 1.0
-    alert_at = rule.threshold if rule and rule.fixed_per_hour is None else None
-    min_count = rule.min_count if rule else 1
+    alerting = {(a.labels.get("device"), a.labels.get("class")) for a in open_alerts
+                if a.kind == "defect_rate"}
     recent = db.defect_counts_by_class(now - HOUR_S, now + 1)
     before = baseline.counts(db, now, days)
     out: dict[str, list[ClassRate]] = defaultdict(list)
     for device_id, label in sorted(set(recent) | set(before)):
         count, usual = recent.get((device_id, label), 0), before.get((device_id, label), 0)
-        against = max(usual / (days * 24), floor)
-        ratio = count / against
-        mark = ""
-        if count > against:
-            mark = "above"
-            if alert_at is not None and ratio >= alert_at and count >= min_count:
-                mark = "alert"
+        ratio = count / max(usual / (days * 24), floor)
+        mark = "alert" if (device_id, label) in alerting else "above" if ratio > 1 else ""
         out[device_id].append(ClassRate(label, count, usual / (days * 24), ratio, mark))
     for rates in out.values():
-        rates.sort(key=lambda r: (-r.ratio, -r.count, r.label))
+        rates.sort(key=lambda r: (r.mark != "alert", -r.ratio, -r.count, r.label))
     return out
 
 

@@ -92,6 +92,10 @@ def a_plant(db: CentralDB, now: float) -> None:
     db.fire_alert("source-down", "device=line1-gw1/source=strip-camera", kind="source_down",
                   severity="critical", summary="strip-camera on line1-gw1 is failed",
                   devices=["line1-gw1"], labels={"device": "line1-gw1", "line": "line-1"})
+    db.fire_alert("defect-rate", "device=line1-gw1/camera=strip-camera/class=scratch",
+                  kind="defect_rate", severity="warning", summary="scratches on line1-gw1",
+                  devices=["line1-gw1"], labels={"device": "line1-gw1", "camera": "strip-camera",
+                                                 "class": "scratch"})
     db.fire_alert("defect-rate", "line=line-2", kind="defect_rate", severity="warning",
                   summary="line-2 makes more stains than usual", devices=[],
                   labels={"line": "line-2"})
@@ -134,8 +138,8 @@ def test_overview_shows_each_line_its_gateways_alerts_defects_recommendations_an
         "line1-gw1": "online", "line1-gw2": "stale", "line2-gw1": "offline",
         "spare-gw": "online"}
     gw1 = found["line1-gw1"][1]
-    assert "buffer 85 %" in gw1 and "down: strip-camera" in gw1 and "1 alert · critical" in gw1
-    assert "scratch 12 0.0 ▲ 12.0× above baseline" in gw1  # floored at 1/h: at the threshold
+    assert "buffer 85 %" in gw1 and "down: strip-camera" in gw1 and "2 alerts · critical" in gw1
+    assert "scratch 12 0.0 ▲ alert, 12.0× usual" in gw1  # the baseline floored at 1/h
     assert "pit 2 2.0 " in gw1 and "pit 2 2.0 ▲" not in gw1  # its usual rate: 50 old not read
     assert "stain 1 0.5 ▲ above baseline" not in gw1  # 1 is at the 1/h floor, not above
     assert re.search(r'<tr class="alert"><td>scratch</td>', page)
@@ -147,24 +151,32 @@ def test_overview_shows_each_line_its_gateways_alerts_defects_recommendations_an
     assert "no model" in found["spare-gw"][1] and "no recommendation in 24 h" in found[
         "spare-gw"][1]
     text = " ".join(re.sub(r"<[^>]+>", " ", page).split())
-    assert "line-1 2 gateways, 1 online 1 open alert · critical" in text
+    assert "line-1 2 gateways, 1 online 2 open alerts · critical" in text
     assert "strip-camera on line1-gw1 is failed" in text
     assert "line-2 1 gateway, 0 online 1 open alert · warning" in text  # the line's own alert
-    assert "2 online 1 stale 1 offline 2 open alerts, 1 critical" in text
+    assert "2 online 1 stale 1 offline 3 open alerts, 1 critical" in text
 
 
-def test_an_above_baseline_rate_is_marked_apart_from_one_at_the_alert_threshold(
+def test_a_rate_above_its_baseline_is_marked_apart_from_one_the_defect_rule_fired_for(
         db: CentralDB) -> None:
     now = time.time()
     db.update_status(DeviceStatus(device_id="gw-1", state="online"), received_at=now)
     week = [now - HOUR - 3600 * i for i in range(1, 168 * 2, 2)]  # 0.5/h: floored to 1/h
     db.store_batch(defects("gw-1", "dent", [now - 10, now - 20, *week], 1))  # 2x: above
-    db.store_batch(defects("gw-1", "hole", [now - i for i in range(1, 5)], 1000))  # 4 < 5
-    page = signed_in(db).get("/").text
+    db.store_batch(defects("gw-1", "hole", [now - i for i in range(1, 5)], 1000))  # 4x
+    db.store_batch(defects("gw-1", "spot", [now - 30], 2000))  # at the floor: not above
+    client = signed_in(db)
+    card = cards(client.get("/").text)["gw-1"][1]
+    assert "hole 4 0.0 ▲ above baseline" in card and "dent 2 0.5 ▲ above baseline" in card
+    assert "spot 1 0.0 ▲" not in card and "alert," not in card
+    db.fire_alert("defect-rate", "device=gw-1/camera=cam/class=dent", kind="defect_rate",
+                  severity="warning", summary="dents", devices=["gw-1"],
+                  labels={"device": "gw-1", "camera": "cam", "class": "dent"})
+    page = client.get("/").text
     card = cards(page)["gw-1"][1]
-    assert "dent 2 0.5 ▲ above baseline" in card and "2.0×" not in card
-    assert "hole 4 0.0 ▲ above baseline" in card  # 4x, but fewer than min_count never alert
-    assert '<tr class="alert">' not in page
+    assert "dent 2 0.5 ▲ alert, 2.0× usual" in card
+    assert card.index("dent") < card.index("hole")  # an alerting class comes first
+    assert re.search(r'<tr class="alert"><td>dent</td>', page)
 
 
 def test_the_line_comes_from_the_configured_label_prefix(db: CentralDB) -> None:
