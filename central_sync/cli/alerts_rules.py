@@ -116,7 +116,8 @@ def _routes_table(alerts: AlertsConfig) -> Table:
 
 def _destination(route: RouteConfig) -> str:
     if route.kind == "webhook":
-        return f"{route.url} ({route.template})"
+        where = route.url or f"${route.url_env} (the URL carries a token: not shown)"
+        return f"{where} ({route.template})"
     if route.kind == "smtp":
         return f"{', '.join(route.to)} via {route.host}:{route.port}"
     return route.topic or "{prefix}/alerts/events"

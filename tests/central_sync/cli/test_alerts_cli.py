@@ -44,6 +44,11 @@ alerts:
       from: central@plant.invalid
       to: [shift@plant.invalid]
       min_severity: critical
+    - name: chat
+      kind: webhook
+      url_env: CHAT_WEBHOOK_URL
+      template: slack
+      rules: [drift]
 """
 
 
@@ -252,8 +257,9 @@ def test_rules_prints_thresholds_durations_and_routes(central, capsys) -> None:
     out = capsys.readouterr().out
     for name in ("gateway-offline", "buffer-filling", "buffer-evicting", "source-down",
                  "model-rolled-back", "drift", "defect-rate", "ops-webhook", "shift-mail",
-                 "scada-topic", "cameras cam2"):
+                 "scada-topic", "cameras cam2", "$CHAT_WEBHOOK_URL (the URL carries a token"):
         assert name in out, name
+    assert "None" not in out
     assert main(["alerts", "rules", "--json", "-c", str(config)]) == 0
     printed = json.loads(capsys.readouterr().out)
     rules = {rule["name"]: rule for rule in printed["rules"]}
@@ -261,7 +267,8 @@ def test_rules_prints_thresholds_durations_and_routes(central, capsys) -> None:
     assert rules["defect-rate"]["routes"] == ["scada-topic", "ops-webhook"]  # warning: no mail
     assert rules["source-down"]["routes"] == ["scada-topic", "ops-webhook", "shift-mail"]
     assert (rules["gateway-offline"]["for_s"], rules["drift"]["resolve_after_s"]) == (60, 900)
-    assert [r["name"] for r in printed["routes"]] == ["ops-webhook", "shift-mail"]
+    assert rules["drift"]["routes"] == ["scada-topic", "ops-webhook", "chat"]
+    assert [r["name"] for r in printed["routes"]] == ["ops-webhook", "shift-mail", "chat"]
     assert printed["routes"][1]["from"] == "central@plant.invalid"
 
 
@@ -280,8 +287,8 @@ def test_test_sends_through_a_webhook_and_reports_a_refusal(
     assert "did not get through: HTTP 503" in capsys.readouterr().out
     assert "failed: HTTP 503" in db.list_audit(1)[0]["detail"]
     assert main(["alerts", "test", "pager", "-c", str(config)]) == 2
-    assert "no route pager in alerts.routes; configured: ops-webhook, shift-mail, scada-topic" \
-        in capsys.readouterr().err
+    assert "no route pager in alerts.routes; configured: ops-webhook, shift-mail, chat, " \
+        "scada-topic" in capsys.readouterr().err
 
 
 def test_test_of_the_scada_topic_publishes_on_the_events_topic(
