@@ -41,7 +41,6 @@ def alerts_router(db: CentralDB, alerts_config: AlertsConfig | None = None) -> A
     acker = Annotated[Session, Depends(quality)]
     engineer = Annotated[Session, Depends(engineer_dependency(
         session_of, "silencing alerts and retrying notifications"))]
-    reader = [Depends(api_reader(db))]
     rule_names = [r.name for r in (alerts_config or AlertsConfig()).effective_rules()]
 
     @router.get("/alerts", response_class=HTMLResponse)
@@ -101,13 +100,21 @@ def alerts_router(db: CentralDB, alerts_config: AlertsConfig | None = None) -> A
         _act(db.retry_notification, notification_id, session.user.username)
         return _done(form, "/alerts", "retried")
 
-    @router.get("/api/alerts", dependencies=reader)
+    router.include_router(_alerts_api(db), dependencies=[Depends(api_reader(db))])
+    return router
+
+
+def _alerts_api(db: CentralDB) -> APIRouter:
+    """The alerts as JSON (the page's filters) and the banner's summary."""
+    router = APIRouter()
+
+    @router.get("/api/alerts")
     def alerts_json(filters: Annotated[AlertFilter, Depends()],
                     limit: int = Query(PAGE_LIMIT, ge=1, le=API_MAX_LIMIT)
                     ) -> list[dict[str, Any]]:
         return [alert_json(a) for a in filters.alerts(db, limit)]
 
-    @router.get("/api/alerts/summary", dependencies=reader)
+    @router.get("/api/alerts/summary")
     def summary_json() -> dict[str, Any]:
         summary = db.alert_summary()
         return {"open": summary.open, "unacked": summary.unacked,

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -94,50 +94,7 @@ def create_app(
     def prometheus_metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/api/devices", dependencies=signed_in)
-    def devices() -> list[dict[str, Any]]:
-        now = time.time()
-        return [_device_json(d, now, offline_after_s) for d in db.list_devices()]
-
-    @app.get("/api/predictions", dependencies=signed_in)
-    def predictions(
-        limit: int = Query(50, ge=1, le=1000), device_id: str | None = None
-    ) -> list[dict[str, Any]]:
-        return db.recent_predictions(limit, device_id=device_id or None)
-
-    @app.get("/api/records", dependencies=signed_in)
-    def records(
-        type: str = Query(..., pattern=r"^[a-z][a-z0-9_]{0,31}$", description="e.g. defect"),
-        limit: int = Query(50, ge=1, le=1000), device_id: str | None = None,
-    ) -> list[dict[str, Any]]:
-        """Newest records of a type; evidence images are listed by name, served below."""
-        return db.recent_records(type, limit, device_id=device_id or None)
-
-    @app.get("/api/records/{device_id}/{seq}/images/{name}", dependencies=signed_in)
-    def record_image(device_id: str, seq: RecordSeq, name: str) -> Response:
-        if not re.fullmatch(r"^[a-z][a-z0-9_]{0,31}$", name):
-            raise HTTPException(404, "no such image")
-        encoded = db.record_image(device_id, seq, name)
-        if encoded is None:
-            raise HTTPException(404, f"record {device_id}/{seq} has no image {name!r}")
-        return Response(base64.b64decode(encoded), media_type="image/jpeg")
-
-    @app.get("/api/models", dependencies=signed_in)
-    def models() -> list[dict[str, Any]]:
-        return [{**m.manifest.model_dump(), "published_by": m.published_by}
-                for m in db.list_models()]
-
-    @app.get("/api/models/{name}/drift", dependencies=signed_in)
-    def model_drift(name: str, version: str | None = None,
-                    hours: float = Query(24.0, gt=0, le=24 * 365)) -> dict[str, Any]:
-        """Per device: predictions, errors, latency and drift of each value against the
-        manifest's reference, over the last `hours` (the newest version reported if none)."""
-        found = model_health(db, name, version, time.time() - hours * 3600)
-        if found is None:
-            raise HTTPException(404, f"no model_stats from any device for {name}"
-                                + (f" {version}" if version else "") + " in this period")
-        return found[0]
-
+    app.include_router(data_api_router(db, offline_after_s), dependencies=signed_in)
     app.include_router(login_router(db, password_checks_at_once))
     app.include_router(review_router(db))
     app.include_router(samples_router(db))
@@ -150,6 +107,58 @@ def create_app(
     app.include_router(devices_router(db, offline_after_s, device_actions))
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
     return app
+
+
+def data_api_router(db: CentralDB, offline_after_s: float) -> APIRouter:
+    """The JSON API of what central stores: devices, predictions, records and their evidence
+    images, models and their drift (the app puts it behind a login or API token)."""
+    router = APIRouter()
+
+    @router.get("/api/devices")
+    def devices() -> list[dict[str, Any]]:
+        now = time.time()
+        return [_device_json(d, now, offline_after_s) for d in db.list_devices()]
+
+    @router.get("/api/predictions")
+    def predictions(
+        limit: int = Query(50, ge=1, le=1000), device_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        return db.recent_predictions(limit, device_id=device_id or None)
+
+    @router.get("/api/records")
+    def records(
+        type: str = Query(..., pattern=r"^[a-z][a-z0-9_]{0,31}$", description="e.g. defect"),
+        limit: int = Query(50, ge=1, le=1000), device_id: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Newest records of a type; evidence images are listed by name, served below."""
+        return db.recent_records(type, limit, device_id=device_id or None)
+
+    @router.get("/api/records/{device_id}/{seq}/images/{name}")
+    def record_image(device_id: str, seq: RecordSeq, name: str) -> Response:
+        if not re.fullmatch(r"^[a-z][a-z0-9_]{0,31}$", name):
+            raise HTTPException(404, "no such image")
+        encoded = db.record_image(device_id, seq, name)
+        if encoded is None:
+            raise HTTPException(404, f"record {device_id}/{seq} has no image {name!r}")
+        return Response(base64.b64decode(encoded), media_type="image/jpeg")
+
+    @router.get("/api/models")
+    def models() -> list[dict[str, Any]]:
+        return [{**m.manifest.model_dump(), "published_by": m.published_by}
+                for m in db.list_models()]
+
+    @router.get("/api/models/{name}/drift")
+    def model_drift(name: str, version: str | None = None,
+                    hours: float = Query(24.0, gt=0, le=24 * 365)) -> dict[str, Any]:
+        """Per device: predictions, errors, latency and drift of each value against the
+        manifest's reference, over the last `hours` (the newest version reported if none)."""
+        found = model_health(db, name, version, time.time() - hours * 3600)
+        if found is None:
+            raise HTTPException(404, f"no model_stats from any device for {name}"
+                                + (f" {version}" if version else "") + " in this period")
+        return found[0]
+
+    return router
 
 
 def _device_json(device: DeviceSummary, now: float, offline_after_s: float) -> dict[str, Any]:
