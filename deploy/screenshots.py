@@ -26,7 +26,8 @@ PAGES = [
     ("central_model_version.png", "/models/surface-defects/1.1.0", None),
     ("central_samples.png", "/review/samples", 1000),
     ("central_audit.png", "/audit", 900),
-    ("central_fleet.png", "/", 700),
+    ("central_overview.png", "/", 900),
+    ("central_fleet.png", "/fleet", 700),
     ("central_device.png", "/devices/line1-gw1", 1200),
 ]
 
