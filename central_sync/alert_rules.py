@@ -10,7 +10,14 @@ import datetime as dt
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from edge_agent.kernel.contract import ID_PATTERN
 
@@ -242,23 +249,16 @@ class AlertsConfig(BaseModel):
                                    "waits twice as long")
     retry_max_s: float = Field(900.0, gt=0, description="Longest wait between two attempts")
 
-    @field_validator("rules")
+    @field_validator("rules", "routes")
     @classmethod
-    def _unique(cls, rules: list[RuleConfig]) -> list[RuleConfig]:
-        names = [r.name for r in rules]
+    def _unique_names(cls, items: list[RuleConfig] | list[RouteConfig],
+                      info: ValidationInfo) -> list[RuleConfig] | list[RouteConfig]:
+        names = [item.name for item in items]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
-            raise ValueError(f"rule names must be unique: {', '.join(twice)} twice")
-        return rules
-
-    @field_validator("routes")
-    @classmethod
-    def _unique_routes(cls, routes: list[RouteConfig]) -> list[RouteConfig]:
-        names = [r.name for r in routes]
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            raise ValueError(f"route names must be unique: {', '.join(twice)} twice")
-        return routes
+            raise ValueError(f"{info.field_name[:-1]} names must be unique: "
+                             f"{', '.join(twice)} twice")
+        return items
 
     def effective_rules(self) -> list[RuleConfig]:
         """The defaults, each replaced by a configured rule of its name, then the others."""

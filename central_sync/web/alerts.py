@@ -9,18 +9,22 @@ carries the session's CSRF token and is audited by the database call it makes.
 import time
 from dataclasses import asdict
 from typing import Annotated, Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from central_sync.accounts import csrf_ok
 from central_sync.alert_rules import SEVERITY_RANK, AlertsConfig
 from central_sync.db import CentralDB
 from central_sync.db.accounts import Session
 from central_sync.db.alert_deliveries import NotificationNotFound
 from central_sync.db.alerts import Alert, AlertNotFound
-from central_sync.web.auth import api_reader, engineer_dependency, session_dependencies
+from central_sync.web.auth import (
+    api_reader,
+    checked_form,
+    engineer_dependency,
+    session_dependencies,
+)
 from central_sync.web.rendering import templates
 
 FORM_MAX_BYTES = 8192  # a reason of 500 characters, percent-encoded, fits
@@ -217,15 +221,4 @@ def _done(form: dict[str, str], default: str, done: str) -> RedirectResponse:
 
 
 async def _form(request: Request, session: Session) -> dict[str, str]:
-    """A URL-encoded form of at most FORM_MAX_BYTES, read after the role check; refused
-    (403) without the session's CSRF token."""
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > FORM_MAX_BYTES:
-            raise HTTPException(413, f"the form is larger than {FORM_MAX_BYTES} bytes")
-    parsed = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
-    form = {key: values[-1].strip() for key, values in parsed.items()}
-    if not csrf_ok(session, request.headers.get("X-CSRF-Token") or form.get("csrf")):
-        raise HTTPException(403, "missing or wrong CSRF token; reload the page and try again")
-    return form
+    return await checked_form(request, session, FORM_MAX_BYTES)

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -162,3 +162,18 @@ def _login_form(next: str, message: str) -> str:
 def _local(target: str) -> str:
     """Only a path on this site: a login never sends anyone elsewhere."""
     return target if target.startswith("/") and not target.startswith("//") else "/review"
+
+
+async def checked_form(request: Request, session: Session, max_bytes: int) -> dict[str, str]:
+    """A URL-encoded form of at most `max_bytes` (413 beyond, while it streams in), read after
+    the role check; refused (403) without the session's CSRF token (form field or header)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise HTTPException(413, f"the form is larger than {max_bytes} bytes")
+    parsed = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+    form = {key: values[-1].strip() for key, values in parsed.items()}
+    if not csrf_ok(session, request.headers.get("X-CSRF-Token") or form.get("csrf")):
+        raise HTTPException(403, "missing or wrong CSRF token; reload the page and try again")
+    return form

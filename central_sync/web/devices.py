@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import quote
 
 import yaml
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -22,13 +22,12 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from central_sync import diagnostics
-from central_sync.accounts import csrf_ok
 from central_sync.db import CentralDB, DeviceSummary
 from central_sync.db.accounts import Session
 from central_sync.db.diagnostics import DEFAULT_CLOCK_WARN_OFFSET_S, Diagnosis
 from central_sync.db.review import DefectFilter
 from central_sync.ratelimit import TokenBuckets
-from central_sync.web.auth import engineer_dependency, session_dependencies
+from central_sync.web.auth import checked_form, engineer_dependency, session_dependencies
 from central_sync.web.rendering import templates
 from edge_agent.kernel.contract import (
     ID_PATTERN,
@@ -206,15 +205,4 @@ def _pipeline(form: dict[str, str]) -> str | None:
 
 
 async def _small_form(request: Request, session: Session) -> dict[str, str]:
-    """A URL-encoded form of at most FORM_MAX_BYTES, read after the login check; refused
-    (403) without the session's CSRF token."""
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > FORM_MAX_BYTES:
-            raise HTTPException(413, f"the form is larger than {FORM_MAX_BYTES} bytes")
-    parsed = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
-    form = {key: values[-1].strip() for key, values in parsed.items()}
-    if not csrf_ok(session, request.headers.get("X-CSRF-Token") or form.get("csrf")):
-        raise HTTPException(403, "missing or wrong CSRF token; reload the page and try again")
-    return form
+    return await checked_form(request, session, FORM_MAX_BYTES)

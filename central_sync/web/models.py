@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -28,7 +28,7 @@ from central_sync.db import CentralDB, Rollout
 from central_sync.db.accounts import Session
 from central_sync.db.model_states import ModelStateError
 from central_sync.registry import DEFAULT_CHUNK_SIZE_BYTES
-from central_sync.web.auth import engineer_dependency, session_dependencies
+from central_sync.web.auth import checked_form, engineer_dependency, session_dependencies
 from central_sync.web.evaluation_queue import EvaluationQueue, QueueFull
 from central_sync.web.model_pages import model_page, models_page, version_page
 from central_sync.web.publishing import UploadedVersion, publish_upload, read_version_upload
@@ -315,19 +315,7 @@ def _require_csrf(session: Session, request: Request, fields: dict[str, str]) ->
 
 
 async def _small_form(request: Request, session: Session) -> dict[str, str]:
-    """A URL-encoded form of at most FORM_MAX_BYTES, read after the login check; refused
-    (403) without the session's CSRF token."""
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > FORM_MAX_BYTES:
-            raise HTTPException(413, f"the form is larger than {FORM_MAX_BYTES} bytes")
-    parsed = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
-    form = {key: values[-1].strip() for key, values in parsed.items()}
-    presented = request.headers.get("X-CSRF-Token") or form.get("csrf")
-    if not csrf_ok(session, presented):
-        raise HTTPException(403, "missing or wrong CSRF token; reload the page and try again")
-    return form
+    return await checked_form(request, session, FORM_MAX_BYTES)
 
 
 def _upload_folder(artifact_dir: Path) -> Path:

@@ -21,7 +21,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> pytes
     return report
 
 
-def _running(request: pytest.FixtureRequest, plant: Plant) -> Iterator[Plant]:
+def running_plant(request: pytest.FixtureRequest, plant: Plant) -> Iterator[Plant]:
     """Start the plant; tear it down afterwards, with thread dumps and logs if the test
     failed."""
     try:
@@ -58,7 +58,7 @@ def protocol() -> str:
 @pytest.fixture
 def plant(request: pytest.FixtureRequest, tmp_path: Path, mosquitto: Mosquitto,
           line_simulator: LineSimulatorProcess, protocol: str, published: Path) -> Iterator[Plant]:
-    yield from _running(request, Plant(tmp_path, mosquitto, line_simulator, protocol,
+    yield from running_plant(request, Plant(tmp_path, mosquitto, line_simulator, protocol,
                                        published=published))
 
 
@@ -79,5 +79,5 @@ def small_queue_broker(tmp_path: Path) -> Iterator[Mosquitto]:
 def small_queue_plant(request: pytest.FixtureRequest, tmp_path: Path,
                       small_queue_broker: Mosquitto, line_simulator: LineSimulatorProcess,
                       published: Path) -> Iterator[Plant]:
-    yield from _running(request, Plant(tmp_path, small_queue_broker, line_simulator,
+    yield from running_plant(request, Plant(tmp_path, small_queue_broker, line_simulator,
                                        published=published))

@@ -13,7 +13,7 @@ import pytest
 
 from tests.agent_wheels import BROKEN_VERSION, GOOD_VERSION, AgentWheels
 from tests.conftest import LineSimulatorProcess, Mosquitto
-from tests.faults.conftest import _running
+from tests.faults.conftest import running_plant
 from tests.faults.harness import AGENT, DEVICE, Plant
 from tests.helpers import wait_until
 
@@ -43,7 +43,7 @@ class LaunchedPlant(Plant):
 @pytest.fixture
 def launched_plant(request: pytest.FixtureRequest, tmp_path: Path, mosquitto: Mosquitto,
                    line_simulator: LineSimulatorProcess, published: Path) -> Iterator[Plant]:
-    yield from _running(request, LaunchedPlant(tmp_path, mosquitto, line_simulator,
+    yield from running_plant(request, LaunchedPlant(tmp_path, mosquitto, line_simulator,
                                                published=published))
 
 

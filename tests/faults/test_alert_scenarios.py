@@ -29,11 +29,12 @@ from tests.central_sync.alerts.alert_receivers import (
     SMTP_USER,
     SmtpReceiver,
     WebhookReceiver,
-    self_signed_certificate,
 )
 from tests.central_sync.fake_gateway import FakeGateway
 from tests.central_sync.review_helpers import defect_payload
 from tests.conftest import LineSimulatorProcess, Mosquitto, start_line_simulator
+from tests.edge_agent.kernel.test_httpserver import self_signed_certificate
+from tests.faults.conftest import running_plant
 from tests.faults.harness import AGENT, DEVICE, MODEL, VERSION, Plant
 from tests.helpers import SAMPLE_METADATA, wait_until
 
@@ -206,19 +207,14 @@ def receivers(tmp_path: Path) -> Iterator[tuple[WebhookReceiver, SmtpReceiver, P
 
 
 @pytest.fixture
-def alert_plant(tmp_path: Path, mosquitto: Mosquitto, line_simulator: LineSimulatorProcess,
-                published: Path, receivers: tuple[WebhookReceiver, SmtpReceiver, Path],
+def alert_plant(request: pytest.FixtureRequest, tmp_path: Path, mosquitto: Mosquitto,
+                line_simulator: LineSimulatorProcess, published: Path,
+                receivers: tuple[WebhookReceiver, SmtpReceiver, Path],
                 monkeypatch: pytest.MonkeyPatch) -> Iterator[Plant]:
     monkeypatch.setenv("ALERT_SMTP_PASSWORD", SMTP_PASSWORD)  # inherited by central
-    plant = Plant(tmp_path, mosquitto, line_simulator, published=published,
-                  central_extra=central_alerts_yaml(*receivers))
-    try:
-        plant.start()
-    except BaseException:
-        plant.close(diagnose=True)
-        raise
-    yield plant
-    plant.close()
+    yield from running_plant(request, Plant(tmp_path, mosquitto, line_simulator,
+                                            published=published,
+                                            central_extra=central_alerts_yaml(*receivers)))
 
 
 def test_each_cause_is_told_once_on_every_route_and_resolves_by_itself(

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import LineSimulatorProcess, Mosquitto
-from tests.faults.conftest import _running
+from tests.faults.conftest import running_plant
 from tests.faults.harness import AGENT, CENTRAL, Plant
 from tests.helpers import wait_until
 
@@ -21,7 +21,7 @@ PREDICT_EVERY_S = 0.02  # 50 a second: the quota fills, and evictions pile up, s
 @pytest.fixture
 def small_disk_plant(request: pytest.FixtureRequest, tmp_path: Path, mosquitto: Mosquitto,
                      line_simulator: LineSimulatorProcess, published: Path) -> Iterator[Plant]:
-    yield from _running(request, Plant(tmp_path, mosquitto, line_simulator,
+    yield from running_plant(request, Plant(tmp_path, mosquitto, line_simulator,
                                        quota_bytes=QUOTA_BYTES, published=published,
                                        predict_every_s=PREDICT_EVERY_S))
 

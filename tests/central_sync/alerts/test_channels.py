@@ -4,6 +4,7 @@ AUTH, MQTT and the SCADA topic on Mosquitto; and every template's body."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -17,7 +18,6 @@ from alert_receivers import (
     SmtpReceiver,
     WebhookReceiver,
     alert_message,
-    self_signed_certificate,
 )
 from central_helpers import Inbox, run
 
@@ -28,6 +28,7 @@ from edge_agent.kernel.contract import Topics
 from edge_agent.kernel.transport import BrokerConfig
 from edge_agent.kernel.transport.mqtt import MqttTransport
 from tests.conftest import Mosquitto, free_port
+from tests.edge_agent.kernel.test_httpserver import self_signed_certificate
 from tests.helpers import wait_until_async
 
 TEMPLATES = ("json", "slack", "teams", "google_chat", "mattermost")
@@ -238,12 +239,26 @@ async def _with_broker(mosquitto: Mosquitto, scenario: Any) -> Any:
 
 
 async def _listen(mosquitto: Mosquitto, topic_filter: str) -> tuple[MqttTransport, Inbox]:
+    """A client subscribed to `topic_filter`, once the broker has the subscription (its own
+    probe came back), so nothing published afterwards is missed; probes are not kept."""
     listener = MqttTransport(BrokerConfig(port=mosquitto.port), f"scada-{time.monotonic_ns()}",
                              persistent_session=False)
-    inbox = Inbox()
-    await listener.subscribe(topic_filter, inbox)
+    inbox, subscribed = Inbox(), asyncio.Event()
+    probe = f"{topic_filter.rstrip('#+/') or 'listener'}/subscribed"
+
+    async def keep(topic: str, payload: bytes) -> None:
+        if topic == probe:
+            subscribed.set()
+        else:
+            await inbox(topic, payload)
+
+    await listener.subscribe(topic_filter, keep)
     await listener.start()
     assert await listener.wait_connected(10)
+    while not subscribed.is_set():
+        await listener.publish(probe, b"", qos=1)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(subscribed.wait(), 1.0)
     return listener, inbox
 
 

@@ -45,22 +45,24 @@ def echo_app() -> FastAPI:
     return app
 
 
-def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
-    """(certificate, key) PEM files for 127.0.0.1 and localhost."""
+def self_signed_certificate(folder: Path, name: str = "page") -> tuple[Path, Path]:
+    """(certificate, key) PEM files for 127.0.0.1 and localhost; the certificate is its own
+    CA, so a client may verify the server with it as `cafile`."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = datetime.datetime.now(datetime.UTC)
     certificate = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
         .public_key(key.public_key()).serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.SubjectAlternativeName([
             x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
             critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256()))
     folder.mkdir(parents=True, exist_ok=True)
-    cert_file, key_file = folder / "page.crt", folder / "page.key"
+    cert_file, key_file = folder / f"{name}.crt", folder / f"{name}.key"
     cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
     key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
                                            serialization.PrivateFormat.PKCS8,
