@@ -70,6 +70,7 @@ class ClassRate:
     baseline_per_hour: float  # mean hourly rate over the baseline days, floored
     ratio: float
     mark: str  # "" | "above" (above its baseline) | "alert" (the defect-rate rule fired)
+    alert: Alert | None = None  # the defect-rate alert open for it: its own figure is shown
 
 
 @dataclass(frozen=True)
@@ -233,7 +234,7 @@ def _class_rates(db: CentralDB, now: float, rule: RuleConfig | None, baseline: B
     has an open alert for, so the page and the alerts never disagree."""
     days = rule.baseline_days if rule else 7.0
     floor = rule.baseline_floor_per_hour if rule else 1.0
-    alerting = {(a.labels.get("device"), a.labels.get("class")) for a in open_alerts
+    alerting = {(a.labels.get("device"), a.labels.get("class")): a for a in open_alerts
                 if a.kind == "defect_rate"}
     recent = db.defect_counts_by_class(now - HOUR_S, now + 1)
     before = baseline.counts(db, now, days)
@@ -241,8 +242,9 @@ def _class_rates(db: CentralDB, now: float, rule: RuleConfig | None, baseline: B
     for device_id, label in sorted(set(recent) | set(before)):
         count, usual = recent.get((device_id, label), 0), before.get((device_id, label), 0)
         ratio = count / max(usual / (days * 24), floor)
-        mark = "alert" if (device_id, label) in alerting else "above" if ratio > 1 else ""
-        out[device_id].append(ClassRate(label, count, usual / (days * 24), ratio, mark))
+        alert = alerting.get((device_id, label))
+        mark = "alert" if alert else "above" if ratio > 1 else ""
+        out[device_id].append(ClassRate(label, count, usual / (days * 24), ratio, mark, alert))
     for rates in out.values():
         rates.sort(key=lambda r: (r.mark != "alert", -r.ratio, -r.count, r.label))
     return out

@@ -94,6 +94,7 @@ def a_plant(db: CentralDB, now: float) -> None:
                   devices=["line1-gw1"], labels={"device": "line1-gw1", "line": "line-1"})
     db.fire_alert("defect-rate", "device=line1-gw1/camera=strip-camera/class=scratch",
                   kind="defect_rate", severity="warning", summary="scratches on line1-gw1",
+                  value=6.5,
                   devices=["line1-gw1"], labels={"device": "line1-gw1", "camera": "strip-camera",
                                                  "class": "scratch"})
     db.fire_alert("defect-rate", "line=line-2", kind="defect_rate", severity="warning",
@@ -139,7 +140,8 @@ def test_overview_shows_each_line_its_gateways_alerts_defects_recommendations_an
         "spare-gw": "online"}
     gw1 = found["line1-gw1"][1]
     assert "buffer 85 %" in gw1 and "down: strip-camera" in gw1 and "2 alerts · critical" in gw1
-    assert "scratch 12 0.0 ▲ alert, 12.0× usual" in gw1  # the baseline floored at 1/h
+    # The alert's own figure (the rule compares with its window, baseline or fixed rate).
+    assert "scratch 12 0.0 ▲ alert, 6.5× its rule's rate" in gw1
     assert "pit 2 2.0 " in gw1 and "pit 2 2.0 ▲" not in gw1  # its usual rate: 50 old not read
     assert "stain 1 0.5 ▲ above baseline" not in gw1  # 1 is at the 1/h floor, not above
     assert re.search(r'<tr class="alert"><td>scratch</td>', page)
@@ -170,11 +172,11 @@ def test_a_rate_above_its_baseline_is_marked_apart_from_one_the_defect_rule_fire
     assert "hole 4 0.0 ▲ above baseline" in card and "dent 2 0.5 ▲ above baseline" in card
     assert "spot 1 0.0 ▲" not in card and "alert," not in card
     db.fire_alert("defect-rate", "device=gw-1/camera=cam/class=dent", kind="defect_rate",
-                  severity="warning", summary="dents", devices=["gw-1"],
+                  severity="warning", summary="dents", devices=["gw-1"], value=3.2,
                   labels={"device": "gw-1", "camera": "cam", "class": "dent"})
     page = client.get("/").text
     card = cards(page)["gw-1"][1]
-    assert "dent 2 0.5 ▲ alert, 2.0× usual" in card
+    assert "dent 2 0.5 ▲ alert, 3.2× its rule's rate" in card
     assert card.index("dent") < card.index("hole")  # an alerting class comes first
     assert re.search(r'<tr class="alert"><td>dent</td>', page)
 
