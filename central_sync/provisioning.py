@@ -3,7 +3,8 @@ bundle a new gateway is installed from.
 
 Central's database holds the accounts; every change renders both Mosquitto files from it
 (atomically) and has Mosquitto reread them. A device may publish only under its own topics
-and read only what is addressed to it; central's account reads and writes the whole tree.
+and read only what is addressed to it; a SCADA reader may only read the alert topics;
+central's account reads and writes the whole tree.
 """
 
 from __future__ import annotations
@@ -61,23 +62,48 @@ def password_file_text(accounts: list[BrokerAccount]) -> str:
 
 
 def acl_text(accounts: list[BrokerAccount], topics: Topics) -> str:
-    """Mosquitto's ACL: central everything, each device its own topics (from the contract)."""
+    """Mosquitto's ACL: central everything, each device its own topics (from the contract),
+    each SCADA reader the alert topics, read only."""
     lines = ["# Written by central-sync from its database; change it with `central-sync device`.",
              "# Whoever is not named here may neither publish nor subscribe.", ""]
     for account in accounts:
-        if not account.active:
-            continue
-        if account.kind == "central":
-            lines += ["# central-sync: the whole topic tree", f"user {account.username}",
-                      f"topic readwrite {topics.prefix}/#", ""]
-            continue
-        lines += [f"# device {account.username}", f"user {account.username}"]
-        for spec in DEVICE_TOPICS:
-            access = "write" if spec.direction.startswith("agent") else "read"
-            lines.append(f"topic {access} {topics.device(account.username, spec.leaf)}")
-        # Artifacts are shared by every device fetching them; they are signed, not secret.
-        lines += [f"topic read {topics.all_artifacts()}", ""]
+        if account.active:
+            lines += [*_account_acl(account, topics), ""]
     return "\n".join(lines)
+
+
+def _account_acl(account: BrokerAccount, topics: Topics) -> list[str]:
+    user = account.username
+    if account.kind == "central":
+        return ["# central-sync: the whole topic tree", f"user {user}",
+                f"topic readwrite {topics.prefix}/#"]
+    if account.kind == "scada":
+        # Read only: a SCADA host that could publish here could clear or forge open alerts.
+        return [f"# SCADA reader {user}: central's alerts, read only", f"user {user}",
+                f"topic read {topics.all_alerts()}"]
+    lines = [f"# device {user}", f"user {user}"]
+    for spec in DEVICE_TOPICS:
+        access = "write" if spec.direction.startswith("agent") else "read"
+        lines.append(f"topic {access} {topics.device(user, spec.leaf)}")
+    # Artifacts are shared by every device fetching them; they are signed, not secret.
+    return [*lines, f"topic read {topics.all_artifacts()}"]
+
+
+def reader_password_path(config: CentralConfig, name: str) -> Path:
+    """Where `device add-reader` and `rotate` leave a SCADA reader's password (mode 600)."""
+    return config.provisioning.bundle_dir / f"{name}.mqtt-password"
+
+
+def write_reader_password(config: CentralConfig, name: str, password: str) -> Path:
+    """A SCADA reader's password in its own file, readable by central-sync's user alone."""
+    target = reader_password_path(config, name)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(target, password + "\n", mode=0o600)
+    except OSError as exc:
+        raise ProvisioningError(f"cannot write {target}: {exc.strerror}; central-sync needs "
+                                "write access to provisioning.bundle_dir") from None
+    return target
 
 
 def apply(config: CentralConfig, accounts: list[BrokerAccount]) -> str:

@@ -1,6 +1,7 @@
 """`central-sync devices` (the fleet as central sees it), `central-sync device` (each
-gateway's broker credentials, the bundle it is installed from, rotation and revocation) and
-`central-sync broker` (central's own broker login)."""
+gateway's broker credentials, the bundle it is installed from, rotation and revocation; the
+read-only logins of SCADA hosts to the alert topics) and `central-sync broker` (central's own
+broker login)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from central_sync.cli.common import (
     open_database,
     seconds_ago,
 )
+from central_sync.cli.scada_readers import add_reader_command, hand_over_password, readers_table
 from central_sync.config import CentralConfig
 from central_sync.db import CentralDB
 from central_sync.db.broker_accounts import AccountExists, UnknownAccount
@@ -34,9 +36,10 @@ from central_sync.provisioning import (
     apply,
     mosquitto_hash,
     new_password,
+    reader_password_path,
     write_bundle,
 )
-from edge_agent.kernel.contract import ID_PATTERN
+from edge_agent.kernel.contract import ID_PATTERN, Topics
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
@@ -114,31 +117,53 @@ def _bundle(config: CentralConfig, db: CentralDB, device: str, password: str) ->
             f"copy it to the gateway and run: sudo deploy/install-agent.sh {bundle.path.name}")
 
 
-def _issue_credentials(args: argparse.Namespace,
-                       store: Callable[[CentralDB, str, str], None]) -> tuple[str, str]:
-    """Give the device named in `args` a new password: `store(db, password_hash, by)` records
-    it, its bundle is printed and Mosquitto's files rewritten. Returns the device id and what
-    the reload did."""
-    device = _device_id(args.device_id)
+def _kind_to_rotate(db: CentralDB, name: str) -> str:
+    account = db.broker_account(name)
+    if account is None or not account.active:
+        return "device"  # the rotation itself says it is unknown
+    if account.kind == "central":
+        raise UsageError(f"{name} is central's own broker login: `central-sync broker init "
+                         "--force` gives it a new password")
+    return account.kind
+
+
+def _issue_credentials(args: argparse.Namespace, kind: str | None,
+                       store: Callable[[CentralDB, str, str], None]) -> tuple[str, str, str]:
+    """Give the account named in `args` a new password: `store(db, password_hash, by)` records
+    it, a device's bundle (a SCADA reader's password file) is written and named, Mosquitto's
+    files rewritten. `kind` None: the account's own. Returns its name, kind and what the
+    reload did."""
+    name = _device_id(args.device_id)
     config = load_config(args)
-    config.signer()  # the bundle carries its public key: fail before anything changes
     password = new_password()
     with open_database(config) as db:
         by = acting_user(db, args, "engineer")
+        kind = kind or _kind_to_rotate(db, name)
+        if kind == "device":
+            config.signer()  # the bundle carries its public key: fail before anything changes
         try:
             store(db, mosquitto_hash(password), by)
         except (AccountExists, UnknownAccount) as exc:
             raise UsageError(str(exc)) from None
-        bundle = _bundle(config, db, device, password)
-        print(bundle)  # before the reload, which may fail: the password lives only in it
-        return device, _apply(config, db)
+        # Before the reload, which may fail: the password lives only in what this names.
+        print(_bundle(config, db, name, password) if kind == "device"
+              else hand_over_password(config, name, password))
+        return name, kind, _apply(config, db)
 
 
 def cmd_device_add(args: argparse.Namespace) -> int:
     labels = _labels(args.labels)
-    device, done = _issue_credentials(args, lambda db, password_hash, by: db.add_broker_account(
-        args.device_id, "device", labels, password_hash, by=by))
+    device, _, done = _issue_credentials(args, "device", lambda db, password_hash, by: (
+        db.add_broker_account(args.device_id, "device", labels, password_hash, by=by)))
     make_console().print(f"device {device} provisioned: {done}")
+    return EXIT_OK
+
+
+def cmd_device_add_reader(args: argparse.Namespace) -> int:
+    name, _, done = _issue_credentials(args, "scada", lambda db, password_hash, by: (
+        db.add_broker_account(args.device_id, "scada", [], password_hash, by=by)))
+    make_console().print(f"SCADA reader {name} provisioned: it may read central's alert topics "
+                         f"and nothing else; {done}", highlight=False)
     return EXIT_OK
 
 
@@ -171,11 +196,16 @@ def cmd_device_label(args: argparse.Namespace) -> int:
 
 
 def cmd_device_rotate(args: argparse.Namespace) -> int:
-    device, done = _issue_credentials(args, lambda db, password_hash, by: (
+    name, kind, done = _issue_credentials(args, None, lambda db, password_hash, by: (
         db.rotate_broker_account(args.device_id, password_hash, by=by)))
-    make_console().print(f"device {device}: new credentials; {done}. Its old password no "
-                         "longer works: until the gateway has the new one it buffers its data, "
-                         "losing none.")
+    if kind == "scada":
+        make_console().print(f"SCADA reader {name}: new password; {done}. Its old password no "
+                             "longer works: put the new one in the SCADA host's MQTT "
+                             "connection; the open alerts are retained, so it finds them again.")
+    else:
+        make_console().print(f"device {name}: new credentials; {done}. Its old password no "
+                             "longer works: until the gateway has the new one it buffers its "
+                             "data, losing none.")
     return EXIT_OK
 
 
@@ -184,11 +214,17 @@ def cmd_device_remove(args: argparse.Namespace) -> int:
     config = load_config(args)
     with open_database(config) as db:
         by = acting_user(db, args, "engineer")
+        account = db.broker_account(device)
         try:
             db.revoke_broker_account(device, by=by)
         except UnknownAccount as exc:
             raise UsageError(str(exc)) from None
         done = _apply(config, db)
+    if account is not None and account.kind == "scada":
+        reader_password_path(config, device).unlink(missing_ok=True)
+        make_console().print(f"SCADA reader {device} revoked: {done}. Mosquitto refuses its "
+                             "login and ends its connection.")
+        return EXIT_OK
     bundle = config.provisioning.bundle_dir / f"{device}.tar.gz"
     bundle.unlink(missing_ok=True)
     make_console().print(f"device {device} revoked: {done}. Mosquitto refuses its login and "
@@ -199,8 +235,10 @@ def cmd_device_remove(args: argparse.Namespace) -> int:
 def cmd_device_list(args: argparse.Namespace) -> int:
     config = load_config(args)
     with open_database(config) as db:
-        accounts = [a for a in db.broker_accounts(include_revoked=True) if a.kind == "device"]
+        every = db.broker_accounts(include_revoked=True)
         fleet = {d.device_id: d for d in db.list_devices()}
+    accounts = [a for a in every if a.kind == "device"]
+    readers = [a for a in every if a.kind == "scada"]
     now = time.time()
     table = Table(title="Provisioned devices")
     for column in ("device", "labels", "access", "provisioned", "credentials from", "state",
@@ -219,6 +257,8 @@ def cmd_device_list(args: argparse.Namespace) -> int:
         console.print(table)
     else:
         console.print("No device is provisioned yet: central-sync device add DEVICE_ID")
+    if readers:
+        console.print(readers_table(readers, Topics(config.broker.topic_prefix), now))
     return EXIT_OK
 
 
@@ -285,13 +325,16 @@ def add_provisioning_commands(commands: Subcommands) -> None:
     actions = add_group(
         commands, "device",
         help="provision gateways: add, label, list, rotate, remove (broker credentials, "
-             "groups and bundle); their logs, diagnosis and restarts",
+             "groups and bundle); SCADA readers of the alerts; logs, diagnosis and restarts",
         description="Each gateway has its own broker login, and an ACL that lets it publish "
                     "only under its own topics and read only what is addressed to it; its labels "
                     "(`add --labels`, `label`) are the groups rollouts select it by. `add` "
                     "writes a bundle (agent configuration, credentials, CA certificate, "
-                    "central's signing key) for deploy/install-agent.sh on the gateway.",
+                    "central's signing key) for deploy/install-agent.sh on the gateway. "
+                    "`add-reader` gives a SCADA host a login that may only read central's "
+                    "alert topics; `rotate`, `remove` and `list` work for it too.",
         examples=["central-sync device add line3-gw1 --labels line-3",
+                  "central-sync device add-reader scada-plant1",
                   "central-sync device label line3-gw1 --add extruders",
                   "central-sync device list",
                   "central-sync device rotate line3-gw1",
@@ -308,29 +351,36 @@ def add_provisioning_commands(commands: Subcommands) -> None:
     add.add_argument("--labels", default="",
                      help="its groups for rollouts, comma-separated (`rollout start --group`)")
     add.set_defaults(func=cmd_device_add)
+    reader = add_reader_command(actions, cmd_device_add_reader)
     label = _add_label_command(actions)
     rotate = add_command(
         actions, "rotate",
-        help="give the device a new password (and a new bundle); the old one stops working",
+        help="give the device (or SCADA reader) a new password; the old one stops working",
         description="Replace the device's password and write a new bundle. Copy the new "
                     "mqtt-password to the gateway (or run deploy/install-agent.sh with the "
-                    "bundle again); meanwhile the gateway buffers its data.",
-        examples=["central-sync device rotate line3-gw1"])
-    rotate.add_argument("device_id", help="a provisioned device")
+                    "bundle again); meanwhile the gateway buffers its data. A SCADA reader's "
+                    "new password is written to bundle_dir/NAME.mqtt-password.",
+        examples=["central-sync device rotate line3-gw1",
+                  "central-sync device rotate scada-plant1"])
+    rotate.add_argument("device_id", metavar="NAME", help="a provisioned device or reader")
     rotate.set_defaults(func=cmd_device_rotate)
     remove = add_command(
-        actions, "remove", help="revoke the device: Mosquitto refuses it and drops its connection",
-        description="Revoke the device's broker login and ACL and delete its bundle. Its "
-                    "data stays in central; `device add` gives it new credentials.",
-        examples=["central-sync device remove line3-gw1"])
-    remove.add_argument("device_id", help="a provisioned device")
+        actions, "remove",
+        help="revoke the device (or SCADA reader): Mosquitto refuses it and drops its connection",
+        description="Revoke the device's broker login and ACL and delete its bundle (a SCADA "
+                    "reader's: its password file). Its data stays in central; `device add` "
+                    "(`device add-reader`) gives it new credentials.",
+        examples=["central-sync device remove line3-gw1",
+                  "central-sync device remove scada-plant1"])
+    remove.add_argument("device_id", metavar="NAME", help="a provisioned device or reader")
     remove.set_defaults(func=cmd_device_remove)
     listing = add_command(
         actions, "list", help="provisioned devices: labels, access, credentials' age, state",
-        description="Every provisioned device, revoked ones included.",
+        description="Every provisioned device, revoked ones included, then the SCADA "
+                    "readers.",
         examples=["central-sync device list"])
     listing.set_defaults(func=cmd_device_list)
-    for parser in (add, label, rotate, remove):
+    for parser in (add, reader, label, rotate, remove):
         add_by_option(parser)
 
     broker_actions = add_group(

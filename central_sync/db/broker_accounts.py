@@ -1,4 +1,5 @@
-"""Broker accounts: central's and each provisioned device's Mosquitto login (part of CentralDB).
+"""Broker accounts: the Mosquitto logins of central, each provisioned device and each SCADA
+reader of the alert topics (part of CentralDB).
 
 The database is the source of truth; `central_sync.provisioning` renders Mosquitto's password
 file and ACL from it. A device account's labels are its trusted groups, the only ones rollouts
@@ -15,7 +16,8 @@ from typing import Any
 
 from central_sync.db.connection import Connection, serialised
 
-KINDS = ("central", "device")
+# central: the whole topic tree; device: its own topics only; scada: reads the alert topics.
+KINDS = ("central", "device", "scada")
 # Whether an account's JSON labels hold the given label, per dialect.
 _HAS_LABEL = {
     "sqlite": "EXISTS (SELECT 1 FROM json_each(b.labels) l WHERE l.value = ?)",
@@ -34,7 +36,7 @@ class UnknownAccount(Exception):
 @dataclass(frozen=True)
 class BrokerAccount:
     username: str
-    kind: str  # central: the whole topic tree; device: its own topics only
+    kind: str  # one of KINDS
     labels: tuple[str, ...]
     password_hash: str  # Mosquitto's $7$ PBKDF2-SHA512 form
     created_at: float
@@ -94,7 +96,8 @@ class BrokerAccountQueries:
         with self._db.atomic():
             row = self._active_row(username)
             if row["kind"] != "device":
-                raise UnknownAccount(f"{username} is central's broker account, not a device")
+                raise UnknownAccount(f"{username} is a {row['kind']} broker account, not a "
+                                     "device; only devices have labels")
             before = tuple(json.loads(row["labels"]))
             self._db.execute("UPDATE broker_accounts SET labels = ? WHERE username = ?",
                              (json.dumps(labels), username))
@@ -135,8 +138,8 @@ class BrokerAccountQueries:
     def _active_row(self, username: str) -> dict[str, Any]:
         row = self._row(username)
         if row is None or row["revoked_at"] is not None:
-            raise UnknownAccount(f"{username} is not a provisioned device; see "
-                                 "`central-sync device list`")
+            raise UnknownAccount(f"{username} is not a provisioned device or SCADA reader; "
+                                 "see `central-sync device list`")
         return row
 
 

@@ -214,3 +214,93 @@ def test_a_rollout_group_is_what_provisioning_gave_not_what_devices_report(
     monkeypatch.setenv("COLUMNS", "250")
     assert main(["devices", *c]) == 0
     assert "line-3 (not provisioned)" in capsys.readouterr().out
+
+
+def test_a_scada_reader_may_only_read_the_alert_topics() -> None:
+    from central_sync.db.broker_accounts import BrokerAccount
+
+    accounts = [BrokerAccount("central", "central", (), "x", 0, 0, None),
+                BrokerAccount("gw-a", "device", (), "x", 0, 0, None),
+                BrokerAccount("scada-1", "scada", (), "x", 0, 0, None),
+                BrokerAccount("scada-old", "scada", (), "x", 0, 0, 5.0)]
+    text = acl_text(accounts, Topics("plant7"))
+    reader = text.split("user scada-1\n")[1].split("\n\n")[0].splitlines()
+    assert reader == ["topic read plant7/alerts/#"]
+    assert "scada-old" not in text
+    # The alert topics central publishes lie under what the reader may read.
+    topics = Topics("plant7")
+    assert topics.alerts_open("a1").startswith("plant7/alerts/")
+    assert topics.alerts_events().startswith("plant7/alerts/")
+
+
+def test_a_scada_reader_is_added_rotated_listed_and_removed(central: Path, capsys,
+                                                            monkeypatch) -> None:
+    monkeypatch.chdir(central.parent)
+    monkeypatch.setenv("COLUMNS", "200")
+    c = ["-c", str(central)]
+    folder = central.parent
+    password_file = folder / "bundles" / "scada-1.mqtt-password"
+    assert main(["device", "add-reader", "scada-1", *c]) == 0
+    out = capsys.readouterr().out
+    assert str(password_file) in out and "edge-mlops/alerts/#" in out
+    assert "mqtt.plant.example:8883" in out and "ca.crt" in out
+    assert password_file.stat().st_mode & 0o777 == 0o600
+    password = password_file.read_text().strip()
+    assert len(password) >= 32
+    assert not (folder / "bundles" / "scada-1.tar.gz").exists()  # no gateway bundle
+
+    def entry() -> str:
+        lines = (folder / "mosquitto" / "passwd").read_text().splitlines()
+        return next(line for line in lines if line.startswith("scada-1:")).split(":", 1)[1]
+
+    def hash_of(secret: str, entry: str) -> bool:
+        _, _, rounds, salt, digest = entry.split("$")
+        return base64.b64decode(digest) == hashlib.pbkdf2_hmac(
+            "sha512", secret.encode(), base64.b64decode(salt), int(rounds))
+
+    assert hash_of(password, entry())
+    acl = (folder / "mosquitto" / "acl").read_text()
+    assert "user scada-1\ntopic read edge-mlops/alerts/#\n" in acl
+
+    assert main(["device", "list", *c]) == 0
+    listing = capsys.readouterr().out
+    assert "SCADA readers" in listing and "scada-1" in listing
+
+    assert main(["device", "rotate", "scada-1", *c]) == 0
+    assert "SCADA reader scada-1: new password" in capsys.readouterr().out
+    rotated = password_file.read_text().strip()
+    assert rotated != password and hash_of(rotated, entry()) and not hash_of(password, entry())
+    assert not (folder / "bundles" / "scada-1.tar.gz").exists()
+
+    # A reader has no labels, and its name is taken: no device may have it.
+    assert main(["device", "label", "scada-1", "--add", "line-3", *c]) == 2
+    assert main(["device", "add", "scada-1", *c]) == 2
+    assert "device rotate scada-1" in capsys.readouterr().err
+
+    assert main(["device", "remove", "scada-1", *c]) == 0
+    assert "SCADA reader scada-1 revoked" in capsys.readouterr().out
+    assert not password_file.exists()
+    assert "scada-1" not in (folder / "mosquitto" / "passwd").read_text()
+    assert "scada-1" not in (folder / "mosquitto" / "acl").read_text()
+
+    db = CentralDB(config_db(central))
+    try:
+        actions = [(e["action"], e["subject"]) for e in db.list_audit()]
+        assert db.broker_account("scada-1").kind == "scada"  # type: ignore[union-attr]
+    finally:
+        db.close()
+    for action in ("scada.provision", "broker.rotate", "broker.revoke"):
+        assert (action, "scada-1") in actions
+
+
+def test_rotating_centrals_login_as_a_device_is_refused(central: Path, capsys,
+                                                        monkeypatch) -> None:
+    monkeypatch.chdir(central.parent)
+    db = CentralDB(config_db(central))
+    try:
+        db.add_broker_account("central", "central", [], mosquitto_hash("x"), by="test")
+    finally:
+        db.close()
+    assert main(["device", "rotate", "central", "-c", str(central)]) == 2
+    assert "broker init --force" in capsys.readouterr().err
+    assert not (central.parent / "bundles").exists()

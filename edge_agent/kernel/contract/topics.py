@@ -110,6 +110,10 @@ class Topics:
         `{prefix}/alerts` for an mqtt route that names its own topic."""
         return f"{(root or self.prefix + '/alerts').rstrip('/')}/events"
 
+    def all_alerts(self) -> str:
+        """Every alert topic central publishes under the prefix (what a SCADA reader may read)."""
+        return f"{self.prefix}/alerts/#"
+
     def artifact(self, sha256: str) -> str:
         if not re.fullmatch(SHA256_PATTERN, sha256):
             raise ValueError(f"{sha256!r} is not a lower-case hex SHA-256")
