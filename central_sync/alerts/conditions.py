@@ -74,6 +74,8 @@ def _targeted(rule: RuleConfig, devices: Iterable[DeviceSummary]) -> list[Device
 def _gateway_offline(rule: RuleConfig, facts: Facts) -> dict[str, Observation]:
     out = {}
     for device in _targeted(rule, facts.devices):
+        if device.state == "unknown":
+            continue  # known only from records (never sent a status): nothing says it is down
         if device.presence(facts.now, facts.offline_after_s) == "offline":
             out[f"device={device.device_id}"] = Observation(
                 1.0, f"gateway {device.device_id} offline, last heard "

@@ -274,3 +274,12 @@ def test_a_started_engine_evaluates_at_once_not_after_its_first_interval(
 
     asyncio.run(started())
     assert engine.evaluations == 1 and engine.leading
+
+
+def test_a_device_known_only_from_its_records_is_not_called_offline(db: CentralDB) -> None:
+    engine = AlertEngine(db, config({"name": "gateway-offline", "kind": "gateway_offline"}),
+                         OFFLINE_AFTER_S)
+    db.store_batch(defects("imported-gw", "cam", "scratch", [T0], 1))  # no status ever
+    assert evaluate(engine, T0 + 10 * OFFLINE_AFTER_S) == []
+    db.update_status(status("imported-gw", "offline", at=T0))
+    assert len(evaluate(engine, T0 + 10 * OFFLINE_AFTER_S)) == 1
