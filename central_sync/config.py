@@ -103,7 +103,8 @@ class ProvisioningConfig(BaseModel):
         "under systemd, the compose file's watcher)")
     bundle_dir: Path = Field(
         Path("var/central/bundles"), validate_default=True,
-        description="Where device bundles (DEVICE.tar.gz) are written")
+        description="Where device bundles (DEVICE.tar.gz) and SCADA readers' passwords "
+        "(NAME.mqtt-password) are written")
     gateway_broker_host: str = Field(
         "mqtt.plant.example", description="Broker host name the gateways use; it must be "
         "in the server certificate (deploy/make-certs.sh server NAME)")

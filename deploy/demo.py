@@ -408,9 +408,9 @@ def _print_alert_changes(central_url: str, printed: dict[str, str]) -> None:
         clock = time.strftime("%H:%M:%S", time.localtime(alert["updated_at"]))
         word = "[bold yellow]alert fired[/]" if alert["state"] == "firing" else \
             "[green]alert resolved[/]"
+        where = " (also on the gateway's operator page)" if alert["operator"] else ""
         console.print(f"  {clock} {word} {alert['rule']}: {alert['summary']}  "
-                      f"{central_url}{alert['url']} (also on the gateway's operator page)",
-                      highlight=False)
+                      f"{central_url}{alert['url']}{where}", highlight=False)
 
 
 def _new_rows(url: str, seen: set[tuple[str, int]]) -> list[tuple[dict, str]]:

@@ -27,9 +27,12 @@ PAGES = [
     ("central_samples.png", "/review/samples", 1000),
     ("central_audit.png", "/audit", 900),
     ("central_overview.png", "/", 900),
+    ("central_alerts.png", "/alerts", 800),
     ("central_fleet.png", "/fleet", 700),
     ("central_device.png", "/devices/line1-gw1", 1200),
 ]
+
+OPERATOR_SHOT = "operator_alerts.png"  # the gateway's page, with its line's alerts band
 
 EPILOG = """examples:
   .venv/bin/python deploy/screenshots.py                      # the demo in var/demo
@@ -44,6 +47,35 @@ def demo_url(workdir: Path) -> str:
         raise SystemExit(f"{config} is missing: start the demo first (bash deploy/demo.sh)")
     web = yaml.safe_load(config.read_text())["web"]
     return f"http://{web['host']}:{web['port']}"
+
+
+def gateway_url(workdir: Path) -> str | None:
+    """The demo gateway's operator page, from its config; None when the demo has none."""
+    config = workdir / "edge-agent.yaml"
+    if not config.exists():
+        return None
+    ui = yaml.safe_load(config.read_text()).get("ui") or {}
+    return f"http://{ui.get('host', '127.0.0.1')}:{ui['port']}" if ui.get("port") else None
+
+
+def take_operator_page(url: str, out: Path) -> Path:
+    """The gateway's operator page as a panel shows it, with the open alerts of its line."""
+    from playwright.sync_api import TimeoutError as NotShown
+    from playwright.sync_api import sync_playwright
+
+    target = out / OPERATOR_SHOT
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        page = browser.new_page(viewport={"width": 1440, "height": 810})
+        page.goto(url)
+        page.wait_for_load_state("networkidle")
+        try:  # the band shows once central has alerts for the line (the demo's defect rate)
+            page.wait_for_selector("section.alerts", timeout=10_000)
+        except NotShown:
+            print("no open alert on the gateway's page yet: taken without the band")
+        page.screenshot(path=str(target))
+        browser.close()
+    return target
 
 
 def take(url: str, user: str, password: str, out: Path, width: int) -> list[Path]:
@@ -98,7 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=1280, help="page width in px (default 1280)")
     args = parser.parse_args(argv)
     url = (args.url or demo_url(args.workdir)).rstrip("/")
-    for path in take(url, args.user, args.password, args.out, args.width):
+    written = take(url, args.user, args.password, args.out, args.width)
+    gateway = gateway_url(args.workdir) if not args.url else None
+    if gateway:
+        written.append(take_operator_page(gateway, args.out))
+    for path in written:
         print(f"{path}  {path.stat().st_size / 1024:.0f} KiB")
     return 0
 
