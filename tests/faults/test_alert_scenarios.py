@@ -225,6 +225,7 @@ def test_each_cause_is_told_once_on_every_route_and_resolves_by_itself(
     other = OtherGateway(mosquitto.port)
     got = Arrivals(webhook, mail, listener)
     causes: dict[tuple[str, str], float] = {}
+    restarted: list[LineSimulatorProcess] = []  # the line started again: stopped at the end
 
     def told(rule: str, event: str, route: str = "webhook", timeout_s: float = 30) -> None:
         wait_until(lambda: got.of(route, rule, event), timeout_s,
@@ -254,6 +255,7 @@ def test_each_cause_is_told_once_on_every_route_and_resolves_by_itself(
                    what="the source-down alert on the gateway's alerts topic")
         causes[("source-down", "resolved")] = time.time()
         plant.simulator = start_line_simulator(port)
+        restarted.append(plant.simulator)
         told("source-down", "resolved", timeout_s=40)
         wait_until(lambda: operator_page_alerts(listener, DEVICE) == [], 10,
                    what="the gateway's alerts topic cleared")
@@ -296,6 +298,8 @@ def test_each_cause_is_told_once_on_every_route_and_resolves_by_itself(
         got.close()
         other.close()
         listener.close()
+        for simulator in restarted:
+            simulator.kill()
 
     report = []
     for (rule, event), cause in causes.items():
