@@ -16,6 +16,7 @@ from typing import Any
 from central_sync.db.accounts import AccountQueries
 from central_sync.db.agent_releases import AgentReleaseQueries
 from central_sync.db.alert_deliveries import AlertDeliveryQueries
+from central_sync.db.alert_facts import AlertFactQueries
 from central_sync.db.alerts import AlertQueries
 from central_sync.db.audit import AuditQueries
 from central_sync.db.broker_accounts import BrokerAccountQueries
@@ -64,7 +65,7 @@ CLOSED_DEPLOYMENT_STATES = frozenset({"activated", "confirmed", "failed", "rolle
 class CentralDB(AuditQueries, ReviewQueries, SampleQueries, RolloutQueries, AccountQueries,
                 BrokerAccountQueries, RecordPartQueries, ModelStateQueries, DatasetQueries,
                 DiagnosticQueries, ConfigQueries, AgentReleaseQueries, AlertQueries,
-                AlertDeliveryQueries, OverviewQueries):
+                AlertFactQueries, AlertDeliveryQueries, OverviewQueries):
     """Central's database. Thread-safe: calls are serialised on one connection.
 
     Callers on an asyncio loop run these methods in a worker thread, never on the loop.
