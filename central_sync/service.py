@@ -16,9 +16,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from pydantic import BaseModel
 
-from central_sync.alerts.delivery import DeliveryWorker
-from central_sync.alerts.device_alerts import DeviceAlertPublisher
-from central_sync.alerts.engine import AlertEngine
+from central_sync.alerts.alerting import Alerting
 from central_sync.artifact_server import SHORT_SHA256_CHARS, ArtifactChunkServer
 from central_sync.config import CentralConfig
 from central_sync.db import (
@@ -130,8 +128,7 @@ class CentralService:
         self._started = False  # /healthz says "starting" until start() is done
         self.rollouts: RolloutEngine | None = None
         self.diagnostics: DiagnosticsInbox | None = None
-        self.alerts: AlertEngine | None = None
-        self.delivery: DeliveryWorker | None = None
+        self.alerting: Alerting | None = None
 
     async def db_call(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run a database call on the service's database thread."""
@@ -175,18 +172,9 @@ class CentralService:
         self._standing = {self._spawn(self.rollouts.run()),
                           self._spawn(self._expire_unfinished_records())}
         if self.config.alerts.enabled:
-            self.alerts = AlertEngine(self.db, self.config.alerts, self.config.offline_after_s,
-                                      holder=self.config.central_id,
-                                      public_url=self.config.web.public_url)
-            delivery = DeliveryWorker(self.db_call, self.db, self.config.alerts, self.transport,
-                                      self.topics, self.config.central_id,
-                                      self.config.web.public_url)
-            self.alerts.listeners += [self._alerts_changed, DeviceAlertPublisher(
-                self.db, self.transport, self.topics, self.config.alerts.line_label_prefix,
-                self.config.alerts.evaluate_interval_s)]
-            self.delivery = delivery
-            self._standing |= {self._spawn(self.alerts.run()),
-                               self._spawn(delivery.run(lambda: self._leading_alerts))}
+            self.alerting = Alerting(self.config, self.db, self.db_call, self.transport,
+                                     self.topics)
+            self._standing |= {self._spawn(loop) for loop in self.alerting.loops()}
         if self.config.web.port:
             from central_sync.web import OpenToTheNetwork, create_app, refuse_open_to_the_network
             from central_sync.web.devices import DeviceActions
@@ -202,7 +190,8 @@ class CentralService:
             app = create_app(self.db, self.config.offline_after_s, health=self.health,
                              password_checks_at_once=self.config.web.password_checks_at_once,
                              model_actions=models, device_actions=devices,
-                             alerts_config=self.config.alerts)
+                             alerts_config=self.config.alerts,
+                             alerts_changed=self.alerting.poke if self.alerting else None)
             web = WebServer(app, self.config.web.host, self.config.web.port,
                             body_limits=models.body_limits)
             try:
@@ -246,23 +235,9 @@ class CentralService:
             systemd.notify_stopping("stopping")
             await self.stop()
 
-    @property
-    def _leading_alerts(self) -> bool:
-        return self.alerts is not None and self.alerts.leading
-
-    async def _alerts_changed(self, changed: list[Any]) -> None:
-        """The engine fired or resolved alerts: their notifications go out now."""
-        if changed and self.delivery is not None:
-            self.delivery.poke()
-
     def health(self) -> dict[str, Any]:
         step_failures = self.rollouts.step_failures.total() if self.rollouts else 0
-        alerts = None
-        if self.alerts is not None and self.delivery is not None:
-            alerts = {"leading": self.alerts.leading, "evaluations": self.alerts.evaluations,
-                      "evaluation_failures": self.alerts.failures,
-                      "delivered": self.delivery.delivered, "failed": self.delivery.failed,
-                      "dead": self.delivery.dead}
+        alerts = self.alerting.health() if self.alerting is not None else None
         return {"status": "ok" if self._started else "starting",
                 "broker_connected": self.transport.connected, "ingest": self.stats.as_dict(),
                 "rollout_step_failures": step_failures, "alerts": alerts}
@@ -367,9 +342,9 @@ class CentralService:
         finally:
             self._stores_in_flight.release()
         self.stats.batches += 1
-        if self.alerts is not None and any(r.type in ALERTING_RECORD_TYPES
+        if self.alerting is not None and any(r.type in ALERTING_RECORD_TYPES
                                            for r in batch.records):
-            self.alerts.poke()
+            self.alerting.poke()
         device_id, batch_id = batch.device_id, batch.batch_id
         # Its records may be large: not kept while the ack waits for the broker's PUBACK,
         # which comes behind whatever the broker is sending meanwhile.
@@ -404,8 +379,8 @@ class CentralService:
             return
         self.stats.statuses += 1
         log.info("device status device=%s state=%s", status.device_id, status.state)
-        if self.alerts is not None:
-            self.alerts.poke()
+        if self.alerting is not None:
+            self.alerting.poke()
         if self.diagnostics is not None:
             await self.diagnostics.on_status(status)
 
@@ -425,8 +400,8 @@ class CentralService:
             return
         if recorded:
             self.stats.deployment_events += 1
-            if self.alerts is not None:
-                self.alerts.poke()
+            if self.alerting is not None:
+                self.alerting.poke()
             log.info("deployment step device=%s model=%s version=%s command=%s step=%s %s",
                      event.device_id, event.model_name, event.version, event.command_id,
                      event.step, event.detail)

@@ -7,6 +7,7 @@ carries the session's CSRF token and is audited by the database call it makes.
 """
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -37,8 +38,10 @@ DONE = {"acked": "Acknowledged.", "silenced": "Silenced: no notification is sent
         "retried": "The notification is sent again now; its attempts show on its alert's page."}
 
 
-def alerts_router(db: CentralDB, alerts_config: AlertsConfig | None = None) -> APIRouter:
-    """The pages and API of alerts; `alerts_config` names the rules the filter offers."""
+def alerts_router(db: CentralDB, alerts_config: AlertsConfig | None = None,
+                  changed: Callable[[], None] | None = None) -> APIRouter:
+    """The pages and API of alerts; `alerts_config` names the rules the filter offers;
+    `changed` is called after an acknowledgement (the alert engine's poke)."""
     router = APIRouter()
     session_of, viewer, quality = session_dependencies(db)
     page = Annotated[Session, Depends(viewer)]
@@ -77,6 +80,8 @@ def alerts_router(db: CentralDB, alerts_config: AlertsConfig | None = None) -> A
     async def ack(alert_id: str, request: Request, session: acker) -> Response:
         form = await _form(request, session)
         _act(db.ack_alert, alert_id, session.user.username, form.get("reason", ""))
+        if changed is not None:  # the gateways' bands show the acknowledgement soon
+            changed()
         return _done(form, f"/alerts/{quote(alert_id)}", "acked")
 
     @router.post("/alerts/{alert_id}/silence")

@@ -73,11 +73,13 @@ def create_app(
     model_actions: ModelActions | None = None,
     device_actions: DeviceActions | None = None,
     alerts_config: AlertsConfig | None = None,
+    alerts_changed: Callable[[], None] | None = None,
 ) -> FastAPI:
     """The FastAPI app over a CentralDB; `health` adds live service state to /healthz and
     /metrics; `model_actions` and `device_actions` let engineers act from the model and device
     pages (without them the pages only show); `alerts_config` tells the plant overview how
-    to find a gateway's line and mark defect rates (the defaults without it). No /docs (it
+    to find a gateway's line and mark defect rates (the defaults without it); `alerts_changed`
+    is called after an acknowledgement (the alert engine's poke). No /docs (it
     loads a CDN's scripts): see README."""
     app = FastAPI(title="central-sync", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url=None)
@@ -102,7 +104,7 @@ def create_app(
     app.include_router(models_router(db, model_actions))
     app.include_router(lineage_router(db))
     app.include_router(overview_router(db, offline_after_s, alerts_config))
-    app.include_router(alerts_router(db, alerts_config))
+    app.include_router(alerts_router(db, alerts_config, alerts_changed))
     app.include_router(pages_router(db, offline_after_s, device_actions))
     app.include_router(devices_router(db, offline_after_s, device_actions))
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")

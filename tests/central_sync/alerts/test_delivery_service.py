@@ -28,7 +28,7 @@ def test_ingest_is_acked_within_2_s_while_every_send_hangs_on_its_receiver(
         broker = MemoryBroker()
         service = CentralService(config, MemoryTransport(broker))
         await service.start()
-        assert service.db is not None and service.delivery is not None
+        assert service.db is not None and service.alerting is not None
         device = MemoryTransport(broker)
         await device.start()
         acks = Inbox()
@@ -38,8 +38,8 @@ def test_ingest_is_acked_within_2_s_while_every_send_hangs_on_its_receiver(
                 message = alert_message(alert_id=f"a{i}")
                 await service.db_call(service.db.enqueue_notification, message.alert_id,
                                       "fired", "slow", message.model_dump_json(), 0.0)
-            service.delivery.poke()
-            await wait_until_async(lambda: len(service.delivery.in_flight) >= 4, 15,  # type: ignore[union-attr]
+            service.alerting.delivery.poke()
+            await wait_until_async(lambda: len(service.alerting.delivery.in_flight) >= 4, 15,  # type: ignore[union-attr]
                                    what="every send slot hanging on the receiver")
             waits = []
             for n in range(5):
@@ -51,7 +51,7 @@ def test_ingest_is_acked_within_2_s_while_every_send_hangs_on_its_receiver(
                 waits.append(time.monotonic() - sent)
                 ack = decode(acks.messages[n][1], expect=(BatchAck,))
                 assert isinstance(ack, BatchAck) and ack.batch_id == batch.batch_id
-            assert len(service.delivery.in_flight) >= 4  # still hanging all along
+            assert len(service.alerting.delivery.in_flight) >= 4  # still hanging all along
             assert hanging.received == []
             return waits
         finally:

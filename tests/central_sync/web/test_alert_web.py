@@ -43,10 +43,15 @@ def give_up(db: CentralDB, alert_id: str) -> str:
     return notification.notification_id
 
 
+POKES: list[float] = []  # when the app told the alert engine that an alert changed
+
+
 @pytest.fixture
 def site(db: CentralDB) -> Iterator[TestClient]:
     add_users(db, vera="viewer", quinn="quality", erin="engineer")
-    with TestClient(create_app(db, 120), follow_redirects=False) as client:
+    POKES.clear()
+    app = create_app(db, 120, alerts_changed=lambda: POKES.append(time.time()))
+    with TestClient(app, follow_redirects=False) as client:
         yield client
 
 
@@ -104,6 +109,7 @@ def test_a_quality_user_acknowledges_with_a_reason_and_it_is_audited(
     reply = site.post(f"/alerts/{alert.alert_id}/ack",
                       data={"csrf": csrf, "reason": "maintenance called", "back": "/alerts"})
     assert reply.status_code == 303 and reply.headers["location"] == "/alerts?done=acked"
+    assert len(POKES) == 1  # the engine publishes the acknowledgement to the gateways now
     acked = db.get_alert(alert.alert_id)
     assert acked is not None and (acked.acked_by, acked.ack_reason) == ("quinn",
                                                                         "maintenance called")
