@@ -84,8 +84,11 @@ class DeliveryWorker:
                 except Exception:  # the worker outlives a failed query: it looks again soon
                     log.exception("alert notifications not read central=%s; again in %g s",
                                   self.central_id, IDLE_WAIT_S)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for may turn the service's
+                # cancellation into a TimeoutError when both meet, and the loop would go on.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait_s)
+                    async with asyncio.timeout(wait_s):
+                        await self._wake.wait()
         finally:
             # Those cut off are claimed: another attempt follows once the claim runs out.
             for task in self.in_flight:
@@ -179,7 +182,8 @@ class DeliveryWorker:
             sending = send(route, message, publish=self.transport.publish, topics=self.topics)
             timeout_s = route.timeout_s
         try:
-            return await asyncio.wait_for(sending, timeout_s + TIMEOUT_MARGIN_S)
+            async with asyncio.timeout(timeout_s + TIMEOUT_MARGIN_S):
+                return await sending
         except TimeoutError:
             raise DeliveryError(f"no answer within {timeout_s:g} s") from None
 
@@ -219,7 +223,7 @@ async def send_test(config: CentralConfig, route_name: str,
         raise ValueError(f"no route {route_name} in alerts.routes; configured: "
                          f"{', '.join(known) or 'none'}")
     try:
-        return await asyncio.wait_for(send(route, message, publish=publish, topics=topics),
-                                      route.timeout_s + TIMEOUT_MARGIN_S)
+        async with asyncio.timeout(route.timeout_s + TIMEOUT_MARGIN_S):
+            return await send(route, message, publish=publish, topics=topics)
     except TimeoutError:
         raise DeliveryError(f"no answer within {route.timeout_s:g} s") from None

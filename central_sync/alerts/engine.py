@@ -112,13 +112,8 @@ class AlertEngine:
         soon after each poke."""
         last, first = 0.0, True
         while True:
-            if not first:
-                try:
-                    await asyncio.wait_for(self._poked.wait(), self.config.evaluate_interval_s)
-                    await asyncio.sleep(max(POKE_DEBOUNCE_S,
-                                            last + MIN_GAP_S - time.monotonic()))
-                except TimeoutError:
-                    pass
+            if not first and await self._poked_within(self.config.evaluate_interval_s):
+                await asyncio.sleep(max(POKE_DEBOUNCE_S, last + MIN_GAP_S - time.monotonic()))
             first = False
             last = time.monotonic()
             self._poked.clear()
@@ -129,6 +124,17 @@ class AlertEngine:
                 log.exception("alert rules not evaluated holder=%s failures=%d; tried again "
                               "in %g s", self.holder, self.failures,
                               self.config.evaluate_interval_s)
+
+    async def _poked_within(self, timeout_s: float) -> bool:
+        """Whether a poke came within `timeout_s`. asyncio.timeout, not wait_for: on Python
+        3.11 wait_for may turn a cancellation that meets its timeout into TimeoutError, and
+        the loop would then outlive the service's stop."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._poked.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def evaluate(self, now: float | None = None) -> list[Alert]:
         """One round while this process holds the lease: the alerts it fired or resolved."""
