@@ -19,6 +19,7 @@ from types import TracebackType
 
 from asyncua import Node, Server, ua
 from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.address_space import NodeData
 from asyncua.server.user_managers import UserManager
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,16 @@ ROW_INDEX_TAG = "row_index"
 FAULT_TAG = "fault_tag"
 SETPOINT_SUFFIX = "_sp"
 SETPOINT_TAGS = ("zone2_temp_c", "screw_speed_rpm")
+# Setpoints in the types PLCs use, with their initial values: a Float or Int32 node refuses a
+# Double (BadTypeMismatch). The puller's PLC clamps its setpoint, so what it keeps may differ.
+TYPED_SETPOINTS: dict[str, tuple[ua.VariantType, float | int]] = {
+    "die_temp_c_sp": (ua.VariantType.Float, 205.0),
+    "recipe_step_sp": (ua.VariantType.Int32, 3),
+    "puller_speed_sp": (ua.VariantType.Double, 12.5),
+}
+PULLER_SPEED_LIMITS = (0.0, 20.0)
+# Context tags: the part changes every PART_ROWS rows, the lot and order less often.
+PART_ROWS, LOT_ROWS, ORDER_ROWS = 5, 50, 200
 DEFAULT_HISTORY = Path(__file__).resolve().parent / "line_history.csv"
 
 EPILOG = """examples:
@@ -46,17 +57,39 @@ The server prints "READY opc.tcp://HOST:PORT/line-1" once it accepts connections
 Tags: ns=2;s=line1.<column> (Double) for every CSV column but timestamp, and
 ns=2;s=line1.row_index (Int64) for the history row being served.
 Writable: ns=2;s=line1.<tag>_sp (Double) setpoints for zone2_temp_c and screw_speed_rpm, and
+ns=2;s=line1.die_temp_c_sp (Float), line1.recipe_step_sp (Int32) and line1.puller_speed_sp
+(Double, clamped to 0..20 by the simulated PLC), and
 ns=2;s=line1.fault_tag (String): write a tag name to publish that tag with status
 BadSensorFailure from the next row on, an empty string to clear the fault.
 With --certificate/--private-key only Basic256Sha256 (Sign, SignAndEncrypt) is offered; with
 --users only those user names and passwords are accepted. The certificate's URI must be
 urn:edge-mlops:line-simulator:server.
+Context (String): ns=2;s=line1.part_id (a new part every 5 rows), line1.lot (every 50 rows)
+and line1.order (every 200 rows).
 """
 
 
 def node_id_for(tag: str) -> str:
     """Return the NodeId string the simulator uses for a tag, e.g. `ns=2;s=line1.zone2_temp_c`."""
     return f"ns={NAMESPACE_INDEX};s={NODE_PREFIX}{tag}"
+
+
+def context_for(row: int) -> dict[str, str]:
+    """Part, lot and order the line works on at a history row."""
+    return {
+        "part_id": f"P-{row // PART_ROWS:06d}",
+        "lot": f"LOT-{row // LOT_ROWS:04d}",
+        "order": f"ORD-{row // ORDER_ROWS:04d}",
+    }
+
+
+def _clamp_puller_speed(node: NodeData, attr: ua.AttributeIds, value: ua.DataValue) -> None:
+    """Keep a written puller speed within the PLC's limits, as a real PLC would."""
+    low, high = PULLER_SPEED_LIMITS
+    written = value.Value.Value if value.Value is not None else None
+    if isinstance(written, float):
+        value = ua.DataValue(ua.Variant(min(max(written, low), high), ua.VariantType.Double))
+    node.attributes[attr].value = value
 
 
 def load_history(path: Path | str) -> tuple[list[str], list[list[float]]]:
@@ -134,6 +167,8 @@ class LineSimulator:
         self.node_ids: dict[str, str] = {col: node_id_for(col) for col in self.columns}
         self.row_index_node_id = node_id_for(ROW_INDEX_TAG)
         self.fault_node_id = node_id_for(FAULT_TAG)
+        self.typed_setpoint_node_ids = {tag: node_id_for(tag) for tag in TYPED_SETPOINTS}
+        self.context_node_ids = {tag: node_id_for(tag) for tag in context_for(0)}
         self.setpoint_node_ids = {
             tag: node_id_for(tag + SETPOINT_SUFFIX) for tag in SETPOINT_TAGS if tag in self.columns
         }
@@ -214,7 +249,18 @@ class LineSimulator:
             self._row,
             varianttype=ua.VariantType.Int64,
         )
+        for tag, text in context_for(self._row).items():
+            await line.add_variable(
+                ua.NodeId.from_string(self.context_node_ids[tag]),
+                ua.QualifiedName(tag, ns),
+                text,
+                varianttype=ua.VariantType.String,
+            )
         await self._add_writable_nodes(line, ns)
+        server.set_attribute_value_setter(
+            ua.NodeId.from_string(self.typed_setpoint_node_ids["puller_speed_sp"]),
+            _clamp_puller_speed,
+        )
 
         await server.start()
         self._server = server
@@ -284,6 +330,14 @@ class LineSimulator:
                 varianttype=ua.VariantType.Double,
             )
             await node.set_writable()
+        for tag, (varianttype, initial) in TYPED_SETPOINTS.items():
+            node = await line.add_variable(
+                ua.NodeId.from_string(self.typed_setpoint_node_ids[tag]),
+                ua.QualifiedName(tag, ns),
+                initial,
+                varianttype=varianttype,
+            )
+            await node.set_writable()
         fault = await line.add_variable(
             ua.NodeId.from_string(self.fault_node_id),
             ua.QualifiedName(FAULT_TAG, ns),
@@ -310,6 +364,15 @@ class LineSimulator:
                 ua.DataValue(
                     ua.Variant(value, ua.VariantType.Double),
                     StatusCode=status,
+                    SourceTimestamp=now,
+                    ServerTimestamp=now,
+                ),
+            )
+        for tag, text in context_for(self._row).items():
+            await self._server.write_attribute_value(
+                ua.NodeId.from_string(self.context_node_ids[tag]),
+                ua.DataValue(
+                    ua.Variant(text, ua.VariantType.String),
                     SourceTimestamp=now,
                     ServerTimestamp=now,
                 ),

@@ -1,6 +1,7 @@
 """Automatic mode's setpoint writer: an accepted recommendation goes to the PLC only within each
-control's hard limits and the rate limits, all of it or none, and every write or refusal becomes
-a `setpoint_write` record (the audit of what the agent did to the line)."""
+control's hard limits and the rate limits, all of it or none (a write failing partway restores
+the tags already written), and every write, refusal or restore becomes a `setpoint_write` record
+(the audit of what the agent did to the line)."""
 
 from __future__ import annotations
 
@@ -77,6 +78,7 @@ class SetpointGuard:
         assert self._writer is not None
         self._written_at.append(self._clock())
         failed = ""
+        changed: list[tuple[str, float, float | None]] = []  # tag, value written, value before
         for change in recommendation.changes:
             if failed:
                 attempts.append(await self._record(
@@ -89,9 +91,40 @@ class SetpointGuard:
                 failed = f"writing {change.tag} failed: {exc}"
                 attempts.append(await self._record(recommendation, change.tag, change.proposed,
                                                    current.get(change.tag), False, failed))
+                before = getattr(exc, "previous", None)  # set when the node changed anyway
+                if before is not None:
+                    changed.append((change.tag, change.proposed, before))
                 continue
             attempts.append(await self._record(recommendation, change.tag, change.proposed,
                                                previous, True, ""))
+            changed.append((change.tag, change.proposed, previous))
+        if failed:
+            attempts += await self._restore(recommendation, changed, failed)
+        return attempts
+
+    async def _restore(self, recommendation: RecommendationPayload,
+                       changed: list[tuple[str, float, float | None]],
+                       failed: str) -> list[WriteAttempt]:
+        """Put the tags a failed recommendation already changed back, latest first."""
+        assert self._writer is not None
+        attempts = []
+        for tag, value, before in reversed(changed):
+            if before is None:
+                attempts.append(await self._record(
+                    recommendation, tag, value, value, False,
+                    f"not restored: its value before was unknown; set {tag} by hand "
+                    f"(after: {failed})"))
+                continue
+            try:
+                replaced = await self._writer(tag, before)
+            except Exception as exc:  # the line now runs with a partial recommendation: say so
+                attempts.append(await self._record(
+                    recommendation, tag, before, value, False,
+                    f"restoring {tag} to {before:g} failed: {exc}; it stays at {value:g}, "
+                    f"check it on the line (after: {failed})"))
+                continue
+            attempts.append(await self._record(recommendation, tag, before, replaced, True,
+                                               f"restored after: {failed}"))
         return attempts
 
     def _refusal(self, recommendation: RecommendationPayload,

@@ -25,6 +25,7 @@ from cryptography import x509
 from edge_agent.config import OpcUaSourceConfig
 from edge_agent.kernel.contract import SourceGapPayload, SourceState
 from edge_agent.kernel.redaction import redact_credentials
+from edge_agent.sources.opcua_setpoint import SetpointWriteError, write_verified
 from edge_agent.sources.opcua_trust import (
     UntrustedServerCertificate,
     trust_file,
@@ -52,10 +53,6 @@ _NOT_CONNECTED = "BadNotConnected"
 # Status codes by which a server refuses who we are rather than being unreachable: retrying
 # cannot help until someone fixes the credentials or certificates, so the state is "failed".
 _REFUSAL_PREFIXES = ("BadUser", "BadIdentity", "BadSecurity", "BadCertificate", "BadNonce")
-
-
-class SetpointWriteError(Exception):
-    """A setpoint could not be written; the message says why, for the operator."""
 
 
 class SourceConfigError(Exception):
@@ -143,7 +140,10 @@ class OpcUaSource:
                 backoff_s = min(backoff_s * 2, self.config.reconnect_max_backoff_s)
 
     async def write(self, tag: str, value: float) -> float | None:
-        """Write `value` as a Double to the tag's setpoint node; return the value it replaced."""
+        """Write `value` in the setpoint node's own data type, read it back and compare.
+
+        Returns the value it replaced; raises `SetpointWriteError` with the reason otherwise.
+        """
         address = self.config.setpoints.get(tag)
         if address is None:
             raise SetpointWriteError(
@@ -160,10 +160,8 @@ class OpcUaSource:
             )
         try:
             async with asyncio.timeout(WRITE_TIMEOUT_S):
-                previous = await node.read_value()
-                await node.write_value(
-                    ua.DataValue(ua.Variant(float(value), ua.VariantType.Double))
-                )
+                previous, typed = await write_verified(node, value, f"{self.name}: {tag} "
+                                                                    f"({address})")
         except ua.UaStatusCodeError as exc:
             status = ua.StatusCode(exc.code).name
             raise SetpointWriteError(
@@ -173,9 +171,9 @@ class OpcUaSource:
             raise SetpointWriteError(
                 f"{self.name}: writing {tag}={value} to {address} failed: {_describe(exc)}"
             ) from exc
-        log.info("setpoint written source=%s tag=%s value=%s previous=%s", self.name, tag, value,
-                 previous)
-        return float(previous) if isinstance(previous, int | float) else None
+        log.info("setpoint written source=%s tag=%s value=%r previous=%s", self.name, tag,
+                 typed, previous)
+        return previous
 
     def on_value(self, tag: str, data_value: ua.DataValue) -> SourceGapPayload | None:
         """Store one value of `tag`; return the gap it ends, if it is the first after an outage."""
