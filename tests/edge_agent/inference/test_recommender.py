@@ -283,3 +283,27 @@ def test_writer_failure_is_recorded_and_later_setpoints_are_not_written(tmp_path
         assert [r["ok"] for r in records] == [False, False]
 
     asyncio.run(scenario())
+
+
+def test_a_restore_that_fails_too_is_recorded_with_what_the_line_now_runs(
+        tmp_path: Path) -> None:
+    async def scenario() -> None:
+        plc = Plc(fail_on="z2")
+        guard = guarded(tmp_path, plc, Clock())
+
+        async def writer(tag: str, value: float) -> float | None:
+            if plc.writes:  # the first write went through, then the PLC went away
+                plc.fail_on = tag
+            return await plc.write(tag, value)
+
+        guard._writer = writer
+        attempts = await guard.apply(offered({"z1": 175.0, "z2": 184.0}, 2.0), plc.values)
+        assert plc.writes == [("z1", 175.0)] and plc.values["z1"] == 175.0
+        assert [(a.tag, a.ok) for a in attempts] == [("z1", True), ("z2", False), ("z1", False)]
+        assert attempts[2].value == 174.0 and attempts[2].detail == (
+            "restoring z1 to 174 failed: BadNotWritable; it stays at 175, check it on the line "
+            "(after: writing z2 failed: BadNotWritable)")
+        records = await written_records(guard._buffer)
+        assert [r["ok"] for r in records] == [True, False, False]
+
+    asyncio.run(scenario())
