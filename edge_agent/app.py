@@ -44,6 +44,7 @@ from edge_agent.pipelines.base import Pipeline
 from edge_agent.recommendations import AnswerError
 from edge_agent.sources.camera import CameraSource
 from edge_agent.sources.opcua import OpcUaSource
+from edge_agent.sparkplug import EdgeNode
 from edge_agent.updates.layout import ReleaseLayout
 from edge_agent.updates.updater import AgentUpdater
 from edge_agent.uplink import Uplink
@@ -246,6 +247,10 @@ class Agent:
         await self.updater.start()  # after the pipelines: a trial waits for them
         tasks = [asyncio.create_task(self.uplink.run(), name="uplink")]
         tasks.append(asyncio.create_task(self._status_loop(), name="status"))
+        if self.config.sparkplug.enabled:
+            node = EdgeNode(self.config.sparkplug, self.device_id, self.config.data_dir,
+                            lambda: [p.snapshot() for p in self.pipelines], __version__)
+            tasks.append(asyncio.create_task(node.run(), name="sparkplug"))
         # Until READY, systemd's TimeoutStartSec covers a stalled startup; then the watchdog.
         watchdog = systemd.start_watchdog()
         if watchdog is not None:

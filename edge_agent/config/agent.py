@@ -11,6 +11,7 @@ from edge_agent.buffer import DEFAULT_KEEP, DEFAULT_PRIORITIES, BufferPolicy
 from edge_agent.config.common import Name, StrictModel, require_unique
 from edge_agent.config.pipelines import PipelineConfig
 from edge_agent.config.sources import SourceConfig
+from edge_agent.config.sparkplug import SparkplugConfig
 from edge_agent.config.ui import UiConfig, is_loopback
 from edge_agent.kernel.configfile import load_yaml_model, resolve_path
 from edge_agent.kernel.signing import Verifier
@@ -119,6 +120,7 @@ class AgentConfig(StrictModel):
     buffer: BufferConfig = Field(default_factory=BufferConfig)
     uplink: UplinkConfig = Field(default_factory=UplinkConfig)
     ui: UiConfig = Field(default_factory=UiConfig)
+    sparkplug: SparkplugConfig = Field(default_factory=SparkplugConfig)
     security: SecurityConfig = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
     status_interval_s: float = Field(10.0, gt=0, description="Seconds between status updates")
     monitoring_interval_s: float = Field(
