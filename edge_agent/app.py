@@ -40,6 +40,7 @@ from edge_agent.kernel.transport.mqtt import MqttTransport
 from edge_agent.lifecycle import ModelWatch
 from edge_agent.metrics import AgentMetrics, AgentSnapshot
 from edge_agent.model_store import ModelStore
+from edge_agent.opcua_server import OpcUaServer
 from edge_agent.pipelines.base import Pipeline
 from edge_agent.recommendations import AnswerError
 from edge_agent.sources.camera import CameraSource
@@ -238,6 +239,11 @@ class Agent:
             server = web.operator_server(self.status_document, self.metrics.exposition,
                                          agent=self, ui=self.config.ui)
             await server.start()
+        opcua = None
+        if self.config.opcua_server is not None:  # off unless configured
+            opcua = OpcUaServer(self.config.opcua_server,
+                                lambda: [p.snapshot() for p in self.pipelines])
+            await opcua.start()
         await self.deployer.start(subscribe=False)
         await self.router.start()
         await self.line_alerts.start()
@@ -267,6 +273,8 @@ class Agent:
         systemd.notify_stopping(f"stopping: {failure.exception()}" if failure else "stopping")
         if server is not None:
             await server.stop()
+        if opcua is not None:
+            await opcua.stop()
         await self._shutdown([*tasks, stopped, restart])
         if failure is not None:
             raise failure.exception()  # type: ignore[misc]

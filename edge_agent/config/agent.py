@@ -9,6 +9,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from edge_agent.buffer import DEFAULT_KEEP, DEFAULT_PRIORITIES, BufferPolicy
 from edge_agent.config.common import Name, StrictModel, require_unique
+from edge_agent.config.opcua_server import OpcUaServerConfig
 from edge_agent.config.pipelines import PipelineConfig
 from edge_agent.config.sources import SourceConfig
 from edge_agent.config.sparkplug import SparkplugConfig
@@ -120,6 +121,9 @@ class AgentConfig(StrictModel):
     buffer: BufferConfig = Field(default_factory=BufferConfig)
     uplink: UplinkConfig = Field(default_factory=UplinkConfig)
     ui: UiConfig = Field(default_factory=UiConfig)
+    opcua_server: OpcUaServerConfig | None = Field(
+        None, description="An OPC-UA server for HMIs and SCADA with the pipelines' latest "
+        "values, read-only; off unless set")
     sparkplug: SparkplugConfig = Field(default_factory=SparkplugConfig)
     security: SecurityConfig = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
     status_interval_s: float = Field(10.0, gt=0, description="Seconds between status updates")
