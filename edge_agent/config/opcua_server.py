@@ -99,15 +99,18 @@ class OpcUaServerConfig(StrictModel):
     private_key: Path = Field(description="Private key of the certificate (PEM)")
     application_uri: str = Field("urn:edge-mlops:edge-agent",
                                  description="Must match the certificate's URI")
+    trusted_clients: Path | None = Field(
+        None, description="Folder of client certificates (PEM or DER) allowed to connect; "
+        "unset: any client certificate, the user login still required")
     users: list[OpcUaServerUser] = Field(default_factory=list)
     anonymous: bool = Field(False, description="Also let clients in without a user name")
     update_interval_s: float = Field(1.0, ge=0.1, le=60,
                                      description="Seconds between refreshes of the values")
 
-    @field_validator("certificate", "private_key")
+    @field_validator("certificate", "private_key", "trusted_clients")
     @classmethod
-    def _relative_to_file(cls, value: Path, info: ValidationInfo) -> Path:
-        return resolve_path(value, info.context)
+    def _relative_to_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else resolve_path(value, info.context)
 
     @model_validator(mode="after")
     def _someone_can_log_in(self) -> OpcUaServerConfig:

@@ -15,10 +15,13 @@ import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from asyncua import Node, Server, ua
 from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.crypto.truststore import TrustStore
+from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 from asyncua.server.user_managers import UserManager
 
 from edge_agent.config.opcua_server import OpcUaServerConfig, PasswordCheck
@@ -48,6 +51,18 @@ class _Users(UserManager):
             return User(role=UserRole.User, name=username)
         log.warning("opcua server login refused user=%s", username)
         return None
+
+
+async def _trusted(folder: Path) -> CertificateValidator:
+    """Accepts only the client certificates in `folder`, within their validity."""
+    if not folder.is_dir():
+        raise ValueError(f"opcua_server.trusted_clients: {folder} is not a folder; put the "
+                         "HMI clients' certificates (PEM or DER) there")
+    store = TrustStore([folder], [])
+    await store.load()
+    return CertificateValidator(CertificateValidatorOptions.TRUSTED
+                                | CertificateValidatorOptions.TIME_RANGE
+                                | CertificateValidatorOptions.PEER_CLIENT, store)
 
 
 def _time(at: float | None) -> datetime:
@@ -86,6 +101,8 @@ class OpcUaServer:
         await server.load_certificate(str(config.certificate))
         await server.load_private_key(str(config.private_key))
         server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+        if config.trusted_clients is not None:
+            server.set_certificate_validator(await _trusted(config.trusted_clients))
         tokens: list[Any] = [ua.UserNameIdentityToken] if users else []
         if config.anonymous:
             tokens.append(ua.AnonymousIdentityToken)

@@ -4,6 +4,7 @@ SignAndEncrypt: logins, browsing, values following the pipelines, and no writes.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -248,12 +249,42 @@ def test_anonymous_and_wrong_passwords_are_refused_unless_anonymous_is_configure
     asyncio.run(scenario())
 
 
+def test_only_trusted_client_certificates_connect_when_a_trust_folder_is_set(
+    certificates: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TEST_OPCUA_SCADA_PASSWORD", "scada-secret-1")
+    trusted = tmp_path / "trusted"
+    trusted.mkdir()
+    shutil.copy(certificates["client_cert"], trusted / "hmi.pem")
+    stranger_cert, stranger_key = write_app_certificate(tmp_path, "stranger", CLIENT_URI)
+    stranger = {**certificates, "client_cert": stranger_cert, "client_key": stranger_key}
+
+    async def scenario() -> None:
+        config = server_config(certificates, trusted_clients=trusted)
+        async with serving(config, [vision_snapshot(())]) as server:
+            refused = await secure_client(server.endpoint, stranger, "hmi", "line-3-hmi!")
+            with pytest.raises((ua.UaError, OSError, TimeoutError)):
+                await refused.connect()
+            await refused.disconnect()
+            client = await secure_client(server.endpoint, certificates, "hmi", "line-3-hmi!")
+            async with client:
+                ns = await client.get_namespace_index(NAMESPACE_URI)
+                assert await read(client, ns, "caps.State") == "error"
+
+    asyncio.run(scenario())
+
+
 def test_config_is_checked(certificates: dict[str, Path], monkeypatch: pytest.MonkeyPatch
                            ) -> None:
     with pytest.raises(ValidationError, match="no client could connect"):
         server_config(certificates, users=[])
     with pytest.raises(ValidationError, match="password_env or password_hash"):
         server_config(certificates, users=[{"name": "hmi"}])
+    users = [{"name": "hmi", "password_hash": hash_password("line-3-hmi!")}]
+    server = OpcUaServer(server_config(certificates, users=users, trusted_clients="missing"),
+                         list)
+    with pytest.raises(ValueError, match="trusted_clients: missing is not a folder"):
+        asyncio.run(server.start())
     with pytest.raises(ValidationError, match="password_hash is not"):
         server_config(certificates, users=[{"name": "hmi", "password_hash": "plain"}])
     monkeypatch.delenv("TEST_OPCUA_SCADA_PASSWORD", raising=False)
