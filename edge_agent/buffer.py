@@ -32,6 +32,7 @@ from edge_agent.kernel.contract import (
     RECORD_RECOMMENDATION,
     RECORD_RECOMMENDATION_ANSWER,
     RECORD_RECOMMENDATION_OUTCOME,
+    RECORD_REJECT_WRITE,
     RECORD_SAMPLE,
     RECORD_SETPOINT_WRITE,
     RECORD_SOURCE_GAP,
@@ -45,6 +46,7 @@ DEFAULT_PRIORITIES: dict[str, int] = {
     RECORD_EVICTION: 100,
     RECORD_DEPLOYMENT_EVENT: 90,
     RECORD_SETPOINT_WRITE: 85,  # the audit of what the agent did to the line
+    RECORD_REJECT_WRITE: 85,  # the same audit for the reject output
     RECORD_RECOMMENDATION_ANSWER: 80,  # an operator's decision is small and not repeatable
     RECORD_RECOMMENDATION_OUTCOME: 75,
     RECORD_DEFECT: 70,

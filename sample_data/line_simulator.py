@@ -42,6 +42,7 @@ TYPED_SETPOINTS: dict[str, tuple[ua.VariantType, float | int]] = {
     "puller_speed_sp": (ua.VariantType.Double, 12.5),
 }
 PULLER_SPEED_LIMITS = (0.0, 20.0)
+REJECT_TAG = "reject"  # the reject gate a vision pipeline pulses (Int32: 0 idle, 1 reject)
 # Context tags: the part changes every PART_ROWS rows, the lot and order less often.
 PART_ROWS, LOT_ROWS, ORDER_ROWS = 5, 50, 200
 DEFAULT_HISTORY = Path(__file__).resolve().parent / "line_history.csv"
@@ -58,7 +59,8 @@ Tags: ns=2;s=line1.<column> (Double) for every CSV column but timestamp, and
 ns=2;s=line1.row_index (Int64) for the history row being served.
 Writable: ns=2;s=line1.<tag>_sp (Double) setpoints for zone2_temp_c and screw_speed_rpm, and
 ns=2;s=line1.die_temp_c_sp (Float), line1.recipe_step_sp (Int32) and line1.puller_speed_sp
-(Double, clamped to 0..20 by the simulated PLC), and
+(Double, clamped to 0..20 by the simulated PLC), ns=2;s=line1.reject (Int32, 0: the reject
+gate a vision pipeline pulses), and
 ns=2;s=line1.fault_tag (String): write a tag name to publish that tag with status
 BadSensorFailure from the next row on, an empty string to clear the fault.
 With --certificate/--private-key only Basic256Sha256 (Sign, SignAndEncrypt) is offered; with
@@ -167,6 +169,7 @@ class LineSimulator:
         self.node_ids: dict[str, str] = {col: node_id_for(col) for col in self.columns}
         self.row_index_node_id = node_id_for(ROW_INDEX_TAG)
         self.fault_node_id = node_id_for(FAULT_TAG)
+        self.reject_node_id = node_id_for(REJECT_TAG)
         self.typed_setpoint_node_ids = {tag: node_id_for(tag) for tag in TYPED_SETPOINTS}
         self.context_node_ids = {tag: node_id_for(tag) for tag in context_for(0)}
         self.setpoint_node_ids = {
@@ -338,6 +341,10 @@ class LineSimulator:
                 varianttype=varianttype,
             )
             await node.set_writable()
+        reject = await line.add_variable(ua.NodeId.from_string(self.reject_node_id),
+                                         ua.QualifiedName(REJECT_TAG, ns), 0,
+                                         varianttype=ua.VariantType.Int32)
+        await reject.set_writable()
         fault = await line.add_variable(
             ua.NodeId.from_string(self.fault_node_id),
             ua.QualifiedName(FAULT_TAG, ns),

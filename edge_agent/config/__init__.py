@@ -25,6 +25,7 @@ from edge_agent.config.pipelines import (
     PipelineConfig,
     ProcessPipelineConfig,
     RecommendConfig,
+    RejectOutputConfig,
     SamplingConfig,
     VisionPipelineConfig,
 )
@@ -48,7 +49,8 @@ __all__ = [
     "EXAMPLE", "REMOTE_KEYS", "AgentConfig", "AutoWriteConfig", "BufferConfig",
     "CameraSourceConfig", "ControlConfig", "DefectRules", "EvidenceConfig", "FeatureConfig",
     "ObjectiveConfig", "OpcUaSourceConfig", "PipelineConfig", "ProcessPipelineConfig",
-    "RecommendConfig", "RemoteConfig", "RemoteConfigError", "RoiConfig", "SamplingConfig",
+    "RecommendConfig", "RejectOutputConfig", "RemoteConfig", "RemoteConfigError", "RoiConfig",
+    "SamplingConfig",
     "SecurityConfig", "SourceConfig", "UiConfig", "UplinkConfig", "VisionPipelineConfig",
     "check_remote_body", "effective_config", "is_loopback", "load_agent_config",
     "opcua_address_problem", "remote_config_json_schema",

@@ -180,6 +180,12 @@ class AgentConfig(StrictModel):
             problem = pipeline.source_problem(source)
             if problem:
                 raise ValueError(problem)
+            reject = getattr(pipeline, "reject", None)
+            if reject is not None and not any(
+                    s.name == reject.source and s.type == "opcua" for s in self.sources):
+                raise ValueError(
+                    f"pipeline {pipeline.name!r}: reject.source {reject.source!r} must name an "
+                    "opcua source of this configuration")
         return self
 
     @property

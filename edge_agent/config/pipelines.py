@@ -229,6 +229,27 @@ class SamplingConfig(StrictModel):
     per_day: int = Field(500, ge=0)
 
 
+class RejectOutputConfig(StrictModel):
+    """A PLC tag the pipeline writes when a defect of chosen classes is confirmed by its defect
+    rules, e.g. to open a reject gate; every write or refusal becomes a `reject_write` record."""
+
+    source: Name = Field(description="Name of the OPC-UA source whose server holds the tag")
+    node: str = Field(description="Writable NodeId of the tag, e.g. 'ns=2;s=line1.reject'")
+    classes: list[str] = Field(
+        min_length=1, description="Defect classes that reject; each one of defects.classes")
+    mode: Literal["pulse", "set"] = Field(
+        "pulse", description="pulse: write value, then reset_value after pulse_ms; "
+        "set: write value and leave it (the PLC resets it)")
+    value: float = Field(1, description="Written on a reject, in the node's own data type")
+    reset_value: float = Field(0, description="Written pulse_ms after value (mode pulse)")
+    pulse_ms: int = Field(500, ge=10, le=60_000, description="How long a pulse holds value")
+    min_interval_s: float = Field(
+        1.0, ge=0, description="A reject sooner than this after the last one is refused")
+    max_per_minute: int = Field(
+        30, ge=1, description="Rejects in any 60 s beyond this are refused (a model gone "
+        "wrong must not empty the line)")
+
+
 class VisionPipelineConfig(StrictModel):
     """Runs a vision model on a camera's newest frames; defects become records with evidence."""
 
@@ -241,6 +262,18 @@ class VisionPipelineConfig(StrictModel):
     evidence: EvidenceConfig = Field(default_factory=EvidenceConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     runtime: RuntimeOptions = Field(default_factory=RuntimeOptions)
+    reject: RejectOutputConfig | None = Field(
+        None, description="A PLC tag written on confirmed defects; off when absent")
+
+    @model_validator(mode="after")
+    def _reject_classes_are_defects(self) -> VisionPipelineConfig:
+        unknown = [c for c in (self.reject.classes if self.reject else [])
+                   if c not in self.defects.classes]
+        if unknown:
+            raise ValueError(
+                f"pipeline {self.name!r}: reject.classes {unknown} are not in defects.classes "
+                f"{self.defects.classes}; only a confirmed defect can reject")
+        return self
 
     def source_problem(self, source: SourceConfig) -> str | None:
         """Any camera can feed a vision pipeline."""

@@ -90,8 +90,10 @@ class Workload:
         return CameraSource(config)
 
     def _build_pipeline(self, config: PipelineConfig, sources: dict[str, Source]) -> Pipeline:
-        context = PipelineContext(self._store, self._buffer, self._watch,
-                                  self.config.monitoring_interval_s)
+        context = PipelineContext(
+            self._store, self._buffer, self._watch, self.config.monitoring_interval_s,
+            node_writers={name: s.write_node for name, s in sources.items()
+                          if isinstance(s, OpcUaSource)})
         return build_pipeline(config, sources[config.source], context)
 
     async def _record_gap(self, gap: SourceGapPayload) -> None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from edge_agent.buffer import Buffer
@@ -35,6 +36,10 @@ class PipelineContext:
     buffer: Buffer
     watch: ModelWatch
     stats_interval_s: float = DEFAULT_INTERVAL_S
+    # OPC-UA source name -> its write of one node (NodeId, value -> value before), for outputs
+    # such as a vision pipeline's reject tag.
+    node_writers: Mapping[str, Callable[[str, float], Awaitable[float | None]]] = field(
+        default_factory=dict)
 
 
 class Pipeline(ABC):

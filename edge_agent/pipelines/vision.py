@@ -45,6 +45,7 @@ from edge_agent.pipelines.base import Pipeline, PipelineContext, PipelineStatus
 from edge_agent.pipelines.evidence import annotate, evidence_jpeg, image_stats, thumbnail, to_frame
 from edge_agent.pipelines.inputs import Frame, FrameSource
 from edge_agent.pipelines.model_thread import ModelThread
+from edge_agent.pipelines.reject import RejectOutput
 from edge_agent.pipelines.snapshot import (
     RECENT_DEFECTS,
     PipelineSnapshot,
@@ -129,8 +130,10 @@ class VisionPipeline(Pipeline):
     def __init__(self, config: VisionPipelineConfig, camera: FrameSource, store: ModelStore,
                  buffer: Buffer, watch: ModelWatch | None = None,
                  rng: random.Random | None = None,
-                 stats_interval_s: float = DEFAULT_STATS_INTERVAL_S) -> None:
+                 stats_interval_s: float = DEFAULT_STATS_INTERVAL_S,
+                 reject: RejectOutput | None = None) -> None:
         self.config = config
+        self.reject = reject  # the PLC tag confirmed defects write; None: off
         self.name = config.name
         self.monitor = ModelMonitor(config.name, buffer, stats_interval_s)
         self.camera = camera
@@ -156,9 +159,16 @@ class VisionPipeline(Pipeline):
     @classmethod
     def from_source(cls, config: VisionPipelineConfig, source: FrameSource,
                     context: PipelineContext) -> VisionPipeline:
-        """The pipeline on a camera's frames."""
+        """The pipeline on a camera's frames, writing its reject tag through its OPC-UA source."""
+        reject = None
+        if config.reject is not None:
+            writer = context.node_writers.get(config.reject.source)
+            if writer is None:
+                raise ValueError(f"pipeline {config.name!r}: reject.source "
+                                 f"{config.reject.source!r} is not an OPC-UA source here")
+            reject = RejectOutput(config.name, config.reject, writer, context.buffer)
         return cls(config, source, context.store, context.buffer, context.watch,
-                   stats_interval_s=context.stats_interval_s)
+                   stats_interval_s=context.stats_interval_s, reject=reject)
 
     def snapshot(self) -> PipelineSnapshot:
         status = self.status
@@ -303,6 +313,8 @@ class VisionPipeline(Pipeline):
             if kind == RECORD_DEFECT:
                 self.status.defects += 1
                 self._keep_for_page(payload, prepared, results)
+                if self.reject is not None:
+                    await self.reject.on_defect(payload.label, payload.roi)
             else:
                 self.status.samples += 1
         self.status.frames += 1

@@ -158,6 +158,20 @@ class OpcUaSource:
             raise SetpointWriteError(
                 f"{self.name}: setpoint node of {tag} not found on the server: {address}"
             )
+        return await self._write_verified(tag, node, address, value)
+
+    async def write_node(self, address: str, value: float) -> float | None:
+        """Write `value` to the node at NodeId `address` as `write` does (own data type, read
+        back); for outputs that are no tag's setpoint, such as a reject gate."""
+        client = self._client
+        if client is None or self.state.state != "connected":
+            raise SetpointWriteError(
+                f"{self.name}: cannot write {address}: not connected ({self.state.detail})"
+            )
+        return await self._write_verified(address, client.get_node(address), address, value)
+
+    async def _write_verified(self, tag: str, node: Node, address: str,
+                              value: float) -> float | None:
         try:
             async with asyncio.timeout(WRITE_TIMEOUT_S):
                 previous, typed = await write_verified(node, value, f"{self.name}: {tag} "

@@ -48,6 +48,7 @@ from edge_agent.kernel.contract.records import (
     RECORD_RECOMMENDATION,
     RECORD_RECOMMENDATION_ANSWER,
     RECORD_RECOMMENDATION_OUTCOME,
+    RECORD_REJECT_WRITE,
     RECORD_SAMPLE,
     RECORD_SETPOINT_WRITE,
     RECORD_SOURCE_GAP,
@@ -59,6 +60,7 @@ from edge_agent.kernel.contract.records import (
     RecommendationAnswerPayload,
     RecommendationOutcomePayload,
     RecommendationPayload,
+    RejectWritePayload,
     SamplePayload,
     SetpointWritePayload,
     SourceGapPayload,
@@ -247,6 +249,7 @@ RECORD_PAYLOADS: dict[str, type[BaseModel]] = {
     RECORD_RECOMMENDATION_OUTCOME: RecommendationOutcomePayload,
     RECORD_SETPOINT_WRITE: SetpointWritePayload,
     RECORD_SOURCE_GAP: SourceGapPayload,
+    RECORD_REJECT_WRITE: RejectWritePayload,
     RECORD_MODEL_STATS: ModelStatsPayload,
     RECORD_MODEL_WATCH: ModelWatchPayload,
 }

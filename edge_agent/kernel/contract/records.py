@@ -124,6 +124,7 @@ RECORD_RECOMMENDATION_ANSWER = "recommendation_answer"  # accepted, rejected, ex
 RECORD_RECOMMENDATION_OUTCOME = "recommendation_outcome"  # the line some minutes after an answer
 RECORD_SETPOINT_WRITE = "setpoint_write"  # automatic mode wrote, or refused to write, a setpoint
 RECORD_SOURCE_GAP = "source_gap"  # a source had no usable data for a while, and why
+RECORD_REJECT_WRITE = "reject_write"  # a confirmed defect wrote, or was refused, the reject tag
 
 
 class SetpointChange(BaseModel):
@@ -197,6 +198,24 @@ class SetpointWritePayload(BaseModel):
     node: str
     value: float
     previous: float | None
+    ok: bool
+    detail: str = ""
+
+
+class RejectWritePayload(BaseModel):
+    """The payload of a `reject_write` record: one write of a vision pipeline's reject output
+    to the PLC (set, pulse or the pulse's reset), or why it was refused."""
+
+    model_config = FINITE
+
+    pipeline: str
+    source: str = Field(description="The OPC-UA source whose server holds the tag")
+    node: str
+    label: str = Field(description="The defect class that asked for the reject")
+    roi: str
+    action: Literal["set", "pulse", "reset"]
+    value: float
+    previous: float | None = Field(description="What the node held before, when known")
     ok: bool
     detail: str = ""
 
