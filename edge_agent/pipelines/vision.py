@@ -213,6 +213,8 @@ class VisionPipeline(Pipeline):
         finally:
             self._prepare_pool.shutdown(wait=False, cancel_futures=True)
             await model_thread.close()
+            if self.reject is not None:  # a pulse under way ends reset, not left high
+                await self.reject.wait_resets()
 
     async def process(self, frame: Frame) -> list[dict[str, Any]]:
         """One frame start to end (no overlap); returns the records written. For tests and

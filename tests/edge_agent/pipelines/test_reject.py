@@ -261,3 +261,25 @@ def test_the_agent_pulses_the_reject_tag_through_its_opcua_source(
                 await running_agent
 
     asyncio.run(scenario())
+
+
+def test_a_value_the_plc_does_not_keep_is_a_read_back_refusal(
+        tmp_path: Path, simulator: LineSimulatorProcess) -> None:
+    # The simulated PLC clamps the puller's setpoint to 0..20: what it reads back differs.
+    clamped = "ns=2;s=line1.puller_speed_sp"
+    config = RejectOutputConfig.model_validate(reject_config(node=clamped, mode="set", value=25))
+
+    async def scenario() -> RejectWritePayload | None:
+        source = source_for(simulator.endpoint)
+        buffer = Buffer(tmp_path / "buffer.db", 10**8)
+        output = RejectOutput("surface", config, source.write_node, buffer)
+        async with running(source):
+            await wait_until_async(lambda: source.state.state == "connected", 15,
+                                   what="connection")
+            result = await output.on_defect("scratch", "frame")
+        buffer.close_sync()
+        return result
+
+    result = asyncio.run(scenario())
+    assert result is not None and not result.ok and "read back 20" in result.detail
+    assert [r.ok for r in reject_records(tmp_path / "buffer.db")] == [False]
