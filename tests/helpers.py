@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge_agent.kernel.contract import ModelManifest, TensorSpec
@@ -136,3 +137,15 @@ class Scrape:
 
     def names(self) -> set[str]:
         return {name for name, _ in self.samples}
+
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's: no tool downloads its own browser
+
+
+def playwright_or_skip() -> Any:
+    """playwright.sync_api, or a skip saying what to install (Chromium or Playwright)."""
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's Chromium is not installed (/usr/bin/chromium): "
+                    "deploy/setup.sh --test installs it")
+    return pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed: pip install -e '.[browser]'")

@@ -6,17 +6,14 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from central_helpers import free_port
 
 from central_sync.db import CentralDB
 from central_sync.web import create_app
 from edge_agent.kernel.httpserver import WebServer
-
-CHROMIUM = Path("/usr/bin/chromium")
+from tests.helpers import CHROMIUM, playwright_or_skip
 
 
 @contextlib.contextmanager
@@ -26,11 +23,7 @@ def logged_in_page(db: CentralDB, user: str, password: str, path: str,
     """(page, playwright.sync_api): central serving `db` (or `app`, an app made over it) on a
     free port, or the central already serving at `server_url`, logged in through the form and
     back on `path`, loaded. Skips when Chromium or Playwright is missing."""
-    if not CHROMIUM.exists():
-        pytest.skip("Debian's Chromium is not installed (/usr/bin/chromium): "
-                    "deploy/setup.sh --test installs it")
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="playwright is not installed: pip install -e '.[browser]'")
+    sync_api = playwright_or_skip()
     with contextlib.ExitStack() as stack:
         base = server_url or stack.enter_context(_serving(app or create_app(db, 120)))
         with sync_api.sync_playwright() as playwright:

@@ -43,11 +43,10 @@ from edge_agent.recommendations import RecommendationBoard
 from tests.conftest import SAMPLE_DATA, Mosquitto, free_port, wait_for_port
 from tests.edge_agent.pipelines.test_vision_pipeline import GREY, RED, frames, run_frames
 from tests.edge_agent.pipelines.test_vision_pipeline import setup as vision_setup
-from tests.helpers import wait_until, write_test_keys
+from tests.helpers import CHROMIUM, playwright_or_skip, wait_until, write_test_keys
 
 FEATURES = ["zone1_temp_c", "zone2_temp_c", "zone3_temp_c", "melt_pressure_bar",
             "screw_speed_rpm", "line_speed_m_min"]
-CHROMIUM = Path("/usr/bin/chromium")
 TOKEN, PASSWORD = "tok-123-456-789", "pass word of the line"
 
 
@@ -377,11 +376,7 @@ def central_stand_in(port: int, topics: Topics, device_id: str) -> Iterator[list
 @pytest.mark.slow
 def test_operator_accepts_in_chromium_and_the_answer_is_uplinked(
         tmp_path: Path, mosquitto: Mosquitto) -> None:
-    if not CHROMIUM.exists():
-        pytest.skip("Debian's Chromium is not installed (/usr/bin/chromium): "
-                    "deploy/setup.sh --test installs it")
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="playwright is not installed: pip install -e '.[browser]'")
+    sync_api = playwright_or_skip()
     agent = Agent(agent_config(tmp_path, mosquitto.port, free_port(), refresh_s=1))
     pipeline = process_pipeline(agent)
     fill_trend(pipeline)

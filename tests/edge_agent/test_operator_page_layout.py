@@ -32,7 +32,6 @@ from edge_agent.kernel.transport.memory import MemoryBroker, MemoryTransport
 from edge_agent.pipelines.snapshot import RecentDefect
 from tests.conftest import SAMPLE_DATA, free_port
 from tests.edge_agent.test_operator_page import (
-    CHROMIUM,
     FEATURES,
     PASSWORD,
     agent_config,
@@ -40,6 +39,7 @@ from tests.edge_agent.test_operator_page import (
     process_pipeline,
     vision_pipeline,
 )
+from tests.helpers import CHROMIUM, playwright_or_skip
 
 SCREENS = [(1024, 768), (1280, 1024), (1366, 768), (1920, 1080)]
 TOUCH_MIN_PX = 48
@@ -151,11 +151,7 @@ def serving_page(agent: Agent) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.skip("Debian's Chromium is not installed (/usr/bin/chromium): "
-                    "deploy/setup.sh --test installs it")
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="playwright is not installed: pip install -e '.[browser]'")
+    sync_api = playwright_or_skip()
     with sync_api.sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
         yield launched

@@ -41,7 +41,7 @@ from tests.edge_agent.test_operator_page import (
     recommendation,
     running,
 )
-from tests.helpers import wait_until
+from tests.helpers import playwright_or_skip, wait_until
 
 FOREIGN = "rebind.attacker.example"
 RESPONSE_WAIT_S = 10.0
@@ -258,14 +258,6 @@ def test_the_page_over_tls_sets_secure_cookies(tmp_path: Path) -> None:
 
 
 # --- a real browser ------------------------------------------------------------------------------
-
-
-def playwright_or_skip() -> Any:
-    if not CHROMIUM.exists():
-        pytest.skip("Debian's Chromium is not installed (/usr/bin/chromium): "
-                    "deploy/setup.sh --test installs it")
-    return pytest.importorskip(
-        "playwright.sync_api", reason="playwright is not installed: pip install -e '.[browser]'")
 
 
 @pytest.mark.slow

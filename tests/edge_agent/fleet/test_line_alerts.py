@@ -20,7 +20,7 @@ from edge_agent.kernel.contract import DeviceAlerts, OperatorAlert, Topics, enco
 from edge_agent.kernel.transport.memory import MemoryBroker, MemoryTransport
 from tests.conftest import Mosquitto, free_port
 from tests.edge_agent.test_operator_page import CHROMIUM, agent_config, running
-from tests.helpers import wait_until
+from tests.helpers import playwright_or_skip, wait_until
 
 TOPICS = Topics()
 
@@ -155,11 +155,7 @@ def publisher(mosquitto: Mosquitto) -> Iterator[Any]:
 @pytest.mark.slow
 def test_operator_sees_the_lines_alerts_in_chromium_then_they_clear(
         tmp_path: Path, mosquitto: Mosquitto, publisher: Any) -> None:
-    if not CHROMIUM.exists():
-        pytest.skip("Debian's Chromium is not installed (/usr/bin/chromium): "
-                    "deploy/setup.sh --test installs it")
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="playwright is not installed: pip install -e '.[browser]'")
+    sync_api = playwright_or_skip()
     # Published before the agent starts: the broker keeps it for the agent (retained).
     publisher(encode(DeviceAlerts(device_id="gw-7", alerts=[
         operator_alert(1, summary="Camera cam-1 down on gw-7 since 10:02"),
